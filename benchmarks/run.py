@@ -1,0 +1,350 @@
+"""maas against MLServer and against itself, over HTTP, with ratios; never a CI gate.
+
+    python benchmarks/run.py            # 10 s per point
+    python benchmarks/run.py --quick    # a smoke run: 2 s per point, 1 and 16 connections
+
+Installs what it compares against first: MLServer (``mlserver``, ``mlserver-sklearn``)
+into ``benchmarks/.venv-mlserver``, and wrk from Debian when absent. Each server runs
+pinned to core 0 (``taskset -c 0``, its worker processes included); wrk drives it from
+core 1 with one thread. Reported: requests/s, p50 and p99 at 1, 16 and 64 connections
+for iris (maas vs MLServer, V2 JSON; maas with an API key vs ``--no-auth``) and the
+digits MLP (scikit-learn and ONNX in maas, batching off and on), with the in-process
+ceilings of each model measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from models import BenchModel, build_models, ceilings
+
+HERE = Path(__file__).parent
+MLSERVER_VENV = HERE / ".venv-mlserver"
+ADMIN_KEY = "maas_benchmk_" + "0123456789abcdef" * 2
+BATCHING = {"max_batch_size": 32, "max_queue_delay_us": 2000}
+_LUA = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+{auth}wrk.body = [[{body}]]
+"""
+
+
+@dataclass
+class Point:
+    case: str
+    connections: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+# -- setup -------------------------------------------------------------------------
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    subprocess.run(["apt-get", "update", "-q"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True)
+    return shutil.which("wrk") or "wrk"
+
+
+def ensure_mlserver() -> Path:
+    """MLServer in a venv of its own, with the scikit-learn that wrote the model.
+
+    uvloop is held below 0.22: MLServer 1.7's inference workers call
+    ``asyncio.get_event_loop()`` where uvloop 0.22 raises, and every model load fails.
+    """
+    import sklearn
+
+    binary = MLSERVER_VENV / "bin" / "mlserver"
+    if not binary.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(MLSERVER_VENV)], check=True)
+        packages = [
+            "mlserver",
+            "mlserver-sklearn",
+            "uvloop<0.22",
+            f"scikit-learn=={sklearn.__version__}",
+        ]
+        pip = MLSERVER_VENV / "bin" / "pip"
+        subprocess.run([str(pip), "install", "-q", *packages], check=True)
+    return binary
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# -- servers -------------------------------------------------------------------------
+
+
+@contextmanager
+def running(
+    command: Sequence[str], env: dict[str, str], log: Path, ready_url: str
+) -> Iterator[None]:
+    """A server pinned to core 0, until the block ends."""
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            ["taskset", "-c", "0", *command],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{command[0]} did not start:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(ready_url, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        yield
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+#: The server's request-head cap counts body bytes that arrive with the head, so a
+#: multi-megabyte push can get 431 (reported, maas.api.protocol); raised for the pushes.
+MAAS_ENV = {"MAAS_LIMITS__MAX_HEADER_BYTES": str(1 << 30)}
+
+
+def maas_command(port: int, home: Path, *, no_auth: bool) -> list[str]:
+    command = [sys.executable, "-m", "maas", "serve", "--port", str(port), "--home", str(home)]
+    return [*command, "--no-auth"] if no_auth else command
+
+
+def push(url: str, model: BenchModel, headers: dict[str, str]) -> int:
+    response = httpx.post(
+        f"{url}/api/v1/models/{model.name}/versions",
+        params={"filename": model.artifact.name},
+        content=model.artifact.read_bytes(),
+        headers=headers,
+        timeout=120,
+    )
+    response.raise_for_status()
+    version: int = response.json()["version"]
+    warm = httpx.post(f"{url}/v2/models/{model.name}/infer", content=model.body(), headers=headers)
+    warm.raise_for_status()
+    return version
+
+
+def set_batching(url: str, model: BenchModel, version: int) -> bool:
+    """Turn batching on; False when this server has no deployment endpoint."""
+    path = f"{url}/api/v1/models/{model.name}/versions/{version}/deployment"
+    response = httpx.put(path, json=BATCHING, timeout=60)
+    if response.status_code in (404, 405):
+        return False
+    response.raise_for_status()
+    httpx.post(f"{url}/v2/models/{model.name}/infer", content=model.body()).raise_for_status()
+    return True
+
+
+def mlserver_repository(directory: Path, joblib_path: Path, port: int) -> Path:
+    model_dir = directory / "iris"
+    model_dir.mkdir(parents=True)
+    shutil.copy(joblib_path, model_dir / "model.joblib")
+    settings = {"name": "iris", "implementation": "mlserver_sklearn.SKLearnModel"}
+    settings["parameters"] = {"uri": "./model.joblib", "version": "v1"}  # type: ignore[assignment]
+    (model_dir / "model-settings.json").write_text(json.dumps(settings))
+    server = {"http_port": port, "grpc_port": free_port(), "metrics_port": free_port()}
+    (directory / "settings.json").write_text(json.dumps(server))
+    return directory
+
+
+# -- load ----------------------------------------------------------------------------
+
+
+_LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+_SCALE = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def drive(
+    wrk: str, url: str, body: bytes, connections: int, seconds: float, scripts: Path, auth: bool
+) -> tuple[float, float, float, int]:
+    """wrk on core 1: requests/s, p50 ms, p99 ms, non-2xx count."""
+    script = scripts / f"post-{abs(hash((body, auth)))}.lua"
+    header = f'wrk.headers["Authorization"] = "Bearer {ADMIN_KEY}"\n' if auth else ""
+    script.write_text(_LUA.format(auth=header, body=body.decode()))
+    command = ["taskset", "-c", "1", wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s"]
+    out = subprocess.run(
+        [*command, "--latency", "-s", str(script), url], capture_output=True, text=True, check=True
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    latency = {p: float(v) * _SCALE[unit] for p, v, unit in _LATENCY.findall(out)}
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return rps, latency["50"], latency["99"], int(errors.group(1)) if errors else 0
+
+
+# -- report --------------------------------------------------------------------------
+
+
+def table(points: list[Point], refs: dict[str, tuple[str, str]]) -> str:
+    """Markdown table; ``refs`` maps a case to (reference case, label of the ratio)."""
+    by_key = {(p.case, p.connections): p for p in points}
+    lines = [
+        "| case | conns | req/s | p50 ms | p99 ms | non-2xx | ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for p in points:
+        ratio = ""
+        if p.case in refs:
+            ref_case, label = refs[p.case]
+            ref = by_key.get((ref_case, p.connections))
+            if ref is not None and ref.rps:
+                ratio = f"{p.rps / ref.rps:.2f}x {label}"
+        lines.append(
+            f"| {p.case} | {p.connections} | {p.rps:.0f} | {p.p50_ms:.2f} | {p.p99_ms:.2f} "
+            f"| {p.errors} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def ceiling_table(values: dict[str, dict[str, float]]) -> str:
+    lines = [
+        "| model (in process, core 0) | V2 JSON decode+predict+encode req/s "
+        "| predict rows/s, batch 1 | predict rows/s, batch 32 |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, v in values.items():
+        lines.append(f"| {name} | {v['v2_json']:.0f} | {v['rows_b1']:.0f} | {v['rows_b32']:.0f} |")
+    return "\n".join(lines)
+
+
+# -- the run -------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, wrk: str, work: Path, connections: Sequence[int], seconds: float) -> None:
+        self.wrk = wrk
+        self.work = work
+        self.connections = connections
+        self.seconds = seconds
+        self.points: list[Point] = []
+
+    def measure(self, case: str, url: str, body: bytes, *, auth: bool = False) -> None:
+        for connections in self.connections:
+            result = drive(self.wrk, url, body, connections, self.seconds, self.work, auth)
+            self.points.append(Point(case, connections, *result))
+            print(f"  {case:<24} c={connections:<3} {result[0]:8.0f} req/s", flush=True)
+
+    def maas(self, models: dict[str, BenchModel]) -> bool:
+        """Every model on a --no-auth maas, batching off then on; False if it could not."""
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        command = maas_command(port, self.work / "home", no_auth=True)
+        log = self.work / "maas.log"
+        with running([*command, "--log-level", "warning"], MAAS_ENV, log, f"{url}/v2/health/ready"):
+            versions = {name: push(url, model, {}) for name, model in models.items()}
+            for name in ("iris", "mlp-sklearn", "mlp-onnx"):
+                case = "iris maas" if name == "iris" else f"{name} unbatched"
+                self.measure(case, f"{url}/v2/models/{name}/infer", models[name].body())
+            mlps = ("mlp-sklearn", "mlp-onnx")
+            batching = all(set_batching(url, models[n], versions[n]) for n in mlps)
+            if batching:
+                for name in mlps:
+                    self.measure(
+                        f"{name} batched", f"{url}/v2/models/{name}/infer", models[name].body()
+                    )
+        return batching
+
+    def maas_with_key(self, iris: BenchModel) -> None:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        command = [
+            *maas_command(port, self.work / "home-key", no_auth=False),
+            "--log-level",
+            "warning",
+        ]
+        env = {**MAAS_ENV, "MAAS_ADMIN_KEY": ADMIN_KEY}
+        with running(command, env, self.work / "maas-key.log", f"{url}/v2/health/ready"):
+            push(url, iris, {"Authorization": f"Bearer {ADMIN_KEY}"})
+            self.measure("iris maas+key", f"{url}/v2/models/iris/infer", iris.body(), auth=True)
+
+    def mlserver(self, binary: Path, iris: BenchModel, joblib_path: Path) -> None:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        repository = mlserver_repository(self.work / "mlserver", joblib_path, port)
+        command = [str(binary), "start", str(repository)]
+        with running(command, {}, self.work / "mlserver.log", f"{url}/v2/health/ready"):
+            body = iris.body("input-0")
+            httpx.post(f"{url}/v2/models/iris/infer", content=body).raise_for_status()
+            self.measure("iris MLServer", f"{url}/v2/models/iris/infer", body)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="maas benchmarks (ratios; never a CI gate)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="wrk duration per point")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 s, 1 and 16 conns")
+    parser.add_argument("--skip-mlserver", action="store_true")
+    args = parser.parse_args()
+    seconds = 2.0 if args.quick else args.seconds
+    connections = (1, 16) if args.quick else (1, 16, 64)
+    wrk = ensure_wrk()
+    mlserver = None if args.skip_mlserver else ensure_mlserver()
+    work = Path(tempfile.mkdtemp(prefix="maas-bench-"))
+    models, joblib_path = build_models(work / "models")
+    bench = Bench(wrk, work, connections, seconds)
+    print(f"work dir {work}; {seconds:g} s per point", flush=True)
+    batching = bench.maas(models)
+    bench.maas_with_key(models["iris"])
+    if mlserver is not None:
+        bench.mlserver(mlserver, models["iris"], joblib_path)
+    os.sched_setaffinity(0, {0})  # the ceilings on the core the servers had
+    ceiling = {name: ceilings(model, min(seconds, 3.0)) for name, model in models.items()}
+
+    refs = {
+        "iris maas": ("iris MLServer", "of MLServer"),
+        "iris maas+key": ("iris maas", "of --no-auth"),
+        "mlp-sklearn batched": ("mlp-sklearn unbatched", "of unbatched"),
+        "mlp-onnx batched": ("mlp-onnx unbatched", "of unbatched"),
+    }
+    print()
+    print(table(bench.points, refs))
+    print()
+    print(ceiling_table(ceiling))
+    if not batching:
+        print("\nbatching: this server has no deployment endpoint; measured batching off only")
+    top = max(connections)
+    for case in ("mlp-onnx batched", "mlp-sklearn batched", "mlp-onnx unbatched"):
+        point = next((p for p in bench.points if p.case == case and p.connections == top), None)
+        if point is not None:
+            model = ceiling[case.split()[0]]
+            print(
+                f"{case} at {top} conns: {point.rps / model['rows_b32']:.0%} of the in-process "
+                f"batch-32 ceiling, {point.rps / model['v2_json']:.0%} of the V2 JSON ceiling"
+            )
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from maas.cli.main import main
+
+main()

@@ -1,0 +1,127 @@
+"""The only place that turns exceptions into HTTP responses.
+
+maas and V2 routes answer ``{"error": message, "code", "details", "request_id"}`` (the
+``error`` string keeps V2 clients working). 5xx bodies carry a generic message and the
+request id, never exception text; the traceback goes to the log under the same id.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from maas.errors import InvalidRequest, MaasError, QuotaExceeded, RateLimited
+
+__all__ = ["error_response", "install_error_handlers"]
+
+log = logging.getLogger("maas.api")
+
+_STATUS_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _request_id(request: Request) -> str | None:
+    request_id = request.scope.get("state", {}).get("request_id")
+    return str(request_id) if request_id is not None else None
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    details: dict[str, Any] | None = None,
+    request_id: str | None = None,
+    retry_after: float | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body: dict[str, Any] = {"error": message, "code": code}
+    if details:
+        body["details"] = details
+    if request_id:
+        body["request_id"] = request_id
+    headers = dict(headers or {})
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(retry_after + 0.499)))
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+async def _maas_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, MaasError)
+    if exc.status >= 500:
+        log.error("%s: %s (request %s)", exc.code, exc.message, _request_id(request))
+    return error_response(
+        exc.status,
+        exc.code,
+        exc.message,
+        details=exc.details,
+        request_id=_request_id(request),
+        retry_after=exc.retry_after,
+        headers=_rate_limit_headers(exc),
+    )
+
+
+def _rate_limit_headers(exc: MaasError) -> dict[str, str] | None:
+    """429s of ``maas.auth.admission`` carry their limit in ``details``; echo it as
+    ``X-RateLimit-*`` headers, as on the key's successful responses."""
+    if not isinstance(exc, RateLimited | QuotaExceeded) or "limit" not in exc.details:
+        return None
+    return {
+        f"X-RateLimit-{name}": str(exc.details[field])
+        for name, field in (("Limit", "limit"), ("Remaining", "remaining"), ("Reset", "reset_s"))
+    }
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    problems = [
+        {"loc": [str(p) for p in err.get("loc", ())], "msg": err.get("msg", "")}
+        for err in exc.errors()
+    ]
+    first = problems[0] if problems else {"loc": [], "msg": "invalid request"}
+    location = ".".join(first["loc"])
+    message = f"{location}: {first['msg']}" if location else str(first["msg"])
+    return error_response(
+        HTTPStatus.BAD_REQUEST,
+        InvalidRequest.code,
+        message,
+        details={"errors": problems},
+        request_id=_request_id(request),
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _STATUS_CODES.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail), request_id=_request_id(request))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    request_id = _request_id(request)
+    log.exception("unhandled error (request %s)", request_id, exc_info=exc)
+    return error_response(
+        HTTPStatus.INTERNAL_SERVER_ERROR,
+        MaasError.code,
+        "internal server error; the server log has details under this request id",
+        request_id=request_id,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(MaasError, _maas_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,134 @@
+"""Input hardening that FastAPI does not do for us, as raw ASGI wrappers.
+
+* ``Deadline``: a request must start its answer within ``deadline_s`` or gets 504
+  ``request_timeout``. Streams (SSE) are bounded only until their first byte, and
+  artifact uploads, which may take long for a large file, not at all.
+* ``JsonDepthCap``: management and OpenAI JSON bodies are parsed by the stdlib
+  ``json`` module, which answers a deeply nested body with ``RecursionError`` (a 500)
+  or slowly; this refuses nesting past ``max_depth`` with 400 before any parsing.
+  V2 inference bodies are exempt: their codec enforces the same cap itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from maas.api.errors import error_response
+from maas.api.middleware import _UPLOAD_PATH
+from maas.errors import InvalidInput, MaasError, RequestTimeout
+
+__all__ = ["Deadline", "JsonDepthCap"]
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+async def _send_error(scope: Scope, receive: Receive, send: Send, error: MaasError) -> None:
+    response = error_response(
+        error.status, error.code, error.message, request_id=scope["state"].get("request_id")
+    )
+    await response(scope, receive, send)
+
+
+class Deadline:
+    def __init__(self, app: ASGIApp, *, deadline_s: float) -> None:
+        self.app = app
+        self.deadline_s = deadline_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or _UPLOAD_PATH.match(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                timeout.reschedule(None)  # a stream may go on once it has begun
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.deadline_s) as timeout:
+                await self.app(scope, receive, send_and_note)
+        except TimeoutError:
+            if not timeout.expired() or started:
+                raise
+            error = RequestTimeout(f"the request took longer than {self.deadline_s:g} s")
+            await _send_error(scope, receive, send, error)
+
+
+class JsonDepthCap:
+    def __init__(self, app: ASGIApp, *, max_depth: int) -> None:
+        self.app = app
+        self.max_depth = max_depth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not _is_json_body(scope) or scope["path"].startswith("/v2/"):
+            await self.app(scope, receive, send)
+            return
+        try:
+            body = await _read_body(receive)
+            self._check(body)
+        except MaasError as error:  # also the body-size cap, raised by the receive it wraps
+            await _send_error(scope, receive, send, error)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def _check(self, body: bytes) -> None:
+        try:
+            value = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError as exc:
+            if "depth" not in str(exc):
+                return  # malformed JSON: the route's own parser explains what is wrong
+            value = None  # deeper than orjson's own limit (1024)
+        else:
+            if not _deeper_than(value, self.max_depth):
+                return
+        raise InvalidInput(f"JSON nesting exceeds the limit of {self.max_depth} levels")
+
+
+def _is_json_body(scope: Scope) -> bool:
+    if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+        return False
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return b"json" in value.lower()
+    return False
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if not isinstance(item, list):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in item if isinstance(child, dict | list))
+    return False

@@ -1,0 +1,39 @@
+"""``GET /metrics``: the Prometheus scrape endpoint.
+
+Public by default, so a Prometheus needs no key; with ``auth.metrics_public`` off the
+authenticator asks for a key like anywhere else and this route wants an admin's,
+because per-model request counts tell who uses what. The serving metrics are recorded
+where they happen (``maas.serving``), the request metrics in the V2 router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from maas.api.access import require
+from maas.api.deps import get_services
+from maas.auth.principal import Action
+from maas.observability.metrics import exposition
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["observability"])
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (public unless MAAS_AUTH__METRICS_PUBLIC=false)",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
+async def metrics(request: Request) -> Response:
+    services = get_services(request)
+    settings = services.settings
+    if not settings.auth.metrics_public:
+        require(request, Action.ADMIN)
+    # Off the loop: in multiprocess mode this reads every process's files.
+    body, content_type = await asyncio.to_thread(exposition, settings.prometheus_multiproc_dir)
+    return Response(body, media_type=content_type)

@@ -1,0 +1,64 @@
+"""From a presented key to a ``Principal``, at most one SQL lookup per key per second.
+
+The inference hot path must not query SQL per request, yet a revoked key must stop
+working within about a second on every worker. So each process keeps what a key
+resolved to (including "no such key") for ``ttl_s``: one HMAC and one dict lookup per
+request, and one indexed query per key per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from maas.auth.keys import KeyStore
+from maas.auth.principal import Principal
+
+__all__ = ["KeyResolver"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    principal: Principal | None
+    expires_epoch: float | None  # the key's own expiry
+    fresh_until: float  # monotonic
+
+
+class KeyResolver:
+    def __init__(self, store: KeyStore, *, ttl_s: float = 1.0, max_entries: int = 100_000) -> None:
+        self._store = store
+        self._ttl_s = ttl_s
+        self._max_entries = max_entries
+        self._cache: dict[str, _Entry] = {}
+
+    async def resolve(self, key: str) -> Principal | None:
+        """The principal of a live, unexpired key, or ``None``."""
+        digest = self._store.hasher.digest(key)
+        now = time.monotonic()
+        entry = self._cache.get(digest)
+        if entry is None or entry.fresh_until <= now:
+            found = await asyncio.to_thread(self._store.find, key)
+            entry = _entry(found, time.monotonic() + self._ttl_s)
+            if len(self._cache) >= self._max_entries:
+                self._evict(now)
+            self._cache[digest] = entry
+        if entry.expires_epoch is not None and time.time() >= entry.expires_epoch:
+            return None
+        return entry.principal
+
+    def _evict(self, now: float) -> None:
+        # Random invalid keys must not grow the cache without bound.
+        stale = [digest for digest, entry in self._cache.items() if entry.fresh_until <= now]
+        for digest in stale:
+            del self._cache[digest]
+        if len(self._cache) >= self._max_entries:
+            self._cache.clear()
+
+
+def _entry(found: tuple[Principal, datetime | None] | None, fresh_until: float) -> _Entry:
+    if found is None:
+        return _Entry(None, None, fresh_until)
+    principal, expires_at = found
+    return _Entry(principal, expires_at.timestamp() if expires_at else None, fresh_until)

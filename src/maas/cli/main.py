@@ -1,0 +1,49 @@
+"""Root of the ``maas`` command and its global options."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from maas.cli.keys import audit_command, keys_app
+from maas.cli.models import models_app, predict_command
+from maas.cli.remote import Remote
+from maas.cli.serve import serve_command
+from maas.cli.usage import usage_command
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="maas",
+    help="Self-hosted Model-as-a-Service: serve, manage and call models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Option("--url", envvar="MAAS_URL", help="Server URL.")] = None,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="MAAS_API_KEY", help="API key to send.")
+    ] = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="table or json.")] = "table",
+) -> None:
+    ctx.obj = Remote(url=url, api_key=api_key, output=output)
+
+
+app.command("serve", help="Run the server.")(serve_command)
+app.add_typer(models_app, name="models", help="Push, list, alias and delete models.")
+app.command("predict", help="Call a model: maas predict NAME[:VERSION|:ALIAS] --data JSON.")(
+    predict_command
+)
+app.command("usage", help="Usage totals per key, model and day (--csv to export).")(usage_command)
+
+app.add_typer(keys_app, name="keys", help="Create, list, revoke and rotate API keys (admin).")
+app.command("audit", help="Show the audit log (admin).")(audit_command)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,224 @@
+"""``maas models …`` and ``maas predict``: remote commands over the SDK."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import orjson
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from maas.cli.output import console, err_console, print_json, print_table
+from maas.cli.remote import client_for, remote_of, reports_errors
+from maas.client._core import split_ref
+from maas.protocols.management import DeploymentSpec
+
+__all__ = ["models_app", "predict_command"]
+
+models_app = typer.Typer(no_args_is_help=True)
+
+_PROGRESS_FROM_BYTES = 8 * 1024 * 1024
+
+
+@models_app.command("push")
+@reports_errors
+def push(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Model file.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Model name.")],
+    alias: Annotated[str | None, typer.Option(help="Point this alias at the new version.")] = None,
+    description: Annotated[str | None, typer.Option(help="Description of a new model.")] = None,
+    metadata: Annotated[str | None, typer.Option(help="Free metadata as a JSON object.")] = None,
+) -> None:
+    """Upload a model file as a new immutable version and print it."""
+    meta = orjson.loads(metadata) if metadata else None
+    size = file.stat().st_size
+    with client_for(ctx) as client:
+        if size < _PROGRESS_FROM_BYTES:
+            info = client.push(file, name, alias=alias, description=description, metadata=meta)
+        else:
+            columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn())
+            with Progress(*columns, console=err_console) as progress:
+                task = progress.add_task("upload", total=size)
+                info = client.push(
+                    file,
+                    name,
+                    alias=alias,
+                    description=description,
+                    metadata=meta,
+                    progress=lambda sent: progress.update(task, completed=sent),
+                )
+    if remote_of(ctx).wants_json:
+        print_json(info)
+        return
+    aliases = f" ({', '.join(info.aliases)})" if info.aliases else ""
+    console.print(
+        f"pushed [bold]{info.model}:{info.version}[/bold]{aliases} "
+        f"{info.framework} {info.digest[:19]}… {info.size_bytes} bytes"
+    )
+
+
+@models_app.command("list")
+@reports_errors
+def list_models(ctx: typer.Context) -> None:
+    """List models with their latest version and aliases."""
+    with client_for(ctx) as client:
+        models = client.list_models()
+    if remote_of(ctx).wants_json:
+        print_json(models)
+        return
+    rows = [(m.name, m.task, m.latest_version, _aliases(m.aliases), m.description) for m in models]
+    print_table("models", ("name", "task", "latest", "aliases", "description"), rows)
+
+
+def _aliases(aliases: dict[str, int]) -> str:
+    return ", ".join(f"{alias}→{version}" for alias, version in sorted(aliases.items()))
+
+
+@models_app.command("show")
+@reports_errors
+def show(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME, or NAME:VERSION / NAME:ALIAS.")],
+) -> None:
+    """Show a model, or one version with its signature."""
+    name, selector = split_ref(ref)
+    with client_for(ctx) as client:
+        info: Any = client.get_version(name, selector) if selector else client.get_model(name)
+    print_json(info)
+
+
+@models_app.command("versions")
+@reports_errors
+def versions(ctx: typer.Context, name: str) -> None:
+    """List the versions of a model."""
+    with client_for(ctx) as client:
+        found = client.list_versions(name)
+    if remote_of(ctx).wants_json:
+        print_json(found)
+        return
+    rows = [
+        (v.version, v.framework, ", ".join(v.aliases), v.digest[:19], v.size_bytes, v.created_at)
+        for v in found
+    ]
+    print_table(name, ("version", "framework", "aliases", "digest", "bytes", "created"), rows)
+
+
+@models_app.command("alias")
+@reports_errors
+def alias(ctx: typer.Context, name: str, alias: str, version: int) -> None:
+    """Point ALIAS of model NAME at VERSION (moving it if it exists)."""
+    with client_for(ctx) as client:
+        info = client.set_alias(name, alias, version)
+    console.print(f"{info.model}:{info.alias} → {info.version}")
+
+
+@models_app.command("deploy")
+@reports_errors
+def deploy(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION (a version number).")],
+    max_batch_size: Annotated[
+        int | None, typer.Option(help="Rows per batch; 1 turns batching off.")
+    ] = None,
+    max_queue_delay_us: Annotated[
+        int | None, typer.Option(help="How long a batch waits for more requests (µs).")
+    ] = None,
+    preferred_batch_sizes: Annotated[
+        str | None, typer.Option(help="Batch sizes dispatched at once, e.g. 8,16.")
+    ] = None,
+    instances: Annotated[int | None, typer.Option(help="Parallel instances of the model.")] = None,
+    max_queue_size: Annotated[int | None, typer.Option(help="Queued requests before 503.")] = None,
+) -> None:
+    """Set how a version is served; options not given keep their current value."""
+    name, selector = split_ref(ref)
+    if selector is None or not selector.isdigit():
+        raise typer.BadParameter("give NAME:VERSION with a version number", param_hint="REF")
+    changes: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "max_batch_size": max_batch_size,
+            "max_queue_delay_us": max_queue_delay_us,
+            "instances": instances,
+            "max_queue_size": max_queue_size,
+        }.items()
+        if value is not None
+    }
+    if preferred_batch_sizes is not None:
+        sizes = [part.strip() for part in preferred_batch_sizes.split(",") if part.strip()]
+        if not all(size.isdigit() for size in sizes):
+            raise typer.BadParameter(
+                "a comma-separated list of integers", param_hint="--preferred-batch-sizes"
+            )
+        changes["preferred_batch_sizes"] = [int(size) for size in sizes]
+    with client_for(ctx) as client:
+        current = client.get_version(name, int(selector)).deployment
+        spec = DeploymentSpec.model_validate({**current.model_dump(), **changes})
+        info = client.set_deployment(name, int(selector), spec)
+    if remote_of(ctx).wants_json:
+        print_json(info)
+        return
+    console.print(f"{info.model}:{info.version} deployment: {info.deployment.model_dump_json()}")
+
+
+@models_app.command("unalias")
+@reports_errors
+def unalias(ctx: typer.Context, name: str, alias: str) -> None:
+    """Remove an alias."""
+    with client_for(ctx) as client:
+        client.delete_alias(name, alias)
+    console.print(f"removed {name}:{alias}")
+
+
+@models_app.command("rm")
+@reports_errors
+def remove(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME (the whole model) or NAME:VERSION.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Delete a version, or a whole model with all its versions."""
+    name, selector = split_ref(ref)
+    if selector is not None and not selector.isdigit():
+        raise typer.BadParameter("give a version number, not an alias", param_hint="REF")
+    if selector is None and not yes:
+        typer.confirm(f"delete model {name} and all its versions?", abort=True)
+    with client_for(ctx) as client:
+        if selector is None:
+            client.delete_model(name)
+        else:
+            client.delete_version(name, int(selector))
+    console.print(f"deleted {ref}")
+
+
+@reports_errors
+def predict_command(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME:ALIAS.")],
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data", "-d", help='JSON rows such as [[5.1,3.5,1.4,0.2]], or {"input": rows}.'
+        ),
+    ],
+) -> None:
+    """Run a model on JSON data and print its outputs."""
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from None
+    inputs: Any = parsed if isinstance(parsed, dict) else np.asarray(parsed)
+    with client_for(ctx) as client:
+        outputs = client.predict(ref, inputs)
+    print_json({name: value.tolist() for name, value in outputs.items()} | _decoded(outputs))
+
+
+def _decoded(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """BYTES outputs printed as text rather than Python bytes reprs."""
+    return {
+        name: [v.decode("utf-8", "replace") for v in value.ravel()]
+        for name, value in outputs.items()
+        if value.dtype == object
+    }

@@ -1,0 +1,143 @@
+"""``maas serve``: settings → app → uvicorn, on a socket bound here.
+
+Binding the socket before uvicorn starts lets ``--port 0`` pick a free port and print
+it (tests read it back) with no bind-close-rebind race.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from maas.cli.output import console
+
+if TYPE_CHECKING:
+    from maas.auth.bootstrap import AdminKeyNotice
+
+__all__ = ["serve_command"]
+
+
+def serve_command(
+    host: Annotated[str | None, typer.Option(help="Address to bind [127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind, 0 for any free [8000].")] = None,
+    home: Annotated[
+        Path | None, typer.Option(help="Directory of the database and artifacts [~/.maas].")
+    ] = None,
+    demo: Annotated[bool, typer.Option("--demo", help="Register the demo models.")] = False,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option("--trust-pickle", help="Accept pickle/joblib models (they can run code)."),
+    ] = False,
+    max_loaded_models: Annotated[
+        int | None, typer.Option(help="Loaded versions kept before LRU unloading.")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="Log level [info].")] = None,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="No API keys: everyone is admin (local tests only).")
+    ] = False,
+    ssl_certfile: Annotated[
+        Path | None, typer.Option(help="TLS certificate (PEM): serve https.")
+    ] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+) -> None:
+    from maas.config import Settings
+
+    settings = Settings()
+    serving: dict[str, Any] = {}
+    if trust_pickle:
+        serving["trust_pickle"] = True
+    if max_loaded_models is not None:
+        serving["max_loaded_models"] = max_loaded_models
+    overrides: dict[str, Any] = {
+        key: value
+        for key, value in {"host": host, "port": port, "home": home, "log_level": log_level}.items()
+        if value is not None
+    }
+    if demo:
+        overrides["demo"] = True
+    if serving:
+        overrides["serving"] = settings.serving.model_copy(update=serving)
+    if no_auth:
+        overrides["auth"] = settings.auth.model_copy(update={"enabled": False})
+    tls = {"ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
+    if any(tls.values()):
+        overrides["server"] = settings.server.model_copy(update=tls)
+    settings = Settings.model_validate({**settings.model_dump(), **overrides})
+    _run(settings)
+
+
+def _run(settings: Any) -> None:
+    import uvicorn
+
+    from maas.api.app import create_app
+    from maas.api.protocol import limited_http_protocol
+    from maas.services import Services
+    from maas.services.demo import demo_banner
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    bound_port = sock.getsockname()[1]
+    tls = settings.server.ssl_certfile is not None
+    url = f"{'https' if tls else 'http'}://{settings.host}:{bound_port}"
+    if not settings.auth.enabled:
+        console.print(
+            "[bold red]WARNING: --no-auth: every caller is admin, with no key. "
+            "Never expose this server beyond this machine.[/]"
+        )
+    if settings.serving.trust_pickle:
+        console.print("[bold yellow]--trust-pickle is on: pickle models can run code[/]")
+
+    started: list[Services] = []
+
+    def on_started(services: Services) -> None:
+        started.append(services)
+        _announce_admin_key(services.admin_key)
+        if settings.demo:
+            console.print(demo_banner(url, services.admin_key), soft_wrap=True)
+        console.print(f"maas listening on {url}", highlight=False, soft_wrap=True)
+
+    app = create_app(settings, on_started=on_started)
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http=limited_http_protocol(settings.limits.max_header_bytes),
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=settings.serving.drain_timeout_s,
+        ssl_certfile=settings.server.ssl_certfile,
+        ssl_keyfile=settings.server.ssl_keyfile,
+    )
+
+    class DrainingServer(uvicorn.Server):
+        """Flips readiness and refuses new inference the moment SIGTERM arrives;
+        uvicorn then lets in-flight requests finish within the drain timeout."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            for services in started:
+                services.models.begin_shutdown()
+            super().handle_exit(sig, frame)
+
+    DrainingServer(config).run(sockets=[sock])
+
+
+def _announce_admin_key(notice: AdminKeyNotice | None) -> None:
+    """Show a just-minted admin key once; later starts say where it is kept."""
+    if notice is None or notice.from_settings:
+        return
+    if notice.created_key is not None:
+        console.print(
+            f"[bold]admin API key created[/] (shown once, also in {notice.path}, mode 0600):\n"
+            f"  {notice.created_key}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif notice.path is not None:
+        console.print(f"admin API key: {notice.path}", highlight=False, soft_wrap=True)

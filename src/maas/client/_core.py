@@ -1,0 +1,217 @@
+"""Sans-I/O core of the SDK: what to send for each call and how to read the answer.
+
+``Client`` and ``AsyncClient`` only perform I/O around these ``Call`` values, so every
+endpoint is described once (httpx's sync/async twins are what this avoids).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import httpx
+import numpy as np
+import orjson
+from pydantic import TypeAdapter
+
+from maas.errors import InvalidInput, MaasError, error_class_for
+from maas.protocols.management import AliasInfo, DeploymentSpec, ModelInfo, VersionInfo
+from maas.protocols.v2 import decode_infer_response, encode_infer_request
+
+__all__ = ["Call", "Endpoints", "raise_for_error", "split_ref"]
+
+T = TypeVar("T")
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+UPLOAD_CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    params: dict[str, str] = field(default_factory=dict)
+    json: Any = None
+    content: bytes | Iterable[bytes] | AsyncIterable[bytes] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def raise_for_error(response: httpx.Response) -> None:
+    """Rebuild the server's error as its ``maas.errors`` class."""
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    message = str(body.get("error") or response.reason_phrase or "request failed")
+    code = str(body.get("code") or "")
+    retry_after = response.headers.get("retry-after")
+    cls = error_class_for(code) if code else MaasError
+    error = cls.__new__(cls)
+    MaasError.__init__(
+        error,
+        message,
+        details=body.get("details"),
+        retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+    )
+    error.status_code = response.status_code  # type: ignore[attr-defined]  # for unknown codes
+    raise error
+
+
+def _parser(adapter: TypeAdapter[T]) -> Callable[[httpx.Response], T]:
+    def parse(response: httpx.Response) -> T:
+        raise_for_error(response)
+        return adapter.validate_json(response.content)
+
+    return parse
+
+
+def _no_content(response: httpx.Response) -> None:
+    raise_for_error(response)
+
+
+def _json(response: httpx.Response) -> Any:
+    raise_for_error(response)
+    return orjson.loads(response.content)
+
+
+_MODEL = TypeAdapter(ModelInfo)
+_MODELS = TypeAdapter(list[ModelInfo])
+_VERSION = TypeAdapter(VersionInfo)
+_VERSIONS = TypeAdapter(list[VersionInfo])
+_ALIAS = TypeAdapter(AliasInfo)
+_ALIASES = TypeAdapter(list[AliasInfo])
+
+
+def split_ref(ref: str) -> tuple[str, str | None]:
+    """``iris`` → (iris, None); ``iris:3`` / ``iris:production`` → (iris, "3" / "production")."""
+    name, _, selector = ref.partition(":")
+    return name, selector or None
+
+
+def _v2_path(ref: str, suffix: str = "") -> str:
+    name, selector = split_ref(ref)
+    base = f"/v2/models/{name}" + (f"/versions/{selector}" if selector else "")
+    return base + suffix
+
+
+def _read_infer(response: httpx.Response) -> dict[str, np.ndarray]:
+    raise_for_error(response)
+    length = response.headers.get("inference-header-content-length")
+    decoded = decode_infer_response(response.content, int(length) if length else None)
+    return decoded.outputs
+
+
+class Endpoints:
+    """Every call the SDK can make, as data."""
+
+    @staticmethod
+    def list_models() -> Call[list[ModelInfo]]:
+        return Call("GET", "/api/v1/models", _parser(_MODELS))
+
+    @staticmethod
+    def get_model(name: str) -> Call[ModelInfo]:
+        return Call("GET", f"/api/v1/models/{name}", _parser(_MODEL))
+
+    @staticmethod
+    def create_model(name: str, description: str = "", task: str | None = None) -> Call[ModelInfo]:
+        body = {"name": name, "description": description, "task": task}
+        return Call("POST", "/api/v1/models", _parser(_MODEL), json=body)
+
+    @staticmethod
+    def delete_model(name: str) -> Call[None]:
+        return Call("DELETE", f"/api/v1/models/{name}", _no_content)
+
+    @staticmethod
+    def list_versions(name: str) -> Call[list[VersionInfo]]:
+        return Call("GET", f"/api/v1/models/{name}/versions", _parser(_VERSIONS))
+
+    @staticmethod
+    def get_version(name: str, version: int | str) -> Call[VersionInfo]:
+        return Call("GET", f"/api/v1/models/{name}/versions/{version}", _parser(_VERSION))
+
+    @staticmethod
+    def delete_version(name: str, version: int) -> Call[None]:
+        return Call("DELETE", f"/api/v1/models/{name}/versions/{version}", _no_content)
+
+    @staticmethod
+    def push(
+        name: str,
+        content: Iterable[bytes] | AsyncIterable[bytes],
+        *,
+        filename: str,
+        alias: str | None = None,
+        description: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Call[VersionInfo]:
+        params = {"filename": filename}
+        if alias:
+            params["alias"] = alias
+        if description:
+            params["description"] = description
+        if metadata:
+            params["metadata"] = orjson.dumps(dict(metadata)).decode()
+        return Call(
+            "POST",
+            f"/api/v1/models/{name}/versions",
+            _parser(_VERSION),
+            params=params,
+            content=content,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+
+    @staticmethod
+    def list_aliases(name: str) -> Call[list[AliasInfo]]:
+        return Call("GET", f"/api/v1/models/{name}/aliases", _parser(_ALIASES))
+
+    @staticmethod
+    def set_alias(name: str, alias: str, version: int) -> Call[AliasInfo]:
+        path = f"/api/v1/models/{name}/aliases/{alias}"
+        return Call("PUT", path, _parser(_ALIAS), json={"version": version})
+
+    @staticmethod
+    def set_deployment(name: str, version: int, spec: DeploymentSpec) -> Call[VersionInfo]:
+        path = f"/api/v1/models/{name}/versions/{version}/deployment"
+        return Call("PUT", path, _parser(_VERSION), json=spec.model_dump(mode="json"))
+
+    @staticmethod
+    def deployment_status(name: str, version: int | str) -> Call[dict[str, Any]]:
+        return Call("GET", f"/api/v1/models/{name}/versions/{version}/deployment/status", _json)
+
+    @staticmethod
+    def delete_alias(name: str, alias: str) -> Call[None]:
+        return Call("DELETE", f"/api/v1/models/{name}/aliases/{alias}", _no_content)
+
+    @staticmethod
+    def model_metadata(ref: str) -> Call[dict[str, Any]]:
+        return Call("GET", _v2_path(ref), _json)
+
+    @staticmethod
+    def ready() -> Call[bool]:
+        return Call("GET", "/v2/health/ready", lambda r: r.status_code == 200)
+
+    @staticmethod
+    def infer(
+        ref: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        *,
+        binary: bool = True,
+    ) -> Call[dict[str, np.ndarray]]:
+        body, headers = encode_infer_request(inputs, outputs=outputs, binary=binary)
+        return Call("POST", _v2_path(ref, "/infer"), _read_infer, content=body, headers=headers)
+
+
+def first_input_name(metadata: Mapping[str, Any]) -> str:
+    inputs = metadata.get("inputs") or []
+    if len(inputs) != 1:
+        raise InvalidInput(
+            "this model has several inputs; pass a mapping of input name to array",
+            details={"inputs": [i.get("name") for i in inputs]},
+        )
+    return str(inputs[0]["name"])

@@ -1,0 +1,150 @@
+"""``Client``: the blocking SDK."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+
+from maas.client._core import Call, Endpoints, first_input_name
+from maas.client._shared import base_url, client_headers, file_chunks, normalise_inputs
+from maas.protocols.management import AliasInfo, DeploymentSpec, ModelInfo, VersionInfo
+
+__all__ = ["Client"]
+
+T = TypeVar("T")
+
+
+class Client:
+    """Talk to a maas server: registry management and inference with numpy arrays.
+
+    >>> with Client("http://127.0.0.1:8000", api_key=key) as client:
+    ...     client.predict("iris:production", np.array([[5.1, 3.5, 1.4, 0.2]]))
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        verify: bool | str = True,
+    ) -> None:
+        self._http = httpx.Client(
+            base_url=base_url(url), headers=client_headers(api_key), timeout=timeout, verify=verify
+        )
+        self._input_names: dict[str, str] = {}
+
+    def _do(self, call: Call[T]) -> T:
+        response = self._http.request(
+            call.method,
+            call.path,
+            params=call.params or None,
+            json=call.json,
+            content=call.content,
+            headers=call.headers or None,
+        )
+        return call.parse(response)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # registry ----------------------------------------------------------------------
+    def list_models(self) -> list[ModelInfo]:
+        return self._do(Endpoints.list_models())
+
+    def get_model(self, name: str) -> ModelInfo:
+        return self._do(Endpoints.get_model(name))
+
+    def create_model(self, name: str, description: str = "", task: str | None = None) -> ModelInfo:
+        return self._do(Endpoints.create_model(name, description, task))
+
+    def delete_model(self, name: str) -> None:
+        self._do(Endpoints.delete_model(name))
+
+    def list_versions(self, name: str) -> list[VersionInfo]:
+        return self._do(Endpoints.list_versions(name))
+
+    def get_version(self, name: str, version: int | str) -> VersionInfo:
+        return self._do(Endpoints.get_version(name, version))
+
+    def delete_version(self, name: str, version: int) -> None:
+        self._do(Endpoints.delete_version(name, version))
+
+    def push(
+        self,
+        path: str | Path,
+        name: str,
+        *,
+        alias: str | None = None,
+        description: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> VersionInfo:
+        """Upload a model file as the next version of ``name``, streaming it."""
+        path = Path(path)
+        call = Endpoints.push(
+            name,
+            file_chunks(path, progress),
+            filename=path.name,
+            alias=alias,
+            description=description,
+            metadata=metadata,
+        )
+        return self._do(call)
+
+    def list_aliases(self, name: str) -> list[AliasInfo]:
+        return self._do(Endpoints.list_aliases(name))
+
+    def set_alias(self, name: str, alias: str, version: int) -> AliasInfo:
+        return self._do(Endpoints.set_alias(name, alias, version))
+
+    def set_deployment(self, name: str, version: int, spec: DeploymentSpec) -> VersionInfo:
+        """Set how a version is served (batching, instances, queue size)."""
+        return self._do(Endpoints.set_deployment(name, version, spec))
+
+    def deployment_status(self, name: str, version: int | str) -> dict[str, Any]:
+        """The live deployment of a version: state, worker pids, queue depth."""
+        return self._do(Endpoints.deployment_status(name, version))
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self._do(Endpoints.delete_alias(name, alias))
+
+    # inference ---------------------------------------------------------------------
+    def is_ready(self) -> bool:
+        return self._do(Endpoints.ready())
+
+    def model_metadata(self, ref: str) -> dict[str, Any]:
+        return self._do(Endpoints.model_metadata(ref))
+
+    def predict(
+        self,
+        ref: str,
+        inputs: np.ndarray | Mapping[str, Any],
+        outputs: Sequence[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run ``ref`` (``name``, ``name:3``, ``name:alias``) on numpy inputs.
+
+        A single array goes to the model's only input; a mapping names the inputs.
+        """
+        name = None
+        if not isinstance(inputs, Mapping):
+            name = self._input_names.get(ref)
+            if name is None:
+                name = self._input_names[ref] = first_input_name(self.model_metadata(ref))
+        return self._do(Endpoints.infer(ref, normalise_inputs(inputs, name), outputs))

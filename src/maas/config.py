@@ -1,0 +1,174 @@
+"""Settings: read once at an entry point, then passed down by section.
+
+Environment variables use the prefix ``MAAS_``; sections are set as
+``MAAS_SECTION__FIELD`` (for example ``MAAS_SERVING__MAX_LOADED_MODELS=8``). The few
+knobs users set most stay flat: ``MAAS_HOME``, ``MAAS_DATABASE_URL``, ``MAAS_HOST``,
+``MAAS_PORT``. CLI flags override the environment by being passed to ``Settings(...)``.
+Nothing below ``maas.config`` reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "AuthSettings",
+    "LimitSettings",
+    "ServerSettings",
+    "ServingSettings",
+    "Settings",
+    "StorageSettings",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServingSettings(_Section):
+    max_loaded_models: int = Field(
+        16, ge=1, description="Loaded model versions kept before the least recently used unloads."
+    )
+    load_at_start: bool = Field(
+        True, description="Load every aliased version when the server starts."
+    )
+    inference_threads: int = Field(
+        4, ge=1, description="Threads that run model calls off the event loop."
+    )
+    trust_pickle: bool = Field(
+        False, description="Accept pickle/joblib artifacts, which run code when loaded."
+    )
+    worker_mode: Literal["auto", "threads", "processes"] = Field(
+        "auto",
+        description="Where models run: auto picks threads for runtimes that release the GIL "
+        "(ONNX) and worker processes for the rest (scikit-learn).",
+    )
+    request_timeout_s: float = Field(
+        60.0, gt=0, description="Inference timeout when the caller sets none (504 past it)."
+    )
+    max_request_timeout_s: float = Field(
+        300.0, gt=0, description="Largest timeout a caller may ask for (parameters.timeout)."
+    )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="After SIGTERM, how long in-flight requests may take to finish."
+    )
+
+
+class StorageSettings(_Section):
+    artifact_url: str | None = Field(
+        None, description="fsspec URL of the artifact store; default MAAS_HOME/artifacts."
+    )
+
+
+class LimitSettings(_Section):
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest inference request body (413 past it)."
+    )
+    max_upload_bytes: int = Field(
+        50 * 1024**3, ge=1024, description="Largest artifact upload (413 past it)."
+    )
+    max_json_depth: int = Field(32, ge=2, description="Deepest JSON nesting accepted.")
+    max_tensor_elements: int = Field(
+        16 * 1024 * 1024, ge=1, description="Largest element count of one input tensor."
+    )
+    max_bytes_element: int = Field(
+        1024 * 1024, ge=1, description="Longest single element of a BYTES tensor."
+    )
+    request_deadline_s: float = Field(
+        300.0,
+        gt=0,
+        description="Time a non-streaming request may take to start its answer (504 past it); "
+        "uploads are exempt.",
+    )
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest request head (request line and headers)."
+    )
+
+
+class AuthSettings(_Section):
+    enabled: bool = Field(True, description="Require an API key on every non-health endpoint.")
+    admin_key: SecretStr | None = Field(None, description="Admin key to create at start.")
+    metrics_public: bool = Field(True, description="Serve /metrics without a key.")
+    hash_secret: SecretStr | None = Field(
+        None,
+        description="Secret that keys are hashed with (HMAC-SHA256); default a random one kept "
+        "in MAAS_HOME/auth.secret. Replicas sharing a database must share it.",
+    )
+
+
+class ServerSettings(_Section):
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins browsers may call from (CORS off when empty)."
+    )
+    ssl_certfile: Path | None = Field(None, description="TLS certificate (PEM); serves https.")
+    ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM).")
+
+
+class Settings(BaseSettings):
+    """Every setting of the server and the CLI, frozen once built."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAAS_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="ignore",
+    )
+
+    home: Path = Field(Path("~/.maas"), description="Directory of the embedded database and store.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default SQLite (WAL) at MAAS_HOME/maas.db."
+    )
+    host: str = Field("127.0.0.1", description="Address the server binds.")
+    port: int = Field(8000, ge=0, le=65535, description="Port the server binds (0: any free).")
+    url: str = Field("http://127.0.0.1:8000", description="Server URL the CLI and SDK call.")
+    api_key: SecretStr | None = Field(None, description="API key the CLI sends.")
+    admin_key: SecretStr | None = Field(
+        None, description="Shortcut for auth.admin_key (MAAS_ADMIN_KEY)."
+    )
+    redis_url: str | None = Field(None, description="Redis for limits shared across processes.")
+    redis_prefix: str = Field(
+        "maas", description="Prefix of every Redis key; servers sharing limits use the same one."
+    )
+    log_level: str = Field("info", description="Log level of the server.")
+    prometheus_multiproc_dir: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("prometheus_multiproc_dir", "PROMETHEUS_MULTIPROC_DIR"),
+        description="prometheus_client's multiprocess directory (env PROMETHEUS_MULTIPROC_DIR, "
+        "unprefixed); /metrics then sums every process's values.",
+    )
+    demo: bool = Field(False, description="Register the demo models at start.")
+
+    serving: ServingSettings = ServingSettings()
+    storage: StorageSettings = StorageSettings()
+    limits: LimitSettings = LimitSettings()
+    auth: AuthSettings = AuthSettings()
+    server: ServerSettings = ServerSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _admin_key_shortcut(cls, data: Any) -> Any:
+        """``MAAS_ADMIN_KEY`` fills ``auth.admin_key`` unless that is set itself."""
+        if not isinstance(data, dict) or not data.get("admin_key"):
+            return data
+        auth = data.get("auth") or {}
+        if isinstance(auth, BaseModel):
+            auth = auth.model_dump()
+        if isinstance(auth, dict) and not auth.get("admin_key"):
+            data = {**data, "auth": {**auth, "admin_key": data["admin_key"]}}
+        return data
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home_dir / 'maas.db'}"
+
+    @property
+    def resolved_artifact_url(self) -> str:
+        return self.storage.artifact_url or str(self.home_dir / "artifacts")

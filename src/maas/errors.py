@@ -1,0 +1,354 @@
+"""The one exception hierarchy of maas.
+
+Every error a caller can see is a ``MaasError`` subclass that knows its stable
+``code`` (public API: clients branch on it), its HTTP ``status`` and, for capacity
+errors, a ``retry_after`` in seconds. Only the stdlib is imported, so runtimes,
+the registry and the SDK can all raise and catch these without pulling in a web
+framework. The API layer renders them in one place (``maas.api.errors``); the SDK
+rebuilds the same class from the code (``error_class_for``).
+
+    MaasError
+    ├── InvalidRequest (400)
+    │   ├── InvalidInput
+    │   ├── InvalidName
+    │   ├── ShapeMismatch
+    │   ├── UnsupportedDatatype
+    │   ├── UnsupportedArtifact
+    │   ├── ContextLengthExceeded
+    │   └── ClientDisconnected
+    ├── Unauthenticated (401)
+    ├── Forbidden (403)
+    ├── NotFound (404)
+    │   ├── ModelNotFound
+    │   ├── VersionNotFound
+    │   ├── AliasNotFound
+    │   ├── KeyNotFound
+    │   ├── JobNotFound
+    │   └── DatasetNotFound
+    ├── Conflict (409)
+    │   ├── ModelExists
+    │   ├── VersionInUse
+    │   └── RolloutFailed
+    ├── PayloadTooLarge (413)
+    ├── UnsupportedMediaType (415)
+    ├── UntrustedArtifact (422)
+    ├── RateLimited (429)
+    ├── QuotaExceeded (429)
+    ├── Overloaded (503)
+    ├── ModelNotReady (503)
+    ├── WorkerCrashed (503)
+    ├── ShuttingDown (503)
+    ├── RequestTimeout (504)
+    ├── RuntimeFailure (500)
+    ├── ArtifactCorrupted (500)
+    ├── StorageFailure (500)
+    └── MissingExtra (501)
+
+Startup-only errors (``ConfigInvalid``) derive from
+``StartupError``; they stop the process with a readable message and never reach HTTP.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+__all__ = [
+    "AliasNotFound",
+    "ArtifactCorrupted",
+    "ClientDisconnected",
+    "ConfigInvalid",
+    "Conflict",
+    "ContextLengthExceeded",
+    "DatasetNotFound",
+    "Forbidden",
+    "InvalidInput",
+    "InvalidName",
+    "InvalidRequest",
+    "JobNotFound",
+    "KeyNotFound",
+    "MaasError",
+    "MissingExtra",
+    "ModelExists",
+    "ModelNotFound",
+    "ModelNotReady",
+    "NotFound",
+    "Overloaded",
+    "PayloadTooLarge",
+    "QuotaExceeded",
+    "RateLimited",
+    "RequestTimeout",
+    "RolloutFailed",
+    "RuntimeFailure",
+    "ShapeMismatch",
+    "ShuttingDown",
+    "StartupError",
+    "StorageFailure",
+    "Unauthenticated",
+    "UnsupportedArtifact",
+    "UnsupportedDatatype",
+    "UnsupportedMediaType",
+    "UntrustedArtifact",
+    "VersionInUse",
+    "VersionNotFound",
+    "WorkerCrashed",
+    "error_class_for",
+]
+
+_REGISTRY: dict[str, type[MaasError]] = {}
+
+
+class MaasError(Exception):
+    """Base of every error a caller can see.
+
+    ``details`` must be safe to show the caller: no secrets, paths or tracebacks.
+    """
+
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[HTTPStatus] = HTTPStatus.INTERNAL_SERVER_ERROR
+    default_message: ClassVar[str] = "internal server error"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        details: dict[str, Any] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.message = message or self.default_message
+        self.details = details or {}
+        self.retry_after = retry_after
+        super().__init__(self.message)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "code" in cls.__dict__:
+            if cls.code in _REGISTRY:
+                raise TypeError(f"duplicate error code {cls.code!r}")
+            _REGISTRY[cls.code] = cls
+
+
+_REGISTRY[MaasError.code] = MaasError
+
+
+def error_class_for(code: str) -> type[MaasError]:
+    """The class registered for ``code``, or ``MaasError`` for codes this version lacks."""
+    return _REGISTRY.get(code, MaasError)
+
+
+# -- the caller's fault -------------------------------------------------------------
+
+
+class InvalidRequest(MaasError):
+    code = "invalid_request"
+    status = HTTPStatus.BAD_REQUEST
+    default_message = "invalid request"
+
+
+class InvalidInput(InvalidRequest):
+    code = "invalid_input"
+
+
+class InvalidName(InvalidRequest):
+    code = "invalid_name"
+
+
+class ShapeMismatch(InvalidRequest):
+    code = "shape_mismatch"
+
+
+class UnsupportedDatatype(InvalidRequest):
+    code = "unsupported_datatype"
+
+
+class UnsupportedArtifact(InvalidRequest):
+    code = "unsupported_artifact"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class ClientDisconnected(InvalidRequest):
+    """The caller hung up before its answer; its queued work was dropped.
+
+    Nobody reads this response; it exists so logs and metrics name what happened.
+    """
+
+    code = "client_disconnected"
+    default_message = "the client disconnected before the answer"
+
+
+class Unauthenticated(MaasError):
+    code = "unauthenticated"
+    status = HTTPStatus.UNAUTHORIZED
+    default_message = "a valid API key is required"
+
+
+class Forbidden(MaasError):
+    code = "forbidden"
+    status = HTTPStatus.FORBIDDEN
+    default_message = "this key may not do that"
+
+
+class NotFound(MaasError):
+    code = "not_found"
+    status = HTTPStatus.NOT_FOUND
+    default_message = "not found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class VersionNotFound(NotFound):
+    code = "version_not_found"
+
+
+class AliasNotFound(NotFound):
+    code = "alias_not_found"
+
+
+class KeyNotFound(NotFound):
+    code = "key_not_found"
+
+
+class JobNotFound(NotFound):
+    code = "job_not_found"
+
+
+class DatasetNotFound(NotFound):
+    code = "dataset_not_found"
+
+
+class Conflict(MaasError):
+    code = "conflict"
+    status = HTTPStatus.CONFLICT
+    default_message = "conflict with the current state"
+
+
+class ModelExists(Conflict):
+    code = "model_exists"
+
+
+class VersionInUse(Conflict):
+    code = "version_in_use"
+
+
+class RolloutFailed(Conflict):
+    """The version an alias was to point to could not be loaded; the alias did not move."""
+
+    code = "rollout_failed"
+    default_message = "the new version failed to load; the alias was not moved"
+
+
+class PayloadTooLarge(MaasError):
+    code = "payload_too_large"
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    default_message = "request body too large"
+
+
+class UnsupportedMediaType(MaasError):
+    code = "unsupported_media_type"
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    default_message = "unsupported content type"
+
+
+class UntrustedArtifact(MaasError):
+    """A pickle or joblib file on a server that does not trust them: loading would run code."""
+
+    code = "untrusted_artifact"
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    default_message = (
+        "pickle and joblib files can run arbitrary code when loaded; "
+        "push .skops or .onnx, or start the server with --trust-pickle"
+    )
+
+
+# -- capacity -------------------------------------------------------------------------
+
+
+class RateLimited(MaasError):
+    code = "rate_limited"
+    status = HTTPStatus.TOO_MANY_REQUESTS
+    default_message = "rate limit exceeded"
+
+
+class QuotaExceeded(MaasError):
+    code = "quota_exceeded"
+    status = HTTPStatus.TOO_MANY_REQUESTS
+    default_message = "quota exhausted for this period"
+
+
+class Overloaded(MaasError):
+    code = "overloaded"
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    default_message = "server overloaded, retry later"
+
+
+class ModelNotReady(MaasError):
+    code = "model_not_ready"
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    default_message = "model is not ready"
+
+
+class WorkerCrashed(MaasError):
+    code = "worker_crashed"
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    default_message = "the worker serving this model stopped; retry"
+
+
+class ShuttingDown(MaasError):
+    code = "shutting_down"
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    default_message = "server is shutting down"
+
+
+class RequestTimeout(MaasError):
+    code = "request_timeout"
+    status = HTTPStatus.GATEWAY_TIMEOUT
+    default_message = "request timed out"
+
+
+# -- the server's fault ---------------------------------------------------------------
+
+
+class RuntimeFailure(MaasError):
+    code = "runtime_failure"
+    default_message = "the model failed to run"
+
+
+class ArtifactCorrupted(MaasError):
+    code = "artifact_corrupted"
+    default_message = "stored artifact does not match its digest"
+
+
+class StorageFailure(MaasError):
+    code = "storage_failure"
+    default_message = "artifact storage failed"
+
+
+class MissingExtra(MaasError):
+    """A framework's optional dependency is not installed on this server."""
+
+    code = "missing_extra"
+    status = HTTPStatus.NOT_IMPLEMENTED
+
+    def __init__(self, framework: str, extra: str) -> None:
+        self.framework = framework
+        self.extra = extra
+        super().__init__(
+            f"the {framework} runtime needs the [{extra}] extra: pip install 'maas[{extra}]'",
+            details={"framework": framework, "extra": extra},
+        )
+
+
+# -- startup only ---------------------------------------------------------------------
+
+
+class StartupError(Exception):
+    """Stops the process with a readable message; never reaches HTTP."""
+
+
+class ConfigInvalid(StartupError):
+    pass

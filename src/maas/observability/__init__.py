@@ -1,0 +1,1 @@
+"""Metrics, structured logs and tracing. May import: ``maas.config``."""

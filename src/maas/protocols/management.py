@@ -1,0 +1,81 @@
+"""Schemas of the management API (``/api/v1``): models, versions, aliases.
+
+The registry returns these value objects rather than ORM rows, so routers and the SDK
+share one definition of what a model or a version looks like on the wire.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from maas.protocols.signature import Signature
+
+__all__ = [
+    "AliasInfo",
+    "AliasSet",
+    "DeploymentSpec",
+    "ModelCreate",
+    "ModelInfo",
+    "VersionInfo",
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class DeploymentSpec(_Frozen):
+    """How a version is served; registry data, not environment variables."""
+
+    max_batch_size: int = Field(1, ge=1, description="Rows per batch; 1 turns batching off.")
+    max_queue_delay_us: int = Field(
+        0, ge=0, description="How long a batch waits for more requests, in microseconds."
+    )
+    preferred_batch_sizes: list[int] = Field(default_factory=list)
+    instances: int = Field(1, ge=1, le=64, description="Parallel instances of the model.")
+    max_queue_size: int = Field(256, ge=1, description="Queued requests before 503.")
+
+
+class ModelCreate(_Frozen):
+    name: str
+    description: str = ""
+    task: str | None = None
+
+
+class ModelInfo(_Frozen):
+    name: str
+    description: str
+    task: str | None
+    created_at: datetime
+    latest_version: int | None = None
+    aliases: dict[str, int] = Field(default_factory=dict)
+
+
+class VersionInfo(_Frozen):
+    model: str
+    version: int
+    framework: str
+    digest: str = Field(description="sha256 of the artifact, as 'sha256:<hex>'.")
+    size_bytes: int
+    filename: str
+    signature: Signature
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    lineage: dict[str, Any] = Field(default_factory=dict)
+    deployment: DeploymentSpec = Field(default_factory=DeploymentSpec)
+    created_at: datetime
+    created_by: str | None = None
+    aliases: list[str] = Field(default_factory=list)
+
+
+class AliasSet(_Frozen):
+    version: int
+
+
+class AliasInfo(_Frozen):
+    model: str
+    alias: str
+    version: int

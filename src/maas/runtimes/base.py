@@ -1,0 +1,118 @@
+"""The runtime contract: load an artifact, describe its signature, run one batch.
+
+Runtimes are synchronous: serving runs them in worker threads or processes, never on
+the event loop. Inputs are numpy arrays keyed by name, rows along the first axis;
+BYTES tensors are object arrays of ``bytes``. Nothing here assumes the inputs are
+numeric tensors, so runtimes for text, images or audio fit the same interface.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Self
+
+import numpy as np
+
+from maas.errors import InvalidInput, ShapeMismatch
+from maas.protocols.signature import Signature, TensorSpec
+from maas.protocols.tensors import DATATYPES
+
+__all__ = ["LoadOptions", "Runtime", "check_request"]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadOptions:
+    trust_pickle: bool = False
+    threads: int | None = None
+
+
+class Runtime(abc.ABC):
+    framework: ClassVar[str]
+    #: Whether ``predict`` releases the GIL (threads then scale; otherwise processes do).
+    releases_gil: ClassVar[bool] = False
+
+    signature: Signature
+
+    @classmethod
+    @abc.abstractmethod
+    def load(cls, path: Path, *, options: LoadOptions) -> Self:
+        """Load the artifact at ``path``; never runs code from it without trust."""
+
+    @abc.abstractmethod
+    def _run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """Run one checked batch and return the requested outputs."""
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Check ``inputs`` against the signature, run, and return the requested outputs."""
+        checked, wanted = check_request(self.signature, inputs, outputs)
+        return self._run(checked, wanted)
+
+    def close(self) -> None:  # noqa: B027  # optional hook; most runtimes hold only memory
+        """Release what the runtime holds."""
+
+
+def check_request(
+    signature: Signature, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Inputs checked and cast against ``signature``, and the output names to compute.
+
+    A function of the signature alone, so serving can check a request before it joins
+    a batch, in the process that holds no runtime.
+    """
+    wanted = _check_outputs(signature, outputs)
+    checked = {spec.name: _check_input(spec, inputs) for spec in signature.inputs}
+    extra = set(inputs) - set(checked)
+    if extra:
+        raise InvalidInput(
+            f"unknown input {sorted(extra)[0]!r}; this model takes "
+            f"{[s.name for s in signature.inputs]}"
+        )
+    return checked, wanted
+
+
+def _check_outputs(signature: Signature, outputs: Sequence[str] | None) -> list[str]:
+    names = [spec.name for spec in signature.outputs]
+    if outputs is None:
+        return names
+    for name in outputs:
+        if name not in names:
+            raise InvalidInput(f"unknown output {name!r}; this model has {names}")
+    return list(outputs)
+
+
+def _check_input(spec: TensorSpec, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    if spec.name not in inputs:
+        raise InvalidInput(f"missing input {spec.name!r}")
+    array = inputs[spec.name]
+    shape = list(array.shape)
+    if len(shape) != len(spec.shape) or any(
+        want not in (-1, got) for want, got in zip(spec.shape, shape, strict=False)
+    ):
+        raise ShapeMismatch(
+            f"input {spec.name!r}: expected shape {spec.shape}, got {shape}",
+            details={"input": spec.name, "expected": spec.shape, "got": shape},
+        )
+    return _cast(spec, array)
+
+
+def _cast(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+    """Convert to the declared datatype where no value can change meaning."""
+    if spec.datatype == "BYTES":
+        if array.dtype != object:
+            raise InvalidInput(f"input {spec.name!r} takes BYTES (strings), got numbers")
+        return array
+    target = DATATYPES[spec.datatype]
+    if array.dtype == target:
+        return array
+    if array.dtype == object or array.dtype.kind in "USV":
+        raise InvalidInput(f"input {spec.name!r} takes {spec.datatype}, got strings")
+    if target.kind == "f" or np.can_cast(array.dtype, target, casting="safe"):
+        return array.astype(target)
+    raise InvalidInput(
+        f"input {spec.name!r} takes {spec.datatype}; values of this datatype do not fit"
+    )

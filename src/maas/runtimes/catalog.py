@@ -1,0 +1,110 @@
+"""Which runtime serves which framework, and what an uploaded file is.
+
+Framework modules are imported on first use, so the core works without the optional
+extras; a missing one raises ``MissingExtra`` naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maas.errors import MissingExtra, UnsupportedArtifact, UntrustedArtifact
+from maas.protocols.signature import Signature
+from maas.runtimes.base import LoadOptions, Runtime
+
+__all__ = ["ArtifactInfo", "inspect_artifact", "load_runtime", "runtime_class"]
+
+# framework -> (module, class, extra that provides its dependency, module to probe)
+_RUNTIMES: dict[str, tuple[str, str, str, str]] = {
+    "sklearn": ("maas.runtimes.sklearn", "SklearnRuntime", "core", "sklearn"),
+    "pickle": ("maas.runtimes.sklearn", "PickleRuntime", "core", "sklearn"),
+    "onnx": ("maas.runtimes.onnx", "OnnxRuntime", "onnx", "onnxruntime"),
+}
+
+_PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
+ACCEPTED = ".skops (scikit-learn), .onnx; .pkl/.pickle/.joblib on a server with --trust-pickle"
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    framework: str
+    signature: Signature
+    task: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def runtime_class(framework: str) -> type[Runtime]:
+    try:
+        module_name, class_name, extra, probe = _RUNTIMES[framework]
+    except KeyError:
+        raise UnsupportedArtifact(f"no runtime for framework {framework!r}") from None
+    try:
+        importlib.import_module(probe)
+    except ImportError:
+        raise MissingExtra(framework, extra) from None
+    runtime: type[Runtime] = getattr(importlib.import_module(module_name), class_name)
+    return runtime
+
+
+def load_runtime(framework: str, path: Path, options: LoadOptions) -> Runtime:
+    return runtime_class(framework).load(path, options=options)
+
+
+def _looks_like_pickle(head: bytes, filename: str) -> bool:
+    # Protocol 2+ pickles start with 0x80; joblib's compressed files with zlib/gzip/xz
+    # magic; the extension catches the rest.
+    return (
+        filename.lower().endswith(_PICKLE_SUFFIXES)
+        or head[:1] == b"\x80"
+        or head[:2] in (b"\x78\x9c", b"\x78\x01", b"\x78\xda", b"\x1f\x8b")
+        or head[:6] == b"\xfd7zXZ\x00"
+    )
+
+
+def inspect_artifact(path: Path, filename: str, *, trust_pickle: bool) -> ArtifactInfo:
+    """Detect the framework by content (the extension only breaks ties) and read the
+    signature by loading the artifact safely. Nothing from an untrusted file runs."""
+    from maas.runtimes.sklearn import estimator_task, is_skops
+
+    with path.open("rb") as handle:
+        head = handle.read(16)
+    if is_skops(path):
+        runtime = runtime_class("sklearn").load(path, options=LoadOptions())
+        estimator = runtime.estimator  # type: ignore[attr-defined]  # SklearnRuntime
+        return ArtifactInfo(
+            "sklearn",
+            runtime.signature,
+            estimator_task(estimator),
+            {"estimator": type(estimator).__name__},
+        )
+    if _looks_like_pickle(head, filename):
+        if not trust_pickle:
+            raise UntrustedArtifact()
+        runtime = runtime_class("pickle").load(path, options=LoadOptions(trust_pickle=True))
+        estimator = runtime.estimator  # type: ignore[attr-defined]  # PickleRuntime
+        return ArtifactInfo(
+            "pickle",
+            runtime.signature,
+            estimator_task(estimator),
+            {"estimator": type(estimator).__name__},
+        )
+    if filename.lower().endswith(".onnx") or _is_onnx(path):
+        runtime = runtime_class("onnx").load(path, options=LoadOptions(threads=1))
+        return ArtifactInfo("onnx", runtime.signature, None, {})
+    raise UnsupportedArtifact(f"unrecognised model file; accepted: {ACCEPTED}")
+
+
+def _is_onnx(path: Path) -> bool:
+    """An ONNX file is a protobuf ModelProto; parse it without external data."""
+    try:
+        import onnx
+    except ImportError:
+        return False
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return False
+    return bool(model.graph.node)

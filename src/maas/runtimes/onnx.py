@@ -1,0 +1,109 @@
+"""ONNX models through onnxruntime (which releases the GIL while it runs)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+from maas.errors import InvalidInput, RuntimeFailure, UnsupportedArtifact
+from maas.protocols.signature import Signature, TensorSpec
+from maas.runtimes.base import LoadOptions, Runtime
+
+__all__ = ["OnnxRuntime", "onnx_signature"]
+
+_ONNX_TYPES = {
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(float16)": "FP16",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(bool)": "BOOL",
+    "tensor(string)": "BYTES",
+}
+
+
+def _specs(nodes: Any) -> list[TensorSpec]:
+    """Tensor nodes only: non-tensor outputs (ZipMap's seq(map)) are left out."""
+    return [
+        TensorSpec(
+            name=node.name,
+            datatype=_ONNX_TYPES[node.type],
+            shape=[dim if isinstance(dim, int) and dim >= 0 else -1 for dim in node.shape],
+        )
+        for node in nodes
+        if node.type in _ONNX_TYPES
+    ]
+
+
+def onnx_signature(session: Any) -> Signature:
+    return Signature(inputs=_specs(session.get_inputs()), outputs=_specs(session.get_outputs()))
+
+
+def open_session(path: Path, threads: int | None = None) -> Any:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    try:
+        return onnxruntime.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:
+        raise UnsupportedArtifact(
+            f"onnxruntime cannot load this model ({type(exc).__name__})"
+        ) from None
+
+
+def _to_onnx(value: np.ndarray) -> np.ndarray:
+    """BYTES arrive as object arrays of bytes; onnxruntime wants str."""
+    if value.dtype != object:
+        return value
+    decoded = [
+        v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in value.ravel()
+    ]
+    return np.array(decoded, dtype=object).reshape(value.shape)
+
+
+class OnnxRuntime(Runtime):
+    framework: ClassVar[str] = "onnx"
+    releases_gil: ClassVar[bool] = True
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self.signature = onnx_signature(session)
+        if len(self.signature.inputs) != len(session.get_inputs()):
+            raise UnsupportedArtifact("the model has inputs that are not tensors")
+
+    @classmethod
+    def load(cls, path: Path, *, options: LoadOptions) -> Self:
+        return cls(open_session(path, options.threads))
+
+    def _run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        feed = {name: _to_onnx(value) for name, value in inputs.items()}
+        try:
+            values = self._session.run(list(outputs), feed)
+        except Exception as exc:
+            name = type(exc).__name__
+            if name in ("InvalidArgument", "Fail"):
+                raise InvalidInput(f"the model refused the input: {str(exc)[:200]}") from None
+            raise RuntimeFailure(f"the model failed: {name}") from None
+        result = {}
+        for name, value in zip(outputs, values, strict=True):
+            array = np.asarray(value)
+            if array.dtype.kind in "UO":
+                array = np.array([str(v).encode() for v in array.ravel()], dtype=object).reshape(
+                    array.shape
+                )
+            result[name] = array
+        return result

@@ -1,0 +1,142 @@
+"""scikit-learn models from ``.skops`` (safe) or, on a trusting server, pickle/joblib.
+
+skops lists the types a file would instantiate; only types from scikit-learn, numpy
+and scipy are trusted. Anything else (a user class, ``builtins.eval``…) is refused.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+from maas.errors import RuntimeFailure, UnsupportedArtifact, UntrustedArtifact
+from maas.protocols.signature import Signature, TensorSpec
+from maas.runtimes.base import LoadOptions, Runtime
+
+__all__ = ["SklearnRuntime", "estimator_signature", "load_estimator"]
+
+_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "collections.OrderedDict")
+
+
+def _load_skops(path: Path) -> Any:
+    import skops.io
+
+    try:
+        untrusted = skops.io.get_untrusted_types(file=path)
+    except Exception as exc:  # a broken zip or schema
+        raise UnsupportedArtifact(f"not a readable .skops file ({type(exc).__name__})") from None
+    refused = [name for name in untrusted if not name.startswith(_TRUSTED_PREFIXES)]
+    if refused:
+        raise UntrustedArtifact(
+            "the .skops file contains types outside scikit-learn, numpy and scipy",
+            details={"types": refused[:20]},
+        )
+    return skops.io.load(path, trusted=untrusted)
+
+
+def _load_pickle(path: Path) -> Any:
+    import joblib
+
+    try:
+        return joblib.load(path)
+    except Exception:
+        with path.open("rb") as handle:
+            return pickle.load(handle)  # only with the operator's --trust-pickle
+
+
+def is_skops(path: Path) -> bool:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    try:  # is_zipfile only finds an end record; the directory it points to may be broken
+        with zipfile.ZipFile(path) as archive:
+            return "schema.json" in archive.namelist()
+    except zipfile.BadZipFile:
+        return False
+
+
+def load_estimator(path: Path, *, trust_pickle: bool) -> Any:
+    if is_skops(path):
+        return _load_skops(path)
+    if not trust_pickle:
+        raise UntrustedArtifact()
+    try:
+        return _load_pickle(path)
+    except Exception as exc:
+        raise UnsupportedArtifact(f"could not unpickle the file ({type(exc).__name__})") from None
+
+
+def _label_datatype(classes: np.ndarray) -> str:
+    if classes.dtype.kind in "iu":
+        return "INT64"
+    if classes.dtype.kind == "b":
+        return "BOOL"
+    if classes.dtype.kind == "f":
+        return "FP64"
+    return "BYTES"
+
+
+def estimator_signature(estimator: Any) -> Signature:
+    if not hasattr(estimator, "predict"):
+        raise UnsupportedArtifact(f"{type(estimator).__name__} has no predict method")
+    n_features = getattr(estimator, "n_features_in_", None)
+    inputs = [TensorSpec(name="input", datatype="FP64", shape=[-1, int(n_features or -1)])]
+    classes = getattr(estimator, "classes_", None)
+    if classes is None:
+        return Signature(
+            inputs=inputs, outputs=[TensorSpec(name="predict", datatype="FP64", shape=[-1])]
+        )
+    classes = np.asarray(classes)
+    outputs = [TensorSpec(name="predict", datatype=_label_datatype(classes), shape=[-1])]
+    if hasattr(estimator, "predict_proba"):
+        outputs.append(TensorSpec(name="predict_proba", datatype="FP64", shape=[-1, len(classes)]))
+    return Signature(inputs=inputs, outputs=outputs)
+
+
+def estimator_task(estimator: Any) -> str | None:
+    if hasattr(estimator, "classes_"):
+        return "classification"
+    if hasattr(estimator, "predict"):
+        return "regression"
+    return None
+
+
+class SklearnRuntime(Runtime):
+    framework: ClassVar[str] = "sklearn"
+    releases_gil: ClassVar[bool] = False
+
+    def __init__(self, estimator: Any) -> None:
+        self.estimator = estimator
+        self.signature = estimator_signature(estimator)
+
+    @classmethod
+    def load(cls, path: Path, *, options: LoadOptions) -> Self:
+        return cls(load_estimator(path, trust_pickle=options.trust_pickle))
+
+    def _run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        features = inputs["input"]
+        result: dict[str, np.ndarray] = {}
+        try:
+            for name in outputs:
+                value = np.asarray(getattr(self.estimator, name)(features))
+                if value.dtype.kind in "USO":
+                    value = np.array([str(v).encode() for v in value.ravel()], dtype=object)
+                result[name] = value
+        except ValueError as exc:  # scikit-learn's word for bad input values (NaN, …)
+            from maas.errors import InvalidInput
+
+            raise InvalidInput(f"the model refused the input: {str(exc)[:200]}") from None
+        except Exception as exc:
+            raise RuntimeFailure(f"the model failed: {type(exc).__name__}") from None
+        return result
+
+
+class PickleRuntime(SklearnRuntime):
+    """The same adapter, named apart so registries show which versions are pickles."""
+
+    framework: ClassVar[str] = "pickle"

@@ -1,0 +1,174 @@
+"""Publishing: turn an uploaded file into an immutable, inspected model version.
+
+The one path by which artifacts enter the registry (the upload API, the demo and jobs
+all use it): stream to the content-addressed store, detect the framework and the
+signature by loading the artifact safely, then record the version and move aliases.
+Aliases are moved through here too, so that serving learns of every change at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from maas.config import Settings
+from maas.errors import InvalidInput, MaasError
+from maas.protocols.management import AliasInfo, DeploymentSpec, VersionInfo
+from maas.registry.artifacts import ArtifactStore, StoredArtifact
+from maas.registry.names import validate_alias, validate_name
+from maas.registry.service import RegistryService
+from maas.runtimes.catalog import inspect_artifact
+from maas.serving.manager import ModelManager
+
+__all__ = ["Publisher"]
+
+_WRITE_BATCH_BYTES = 1024 * 1024
+
+
+class Publisher:
+    def __init__(
+        self,
+        registry: RegistryService,
+        store: ArtifactStore,
+        models: ModelManager,
+        settings: Settings,
+    ) -> None:
+        self._registry = registry
+        self._store = store
+        self._models = models
+        self._settings = settings
+
+    async def push(
+        self,
+        model: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        filename: str,
+        alias: str | None = None,
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        lineage: dict[str, Any] | None = None,
+        created_by: str | None = None,
+    ) -> VersionInfo:
+        """Store a streamed upload and register it as the next version of ``model``."""
+        self._check_names(model, alias, filename)
+        artifact = await self._receive(chunks)
+        return await self._register(
+            model, artifact, filename, alias, description, metadata, lineage, created_by
+        )
+
+    async def publish_file(
+        self,
+        model: str,
+        path: Path,
+        *,
+        alias: str | None = None,
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        lineage: dict[str, Any] | None = None,
+        created_by: str | None = None,
+    ) -> VersionInfo:
+        """Register a file already on this machine (the demo, jobs)."""
+        self._check_names(model, alias, path.name)
+        artifact = await asyncio.to_thread(self._store.put_file, path)
+        return await self._register(
+            model, artifact, path.name, alias, description, metadata, lineage, created_by
+        )
+
+    @staticmethod
+    def _check_names(model: str, alias: str | None, filename: str) -> None:
+        """Refuse bad names before a byte of the upload is read."""
+        validate_name("model", model)
+        if alias is not None:
+            validate_alias(alias)
+        if not filename or "/" in filename or "\\" in filename or len(filename) > 255:
+            raise InvalidInput("filename must be a plain file name such as model.onnx")
+
+    async def _receive(self, chunks: AsyncIterator[bytes]) -> StoredArtifact:
+        max_bytes = self._settings.limits.max_upload_bytes
+        with self._store.writer(max_bytes=max_bytes) as writer:
+            pending: list[bytes] = []
+            pending_bytes = 0
+            async for chunk in chunks:
+                pending.append(chunk)
+                pending_bytes += len(chunk)
+                if pending_bytes >= _WRITE_BATCH_BYTES:
+                    await asyncio.to_thread(writer.write, b"".join(pending))
+                    pending, pending_bytes = [], 0
+            if pending:
+                await asyncio.to_thread(writer.write, b"".join(pending))
+            return await asyncio.to_thread(writer.commit)
+
+    async def _register(
+        self,
+        model: str,
+        artifact: StoredArtifact,
+        filename: str,
+        alias: str | None,
+        description: str | None,
+        metadata: dict[str, Any] | None,
+        lineage: dict[str, Any] | None,
+        created_by: str | None,
+    ) -> VersionInfo:
+        try:
+            path = await asyncio.to_thread(self._store.local_path, artifact.digest)
+            info = await asyncio.to_thread(
+                inspect_artifact, path, filename, trust_pickle=self._settings.serving.trust_pickle
+            )
+        except MaasError:
+            await asyncio.to_thread(self._discard_if_unused, artifact.digest)
+            raise
+        version = await asyncio.to_thread(
+            lambda: self._registry.create_version(
+                model,
+                artifact=artifact,
+                filename=filename,
+                framework=info.framework,
+                signature=info.signature,
+                metadata={**info.details, **(metadata or {})},
+                lineage=lineage,
+                created_by=created_by,
+                description=description,
+                task=info.task,
+            )
+        )
+        if alias is not None:
+            await self.set_alias(model, alias, version.version)
+            version = await asyncio.to_thread(self._registry.get_version, model, version.version)
+        return version
+
+    def _discard_if_unused(self, digest: str) -> None:
+        if not self._registry.digest_in_use(digest):
+            self._store.delete(digest)
+
+    async def set_alias(self, model: str, alias: str, version: int) -> AliasInfo:
+        """Move an alias with no downtime: load and warm the target first (a failure
+        raises ``RolloutFailed`` and the registry is left as it was), then move the
+        alias in the registry, then switch serving and drain the old version."""
+        target = await asyncio.to_thread(self._registry.get_version, model, version)
+        await self._models.prepare(target)
+        info = await asyncio.to_thread(self._registry.set_alias, model, alias, version)
+        await self._models.switch(model)
+        return info
+
+    async def delete_alias(self, model: str, alias: str) -> None:
+        await asyncio.to_thread(self._registry.delete_alias, model, alias)
+        await self._models.switch(model)
+
+    async def update_deployment(
+        self, model: str, version: int, spec: DeploymentSpec
+    ) -> VersionInfo:
+        """Store how a version is served; a loaded version is redeployed with no gap."""
+        info = await asyncio.to_thread(self._registry.update_deployment, model, version, spec)
+        await self._models.redeploy(info)
+        return info
+
+    async def delete_version(self, model: str, version: int) -> None:
+        await asyncio.to_thread(self._registry.delete_version, model, version)
+        await self._models.unload(model, version)
+
+    async def delete_model(self, model: str) -> None:
+        await asyncio.to_thread(self._registry.delete_model, model)
+        await self._models.unload(model)

@@ -1,0 +1,112 @@
+"""``open_services``: one place that builds, starts and stops the server's parts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from maas.auth.admission import Admission
+from maas.auth.audit import AuditLog
+from maas.auth.bootstrap import AdminKeyNotice, ensure_admin_key
+from maas.auth.keys import KeyHasher, KeyStore
+from maas.auth.ratelimit import MemoryRateLimiter, RateLimitBackend, RedisRateLimiter
+from maas.auth.usage import UsageLedger
+from maas.config import Settings
+from maas.protocols.tensors import DecodeLimits
+from maas.registry.artifacts import ArtifactStore
+from maas.registry.db import create_engine_for, session_factory, upgrade_to_head
+from maas.registry.service import RegistryService
+from maas.services.demo import register_demo_models
+from maas.services.publishing import Publisher
+from maas.serving.manager import ModelManager
+
+__all__ = ["Services", "open_services"]
+
+log = logging.getLogger("maas")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    registry: RegistryService
+    store: ArtifactStore
+    models: ModelManager
+    publisher: Publisher
+    decode_limits: DecodeLimits
+    usage: UsageLedger
+    admission: Admission
+    keys: KeyStore
+    audit: AuditLog
+    admin_key: AdminKeyNotice | None  # None when auth is off
+
+
+@asynccontextmanager
+async def open_services(settings: Settings) -> AsyncIterator[Services]:
+    """Open the registry (migrating it), the store and the model manager; close on exit."""
+    settings.home_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine_for(settings.resolved_database_url)
+    upgrade_to_head(engine)
+    store = ArtifactStore(settings.resolved_artifact_url)
+    registry = RegistryService(session_factory(engine), store)
+    models = ModelManager(registry, store, settings.serving)
+    publisher = Publisher(registry, store, models, settings)
+    limits = DecodeLimits.from_settings(settings.limits)
+    usage = UsageLedger(session_factory(engine))
+    admission = Admission(_rate_limiter(settings), usage, prefix=settings.redis_prefix)
+    services = Services(
+        settings,
+        engine,
+        registry,
+        store,
+        models,
+        publisher,
+        limits,
+        usage,
+        admission,
+        keys=_key_store(settings, engine),
+        audit=AuditLog(session_factory(engine)),
+        admin_key=None,
+    )
+    try:
+        if settings.auth.enabled:
+            admin_key = settings.auth.admin_key
+            services.admin_key = await asyncio.to_thread(
+                ensure_admin_key,
+                services.keys,
+                settings.home_dir,
+                admin_key.get_secret_value() if admin_key else None,
+            )
+        if settings.demo:
+            await register_demo_models(publisher, registry, settings.home_dir)
+        await models.start()
+        await usage.start()
+        yield services
+    finally:
+        await admission.aclose()
+        await usage.aclose()  # after the last request: writes every pending record
+        await services.audit.aclose()
+        await models.close()
+        engine.dispose()
+
+
+def _rate_limiter(settings: Settings) -> RateLimitBackend:
+    """Shared limits through Redis when a URL is set, else this process's own."""
+    if settings.redis_url:
+        return RedisRateLimiter.from_url(settings.redis_url)
+    return MemoryRateLimiter()
+
+
+def _key_store(settings: Settings, engine: Engine) -> KeyStore:
+    """Keys hashed under the configured secret, else one kept under ``MAAS_HOME``."""
+    secret = settings.auth.hash_secret
+    if secret is not None:
+        hasher = KeyHasher(secret.get_secret_value().encode())
+    else:
+        hasher = KeyHasher.from_file(settings.home_dir / "auth.secret")
+    return KeyStore(session_factory(engine), hasher)

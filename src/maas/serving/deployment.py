@@ -1,0 +1,251 @@
+"""One served model version: its instances, its batcher, its state and the calls to it."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from maas.errors import InvalidRequest, MaasError, ModelNotReady, RuntimeFailure, WorkerCrashed
+from maas.observability.metrics import LOAD_SECONDS, LOADED_MODELS
+from maas.protocols.management import VersionInfo
+from maas.protocols.signature import Signature
+from maas.protocols.tensors import DATATYPES
+from maas.registry.artifacts import ArtifactStore
+from maas.runtimes.base import LoadOptions, check_request
+from maas.runtimes.catalog import load_runtime, runtime_class
+from maas.serving.batching import DynamicBatcher
+from maas.serving.process_workers import LoadTarget, ProcessInstances
+from maas.serving.workers import ModelInstances, ThreadInstances, Workers
+
+__all__ = ["Deployment", "DeploymentState", "warmup_inputs"]
+
+log = logging.getLogger("maas.serving")
+
+
+class DeploymentState(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    UNLOADED = "unloaded"
+
+
+def warmup_inputs(signature: Signature) -> dict[str, np.ndarray]:
+    """A zero-filled batch of one row shaped by the signature (any-size dims become 1)."""
+    inputs = {}
+    for spec in signature.inputs:
+        shape = [1 if dim < 0 else dim for dim in spec.shape]
+        if spec.datatype == "BYTES":
+            inputs[spec.name] = np.full(shape, b"", dtype=object)
+        else:
+            inputs[spec.name] = np.zeros(shape, dtype=DATATYPES[spec.datatype])
+    return inputs
+
+
+class Deployment:
+    """A model version that is, or is becoming, ready to answer.
+
+    Loading happens once, off the event loop: concurrent first requests all await the
+    same load, which ends with one warm-up call so the first real caller does not pay
+    for lazy initialisation. A failed load is remembered with its error so that callers
+    get the reason, and the next call after ``retry_after_s`` tries again. Once
+    unloaded a deployment never loads again: the manager builds a new one, so a
+    request that still holds this object cannot resurrect a retired version.
+    """
+
+    retry_after_s = 5.0
+
+    def __init__(
+        self,
+        version: VersionInfo,
+        store: ArtifactStore,
+        *,
+        workers: Workers,
+        options: LoadOptions,
+        mode: str = "auto",
+    ) -> None:
+        self.version = version
+        self._store = store
+        self._workers = workers
+        self._options = options
+        self._mode = mode
+        self._instances: ModelInstances | None = None
+        self._batcher: DynamicBatcher | None = None
+        self._load_task: asyncio.Task[None] | None = None
+        self._failed_at = 0.0
+        self._retired = False
+        self.state = DeploymentState.UNLOADED
+        self.error: MaasError | None = None
+        self.load_seconds: float | None = None
+        self.last_used = time.monotonic()
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def is_ready(self) -> bool:
+        """Loaded, not retired, and with at least one live instance."""
+        return (
+            self.state is DeploymentState.READY
+            and self._instances is not None
+            and self._instances.is_alive
+        )
+
+    def _loaded(self) -> bool:
+        return self.state is DeploymentState.READY
+
+    @property
+    def is_retired(self) -> bool:
+        return self._retired
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.version.model, self.version.version)
+
+    @property
+    def _labels(self) -> tuple[str, str]:
+        return (self.version.model, str(self.version.version))
+
+    async def ensure_loaded(self) -> None:
+        if self.state is DeploymentState.READY:
+            return
+        if self._retired:
+            raise ModelNotReady("this version was unloaded", retry_after=1.0)
+        if self.state is DeploymentState.FAILED:
+            if time.monotonic() - self._failed_at < self.retry_after_s:
+                assert self.error is not None
+                raise self.error
+            self._load_task = None
+        if self._load_task is None:
+            self._load_task = asyncio.ensure_future(self._load())
+        await asyncio.shield(self._load_task)
+        if not self._loaded():  # the load failed, or an unload came meanwhile
+            raise self.error or ModelNotReady()
+
+    async def _load(self) -> None:
+        self.state = DeploymentState.LOADING
+        started = time.monotonic()
+        instances: ModelInstances | None = None
+        try:
+            instances = await self._start_instances()
+            await self._warm(instances)
+        except Exception as exc:
+            if instances is not None:
+                await instances.close()
+            if isinstance(exc, MaasError):
+                self._fail(exc)
+            else:  # a framework error while loading is the server's problem
+                self._fail(RuntimeFailure(f"loading {self._label} failed: {type(exc).__name__}"))
+            return
+        if self._retired:  # unloaded while loading
+            await instances.close()
+            return
+        self._instances = instances
+        spec = self.version.deployment
+        self._batcher = DynamicBatcher(
+            instances.predict, self.version.signature, spec, labels=self._labels
+        )
+        self.load_seconds = time.monotonic() - started
+        LOAD_SECONDS.labels(*self._labels).observe(self.load_seconds)
+        LOADED_MODELS.inc()
+        self.state = DeploymentState.READY
+
+    def _uses_processes(self) -> bool:
+        if self._mode != "auto":
+            return self._mode == "processes"
+        return not runtime_class(self.version.framework).releases_gil
+
+    async def _start_instances(self) -> ModelInstances:
+        digest = self.version.digest
+        path = await self._workers.run(lambda: self._store.local_path(digest, verify=True))
+        if self._uses_processes():
+            target = LoadTarget(self.version.framework, path, self._options)
+            count = self.version.deployment.instances
+            pool = ProcessInstances(target, count, labels=self._labels)
+            await pool.start()
+            return pool
+        framework, options = self.version.framework, self._options
+        runtime = await self._workers.run(lambda: load_runtime(framework, path, options))
+        return ThreadInstances(runtime, self._workers)
+
+    async def _warm(self, instances: ModelInstances) -> None:
+        """One call on zeros: lazy initialisation happens now, not on a caller's time."""
+        signature = self.version.signature
+        if not signature.inputs:
+            return
+        inputs, outputs = check_request(signature, warmup_inputs(signature), None)
+        try:
+            await instances.predict(inputs, outputs)
+        except InvalidRequest as exc:  # the model refuses zeros; it loaded all the same
+            log.info("warm-up of %s skipped: %s", self._label, exc.message)
+
+    def _fail(self, error: MaasError) -> None:
+        self.error = error
+        self._failed_at = time.monotonic()
+        self.state = DeploymentState.FAILED
+
+    @property
+    def _label(self) -> str:
+        return f"{self.version.model}:{self.version.version}"
+
+    async def predict(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None
+    ) -> dict[str, np.ndarray]:
+        """Queue one request on this version and return its outputs.
+
+        Counted in flight before its first suspension, so an unload that starts after
+        this call began waits for it.
+        """
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            await self.ensure_loaded()
+            batcher, instances = self._batcher, self._instances
+            if batcher is None or instances is None or self.state is not DeploymentState.READY:
+                raise ModelNotReady(retry_after=1.0)
+            if not instances.is_alive:
+                raise WorkerCrashed("no live worker for this model; restarting", retry_after=1.0)
+            self.last_used = time.monotonic()
+            return await batcher.submit(inputs, outputs)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
+
+    def status(self) -> dict[str, Any]:
+        """What the deployment status endpoint shows."""
+        instances = self._instances
+        return {
+            "model": self.version.model,
+            "version": self.version.version,
+            "state": self.state.value,
+            "ready": self.is_ready,
+            "workers": instances.kind if instances is not None else None,
+            "instances": self.version.deployment.instances,
+            "pids": instances.pids if instances is not None else [],
+            "queue_depth": self._batcher.queue_depth if self._batcher is not None else 0,
+            "in_flight": self.in_flight,
+            "spec": self.version.deployment.model_dump(),
+            "error": self.error.code if self.error is not None else None,
+        }
+
+    async def unload(self) -> None:
+        """Retire the version: new calls are refused, in-flight ones finish, then close."""
+        was_ready = self.state is DeploymentState.READY
+        self._retired = True
+        self.state = DeploymentState.UNLOADED
+        self._load_task = None
+        await self._idle.wait()
+        batcher, self._batcher = self._batcher, None
+        instances, self._instances = self._instances, None
+        if batcher is not None:
+            await batcher.close()
+        if instances is not None:
+            await instances.close()
+        if was_ready:
+            LOADED_MODELS.dec()

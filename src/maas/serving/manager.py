@@ -1,0 +1,327 @@
+"""The set of deployments a server holds, keyed by model version.
+
+``ModelManager`` resolves a reference (``iris``, ``iris:3``, ``iris:production``) to a
+version, loads it at most once, keeps at most ``max_loaded_models`` loaded (the least
+recently used unloads first) and says whether the server is ready: every version an
+alias points to must be loaded, and zero loaded while some are expected is not ready.
+
+It also owns the life of a request on the serving side (``predict``: timeout,
+disconnect, shutdown) and the zero-downtime rollout of an alias: ``prepare`` loads and
+warms the new version before the registry moves the alias, ``switch`` then retires the
+versions no alias needs any more, each draining its in-flight calls first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+from maas.config import ServingSettings
+from maas.errors import (
+    ClientDisconnected,
+    MaasError,
+    ModelNotFound,
+    RequestTimeout,
+    RolloutFailed,
+    ShuttingDown,
+)
+from maas.protocols.management import VersionInfo
+from maas.registry.artifacts import ArtifactStore
+from maas.registry.service import RegistryService
+from maas.runtimes.base import LoadOptions
+from maas.serving.deployment import Deployment, DeploymentState
+from maas.serving.workers import ThreadWorkers, Workers
+
+__all__ = ["ModelManager"]
+
+log = logging.getLogger("maas.serving")
+
+T = TypeVar("T")
+Selector = int | str | None
+
+
+class ModelManager:
+    #: How long a resolved reference is trusted before asking the registry again; other
+    #: processes may have moved an alias, this process invalidates its own changes at once.
+    resolve_ttl_s = 1.0
+
+    def __init__(
+        self,
+        registry: RegistryService,
+        store: ArtifactStore,
+        settings: ServingSettings,
+        workers: Workers | None = None,
+    ) -> None:
+        self._registry = registry
+        self._store = store
+        self._settings = settings
+        self._workers = workers or ThreadWorkers(settings.inference_threads)
+        self._options = LoadOptions(trust_pickle=settings.trust_pickle)
+        self._deployments: dict[tuple[str, int], Deployment] = {}
+        self._resolved: dict[tuple[str, Selector], tuple[float, VersionInfo]] = {}
+        self._expected: set[tuple[str, int]] = set()
+        self._epoch = 0  # bumped by every invalidation: a resolve racing one retries
+        self._started = False
+        self._shutting_down = False
+
+    async def _registry_call(self, fn: Callable[[], T]) -> T:
+        return await asyncio.to_thread(fn)
+
+    # -- resolution ------------------------------------------------------------------
+
+    async def resolve(self, model: str, selector: Selector = None) -> VersionInfo:
+        """The version a reference points to now; cached for ``resolve_ttl_s``."""
+        key = (model, selector)
+        while True:
+            cached = self._resolved.get(key)
+            now = time.monotonic()
+            if cached is not None and now - cached[0] < self.resolve_ttl_s:
+                return cached[1]
+            epoch = self._epoch
+            version = await self._registry_call(lambda: self._registry.get_version(model, selector))
+            if self._epoch == epoch:  # no alias moved while the registry answered
+                self._resolved[key] = (now, version)
+                return version
+
+    def invalidate(self, model: str | None = None) -> None:
+        """Forget cached resolutions (of one model, or all) after a registry change."""
+        self._epoch += 1
+        if model is None:
+            self._resolved.clear()
+            return
+        for key in [k for k in self._resolved if k[0] == model]:
+            del self._resolved[key]
+
+    # -- deployments -----------------------------------------------------------------
+
+    async def deployment(self, version: VersionInfo) -> Deployment:
+        """The loaded deployment of ``version``, loading it on first use."""
+        key = (version.model, version.version)
+        deployment = self._deployments.get(key)
+        if (
+            deployment is None
+            or deployment.is_retired
+            or deployment.version.digest != version.digest
+        ):
+            deployment = self._create(version)
+        await deployment.ensure_loaded()
+        deployment.last_used = time.monotonic()  # a lookup is a use: LRU must not evict it
+        await self._evict_past_limit(keep=key)
+        return deployment
+
+    async def get(self, model: str, selector: Selector = None) -> Deployment:
+        return await self.deployment(await self.resolve(model, selector))
+
+    # -- requests --------------------------------------------------------------------
+
+    def timeout_for(self, requested_s: float | None) -> float:
+        """The caller's timeout capped by the server's, or the server's default."""
+        if requested_s is None:
+            return self._settings.request_timeout_s
+        return min(requested_s, self._settings.max_request_timeout_s)
+
+    async def predict(
+        self,
+        model: str,
+        selector: Selector,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        *,
+        timeout_s: float | None = None,
+        disconnected: Callable[[], Awaitable[Any]] | None = None,
+    ) -> tuple[VersionInfo, dict[str, np.ndarray]]:
+        """Run one request on the version ``model:selector`` names now.
+
+        Returns the version that served it with its outputs. Past the timeout the
+        request fails with ``RequestTimeout``; if ``disconnected`` completes first (the
+        client hung up) it fails with ``ClientDisconnected``; either way its queued
+        work is removed from the queue.
+        """
+        if self._shutting_down:
+            raise ShuttingDown(retry_after=1.0)
+        work = self._predict(model, selector, inputs, outputs)
+        limit = self.timeout_for(timeout_s)
+        try:
+            async with asyncio.timeout(limit):
+                if disconnected is None:
+                    return await work
+                return await _unless_disconnected(work, disconnected)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"no answer within {limit:g} s", details={"timeout_s": limit}
+            ) from None
+
+    async def _predict(
+        self,
+        model: str,
+        selector: Selector,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None,
+    ) -> tuple[VersionInfo, dict[str, np.ndarray]]:
+        while True:
+            deployment = await self.get(model, selector)
+            if not deployment.is_retired:
+                return deployment.version, await deployment.predict(inputs, outputs)
+            self.invalidate(model)  # an alias moved between resolving and now
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM: readiness turns false and new requests get ``ShuttingDown`` at once;
+        calls already running finish. Safe to call from a signal handler."""
+        self._shutting_down = True
+
+    @property
+    def is_shutting_down(self) -> bool:
+        return self._shutting_down
+
+    # -- rollout ---------------------------------------------------------------------
+
+    async def prepare(self, version: VersionInfo) -> None:
+        """Load and warm ``version`` before an alias moves to it.
+
+        Raises ``RolloutFailed`` (the caller must then leave the alias where it is)
+        when it cannot load. Does nothing on a server that loads lazily.
+        """
+        if not self._settings.load_at_start:
+            return
+        try:
+            await self.deployment(version)
+        except MaasError as exc:
+            raise RolloutFailed(
+                f"{version.model}:{version.version} failed to load ({exc.code}); "
+                "the alias was not moved",
+                details={"model": version.model, "version": version.version, "cause": exc.code},
+            ) from None
+
+    async def switch(self, model: str) -> None:
+        """After an alias of ``model`` moved: route new requests to where aliases point
+        now, then drain and unload the versions that no alias needs any more."""
+        before = {key for key in self._expected if key[0] == model}
+        self.invalidate(model)
+        await self.sync_expected()
+        for key in before - self._expected:
+            deployment = self._deployments.pop(key, None)
+            if deployment is not None:
+                log.info("unloading %s:%s (no alias points to it)", *key)
+                await deployment.unload()
+
+    async def redeploy(self, version: VersionInfo) -> None:
+        """Serve ``version`` with its new ``DeploymentSpec``: if it is loaded, build a
+        new deployment, warm it, swap it in and drain the old one."""
+        key = (version.model, version.version)
+        old = self._deployments.get(key)
+        self.invalidate(version.model)
+        if old is None or not old.is_ready:
+            return
+        new = self._new_deployment(version)
+        await new.ensure_loaded()
+        self._deployments[key] = new
+        await old.unload()
+
+    def _create(self, version: VersionInfo) -> Deployment:
+        deployment = self._new_deployment(version)
+        self._deployments[(version.model, version.version)] = deployment
+        return deployment
+
+    def _new_deployment(self, version: VersionInfo) -> Deployment:
+        return Deployment(
+            version,
+            self._store,
+            workers=self._workers,
+            options=self._options,
+            mode=self._settings.worker_mode,
+        )
+
+    def find(self, model: str, version: int) -> Deployment | None:
+        return self._deployments.get((model, version))
+
+    async def _evict_past_limit(self, keep: tuple[str, int]) -> None:
+        loaded = [d for d in self._deployments.values() if d.state is DeploymentState.READY]
+        excess = len(loaded) - self._settings.max_loaded_models
+        if excess <= 0:
+            return
+        candidates = (d for d in loaded if d.key != keep and d.key not in self._expected)
+        victims = sorted(candidates, key=lambda d: d.last_used)
+        for victim in victims[:excess]:
+            log.info("unloading %s:%s (least recently used)", *victim.key)
+            self._deployments.pop(victim.key, None)
+            await victim.unload()
+
+    async def unload(self, model: str, version: int | None = None) -> None:
+        """Unload one version, or every version of ``model`` (after a delete)."""
+        keys = [k for k in self._deployments if k[0] == model and version in (None, k[1])]
+        for key in keys:
+            await self._deployments.pop(key).unload()
+        self._expected -= set(keys)
+        self.invalidate(model)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load every aliased version; a version that fails to load is logged, not fatal."""
+        await self.sync_expected()
+        self._started = True
+
+    async def sync_expected(self) -> None:
+        """Re-read which versions aliases point to and load those not loaded yet.
+
+        Called at start and after every alias change, so that readiness keeps meaning
+        "everything aliases point to is loaded".
+        """
+        if not self._settings.load_at_start:
+            return
+        versions = await self._registry_call(self._registry.aliased_versions)
+        # Known before loading: each load evicts past the limit, and must spare these.
+        self._expected = {(v.model, v.version) for v in versions}
+        await asyncio.gather(*(self._load_logged(v) for v in versions))
+
+    async def _load_logged(self, version: VersionInfo) -> None:
+        try:
+            await self.deployment(version)
+        except MaasError as exc:
+            log.error("could not load %s:%s: %s", version.model, version.version, exc.message)
+
+    def is_ready(self) -> bool:
+        """Every version an alias points to is loaded; an empty server with nothing
+        expected is ready, one expecting models with none loaded is not."""
+        if not self._started or self._shutting_down:
+            return False
+        return all(
+            (d := self._deployments.get(key)) is not None and d.is_ready for key in self._expected
+        )
+
+    def loaded(self) -> list[Deployment]:
+        return [d for d in self._deployments.values() if d.is_ready]
+
+    async def close(self) -> None:
+        for deployment in list(self._deployments.values()):
+            await deployment.unload()
+        self._deployments.clear()
+        self._workers.close()
+
+    async def model_exists(self, model: str) -> bool:
+        try:
+            await self._registry_call(lambda: self._registry.get_model(model))
+        except ModelNotFound:
+            return False
+        return True
+
+
+async def _unless_disconnected(work: Awaitable[T], disconnected: Callable[[], Awaitable[Any]]) -> T:
+    """Await ``work`` unless ``disconnected`` completes first; then cancel ``work``."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled() or not task.done():
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientDisconnected()
+    return task.result()

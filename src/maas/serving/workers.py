@@ -1,0 +1,101 @@
+"""Where model calls run: never on the event loop.
+
+``Workers`` runs a blocking function away from the loop (loading, closing, and the
+calls of runtimes that release the GIL). ``ModelInstances`` is the seam between a
+deployment and the compute that holds its runtime: ``ThreadInstances`` keeps the
+runtime in this process and calls it from a thread pool (onnxruntime releases the GIL,
+so threads scale); ``maas.serving.process_workers.ProcessInstances`` keeps one copy
+per worker process (scikit-learn holds the GIL). Ray actors can implement the same
+protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, TypeVar
+
+import numpy as np
+
+from maas.runtimes.base import Runtime
+
+__all__ = ["ModelInstances", "ThreadInstances", "ThreadWorkers", "Workers"]
+
+T = TypeVar("T")
+
+
+class Workers(Protocol):
+    async def run(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` away from the event loop and return its result."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ThreadWorkers:
+    """A bounded thread pool shared by the deployments of one server."""
+
+    def __init__(self, threads: int, name: str = "maas-infer") -> None:
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class ModelInstances(Protocol):
+    """The loaded copies of one model version and the way to call them."""
+
+    @property
+    def kind(self) -> str:
+        """``threads`` or ``processes``: shown in the deployment status."""
+        ...
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the live instances."""
+        ...
+
+    @property
+    def is_alive(self) -> bool:
+        """At least one instance can take a call now."""
+        ...
+
+    async def predict(
+        self, inputs: dict[str, np.ndarray], outputs: list[str]
+    ) -> dict[str, np.ndarray]:
+        """Run one (checked) batch; raises ``WorkerCrashed`` if the instance dies."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class ThreadInstances:
+    """One runtime in this process, called from the shared thread pool."""
+
+    kind = "threads"
+
+    def __init__(self, runtime: Runtime, workers: Workers) -> None:
+        self._runtime = runtime
+        self._workers = workers
+
+    @property
+    def pids(self) -> list[int]:
+        return [os.getpid()]
+
+    @property
+    def is_alive(self) -> bool:
+        return True
+
+    async def predict(
+        self, inputs: dict[str, np.ndarray], outputs: list[str]
+    ) -> dict[str, np.ndarray]:
+        runtime = self._runtime
+        return await self._workers.run(lambda: runtime.predict(inputs, outputs))
+
+    async def close(self) -> None:
+        await self._workers.run(self._runtime.close)

@@ -1,0 +1,85 @@
+"""Integration fixtures: real servers over loopback, real clients."""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skops.io
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+from tests.integration.server import RunningServer, start_server
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One demo server (SQLite, embedded defaults) shared by read-mostly tests."""
+    server = start_server(tmp_path_factory.mktemp("demo-home"), "--demo")
+    yield server
+    assert server.stop() in (0, -signal.SIGTERM), "".join(server.output)
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[RunningServer]:
+    """An empty server of its own, for tests that change the registry."""
+    server = start_server(tmp_path / "home")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def iris() -> tuple[np.ndarray, np.ndarray]:
+    features, labels = load_iris(return_X_y=True)
+    return features, labels
+
+
+@pytest.fixture(scope="session")
+def iris_model(iris: tuple[np.ndarray, np.ndarray]) -> LogisticRegression:
+    features, labels = iris
+    return LogisticRegression(max_iter=1000).fit(features, labels)
+
+
+@pytest.fixture
+def iris_skops(tmp_path: Path, iris_model: LogisticRegression) -> Path:
+    path = tmp_path / "iris.skops"
+    skops.io.dump(iris_model, path)
+    return path
+
+
+@pytest.fixture
+def iris_onnx(
+    tmp_path: Path, iris_model: LogisticRegression, iris: tuple[np.ndarray, np.ndarray]
+) -> Path:
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    path = tmp_path / "iris.onnx"
+    onnx_model = convert_sklearn(
+        iris_model,
+        initial_types=[("float_input", FloatTensorType([None, 4]))],
+        options={id(iris_model): {"zipmap": False}},
+    )
+    path.write_bytes(onnx_model.SerializeToString())
+    return path
+
+
+@pytest.fixture
+def postgres_schema_url(postgres_url: str) -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a schema of its own, dropped afterwards."""
+    import sqlalchemy
+
+    schema = f"it_{uuid.uuid4().hex[:12]}"
+    engine = sqlalchemy.create_engine(
+        postgres_url.replace("postgresql://", "postgresql+psycopg://")
+    )
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+    yield f"{postgres_url}?options=-csearch_path%3D{schema}"
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
+    engine.dispose()

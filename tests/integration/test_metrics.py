@@ -1,0 +1,136 @@
+"""``GET /metrics`` over a real server: what was sent is what is counted, per code.
+
+Scraped with httpx and parsed with prometheus_client's own text parser, in one process
+and in multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``), where the values go through
+files and are summed at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from tests.integration.server import RunningServer, start_server
+
+_ROW = [5.1, 3.5, 1.4, 0.2]
+_GOOD = {"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 4], "data": _ROW}]}
+_BAD_SHAPE = {"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 3], "data": _ROW}]}
+_DEFINED = (
+    "maas_requests",
+    "maas_request_duration_seconds",
+    "maas_queue_duration_seconds",
+    "maas_inference_duration_seconds",
+    "maas_batch_size",
+    "maas_queue_depth",
+    "maas_loaded_models",
+    "maas_model_load_duration_seconds",
+    "maas_worker_restarts",
+)  # the serving metrics; the generation ones appear once an LLM has served
+
+
+@pytest.fixture(params=["one-process", "multiprocess"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningServer]:
+    env = {}
+    if request.param == "multiprocess":
+        (tmp_path / "prom").mkdir()
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "prom")
+    running = start_server(tmp_path / "home", "--demo", "--no-auth", env=env)
+    yield running
+    running.stop()
+
+
+def _scrape(http: httpx.Client, **kwargs: object) -> dict[str, list[Sample]]:
+    response = http.get("/metrics", **kwargs)  # type: ignore[arg-type]
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    return {f.name: f.samples for f in text_string_to_metric_families(response.text)}
+
+
+def _value(samples: list[Sample], name: str, **labels: str) -> float:
+    """The one sample named ``name`` whose labels include ``labels`` (0 when absent)."""
+    found = [s.value for s in samples if s.name == name and labels.items() <= s.labels.items()]
+    assert len(found) <= 1, (name, labels, found)
+    return found[0] if found else 0.0
+
+
+def test_requests_are_counted_per_model_version_and_code(server: RunningServer) -> None:
+    sent = {"200": 0, "400": 0, "404": 0}
+    with server.client() as http:
+        for path in ["/v2/models/iris/infer"] * 6 + ["/v2/models/iris/versions/1/infer"] * 3:
+            assert http.post(path, json=_GOOD).status_code == 200
+            sent["200"] += 1
+        for body in [_BAD_SHAPE] * 3 + [{"inputs": "not a list"}] * 2:
+            assert http.post("/v2/models/iris/infer", json=body).status_code == 400
+            sent["400"] += 1
+        for name in ["no-such-model", "another-missing", "no-such-model", "x"]:
+            assert http.post(f"/v2/models/{name}/infer", json=_GOOD).status_code == 404
+            sent["404"] += 1
+        families = _scrape(http)
+
+    requests = families["maas_requests"]
+    iris = {"model": "iris", "version": "1", "protocol": "v2"}
+    assert _value(requests, "maas_requests_total", **iris, code="200") == sent["200"]
+    assert _value(requests, "maas_requests_total", **iris, code="400") == sent["400"]
+    unresolved = {"model": "", "version": "", "protocol": "v2"}
+    assert _value(requests, "maas_requests_total", **unresolved, code="404") == sent["404"]
+    # A caller's made-up model names never become label values.
+    assert {s.labels["model"] for s in requests} <= {"iris", ""}
+
+    latency = families["maas_request_duration_seconds"]
+    iris_total = sent["200"] + sent["400"]
+    assert _value(latency, "maas_request_duration_seconds_count", **iris) == iris_total
+    assert _value(latency, "maas_request_duration_seconds_bucket", **iris, le="+Inf") == iris_total
+    assert _value(latency, "maas_request_duration_seconds_sum", **iris) > 0
+    assert _value(latency, "maas_request_duration_seconds_count", **unresolved) == sent["404"]
+    buckets = [s.value for s in latency if s.name.endswith("_bucket") and s.labels["model"]]
+    assert buckets == sorted(buckets), "cumulative buckets never decrease"
+
+    assert set(_DEFINED) <= set(families), set(_DEFINED) - set(families)
+    # The demo aliases iris and iris-onnx; both are loaded before the server is ready.
+    assert _value(families["maas_loaded_models"], "maas_loaded_models") >= 2
+    assert _value(families["process_cpu_seconds"], "process_cpu_seconds_total") > 0
+
+
+def test_a_second_scrape_counts_only_what_came_between(server: RunningServer) -> None:
+    iris = {"model": "iris", "version": "1", "protocol": "v2", "code": "200"}
+    with server.client() as http:
+        # In multiprocess mode a metric with no value yet is absent from the scrape.
+        before = _value(_scrape(http).get("maas_requests", []), "maas_requests_total", **iris)
+        for _ in range(4):
+            assert http.post("/v2/models/iris/infer", json=_GOOD).status_code == 200
+        after = _value(_scrape(http)["maas_requests"], "maas_requests_total", **iris)
+    assert after - before == 4
+
+
+def test_metrics_can_require_an_admin_key(tmp_path: Path) -> None:
+    running = start_server(tmp_path / "home", env={"MAAS_AUTH__METRICS_PUBLIC": "false"})
+    try:
+        with running.client() as admin, running.client(headers={}) as anonymous:
+            refused = anonymous.get("/metrics")
+            assert refused.status_code == 401, refused.text
+            assert refused.json()["code"] == "unauthenticated"
+            created = admin.post("/api/v1/keys", json={"name": "app", "role": "consumer"})
+            assert created.status_code == 201, created.text
+            consumer = {"Authorization": f"Bearer {created.json()['key']}"}
+            forbidden = anonymous.get("/metrics", headers=consumer)
+            assert forbidden.status_code == 403, forbidden.text
+            assert forbidden.json()["code"] == "forbidden"
+            _scrape(admin)
+    finally:
+        running.stop()
+
+
+def test_metrics_are_public_by_default_with_auth_on(tmp_path: Path) -> None:
+    running = start_server(tmp_path / "home")
+    try:
+        with running.client(headers={}) as anonymous:
+            assert anonymous.post("/v2/models/iris/infer", json=_GOOD).status_code == 401
+            families = _scrape(anonymous)
+    finally:
+        running.stop()
+    assert "maas_requests" in families

@@ -1,0 +1,185 @@
+"""The serving engine against the real server: workers, backpressure, drain, rollout."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import skops.io
+from sklearn.neighbors import KNeighborsClassifier
+
+from maas.client import Client
+from maas.protocols.management import DeploymentSpec
+from tests.integration.server import RunningServer, start_server
+
+ROW = {
+    "inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]
+}
+
+
+@pytest.fixture(scope="module")
+def slow_skops(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Brute-force nearest neighbours: a big request takes a noticeable while."""
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(20_000, 4))
+    model = KNeighborsClassifier(n_neighbors=3, algorithm="brute")
+    model.fit(features, (features[:, 0] > 0).astype(int))
+    path = tmp_path_factory.mktemp("slow") / "knn.skops"
+    skops.io.dump(model, path)
+    return path
+
+
+def _big_request(rows: int = 20_000) -> dict[str, object]:
+    data = np.random.default_rng(1).normal(size=(rows, 4))
+    return {
+        "inputs": [
+            {"name": "input", "datatype": "FP64", "shape": [rows, 4], "data": data.ravel().tolist()}
+        ]
+    }
+
+
+def _push(server: RunningServer, path: Path, name: str, alias: str | None = None) -> int:
+    with Client(server.url, api_key=server.api_key) as client:
+        return client.push(path, name, alias=alias).version
+
+
+def _status(http: httpx.Client, name: str, version: object) -> dict[str, object]:
+    response = http.get(f"/api/v1/models/{name}/versions/{version}/deployment/status")
+    assert response.status_code == 200, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+def _wait(condition: object, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition never became true"
+        time.sleep(0.05)
+
+
+def test_a_killed_worker_is_restarted_and_its_call_fails_fast(
+    fresh_server: RunningServer, slow_skops: Path
+) -> None:
+    _push(fresh_server, slow_skops, "knn", alias="production")
+    with fresh_server.client() as http:
+        status = _status(http, "knn", "production")
+        assert status["workers"] == "processes" and status["ready"] is True
+        [pid] = status["pids"]  # type: ignore[misc]
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(http.post, "/v2/models/knn/infer", json=_big_request())
+            time.sleep(0.5)
+            os.kill(pid, signal.SIGKILL)
+            response = in_flight.result(timeout=60)
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "worker_crashed"
+        _wait(lambda: (s := _status(http, "knn", "production"))["ready"] and s["pids"] != [pid])
+        after = http.post("/v2/models/knn/infer", json=ROW)
+        assert after.status_code == 200, after.text
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_a_timeout_504(
+    fresh_server: RunningServer, slow_skops: Path
+) -> None:
+    version = _push(fresh_server, slow_skops, "knn", alias="production")
+    with Client(fresh_server.url, api_key=fresh_server.api_key) as client:
+        client.set_deployment("knn", version, DeploymentSpec(max_queue_size=1, instances=1))
+    body = _big_request()
+    with fresh_server.client() as http, concurrent.futures.ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: http.post("/v2/models/knn/infer", json=body), range(8)))
+        codes = sorted(r.status_code for r in responses)
+        assert 200 in codes and 503 in codes, codes
+        refused = next(r for r in responses if r.status_code == 503)
+        assert refused.json()["code"] == "overloaded" and "retry-after" in refused.headers
+
+        timed_out = http.post("/v2/models/knn/infer", json=body, headers={"X-Maas-Timeout": "0.05"})
+        assert timed_out.status_code == 504 and timed_out.json()["code"] == "request_timeout"
+        in_parameters = http.post(
+            "/v2/models/knn/infer", json={**body, "parameters": {"timeout": 0.05}}
+        )
+        assert in_parameters.status_code == 504
+        bad = http.post("/v2/models/knn/infer", json=ROW, headers={"X-Maas-Timeout": "soon"})
+        assert bad.status_code == 400 and bad.json()["code"] == "invalid_input"
+
+
+def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path, slow_skops: Path) -> None:
+    server = start_server(tmp_path / "home")
+    try:
+        _push(server, slow_skops, "knn", alias="production")
+        body = _big_request(5_000)
+        with server.client() as http, concurrent.futures.ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(http.post, "/v2/models/knn/infer", json=body) for _ in range(4)]
+            time.sleep(0.5)
+            server.process.send_signal(signal.SIGTERM)
+            responses = [f.result(timeout=60) for f in futures]
+        assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
+        assert server.process.wait(60) in (0, -signal.SIGTERM)
+    finally:
+        server.stop()
+
+
+def _stream(server: RunningServer, stop: threading.Event, seen: list[tuple[int, str]]) -> None:
+    with server.client() as http:
+        while not stop.is_set():
+            response = http.post("/v2/models/flowers/infer", json=ROW)
+            version = response.headers.get("x-model-version", "")
+            if response.status_code == 200:
+                assert response.json()["model_version"] == version
+            seen.append((response.status_code, version))
+
+
+def test_moving_an_alias_under_load_drops_no_request(
+    fresh_server: RunningServer, iris_skops: Path
+) -> None:
+    _push(fresh_server, iris_skops, "flowers", alias="production")
+    second = _push(fresh_server, iris_skops, "flowers")
+    stop, seen = threading.Event(), []  # type: ignore[var-annotated]
+    streams = [threading.Thread(target=_stream, args=(fresh_server, stop, seen)) for _ in range(3)]
+    for thread in streams:
+        thread.start()
+    try:
+        _wait(lambda: len(seen) > 20)
+        with fresh_server.client() as http:
+            moved = http.put("/api/v1/models/flowers/aliases/production", json={"version": second})
+            assert moved.status_code == 200, moved.text
+            before = len(seen)
+            _wait(lambda: len(seen) > before + 20)
+            old = _status(http, "flowers", 1)
+            assert old["state"] == "unloaded"
+    finally:
+        stop.set()
+        for thread in streams:
+            thread.join()
+    assert {code for code, _ in seen} == {200}
+    versions = [version for _, version in seen]
+    assert versions[0] == "1" and versions[-1] == str(second)
+
+
+def test_a_version_that_fails_to_load_leaves_the_old_one_serving(
+    fresh_server: RunningServer, iris_skops: Path, slow_skops: Path
+) -> None:
+    _push(fresh_server, iris_skops, "flowers", alias="production")
+    with Client(fresh_server.url, api_key=fresh_server.api_key) as client:
+        broken = client.push(slow_skops, "flowers")
+    digest = broken.digest.split(":", 1)[1]
+    blob = next((fresh_server.home / "artifacts").rglob(digest))
+    blob.chmod(0o644)
+    blob.write_bytes(b"corrupted after upload")
+    with fresh_server.client() as http:
+        refused = http.put(
+            "/api/v1/models/flowers/aliases/production", json={"version": broken.version}
+        )
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["code"] == "rollout_failed"
+        assert refused.json()["details"]["cause"] == "artifact_corrupted"
+        aliases = http.get("/api/v1/models/flowers/aliases").json()
+        assert aliases == [{"model": "flowers", "alias": "production", "version": 1}]
+        served = http.post("/v2/models/flowers/infer", json=ROW)
+        assert served.status_code == 200 and served.headers["x-model-version"] == "1"
+        assert http.get("/v2/health/ready").status_code == 200

@@ -1,0 +1,70 @@
+"""Registry fixtures: one real database per test, on SQLite and on PostgreSQL.
+
+PostgreSQL tests each get a schema of their own (selected through the URL's
+``search_path`` option), created before and dropped after, so they never see each
+other's rows and leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import Engine
+
+from maas.protocols.signature import Signature
+from maas.registry.artifacts import ArtifactStore
+from maas.registry.db import create_engine_for, session_factory, upgrade_to_head
+from maas.registry.service import RegistryService
+
+#: Pushes ``content`` and records it as the next version of ``model``.
+PushVersion = Callable[..., int]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'registry.db'}"
+        return
+    base: str = request.getfixturevalue("postgres_url")
+    schema = f"unit_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    yield f"{base}?options=-csearch_path%3D{schema}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_engine_for(database_url)
+    upgrade_to_head(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ArtifactStore:
+    return ArtifactStore(str(tmp_path / "artifacts"))
+
+
+@pytest.fixture
+def registry(engine: Engine, store: ArtifactStore) -> RegistryService:
+    return RegistryService(session_factory(engine), store)
+
+
+@pytest.fixture
+def push(registry: RegistryService, store: ArtifactStore) -> PushVersion:
+    def push_version(model: str, content: bytes = b"model bytes") -> int:
+        with store.writer() as writer:
+            writer.write(content)
+            artifact = writer.commit()
+        info = registry.create_version(
+            model, artifact=artifact, filename="m.skops", framework="sklearn", signature=Signature()
+        )
+        return info.version
+
+    return push_version

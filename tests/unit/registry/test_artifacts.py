@@ -1,0 +1,161 @@
+"""``ArtifactStore``: streamed, deduplicated, atomic, verified; local and fsspec."""
+
+from __future__ import annotations
+
+import hashlib
+import tracemalloc
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from maas.errors import ArtifactCorrupted, InvalidInput, PayloadTooLarge
+from maas.registry.artifacts import ArtifactStore, StoredArtifact
+
+MIB = 1024 * 1024
+
+
+def files_under(path: Path) -> list[Path]:
+    return [p for p in path.rglob("*") if p.is_file()] if path.exists() else []
+
+
+def store_chunks(store: ArtifactStore, chunks: Iterator[bytes] | list[bytes]) -> StoredArtifact:
+    with store.writer() as writer:
+        for chunk in chunks:
+            writer.write(chunk)
+        return writer.commit()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ArtifactStore:
+    return ArtifactStore(str(tmp_path / "artifacts"))
+
+
+def test_many_chunks_hash_like_the_whole(store: ArtifactStore) -> None:
+    chunks = [bytes([i % 256]) * (i + 1) for i in range(2000)]
+    whole = b"".join(chunks)
+    artifact = store_chunks(store, chunks)
+    assert artifact == StoredArtifact(f"sha256:{hashlib.sha256(whole).hexdigest()}", len(whole))
+    assert store.local_path(artifact.digest).read_bytes() == whole
+    assert store.size(artifact.digest) == len(whole)
+    assert files_under(store.tmp_dir) == []
+
+
+def test_a_large_stream_is_never_held_in_memory(store: ArtifactStore) -> None:
+    total = 200 * MIB
+    block = bytes(range(256)) * 4096  # 1 MiB
+
+    def generate() -> Iterator[bytes]:
+        for _ in range(total // len(block)):
+            yield block
+
+    tracemalloc.start()
+    try:
+        artifact = store_chunks(store, generate())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert artifact.size_bytes == total
+    assert peak < total // 20  # a few chunks at most, never the whole stream
+    assert store.local_path(artifact.digest).stat().st_size == total
+
+
+def test_same_content_twice_is_stored_once(store: ArtifactStore) -> None:
+    first = store_chunks(store, [b"same", b" bytes"])
+    second = store_chunks(store, [b"same bytes"])
+    assert first == second
+    assert len(files_under(store.root / "sha256")) == 1
+    assert files_under(store.tmp_dir) == []
+
+
+def test_an_aborted_writer_leaves_nothing(store: ArtifactStore) -> None:
+    with pytest.raises(RuntimeError, match="client went away"), store.writer() as writer:
+        writer.write(b"partial upload")
+        raise RuntimeError("client went away")
+    assert files_under(store.root) == []
+
+
+def test_max_bytes_is_enforced_and_leaves_nothing(store: ArtifactStore) -> None:
+    with pytest.raises(PayloadTooLarge), store.writer(max_bytes=10) as writer:
+        writer.write(b"12345")
+        writer.write(b"678901")
+    assert files_under(store.root) == []
+
+
+def test_exactly_max_bytes_is_accepted(store: ArtifactStore) -> None:
+    with store.writer(max_bytes=10) as writer:
+        writer.write(b"1234567890")
+        assert writer.commit().size_bytes == 10
+
+
+def test_an_empty_upload_is_refused(store: ArtifactStore) -> None:
+    with pytest.raises(InvalidInput), store.writer() as writer:
+        writer.commit()
+    assert files_under(store.root) == []
+
+
+def test_corruption_after_commit_refuses_to_load(store: ArtifactStore) -> None:
+    artifact = store_chunks(store, [b"model weights " * 100])
+    path = store.local_path(artifact.digest, verify=False)
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactCorrupted) as caught:
+        store.local_path(artifact.digest)
+    assert caught.value.details["expected"] == artifact.digest
+
+
+def test_a_missing_file_is_reported_as_corrupted(store: ArtifactStore) -> None:
+    artifact = store_chunks(store, [b"abc"])
+    store.local_path(artifact.digest).unlink()
+    with pytest.raises(ArtifactCorrupted):
+        store.local_path(artifact.digest)
+
+
+@pytest.mark.parametrize(
+    "digest",
+    [
+        "sha256:../../etc",
+        "sha256:" + "a" * 63,
+        "sha256:" + "a" * 65,
+        "sha256:" + "A" * 64,
+        "md5:" + "a" * 64,
+        "a" * 64,
+        "sha256:" + "a" * 62 + "/x",
+    ],
+)
+def test_invalid_digests_are_refused_before_any_path(store: ArtifactStore, digest: str) -> None:
+    for call in (store.local_path, store.exists, store.size, store.delete):
+        with pytest.raises(InvalidInput):
+            call(digest)
+
+
+def test_delete_removes_the_file(store: ArtifactStore) -> None:
+    artifact = store_chunks(store, [b"abc"])
+    store.delete(artifact.digest)
+    assert not store.exists(artifact.digest)
+    store.delete(artifact.digest)  # deleting twice is harmless
+
+
+def test_put_file(store: ArtifactStore, tmp_path: Path) -> None:
+    source = tmp_path / "model.bin"
+    source.write_bytes(b"x" * 3 * MIB)
+    artifact = store.put_file(source)
+    assert store.local_path(artifact.digest).read_bytes() == source.read_bytes()
+
+
+def test_fsspec_memory_store_round_trip(tmp_path: Path) -> None:
+    url = f"memory://maas-unit-{uuid.uuid4().hex}"
+    store = ArtifactStore(url, cache_dir=tmp_path / "cache")
+    artifact = store_chunks(store, [b"remote ", b"bytes"])
+    assert store.exists(artifact.digest)
+    assert store.size(artifact.digest) == len(b"remote bytes")
+    store.clear_cache()
+    assert files_under(tmp_path / "cache" / "sha256") == []
+    assert store.local_path(artifact.digest).read_bytes() == b"remote bytes"  # fetched back
+    reopened = ArtifactStore(url, cache_dir=tmp_path / "other-cache")
+    assert reopened.local_path(artifact.digest).read_bytes() == b"remote bytes"
+    store.delete(artifact.digest)
+    assert not store.exists(artifact.digest)
+    assert not reopened.exists(artifact.digest)

@@ -1,0 +1,170 @@
+"""``ModelManager`` over a real registry, store and iris model."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tests.unit.runtimes import trained
+from tests.unit.serving.conftest import LoadSpy, ManagerFactory
+
+from maas.errors import ArtifactCorrupted, UnsupportedArtifact
+from maas.protocols.management import VersionInfo
+from maas.registry.artifacts import ArtifactStore
+from maas.registry.service import RegistryService
+from maas.serving.deployment import Deployment
+from maas.serving.manager import ModelManager
+
+pytestmark = pytest.mark.anyio
+
+Publish = Callable[..., VersionInfo]
+
+
+def loaded_keys(manager: ModelManager) -> set[tuple[str, int]]:
+    return {d.key for d in manager.loaded()}
+
+
+async def test_concurrent_cold_gets_load_once(
+    managers: ManagerFactory, publish: Publish, load_spy: LoadSpy
+) -> None:
+    publish()
+    manager = managers()
+    deployments = await asyncio.gather(*(manager.get("iris", 1) for _ in range(20)))
+    assert len(load_spy.calls) == 1
+    assert len({id(d) for d in deployments}) == 1
+    assert deployments[0].is_ready
+
+
+async def test_a_loaded_version_answers(managers: ManagerFactory, publish: Publish) -> None:
+    publish()
+    deployment = await managers().get("iris")
+    features, _ = trained.iris()
+    outputs = await deployment.predict({"input": features[:5]}, ["predict"])
+    expected = trained.iris_classifier().predict(features[:5])
+    np.testing.assert_array_equal(outputs["predict"], expected)
+
+
+async def test_the_least_recently_used_version_is_unloaded(
+    managers: ManagerFactory, publish: Publish, load_spy: LoadSpy
+) -> None:
+    for _ in range(3):
+        publish()
+    manager = managers(max_loaded_models=2)
+    await manager.get("iris", 1)
+    await manager.get("iris", 2)
+    await manager.get("iris", 1)  # 1 is now more recently used than 2
+    await manager.get("iris", 3)
+    assert loaded_keys(manager) == {("iris", 1), ("iris", 3)}
+    await manager.get("iris", 2)  # comes back by loading again
+    assert len(load_spy.calls) == 4
+    assert loaded_keys(manager) == {("iris", 3), ("iris", 2)}
+
+
+async def test_eviction_never_unloads_an_aliased_version(
+    managers: ManagerFactory, publish: Publish, registry: RegistryService
+) -> None:
+    for _ in range(3):
+        publish()
+    registry.set_alias("iris", "production", 1)
+    manager = managers(max_loaded_models=1)
+    await manager.start()
+    await manager.get("iris", 2)
+    assert loaded_keys(manager) == {("iris", 1), ("iris", 2)}  # over the limit, not evicted
+    await manager.get("iris", 3)
+    assert loaded_keys(manager) == {("iris", 1), ("iris", 3)}
+    assert manager.is_ready()
+
+
+async def test_start_loads_every_aliased_version_past_the_limit(
+    managers: ManagerFactory, publish: Publish, registry: RegistryService
+) -> None:
+    publish("iris")
+    publish("wine")
+    registry.set_alias("iris", "production", 1)
+    registry.set_alias("wine", "production", 1)
+    manager = managers(max_loaded_models=1)
+    await manager.start()
+    assert loaded_keys(manager) == {("iris", 1), ("wine", 1)}
+    assert manager.is_ready()
+
+
+async def test_readiness_before_and_after_start_with_nothing_aliased(
+    managers: ManagerFactory, publish: Publish
+) -> None:
+    publish()
+    manager = managers()
+    assert not manager.is_ready()
+    await manager.start()
+    assert manager.is_ready()
+
+
+async def test_readiness_waits_for_every_aliased_version(
+    managers: ManagerFactory,
+    publish: Publish,
+    registry: RegistryService,
+    store: ArtifactStore,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    other = trained.write_skops(trained.species_classifier(), tmp_path / "species.skops")
+    good = publish("wine", source=other)
+    corrupt = publish("iris")
+    registry.set_alias("wine", "production", good.version)
+    registry.set_alias("iris", "production", corrupt.version)
+    path = store.local_path(corrupt.digest, verify=False)
+    original = path.read_bytes()
+    path.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))
+    manager = managers()
+    await manager.start()
+    assert not manager.is_ready()
+    assert loaded_keys(manager) == {("wine", 1)}
+    failed = manager.find("iris", 1)
+    assert failed is not None
+    assert isinstance(failed.error, ArtifactCorrupted)
+
+    path.write_bytes(original)  # the operator restores the file
+    monkeypatch.setattr(Deployment, "retry_after_s", 0.0)
+    await manager.get("iris")
+    assert manager.is_ready()
+
+
+async def test_a_failed_load_reports_its_error_and_retries_later(
+    managers: ManagerFactory, publish: Publish, load_spy: LoadSpy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publish(framework="onnx")  # a .skops file recorded as ONNX: onnxruntime refuses it
+    manager = managers()
+    with pytest.raises(UnsupportedArtifact) as first:
+        await manager.get("iris", 1)
+    with pytest.raises(UnsupportedArtifact) as second:
+        await manager.get("iris", 1)  # within retry_after_s: the remembered error
+    assert second.value is first.value
+    assert len(load_spy.calls) == 1
+    deployment = manager.find("iris", 1)
+    assert deployment is not None
+    assert deployment.error is first.value
+
+    monkeypatch.setattr(Deployment, "retry_after_s", 0.0)
+    with pytest.raises(UnsupportedArtifact):
+        await manager.get("iris", 1)
+    assert len(load_spy.calls) == 2
+
+
+async def test_resolve_is_cached_until_invalidated(
+    managers: ManagerFactory, publish: Publish, registry: RegistryService
+) -> None:
+    publish()
+    publish()
+    registry.set_alias("iris", "production", 1)
+    manager = managers()
+    manager.resolve_ttl_s = 3600.0  # only invalidation may refresh it in this test
+    assert (await manager.resolve("iris")).version == 1
+    registry.set_alias("iris", "production", 2)
+    assert (await manager.resolve("iris")).version == 1
+    manager.invalidate("wine")  # another model's change keeps this cache
+    assert (await manager.resolve("iris")).version == 1
+    manager.invalidate("iris")
+    assert (await manager.resolve("iris")).version == 2
+    assert (await manager.resolve("iris", 1)).version == 1
