@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "AuthSettings",
+    "JobsSettings",
     "LimitSettings",
     "ServerSettings",
     "ServingSettings",
@@ -100,6 +101,33 @@ class AuthSettings(_Section):
     )
 
 
+class JobsSettings(_Section):
+    enabled: bool = Field(True, description="Run the embedded job worker pool in this server.")
+    max_concurrent: int = Field(1, ge=1, description="Jobs that run at the same time.")
+    threads_per_job: int = Field(
+        1, ge=1, description="CPU threads of each job process (torch, BLAS, onnxruntime)."
+    )
+    requeue_interrupted: bool = Field(
+        True,
+        description="A job interrupted by a server stop or crash is queued again (else failed).",
+    )
+    max_attempts: int = Field(
+        2, ge=1, description="Starts a job may have before an interruption fails it."
+    )
+    cancel_grace_s: float = Field(
+        3.0, ge=0, description="After SIGTERM, how long a cancelled job has before SIGKILL."
+    )
+    max_dataset_bytes: int = Field(
+        2 * 1024**3, ge=1024, description="Largest dataset upload (413 past it)."
+    )
+    max_quality_drop: float = Field(
+        0.02,
+        ge=0,
+        description="Largest quality drop an optimized version may show and still be promoted "
+        "without force.",
+    )
+
+
 class ServerSettings(_Section):
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins browsers may call from (CORS off when empty)."
@@ -147,6 +175,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     auth: AuthSettings = AuthSettings()
     server: ServerSettings = ServerSettings()
+    jobs: JobsSettings = JobsSettings()
 
     @model_validator(mode="before")
     @classmethod

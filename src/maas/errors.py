@@ -15,7 +15,9 @@ rebuilds the same class from the code (``error_class_for``).
     │   ├── UnsupportedDatatype
     │   ├── UnsupportedArtifact
     │   ├── ContextLengthExceeded
-    │   └── ClientDisconnected
+    │   ├── ClientDisconnected
+    │   ├── InvalidSpec
+    │   └── InvalidDataset
     ├── Unauthenticated (401)
     ├── Forbidden (403)
     ├── NotFound (404)
@@ -28,7 +30,9 @@ rebuilds the same class from the code (``error_class_for``).
     ├── Conflict (409)
     │   ├── ModelExists
     │   ├── VersionInUse
-    │   └── RolloutFailed
+    │   ├── RolloutFailed
+    │   ├── JobFinished
+    │   └── QualityDropTooLarge
     ├── PayloadTooLarge (413)
     ├── UnsupportedMediaType (415)
     ├── UntrustedArtifact (422)
@@ -62,9 +66,12 @@ __all__ = [
     "ContextLengthExceeded",
     "DatasetNotFound",
     "Forbidden",
+    "InvalidDataset",
     "InvalidInput",
     "InvalidName",
     "InvalidRequest",
+    "InvalidSpec",
+    "JobFinished",
     "JobNotFound",
     "KeyNotFound",
     "MaasError",
@@ -75,6 +82,7 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "PayloadTooLarge",
+    "QualityDropTooLarge",
     "QuotaExceeded",
     "RateLimited",
     "RequestTimeout",
@@ -179,6 +187,20 @@ class ClientDisconnected(InvalidRequest):
     default_message = "the client disconnected before the answer"
 
 
+class InvalidSpec(InvalidRequest):
+    """A job spec that cannot run: unknown kind or estimator, missing column, bad value."""
+
+    code = "invalid_spec"
+    default_message = "invalid job spec"
+
+
+class InvalidDataset(InvalidRequest):
+    """An uploaded dataset that is not readable CSV, Parquet or JSONL, or has no rows."""
+
+    code = "invalid_dataset"
+    default_message = "the file is not a readable CSV, Parquet or JSONL dataset"
+
+
 class Unauthenticated(MaasError):
     code = "unauthenticated"
     status = HTTPStatus.UNAUTHORIZED
@@ -240,6 +262,21 @@ class RolloutFailed(Conflict):
 
     code = "rollout_failed"
     default_message = "the new version failed to load; the alias was not moved"
+
+
+class JobFinished(Conflict):
+    """The job has already ended (succeeded, failed or cancelled): it cannot be cancelled."""
+
+    code = "job_finished"
+    default_message = "the job has already finished"
+
+
+class QualityDropTooLarge(Conflict):
+    """Promotion refused: the version's optimization report shows a quality drop over the
+    server's threshold. Pass ``force`` to promote it anyway."""
+
+    code = "quality_drop_too_large"
+    default_message = "the version lost more quality than the promotion threshold allows"
 
 
 class PayloadTooLarge(MaasError):

@@ -17,7 +17,18 @@ from maas.api.auth import Authenticator
 from maas.api.errors import install_error_handlers
 from maas.api.hardening import Deadline, JsonDepthCap
 from maas.api.middleware import RequestPlumbing
-from maas.api.routers import audit, deployments, health, keys, metrics, models, usage, v2
+from maas.api.routers import (
+    audit,
+    datasets,
+    deployments,
+    health,
+    jobs,
+    keys,
+    metrics,
+    models,
+    usage,
+    v2,
+)
 from maas.config import Settings
 from maas.services import Services, open_services
 
@@ -58,6 +69,8 @@ def create_app(
     for router in (health.router, v2.router, models.router, usage.router, deployments.router):
         app.include_router(router)
     for router in (keys.router, audit.router, metrics.router):
+        app.include_router(router)
+    for router in (datasets.router, jobs.router):
         app.include_router(router)
     app.router.routes[:0] = v2.FAST_ROUTES  # matched before FastAPI's (see v2.FAST_ROUTES)
     # Added innermost first: plumbing (request id, body cap) → auth → deadline → JSON depth.

@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from maas.cli.datasets import datasets_app
+from maas.cli.jobs import jobs_app
 from maas.cli.keys import audit_command, keys_app
 from maas.cli.models import models_app, predict_command
 from maas.cli.remote import Remote
@@ -41,6 +43,10 @@ app.command("predict", help="Call a model: maas predict NAME[:VERSION|:ALIAS] --
 )
 app.command("usage", help="Usage totals per key, model and day (--csv to export).")(usage_command)
 
+app.add_typer(datasets_app, name="datasets", help="Push, list and show datasets for jobs.")
+app.add_typer(
+    jobs_app, name="jobs", help="Submit, follow and cancel training and optimization jobs."
+)
 app.add_typer(keys_app, name="keys", help="Create, list, revoke and rotate API keys (admin).")
 app.command("audit", help="Show the audit log (admin).")(audit_command)
 

@@ -108,11 +108,76 @@ def versions(ctx: typer.Context, name: str) -> None:
 
 @models_app.command("alias")
 @reports_errors
-def alias(ctx: typer.Context, name: str, alias: str, version: int) -> None:
+def alias(
+    ctx: typer.Context,
+    name: str,
+    alias: str,
+    version: int,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote even if its quality drop is over the limit.")
+    ] = False,
+) -> None:
     """Point ALIAS of model NAME at VERSION (moving it if it exists)."""
     with client_for(ctx) as client:
-        info = client.set_alias(name, alias, version)
+        info = client.set_alias(name, alias, version, force=force)
     console.print(f"{info.model}:{info.alias} → {info.version}")
+
+
+@models_app.command("compare")
+@reports_errors
+def compare(ctx: typer.Context, name: str, first: int, second: int) -> None:
+    """Show two versions side by side: metrics, evaluations and optimization reports."""
+    with client_for(ctx) as client:
+        a, b = client.get_version(name, first), client.get_version(name, second)
+    rows_a, rows_b = version_facts(a), version_facts(b)
+    if remote_of(ctx).wants_json:
+        print_json({"model": name, str(first): rows_a, str(second): rows_b})
+        return
+    keys = list(dict.fromkeys([*rows_a, *rows_b]))
+    rows = [
+        (key, rows_a.get(key), rows_b.get(key), _delta(rows_a.get(key), rows_b.get(key)))
+        for key in keys
+    ]
+    print_table(f"{name}: {first} vs {second}", ("", str(first), str(second), "change"), rows)
+
+
+def version_facts(version: Any) -> dict[str, Any]:
+    """A version as flat, comparable rows: what it is, its metrics, its report."""
+    facts: dict[str, Any] = {
+        "framework": version.framework,
+        "file": version.filename,
+        "size_bytes": version.size_bytes,
+    }
+    for key, value in sorted(version.metrics.items()):
+        if isinstance(value, dict):
+            for dataset, metrics in sorted(value.items()):
+                for metric, number in sorted((metrics or {}).items()):
+                    facts[f"{key}.{dataset}.{metric}"] = _rounded(number)
+        else:
+            facts[key] = _rounded(value)
+    report = version.metadata.get("optimization")
+    if isinstance(report, dict):
+        facts["optimization"] = report.get("method")
+        facts["quality_drop"] = _rounded(report.get("quality_drop"))
+        for batch, sides in (report.get("latency_ms") or {}).items():
+            after = (sides or {}).get("after") or {}
+            for stat in ("p50_ms", "p99_ms"):
+                if stat in after:
+                    facts[f"latency {batch} {stat}"] = _rounded(after[stat])
+    parent = (version.lineage or {}).get("parent")
+    if parent:
+        facts["parent"] = f"{parent.get('model')}:{parent.get('version')}"
+    return facts
+
+
+def _rounded(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def _delta(a: Any, b: Any) -> str:
+    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
+        return f"{b - a:+.4g}"
+    return ""
 
 
 @models_app.command("deploy")

@@ -16,10 +16,11 @@ import orjson
 from pydantic import TypeAdapter
 
 from maas.errors import InvalidInput, MaasError, error_class_for
+from maas.protocols.jobs import DatasetInfo, JobEvent, JobInfo
 from maas.protocols.management import AliasInfo, DeploymentSpec, ModelInfo, VersionInfo
 from maas.protocols.v2 import decode_infer_response, encode_infer_request
 
-__all__ = ["Call", "Endpoints", "raise_for_error", "split_ref"]
+__all__ = ["Call", "Endpoints", "SseParser", "raise_for_error", "split_ref"]
 
 T = TypeVar("T")
 
@@ -86,6 +87,44 @@ _VERSION = TypeAdapter(VersionInfo)
 _VERSIONS = TypeAdapter(list[VersionInfo])
 _ALIAS = TypeAdapter(AliasInfo)
 _ALIASES = TypeAdapter(list[AliasInfo])
+_DATASET = TypeAdapter(DatasetInfo)
+_DATASETS = TypeAdapter(list[DatasetInfo])
+_JOB = TypeAdapter(JobInfo)
+_JOBS = TypeAdapter(list[JobInfo])
+_EVENTS = TypeAdapter(list[JobEvent])
+_EVENT = TypeAdapter(JobEvent)
+
+
+class SseParser:
+    """Server-Sent Events, line by line: feed lines, get ``(event, data)`` when complete.
+
+    A job stream sends ``JobEvent`` objects (``log``, ``progress``, ``state``) and ends
+    with ``end`` carrying the final ``JobInfo``.
+    """
+
+    def __init__(self) -> None:
+        self._event = "message"
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> tuple[str, JobEvent | JobInfo] | None:
+        line = line.rstrip("\r\n")
+        if line.startswith(":"):
+            return None
+        if line:
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                self._event = value
+            elif field == "data":
+                self._data.append(value)
+            return None
+        if not self._data:
+            return None
+        event, data = self._event, "\n".join(self._data)
+        self._event, self._data = "message", []
+        if event == "end":
+            return event, _JOB.validate_json(data)
+        return event, _EVENT.validate_json(data)
 
 
 def split_ref(ref: str) -> tuple[str, str | None]:
@@ -170,9 +209,10 @@ class Endpoints:
         return Call("GET", f"/api/v1/models/{name}/aliases", _parser(_ALIASES))
 
     @staticmethod
-    def set_alias(name: str, alias: str, version: int) -> Call[AliasInfo]:
+    def set_alias(name: str, alias: str, version: int, force: bool = False) -> Call[AliasInfo]:
         path = f"/api/v1/models/{name}/aliases/{alias}"
-        return Call("PUT", path, _parser(_ALIAS), json={"version": version})
+        params = {"force": "true"} if force else {}
+        return Call("PUT", path, _parser(_ALIAS), params=params, json={"version": version})
 
     @staticmethod
     def set_deployment(name: str, version: int, spec: DeploymentSpec) -> Call[VersionInfo]:
@@ -186,6 +226,80 @@ class Endpoints:
     @staticmethod
     def delete_alias(name: str, alias: str) -> Call[None]:
         return Call("DELETE", f"/api/v1/models/{name}/aliases/{alias}", _no_content)
+
+    # -- datasets and jobs ------------------------------------------------------------
+
+    @staticmethod
+    def push_dataset(
+        name: str,
+        content: Iterable[bytes] | AsyncIterable[bytes],
+        *,
+        filename: str,
+        fmt: str | None = None,
+    ) -> Call[DatasetInfo]:
+        params = {"name": name, "filename": filename}
+        if fmt:
+            params["format"] = fmt
+        return Call(
+            "POST",
+            "/api/v1/datasets",
+            _parser(_DATASET),
+            params=params,
+            content=content,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+
+    @staticmethod
+    def list_datasets(name: str | None = None) -> Call[list[DatasetInfo]]:
+        params = {"name": name} if name else {}
+        return Call("GET", "/api/v1/datasets", _parser(_DATASETS), params=params)
+
+    @staticmethod
+    def get_dataset(ref: str) -> Call[DatasetInfo]:
+        return Call("GET", f"/api/v1/datasets/{ref}", _parser(_DATASET))
+
+    @staticmethod
+    def submit_job(spec: Mapping[str, Any] | str) -> Call[JobInfo]:
+        """A spec as a mapping (sent as JSON) or as YAML/JSON text (sent as YAML)."""
+        if isinstance(spec, str):
+            return Call(
+                "POST",
+                "/api/v1/jobs",
+                _parser(_JOB),
+                content=spec.encode(),
+                headers={"Content-Type": "application/yaml"},
+            )
+        return Call("POST", "/api/v1/jobs", _parser(_JOB), json=dict(spec))
+
+    @staticmethod
+    def list_jobs(
+        state: str | None = None, model: str | None = None, limit: int = 100
+    ) -> Call[list[JobInfo]]:
+        params = {"limit": str(limit)}
+        if state:
+            params["state"] = state
+        if model:
+            params["model"] = model
+        return Call("GET", "/api/v1/jobs", _parser(_JOBS), params=params)
+
+    @staticmethod
+    def get_job(job_id: str) -> Call[JobInfo]:
+        return Call("GET", f"/api/v1/jobs/{job_id}", _parser(_JOB))
+
+    @staticmethod
+    def cancel_job(job_id: str) -> Call[JobInfo]:
+        return Call("POST", f"/api/v1/jobs/{job_id}/cancel", _parser(_JOB))
+
+    @staticmethod
+    def job_logs(job_id: str, after: int = 0, type: str | None = None) -> Call[list[JobEvent]]:
+        params = {"after": str(after)}
+        if type:
+            params["type"] = type
+        return Call("GET", f"/api/v1/jobs/{job_id}/logs", _parser(_EVENTS), params=params)
+
+    @staticmethod
+    def job_events_path(job_id: str) -> str:
+        return f"/api/v1/jobs/{job_id}/events"
 
     @staticmethod
     def model_metadata(ref: str) -> Call[dict[str, Any]]:

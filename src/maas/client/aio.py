@@ -10,8 +10,9 @@ from typing import Any, TypeVar
 import httpx
 import numpy as np
 
-from maas.client._core import Call, Endpoints, first_input_name
+from maas.client._core import Call, Endpoints, SseParser, first_input_name, raise_for_error
 from maas.client._shared import base_url, client_headers, file_chunks, normalise_inputs
+from maas.protocols.jobs import DatasetInfo, JobEvent, JobInfo
 from maas.protocols.management import AliasInfo, DeploymentSpec, ModelInfo, VersionInfo
 
 __all__ = ["AsyncClient"]
@@ -120,8 +121,11 @@ class AsyncClient:
     async def list_aliases(self, name: str) -> list[AliasInfo]:
         return await self._do(Endpoints.list_aliases(name))
 
-    async def set_alias(self, name: str, alias: str, version: int) -> AliasInfo:
-        return await self._do(Endpoints.set_alias(name, alias, version))
+    async def set_alias(
+        self, name: str, alias: str, version: int, *, force: bool = False
+    ) -> AliasInfo:
+        """Point ``alias`` at ``version``; ``force`` promotes past the quality-drop check."""
+        return await self._do(Endpoints.set_alias(name, alias, version, force))
 
     async def set_deployment(self, name: str, version: int, spec: DeploymentSpec) -> VersionInfo:
         """Set how a version is served (batching, instances, queue size)."""
@@ -133,6 +137,57 @@ class AsyncClient:
 
     async def delete_alias(self, name: str, alias: str) -> None:
         await self._do(Endpoints.delete_alias(name, alias))
+
+    # datasets and jobs -------------------------------------------------------------
+    async def push_dataset(
+        self, path: str | Path, name: str, *, fmt: str | None = None
+    ) -> DatasetInfo:
+        """Upload a CSV, Parquet or JSONL file as dataset ``name``, streaming it."""
+        path = Path(path)
+        chunks = _async_chunks(file_chunks(path))
+        return await self._do(Endpoints.push_dataset(name, chunks, filename=path.name, fmt=fmt))
+
+    async def list_datasets(self, name: str | None = None) -> list[DatasetInfo]:
+        return await self._do(Endpoints.list_datasets(name))
+
+    async def get_dataset(self, ref: str) -> DatasetInfo:
+        return await self._do(Endpoints.get_dataset(ref))
+
+    async def submit_job(self, spec: Mapping[str, Any] | str) -> JobInfo:
+        return await self._do(Endpoints.submit_job(spec))
+
+    async def list_jobs(
+        self, *, state: str | None = None, model: str | None = None, limit: int = 100
+    ) -> list[JobInfo]:
+        return await self._do(Endpoints.list_jobs(state, model, limit))
+
+    async def get_job(self, job_id: str) -> JobInfo:
+        return await self._do(Endpoints.get_job(job_id))
+
+    async def cancel_job(self, job_id: str) -> JobInfo:
+        return await self._do(Endpoints.cancel_job(job_id))
+
+    async def job_logs(
+        self, job_id: str, *, after: int = 0, type: str | None = None
+    ) -> list[JobEvent]:
+        return await self._do(Endpoints.job_logs(job_id, after, type))
+
+    async def follow_job(self, job_id: str, *, after: int = 0) -> AsyncIterator[JobEvent | JobInfo]:
+        """The job's events as they happen (SSE), then its final ``JobInfo``."""
+        path = Endpoints.job_events_path(job_id)
+        async with self._http.stream(
+            "GET", path, params={"after": str(after)}, timeout=httpx.Timeout(60, read=None)
+        ) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                raise_for_error(response)
+            parser = SseParser()
+            async for line in response.aiter_lines():
+                parsed = parser.feed(line)
+                if parsed is not None:
+                    yield parsed[1]
+                    if parsed[0] == "end":
+                        return
 
     # inference ---------------------------------------------------------------------
     async def is_ready(self) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -10,8 +10,9 @@ from typing import Any, TypeVar
 import httpx
 import numpy as np
 
-from maas.client._core import Call, Endpoints, first_input_name
+from maas.client._core import Call, Endpoints, SseParser, first_input_name, raise_for_error
 from maas.client._shared import base_url, client_headers, file_chunks, normalise_inputs
+from maas.protocols.jobs import DatasetInfo, JobEvent, JobInfo
 from maas.protocols.management import AliasInfo, DeploymentSpec, ModelInfo, VersionInfo
 
 __all__ = ["Client"]
@@ -111,8 +112,9 @@ class Client:
     def list_aliases(self, name: str) -> list[AliasInfo]:
         return self._do(Endpoints.list_aliases(name))
 
-    def set_alias(self, name: str, alias: str, version: int) -> AliasInfo:
-        return self._do(Endpoints.set_alias(name, alias, version))
+    def set_alias(self, name: str, alias: str, version: int, *, force: bool = False) -> AliasInfo:
+        """Point ``alias`` at ``version``; ``force`` promotes past the quality-drop check."""
+        return self._do(Endpoints.set_alias(name, alias, version, force))
 
     def set_deployment(self, name: str, version: int, spec: DeploymentSpec) -> VersionInfo:
         """Set how a version is served (batching, instances, queue size)."""
@@ -124,6 +126,63 @@ class Client:
 
     def delete_alias(self, name: str, alias: str) -> None:
         self._do(Endpoints.delete_alias(name, alias))
+
+    # datasets and jobs -------------------------------------------------------------
+    def push_dataset(self, path: str | Path, name: str, *, fmt: str | None = None) -> DatasetInfo:
+        """Upload a CSV, Parquet or JSONL file as dataset ``name``, streaming it."""
+        path = Path(path)
+        call = Endpoints.push_dataset(name, file_chunks(path), filename=path.name, fmt=fmt)
+        return self._do(call)
+
+    def list_datasets(self, name: str | None = None) -> list[DatasetInfo]:
+        return self._do(Endpoints.list_datasets(name))
+
+    def get_dataset(self, ref: str) -> DatasetInfo:
+        return self._do(Endpoints.get_dataset(ref))
+
+    def submit_job(self, spec: Mapping[str, Any] | str) -> JobInfo:
+        """Queue a job from a spec mapping, or from YAML or JSON text."""
+        return self._do(Endpoints.submit_job(spec))
+
+    def list_jobs(
+        self, *, state: str | None = None, model: str | None = None, limit: int = 100
+    ) -> list[JobInfo]:
+        return self._do(Endpoints.list_jobs(state, model, limit))
+
+    def get_job(self, job_id: str) -> JobInfo:
+        return self._do(Endpoints.get_job(job_id))
+
+    def cancel_job(self, job_id: str) -> JobInfo:
+        """Cancel a job; a running one's process is stopped before this returns."""
+        return self._do(Endpoints.cancel_job(job_id))
+
+    def job_logs(self, job_id: str, *, after: int = 0, type: str | None = None) -> list[JobEvent]:
+        return self._do(Endpoints.job_logs(job_id, after, type))
+
+    def follow_job(self, job_id: str, *, after: int = 0) -> Iterator[JobEvent | JobInfo]:
+        """The job's events as they happen (SSE), then its final ``JobInfo``."""
+        path = Endpoints.job_events_path(job_id)
+        with self._http.stream(
+            "GET", path, params={"after": str(after)}, timeout=httpx.Timeout(60, read=None)
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise_for_error(response)
+            parser = SseParser()
+            for line in response.iter_lines():
+                parsed = parser.feed(line)
+                if parsed is not None:
+                    yield parsed[1]
+                    if parsed[0] == "end":
+                        return
+
+    def wait_job(self, job_id: str) -> JobInfo:
+        """Block until the job ends; return it."""
+        final: JobInfo | None = None
+        for item in self.follow_job(job_id):
+            if isinstance(item, JobInfo):
+                final = item
+        return final if final is not None else self.get_job(job_id)
 
     # inference ---------------------------------------------------------------------
     def is_ready(self) -> bool:

@@ -255,6 +255,21 @@ class RegistryService:
             session.flush()
             return _version_info(row, self._aliases_by_version(session, model).get(row.id, []))
 
+    def merge_metrics(self, name: str, version: int, metrics: dict[str, Any]) -> VersionInfo:
+        """Add metrics to a version; nested dicts (``eval`` per dataset) merge one level."""
+        with self._session() as session:
+            model = self._model(session, name)
+            row = self._resolve_row(session, model, version)
+            merged = dict(row.metrics or {})
+            for key, value in metrics.items():
+                if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                    merged[key] = {**merged[key], **value}
+                else:
+                    merged[key] = value
+            row.metrics = merged
+            session.flush()
+            return _version_info(row, self._aliases_by_version(session, model).get(row.id, []))
+
     def digest_in_use(self, digest: str) -> bool:
         with self._session() as session:
             count = session.scalar(

@@ -81,11 +81,20 @@ def _label_datatype(classes: np.ndarray) -> str:
     return "BYTES"
 
 
+def takes_text(estimator: Any) -> bool:
+    """A text model: a vectorizer (TF-IDF, counts, hashing) first, taking raw strings."""
+    first = estimator.steps[0][1] if hasattr(estimator, "steps") else estimator
+    return hasattr(first, "build_analyzer")
+
+
 def estimator_signature(estimator: Any) -> Signature:
     if not hasattr(estimator, "predict"):
         raise UnsupportedArtifact(f"{type(estimator).__name__} has no predict method")
-    n_features = getattr(estimator, "n_features_in_", None)
-    inputs = [TensorSpec(name="input", datatype="FP64", shape=[-1, int(n_features or -1)])]
+    if takes_text(estimator):
+        inputs = [TensorSpec(name="input", datatype="BYTES", shape=[-1])]
+    else:
+        n_features = getattr(estimator, "n_features_in_", None)
+        inputs = [TensorSpec(name="input", datatype="FP64", shape=[-1, int(n_features or -1)])]
     classes = getattr(estimator, "classes_", None)
     if classes is None:
         return Signature(
@@ -119,7 +128,12 @@ class SklearnRuntime(Runtime):
         return cls(load_estimator(path, trust_pickle=options.trust_pickle))
 
     def _run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        features = inputs["input"]
+        features: Any = inputs["input"]
+        if features.dtype == object:  # text: BYTES arrive as bytes, vectorizers want str
+            features = [
+                v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                for v in features.ravel()
+            ]
         result: dict[str, np.ndarray] = {}
         try:
             for name in outputs:

