@@ -74,6 +74,8 @@ def job_environment(threads: int) -> dict[str, str]:
         TRANSFORMERS_OFFLINE="1",
         HF_DATASETS_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        TQDM_DISABLE="1",
         PYTHONUNBUFFERED="1",
     )
     return env

@@ -1,0 +1,56 @@
+"""Fine-tuning the bundled MiniLM for sequence classification, on CPU, a few steps."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from maas.protocols.jobs import JobEvent, JobInfo
+from tests.integration.jobs_helpers import sdk
+from tests.integration.server import start_server
+from tests.jobs_data import tickets_csv
+
+
+@pytest.mark.timeout(240)
+def test_minilm_finetune_reports_loss_and_registers_a_transformers_version(
+    tmp_path: Path,
+) -> None:
+    server = start_server(tmp_path / "home", env={"MAAS_JOBS__THREADS_PER_JOB": "2"})
+    try:
+        with sdk(server) as client:
+            client.push_dataset(tickets_csv(tmp_path / "tickets.csv", n=48), "tickets")
+            job = client.submit_job(
+                {
+                    "kind": "finetune",
+                    "model": "tickets-minilm",
+                    "dataset": "tickets",
+                    "max_steps": 3,
+                    "batch_size": 8,
+                    "max_length": 32,
+                    "eval_every": 2,
+                    "learning_rate": 1e-4,
+                }
+            )
+            seen = list(client.follow_job(job.id))
+            final = seen[-1]
+            assert isinstance(final, JobInfo)
+            assert final.state == "succeeded", (final.error, client.job_logs(job.id))
+            steps = [
+                e.data
+                for e in seen
+                if isinstance(e, JobEvent) and e.type == "progress" and "step" in e.data
+            ]
+            assert [s["step"] for s in steps] == [1, 2, 3]
+            assert all(s["loss"] > 0 for s in steps) and "eval" in steps[1]
+            metrics = final.result["metrics"]
+            assert 0 <= metrics["accuracy"] <= 1 and "f1_macro" in metrics
+            (number,) = final.result["versions"]
+            version = client.get_version("tickets-minilm", number)
+            assert version.framework == "transformers" and version.filename == "model.tar"
+            assert version.metadata["labels"] == ["electrical", "hydraulic", "software"]
+            assert version.metrics["accuracy"] == metrics["accuracy"]
+            assert version.lineage["job"] == job.id
+    finally:
+        assert server.stop() in (0, -signal.SIGTERM), "".join(server.output)
