@@ -4,11 +4,16 @@ Each model is trained here (iris logistic regression; a 64→512→512→10 MLP 
 digits set) and written as maas pushes it (.skops, .onnx) and as MLServer loads it
 (.joblib). The ceiling of a model is what one core does with no HTTP at all: decode a
 V2 JSON body, predict and encode the answer, in a loop; and raw ``predict`` at batch 1
-and 32, in rows per second.
+and 32, in rows per second. ``run.py`` measures the ceilings in a process of their own
+started under ``taskset -c 0``, like the servers (``python models.py SECONDS``, the models
+as JSON on stdin), so that the BLAS and onnxruntime thread pools are sized as they are
+in a server pinned to one core.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,3 +140,17 @@ def ceilings(model: BenchModel, seconds: float) -> dict[str, float]:
         }
     finally:
         runtime.close()
+
+
+def main() -> None:
+    """``python models.py SECONDS``, a JSON list of models on stdin: their ceilings, as JSON."""
+    seconds = float(sys.argv[1])
+    result = {}
+    for spec in json.loads(sys.stdin.read()):
+        model = BenchModel(**{**spec, "artifact": Path(spec["artifact"])})
+        result[model.name] = ceilings(model, seconds)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

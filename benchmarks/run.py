@@ -15,9 +15,11 @@ ceilings of each model measured in the same run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -33,7 +35,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from models import BenchModel, build_models, ceilings
+from models import BenchModel, build_models
 
 HERE = Path(__file__).parent
 MLSERVER_VENV = HERE / ".venv-mlserver"
@@ -53,6 +55,7 @@ class Point:
     p50_ms: float
     p99_ms: float
     errors: int
+    other_cpu: float  # CPU of everything but the server and wrk, in cores, during the point
 
 
 # -- setup -------------------------------------------------------------------------
@@ -102,8 +105,8 @@ def free_port() -> int:
 @contextmanager
 def running(
     command: Sequence[str], env: dict[str, str], log: Path, ready_url: str
-) -> Iterator[None]:
-    """A server pinned to core 0, until the block ends."""
+) -> Iterator[int]:
+    """A server pinned to core 0, until the block ends; yields its process group."""
     with log.open("w") as out:
         process = subprocess.Popen(
             ["taskset", "-c", "0", *command],
@@ -123,7 +126,7 @@ def running(
             except httpx.TransportError:
                 pass
             time.sleep(0.3)
-        yield
+        yield process.pid
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -153,8 +156,9 @@ def push(url: str, model: BenchModel, headers: dict[str, str]) -> int:
     )
     response.raise_for_status()
     version: int = response.json()["version"]
-    warm = httpx.post(f"{url}/v2/models/{model.name}/infer", content=model.body(), headers=headers)
-    warm.raise_for_status()
+    infer = f"{url}/v2/models/{model.name}/infer"
+    # The first call may wait for a worker process to start and load (seconds).
+    httpx.post(infer, content=model.body(), headers=headers, timeout=120).raise_for_status()
     return version
 
 
@@ -165,7 +169,8 @@ def set_batching(url: str, model: BenchModel, version: int) -> bool:
     if response.status_code in (404, 405):
         return False
     response.raise_for_status()
-    httpx.post(f"{url}/v2/models/{model.name}/infer", content=model.body()).raise_for_status()
+    infer = f"{url}/v2/models/{model.name}/infer"
+    httpx.post(infer, content=model.body(), timeout=120).raise_for_status()
     return True
 
 
@@ -183,26 +188,87 @@ def mlserver_repository(directory: Path, joblib_path: Path, port: int) -> Path:
 
 # -- load ----------------------------------------------------------------------------
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (/proc/stat, less idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / _TICK
+
+
+def _group_seconds(group: int) -> float:
+    """CPU seconds used so far by the live processes of a process group."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[2]) == group:
+                total += int(stat[11]) + int(stat[12])
+    return total / _TICK
+
+
+def _children_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
 
 _LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
 _SCALE = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
 def drive(
-    wrk: str, url: str, body: bytes, connections: int, seconds: float, scripts: Path, auth: bool
-) -> tuple[float, float, float, int]:
-    """wrk on core 1: requests/s, p50 ms, p99 ms, non-2xx count."""
+    wrk: str,
+    url: str,
+    body: bytes,
+    connections: int,
+    seconds: float,
+    scripts: Path,
+    auth: bool,
+    server: int,
+) -> tuple[float, float, float, int, float]:
+    """wrk on core 1: requests/s, p50 ms, p99 ms, non-2xx count, and the disturbance.
+
+    The disturbance is the CPU that everything but the server (process group ``server``)
+    and wrk used meanwhile, in cores: the other users of this shared machine.
+    """
     script = scripts / f"post-{abs(hash((body, auth)))}.lua"
     header = f'wrk.headers["Authorization"] = "Bearer {ADMIN_KEY}"\n' if auth else ""
     script.write_text(_LUA.format(auth=header, body=body.decode()))
     command = ["taskset", "-c", "1", wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s"]
+    before = (time.monotonic(), _busy_seconds(), _group_seconds(server), _children_seconds())
     out = subprocess.run(
         [*command, "--latency", "-s", str(script), url], capture_output=True, text=True, check=True
     ).stdout
+    after = (time.monotonic(), _busy_seconds(), _group_seconds(server), _children_seconds())
+    wall, busy, ours, wrk_cpu = (b - a for a, b in zip(before, after, strict=True))
+    other = max(0.0, busy - ours - wrk_cpu) / wall
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     latency = {p: float(v) * _SCALE[unit] for p, v, unit in _LATENCY.findall(out)}
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return rps, latency["50"], latency["99"], int(errors.group(1)) if errors else 0
+    return rps, latency["50"], latency["99"], int(errors.group(1)) if errors else 0, other
+
+
+def measure_ceilings(models: dict[str, BenchModel], seconds: float) -> dict[str, dict[str, float]]:
+    """The in-process ceilings, in a process started on core 0 as the servers are.
+
+    Not in this process pinned afterwards: numpy's OpenBLAS sizes its thread pool when it
+    is imported, so here it would run two threads on one core (batch-32 predicts of the
+    scikit-learn MLP came out slower per row than batch 1), unlike the servers.
+    """
+    specs = [{**dataclasses.asdict(m), "artifact": str(m.artifact)} for m in models.values()]
+    out = subprocess.run(
+        ["taskset", "-c", "0", sys.executable, str(HERE / "models.py"), f"{seconds:g}"],
+        input=json.dumps(specs),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result: dict[str, dict[str, float]] = json.loads(out.splitlines()[-1])
+    return result
 
 
 # -- report --------------------------------------------------------------------------
@@ -212,8 +278,8 @@ def table(points: list[Point], refs: dict[str, tuple[str, str]]) -> str:
     """Markdown table; ``refs`` maps a case to (reference case, label of the ratio)."""
     by_key = {(p.case, p.connections): p for p in points}
     lines = [
-        "| case | conns | req/s | p50 ms | p99 ms | non-2xx | ratio |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| case | conns | req/s | p50 ms | p99 ms | non-2xx | other CPU | ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for p in points:
         ratio = ""
@@ -224,7 +290,7 @@ def table(points: list[Point], refs: dict[str, tuple[str, str]]) -> str:
                 ratio = f"{p.rps / ref.rps:.2f}x {label}"
         lines.append(
             f"| {p.case} | {p.connections} | {p.rps:.0f} | {p.p50_ms:.2f} | {p.p99_ms:.2f} "
-            f"| {p.errors} | {ratio} |"
+            f"| {p.errors} | {p.other_cpu:.2f} | {ratio} |"
         )
     return "\n".join(lines)
 
@@ -251,11 +317,15 @@ class Bench:
         self.seconds = seconds
         self.points: list[Point] = []
 
-    def measure(self, case: str, url: str, body: bytes, *, auth: bool = False) -> None:
+    def measure(self, case: str, url: str, body: bytes, server: int, *, auth: bool = False) -> None:
         for connections in self.connections:
-            result = drive(self.wrk, url, body, connections, self.seconds, self.work, auth)
+            result = drive(self.wrk, url, body, connections, self.seconds, self.work, auth, server)
             self.points.append(Point(case, connections, *result))
-            print(f"  {case:<24} c={connections:<3} {result[0]:8.0f} req/s", flush=True)
+            print(
+                f"  {case:<24} c={connections:<3} {result[0]:8.0f} req/s"
+                f"  (other CPU {result[4]:.2f} cores)",
+                flush=True,
+            )
 
     def maas(self, models: dict[str, BenchModel]) -> bool:
         """Every model on a --no-auth maas, batching off then on; False if it could not."""
@@ -263,18 +333,18 @@ class Bench:
         url = f"http://127.0.0.1:{port}"
         command = maas_command(port, self.work / "home", no_auth=True)
         log = self.work / "maas.log"
-        with running([*command, "--log-level", "warning"], MAAS_ENV, log, f"{url}/v2/health/ready"):
+        ready = f"{url}/v2/health/ready"
+        with running([*command, "--log-level", "warning"], MAAS_ENV, log, ready) as server:
             versions = {name: push(url, model, {}) for name, model in models.items()}
-            for name in ("iris", "mlp-sklearn", "mlp-onnx"):
+            for name in models:
                 case = "iris maas" if name == "iris" else f"{name} unbatched"
-                self.measure(case, f"{url}/v2/models/{name}/infer", models[name].body())
-            mlps = ("mlp-sklearn", "mlp-onnx")
+                self.measure(case, f"{url}/v2/models/{name}/infer", models[name].body(), server)
+            mlps = [name for name in models if name.startswith("mlp")]
             batching = all(set_batching(url, models[n], versions[n]) for n in mlps)
             if batching:
                 for name in mlps:
-                    self.measure(
-                        f"{name} batched", f"{url}/v2/models/{name}/infer", models[name].body()
-                    )
+                    path = f"{url}/v2/models/{name}/infer"
+                    self.measure(f"{name} batched", path, models[name].body(), server)
         return batching
 
     def maas_with_key(self, iris: BenchModel) -> None:
@@ -286,19 +356,20 @@ class Bench:
             "warning",
         ]
         env = {**MAAS_ENV, "MAAS_ADMIN_KEY": ADMIN_KEY}
-        with running(command, env, self.work / "maas-key.log", f"{url}/v2/health/ready"):
+        with running(command, env, self.work / "maas-key.log", f"{url}/v2/health/ready") as server:
             push(url, iris, {"Authorization": f"Bearer {ADMIN_KEY}"})
-            self.measure("iris maas+key", f"{url}/v2/models/iris/infer", iris.body(), auth=True)
+            path = f"{url}/v2/models/iris/infer"
+            self.measure("iris maas+key", path, iris.body(), server, auth=True)
 
     def mlserver(self, binary: Path, iris: BenchModel, joblib_path: Path) -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         repository = mlserver_repository(self.work / "mlserver", joblib_path, port)
         command = [str(binary), "start", str(repository)]
-        with running(command, {}, self.work / "mlserver.log", f"{url}/v2/health/ready"):
+        with running(command, {}, self.work / "mlserver.log", f"{url}/v2/health/ready") as server:
             body = iris.body("input-0")
-            httpx.post(f"{url}/v2/models/iris/infer", content=body).raise_for_status()
-            self.measure("iris MLServer", f"{url}/v2/models/iris/infer", body)
+            httpx.post(f"{url}/v2/models/iris/infer", content=body, timeout=120).raise_for_status()
+            self.measure("iris MLServer", f"{url}/v2/models/iris/infer", body, server)
 
 
 def main() -> None:
@@ -306,6 +377,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="wrk duration per point")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 s, 1 and 16 conns")
     parser.add_argument("--skip-mlserver", action="store_true")
+    parser.add_argument(
+        "--iris-only", action="store_true", help="only the iris cases (to rerun disturbed ones)"
+    )
     args = parser.parse_args()
     seconds = 2.0 if args.quick else args.seconds
     connections = (1, 16) if args.quick else (1, 16, 64)
@@ -313,14 +387,15 @@ def main() -> None:
     mlserver = None if args.skip_mlserver else ensure_mlserver()
     work = Path(tempfile.mkdtemp(prefix="maas-bench-"))
     models, joblib_path = build_models(work / "models")
+    if args.iris_only:
+        models = {"iris": models["iris"]}
     bench = Bench(wrk, work, connections, seconds)
     print(f"work dir {work}; {seconds:g} s per point", flush=True)
     batching = bench.maas(models)
     bench.maas_with_key(models["iris"])
     if mlserver is not None:
         bench.mlserver(mlserver, models["iris"], joblib_path)
-    os.sched_setaffinity(0, {0})  # the ceilings on the core the servers had
-    ceiling = {name: ceilings(model, min(seconds, 3.0)) for name, model in models.items()}
+    ceiling = measure_ceilings(models, min(seconds, 3.0))
 
     refs = {
         "iris maas": ("iris MLServer", "of MLServer"),
