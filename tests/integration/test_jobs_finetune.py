@@ -13,7 +13,7 @@ from tests.integration.server import start_server
 from tests.jobs_data import tickets_csv
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_minilm_finetune_reports_loss_and_registers_a_transformers_version(
     tmp_path: Path,
 ) -> None:
@@ -28,7 +28,7 @@ def test_minilm_finetune_reports_loss_and_registers_a_transformers_version(
                     "dataset": "tickets",
                     "max_steps": 3,
                     "batch_size": 8,
-                    "max_length": 32,
+                    "max_length": 24,
                     "eval_every": 2,
                     "learning_rate": 1e-4,
                 }
@@ -52,5 +52,30 @@ def test_minilm_finetune_reports_loss_and_registers_a_transformers_version(
             assert version.metadata["labels"] == ["electrical", "hydraulic", "software"]
             assert version.metrics["accuracy"] == metrics["accuracy"]
             assert version.lineage["job"] == job.id
+
+            optimize = client.submit_job(
+                {
+                    "kind": "optimize",
+                    "model": "tickets-minilm",
+                    "version": number,
+                    "method": "quantize_int8",
+                    "dataset": "tickets",
+                    "text_column": "text",
+                    "target": "label",
+                    "max_rows": 16,
+                    "latency_budget_s": 0.2,
+                }
+            )
+            optimized = client.wait_job(optimize.id)
+            assert optimized.state == "succeeded", (optimized.error, client.job_logs(optimize.id))
+            report = optimized.result["report"]
+            assert report["size_bytes"]["after"] < 0.35 * report["size_bytes"]["before"]
+            assert report["quality"]["metric"] == "accuracy" and report["quality"]["cosine"] > 0.9
+            torch_int8 = report["alternatives"]["torch_dynamic_int8"]
+            assert torch_int8["size_bytes"] < report["size_bytes"]["before"]
+            (int8,) = optimized.result["versions"]
+            onnx = client.get_version("tickets-minilm", int8)
+            assert onnx.framework == "onnx"
+            assert [i.name for i in onnx.signature.inputs] == ["input_ids", "attention_mask"]
     finally:
         assert server.stop() in (0, -signal.SIGTERM), "".join(server.output)

@@ -68,6 +68,7 @@ def test_int8_quantization_of_an_onnx_mlp_is_smaller_with_a_report(
             "method": "quantize_int8",
             "dataset": "digits-holdout",
             "target": "digit",
+            "latency_budget_s": 0.3,
         }
     )
     done = client.wait_job(job.id)
@@ -112,6 +113,7 @@ def test_heavy_pruning_is_measured_and_its_promotion_refused_unless_forced(
             "method": "prune",
             "sparsity": 0.97,
             "dataset": "digits-inputs",
+            "latency_budget_s": 0.2,
         }
     )
     done = client.wait_job(job.id)

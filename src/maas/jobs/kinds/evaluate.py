@@ -22,7 +22,7 @@ def run_evaluate(payload: dict[str, Any], report: Reporter, work_dir: Path) -> d
     inputs = payload["inputs"]
     source = inputs["source"]
     frame = load_frame(inputs["dataset"], spec.max_rows)
-    runtime = load(source["framework"], Path(source["path"]), int(payload["threads"]))
+    runtime = load(source["framework"], Path(source["path"]), int(payload["threads"]), work_dir)
     signature = Signature.model_validate(source["signature"])
     name, data = inputs_for(signature, frame, spec.text_column, inputs.get("features"))
     report.progress(stage="predict", fraction=0.3, message=f"predicting {frame.rows} rows")

@@ -53,6 +53,7 @@ def build_report(
     task: str | None,
     threads: int,
     report: Reporter | None = None,
+    latency_budget_s: float = 1.5,
 ) -> dict[str, Any]:
     """Size, latency and quality of ``before`` and ``after`` on ``frame``."""
     runtimes = {
@@ -66,7 +67,9 @@ def build_report(
         name, data = inputs_for(runtime.signature, frame, text_column, features)
         measured[side] = measure(runtime, name, data, task)
         for batch in (1, 32):
-            latencies[f"batch_{batch}"][side] = latency(runtime, name, data, batch)
+            latencies[f"batch_{batch}"][side] = latency(
+                runtime, name, data, batch, latency_budget_s
+            )
         if report is not None:
             report.progress(stage="measure", fraction=0.5 + 0.2 * step, message=f"measured {side}")
     quality: dict[str, Any] = comparison(measured["before"], measured["after"])
@@ -109,33 +112,33 @@ def run_optimize(payload: dict[str, Any], report: Reporter, work_dir: Path) -> d
     inputs = payload["inputs"]
     source = inputs["source"]
     frame = load_frame(inputs["dataset"], spec.max_rows)
-    features = inputs.get("features")
-    signature = Signature.model_validate(source["signature"])
-    _, sample = inputs_for(signature, frame, spec.text_column, features)
+    threads = int(payload["threads"])
     report.progress(
         stage="optimize", fraction=0.1, message=f"{spec.method} of {source['framework']}"
     )
-    out, framework, details = _apply(
-        spec, source["framework"], Path(source["path"]), sample, work_dir
-    )
+    if source["framework"] == "transformers":
+        from maas.jobs.kinds.hf_optimize import run_hf_optimize
+
+        out, body = run_hf_optimize(spec, source, frame, work_dir, threads, report)
+    else:
+        out, body = _optimize_file(
+            spec, source, frame, inputs.get("features"), work_dir, threads, report
+        )
     report.log(f"{spec.method}: wrote {out.name} ({out.stat().st_size} bytes)")
-    body = build_report(
-        (source["framework"], Path(source["path"]), signature),
-        (framework, out),
-        frame,
-        target=spec.target,
-        text_column=spec.text_column,
-        features=features,
-        task=source["metadata"].get("task"),
-        threads=int(payload["threads"]),
-        report=report,
-    )
     src = {"model": source["model"], "version": source["version"]}
-    full = {"method": spec.method, "source": src, **details, **body}
+    full = {"method": spec.method, "source": src, **body}
     report.progress(stage="done", fraction=1.0, quality_drop=full["quality_drop"])
     metadata = {
         key: source["metadata"][key]
-        for key in ("task", "train_task", "estimator", "target", "text_column", "features")
+        for key in (
+            "task",
+            "train_task",
+            "estimator",
+            "target",
+            "text_column",
+            "features",
+            "labels",
+        )
         if key in source["metadata"]
     }
     metrics = full["quality"].get("metrics_after") or {}
@@ -147,3 +150,33 @@ def run_optimize(payload: dict[str, Any], report: Reporter, work_dir: Path) -> d
         "dataset": frame.ref,
         "source": src,
     }
+
+
+def _optimize_file(
+    spec: OptimizeSpec,
+    source: dict[str, Any],
+    frame: Frame,
+    features: list[str] | None,
+    work_dir: Path,
+    threads: int,
+    report: Reporter,
+) -> tuple[Path, dict[str, Any]]:
+    """scikit-learn and ONNX sources, measured through the serving runtimes."""
+    signature = Signature.model_validate(source["signature"])
+    _, sample = inputs_for(signature, frame, spec.text_column, features)
+    out, framework, details = _apply(
+        spec, source["framework"], Path(source["path"]), sample, work_dir
+    )
+    body = build_report(
+        (source["framework"], Path(source["path"]), signature),
+        (framework, out),
+        frame,
+        target=spec.target,
+        text_column=spec.text_column,
+        features=features,
+        task=source["metadata"].get("task"),
+        threads=threads,
+        report=report,
+        latency_budget_s=spec.latency_budget_s,
+    )
+    return out, {**details, **body}
