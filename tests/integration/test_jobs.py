@@ -38,6 +38,13 @@ def test_text_dataset_to_trained_version_served_over_v2(
     assert [(c.name, c.type) for c in dataset.columns] == [("text", "string"), ("label", "string")]
     again = client.push_dataset(tmp_path / "tickets.csv", "tickets")
     assert again.digest == dataset.digest and len(client.list_datasets("tickets")) == 1
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["a b", "c d"], "label": [1, 0]}), tmp_path / "t.parquet")
+    parquet = client.push_dataset(tmp_path / "t.parquet", "tiny")
+    assert (parquet.format, parquet.rows, parquet.columns[1].type) == ("parquet", 2, "int64")
+    assert client.get_dataset(f"tiny@{parquet.digest[:15]}").digest == parquet.digest
 
     job = client.submit_job(
         "kind: train\nmodel: tickets\ndataset: tickets\ntask: text_classification\n"

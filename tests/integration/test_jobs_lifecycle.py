@@ -198,8 +198,16 @@ def test_restart_during_a_job_requeues_it_and_it_finishes(tmp_path: Path) -> Non
             job = client.submit_job(_long_search(2))
             running = wait_until(client, job.id, _running_with_pid)
         assert running.pid is not None
+        follower = sdk(server)
+        events = follower.follow_job(job.id)
+        next(events)  # an SSE stream is open while the server stops
+        started = time.monotonic()
         server.stop()
+        assert time.monotonic() - started < 15, "the server waited on the SSE follower"
         assert not pid_alive(running.pid), "the job's process outlived the server"
+        rest = list(events)  # the stream ended with the server, without a final state
+        assert not any(isinstance(item, JobInfo) for item in rest)
+        follower.close()
         server = start_server(home)
         with sdk(server) as client:
             done = wait_until(client, job.id, lambda j: j.finished, timeout_s=90)

@@ -259,10 +259,15 @@ class JobManager:
                 self.store.finish, job.id, "failed", error=exc.message, error_code=exc.code
             )
             return
+        if run.cancel_requested or self._closing:  # asked while the inputs were resolved
+            await self._settle_unstarted(run)
+            return
         launch = JobLaunch(job.id, work_dir, payload, self._settings.threads_per_job)
         run.handle = await self._backend.start(launch)
         await asyncio.to_thread(self.store.set_pid, job.id, run.handle.pid)
         self._notify(job.id)
+        if run.cancel_requested or self._closing:
+            await run.handle.stop(self._settings.cancel_grace_s)
         outcome: Message | None = None
         async for message in run.handle.messages():
             if message["type"] in ("result", "error"):
@@ -295,6 +300,14 @@ class JobManager:
                 error=f"the job process ended with status {status} before reporting a result",
                 error_code="job_crashed",
             )
+
+    async def _settle_unstarted(self, run: _Run) -> None:
+        if run.cancel_requested:
+            await asyncio.to_thread(
+                self.store.finish, run.job.id, "cancelled", reason="cancelled before it started"
+            )
+        else:
+            await asyncio.to_thread(self._interrupted, run.job, "the server shut down")
 
     async def _succeed(self, job: JobInfo, outcome: Message, work_dir: Path) -> None:
         try:

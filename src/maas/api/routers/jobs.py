@@ -183,8 +183,8 @@ async def _stream(
         if events:
             idle = 0.0
             continue
-        if await request.is_disconnected():
-            return
+        if await request.is_disconnected() or services.models.is_shutting_down:
+            return  # a draining server must not wait on followers
         await jobs.wait_changed(job_id, 1.0)
         idle += 1.0
         if idle >= _KEEPALIVE_S:
