@@ -79,6 +79,8 @@ class _Run:
     progress_dirty: bool = False
     logged: int = 0
     task: asyncio.Task[None] | None = None
+    ended: bool = False
+    flushing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class JobManager:
@@ -213,19 +215,26 @@ class JobManager:
 
     async def _dispatch(self) -> None:
         while not self._closing:
-            free = self._settings.max_concurrent - len(self._runs)
-            if free > 0:
-                for job in await asyncio.to_thread(self.store.queued, free):
-                    claimed = await asyncio.to_thread(self.store.claim, job.id)
-                    if claimed is None:
-                        continue
-                    run = _Run(claimed)
-                    self._runs[job.id] = run
-                    run.task = asyncio.create_task(self._run(run), name=f"job-{job.id}")
-                    self._notify(job.id)
             self._wake.clear()
+            try:
+                await self._start_queued()
+            except Exception:  # a database hiccup must not stop the pool for good
+                log.exception("job dispatch failed; retrying")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), _POLL_S)
+
+    async def _start_queued(self) -> None:
+        free = self._settings.max_concurrent - len(self._runs)
+        if free <= 0:
+            return
+        for job in await asyncio.to_thread(self.store.queued, free):
+            claimed = await asyncio.to_thread(self.store.claim, job.id)
+            if claimed is None:
+                continue
+            run = _Run(claimed)
+            self._runs[job.id] = run
+            run.task = asyncio.create_task(self._run(run), name=f"job-{job.id}")
+            self._notify(job.id)
 
     async def _run(self, run: _Run) -> None:
         job = run.job
@@ -243,7 +252,8 @@ class JobManager:
                 error_code="internal_error",
             )
         finally:
-            flusher.cancel()
+            run.ended = True
+            await flusher  # its last flush lands before anything below
             await self._flush(run)
             self._runs.pop(job.id, None)
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -334,17 +344,23 @@ class JobManager:
                 run.pending.append(("log", {"line": "… further log lines dropped"}))
 
     async def _flush_loop(self, run: _Run) -> None:
-        while True:
+        """Write what the job said every ``_FLUSH_EVERY_S``; never cancelled mid-write,
+        so events keep their order (the lock makes explicit flushes wait their turn)."""
+        while not run.ended:
             await asyncio.sleep(_FLUSH_EVERY_S)
-            await self._flush(run)
+            try:
+                await self._flush(run)
+            except Exception:
+                log.exception("writing the events of job %s failed", run.job.id)
 
     async def _flush(self, run: _Run) -> None:
-        if not run.pending and not run.progress_dirty:
-            return
-        batch, run.pending = run.pending, []
-        progress, dirty = run.progress, run.progress_dirty
-        run.progress_dirty = False
-        await asyncio.to_thread(self._write, run.job.id, batch, progress if dirty else None)
+        async with run.flushing:
+            if not run.pending and not run.progress_dirty:
+                return
+            batch, run.pending = run.pending, []
+            progress, dirty = run.progress, run.progress_dirty
+            run.progress_dirty = False
+            await asyncio.to_thread(self._write, run.job.id, batch, progress if dirty else None)
         self._notify(run.job.id)
 
     def _write(
