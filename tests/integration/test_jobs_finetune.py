@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from maas.protocols.jobs import JobEvent, JobInfo
@@ -52,6 +53,10 @@ def test_minilm_finetune_reports_loss_and_registers_a_transformers_version(
             assert version.metadata["labels"] == ["electrical", "hydraulic", "software"]
             assert version.metrics["accuracy"] == metrics["accuracy"]
             assert version.lineage["job"] == job.id
+            served = client.predict(
+                f"tickets-minilm:{number}", np.array([b"pump leak near the valve"], dtype=object)
+            )
+            assert served["label"][0].decode() in version.metadata["labels"]
 
             optimize = client.submit_job(
                 {

@@ -4,6 +4,7 @@ reason, never lost), and refused with clear 4xx errors when the input is wrong."
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -69,6 +70,9 @@ def test_cancel_stops_the_running_process_and_queued_jobs_never_start(
     queued = client.submit_job(_long_search(120))
     job = wait_until(client, running.id, _running_with_pid)
     assert job.pid is not None and pid_alive(job.pid)
+    environ = Path(f"/proc/{job.pid}/environ").read_bytes().split(b"\0")
+    assert b"OMP_NUM_THREADS=1" in environ and b"HF_HUB_OFFLINE=1" in environ
+    assert os.getpgid(job.pid) == job.pid  # a process group of its own: cancel kills it all
     assert client.get_job(queued.id).state == "queued"  # one job at a time by default
 
     cancelled_queued = client.cancel_job(queued.id)
