@@ -96,6 +96,10 @@ def test_int8_quantization_of_an_onnx_mlp_is_smaller_with_a_report(
     assert served["label"].shape == (2,)
     promoted = cli(server, "models", "alias", "digits-mlp", "production", str(new))
     assert promoted.returncode == 0, promoted.stderr
+    compared = cli(server, "models", "compare", "digits-mlp", str(source.version), str(new))
+    assert compared.returncode == 0, compared.stderr
+    for row in ("size_bytes", "quality_drop", "latency batch_32 p99_ms", "quantize_int8"):
+        assert row in compared.stdout, compared.stdout
 
 
 def test_heavy_pruning_is_measured_and_its_promotion_refused_unless_forced(
