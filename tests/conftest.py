@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 
 import pytest
 
@@ -40,3 +41,16 @@ def postgres_url() -> str:
 def redis_url() -> str:
     require_service("Redis", "127.0.0.1", 6379)
     return REDIS_URL
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One cache of derived model files (a GGUF file's dequantized weights) for every
+    server and runtime of the session, so the dequantization runs once, not per server."""
+    previous = os.environ.get("MAAS_CACHE_DIR")
+    os.environ["MAAS_CACHE_DIR"] = str(tmp_path_factory.mktemp("model-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("MAAS_CACHE_DIR", None)
+    else:
+        os.environ["MAAS_CACHE_DIR"] = previous

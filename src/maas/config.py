@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "AuthSettings",
+    "GenerationSettings",
     "JobsSettings",
     "LimitSettings",
     "ServerSettings",
@@ -56,6 +57,23 @@ class ServingSettings(_Section):
     )
     drain_timeout_s: float = Field(
         30.0, ge=0, description="After SIGTERM, how long in-flight requests may take to finish."
+    )
+
+
+class GenerationSettings(_Section):
+    """Continuous batching of text generation, per deployed language model."""
+
+    max_running: int = Field(
+        16, ge=1, description="Sequences that share each forward pass (the running batch)."
+    )
+    max_waiting: int = Field(
+        64, ge=0, description="Sequences queued to join the batch (429 past it)."
+    )
+    max_context_tokens: int | None = Field(
+        None, ge=16, description="Cap on prompt plus completion tokens; default the model's."
+    )
+    default_max_tokens: int = Field(
+        512, ge=1, description="Completion tokens when the caller sets no max_tokens."
     )
 
 
@@ -169,8 +187,19 @@ class Settings(BaseSettings):
         "unprefixed); /metrics then sums every process's values.",
     )
     demo: bool = Field(False, description="Register the demo models at start.")
+    demo_models: list[str] | None = Field(
+        None,
+        description="Which demo models to register (JSON list, e.g. '[\"iris\"]'); "
+        "default every one whose packages are installed.",
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description="Derived files that can be rebuilt from artifacts (unpacked model "
+        "directories, dequantized GGUF weights); default MAAS_HOME/cache. Servers may share it.",
+    )
 
     serving: ServingSettings = ServingSettings()
+    generation: GenerationSettings = GenerationSettings()
     storage: StorageSettings = StorageSettings()
     limits: LimitSettings = LimitSettings()
     auth: AuthSettings = AuthSettings()
@@ -193,6 +222,11 @@ class Settings(BaseSettings):
     @property
     def home_dir(self) -> Path:
         return self.home.expanduser().resolve()
+
+    @property
+    def cache_path(self) -> Path:
+        """Derived files (unpacked archives, dequantized GGUF weights): rebuilt if lost."""
+        return (self.cache_dir or self.home_dir / "cache").expanduser().resolve()
 
     @property
     def resolved_database_url(self) -> str:

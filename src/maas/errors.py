@@ -15,6 +15,7 @@ rebuilds the same class from the code (``error_class_for``).
     │   ├── UnsupportedDatatype
     │   ├── UnsupportedArtifact
     │   ├── ContextLengthExceeded
+    │   ├── UnsupportedTask
     │   ├── ClientDisconnected
     │   ├── InvalidSpec
     │   └── InvalidDataset
@@ -38,6 +39,7 @@ rebuilds the same class from the code (``error_class_for``).
     ├── UntrustedArtifact (422)
     ├── RateLimited (429)
     ├── QuotaExceeded (429)
+    ├── GenerationQueueFull (429)
     ├── Overloaded (503)
     ├── ModelNotReady (503)
     ├── WorkerCrashed (503)
@@ -66,6 +68,7 @@ __all__ = [
     "ContextLengthExceeded",
     "DatasetNotFound",
     "Forbidden",
+    "GenerationQueueFull",
     "InvalidDataset",
     "InvalidInput",
     "InvalidName",
@@ -96,6 +99,7 @@ __all__ = [
     "UnsupportedArtifact",
     "UnsupportedDatatype",
     "UnsupportedMediaType",
+    "UnsupportedTask",
     "UntrustedArtifact",
     "VersionInUse",
     "VersionNotFound",
@@ -175,6 +179,12 @@ class UnsupportedArtifact(InvalidRequest):
 
 class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
+
+
+class UnsupportedTask(InvalidRequest):
+    """The model exists but does not do what the endpoint asks (chat with an embedder)."""
+
+    code = "unsupported_task"
 
 
 class ClientDisconnected(InvalidRequest):
@@ -315,6 +325,13 @@ class QuotaExceeded(MaasError):
     code = "quota_exceeded"
     status = HTTPStatus.TOO_MANY_REQUESTS
     default_message = "quota exhausted for this period"
+
+
+class GenerationQueueFull(MaasError):
+    """A language model's running batch and its queue are both full: retry shortly."""
+
+    code = "generation_queue_full"
+    status = HTTPStatus.TOO_MANY_REQUESTS
 
 
 class Overloaded(MaasError):

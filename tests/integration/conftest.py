@@ -13,13 +13,19 @@ import skops.io
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from tests.integration.server import RunningServer, start_server
+from tests.integration.server import ALL_DEMO, RunningServer, start_server
 
 
 @pytest.fixture(scope="session")
 def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """One demo server (SQLite, embedded defaults) shared by read-mostly tests."""
-    server = start_server(tmp_path_factory.mktemp("demo-home"), "--demo")
+    # The first start dequantizes the demo's GGUF chat model: give it time.
+    server = start_server(
+        tmp_path_factory.mktemp("demo-home"),
+        "--demo",
+        env={"MAAS_DEMO_MODELS": ALL_DEMO},
+        timeout_s=300,
+    )
     yield server
     assert server.stop() in (0, -signal.SIGTERM), "".join(server.output)
 

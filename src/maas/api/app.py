@@ -26,6 +26,7 @@ from maas.api.routers import (
     keys,
     metrics,
     models,
+    openai,
     usage,
     v2,
 )
@@ -38,6 +39,8 @@ _DESCRIPTION = """
 Self-hosted Model-as-a-Service.
 
 * **KServe V2** inference under `/v2` (JSON and Triton's binary tensor extension).
+* **OpenAI API** under `/v1`: models, chat completions (SSE streaming), completions,
+  embeddings; use the official `openai` SDK with `base_url=<server>/v1`.
 * **Management** of models, versions and aliases under `/api/v1`.
 
 Errors are `{"error": message, "code": stable_code}`.
@@ -68,7 +71,7 @@ def create_app(
     install_error_handlers(app)
     for router in (health.router, v2.router, models.router, usage.router, deployments.router):
         app.include_router(router)
-    for router in (keys.router, audit.router, metrics.router):
+    for router in (keys.router, audit.router, metrics.router, openai.router):
         app.include_router(router)
     for router in (datasets.router, jobs.router):
         app.include_router(router)

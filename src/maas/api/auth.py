@@ -81,6 +81,7 @@ class Authenticator:
             message,
             request_id=scope["state"].get("request_id"),
             headers={"WWW-Authenticate": "Bearer"},
+            path=scope["path"],
         )
         await response(scope, receive, send)
 

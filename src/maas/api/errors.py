@@ -1,8 +1,11 @@
 """The only place that turns exceptions into HTTP responses.
 
 maas and V2 routes answer ``{"error": message, "code", "details", "request_id"}`` (the
-``error`` string keeps V2 clients working). 5xx bodies carry a generic message and the
-request id, never exception text; the traceback goes to the log under the same id.
+``error`` string keeps V2 clients working). The OpenAI routes (``/v1/…``) answer in
+OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, so the official SDK
+raises its own typed errors; the code is the same stable maas code either way. 5xx
+bodies carry a generic message and the request id, never exception text; the traceback
+goes to the log under the same id.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from starlette.responses import Response
 
 from maas.errors import InvalidRequest, MaasError, QuotaExceeded, RateLimited
 
-__all__ = ["error_response", "install_error_handlers"]
+__all__ = ["error_response", "install_error_handlers", "is_openai_path"]
 
 log = logging.getLogger("maas.api")
 
@@ -29,6 +32,27 @@ _STATUS_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
+
+
+#: OpenAI's error ``type`` for each status (what its SDK and its users branch on).
+_OPENAI_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def is_openai_path(path: str) -> bool:
+    return path.startswith("/v1/")
+
+
+def _openai_type(status: int, code: str) -> str:
+    if code == "quota_exceeded":
+        return "insufficient_quota"
+    if status >= 500:
+        return "server_error"
+    return _OPENAI_TYPES.get(status, "invalid_request_error")
 
 
 def _request_id(request: Request) -> str | None:
@@ -45,10 +69,18 @@ def error_response(
     request_id: str | None = None,
     retry_after: float | None = None,
     headers: dict[str, str] | None = None,
+    path: str = "",
 ) -> Response:
-    body: dict[str, Any] = {"error": message, "code": code}
-    if details:
-        body["details"] = details
+    """The error body for ``path``: OpenAI's shape under ``/v1/``, maas's elsewhere."""
+    body: dict[str, Any]
+    if is_openai_path(path):
+        param = (details or {}).get("param")
+        error = {"message": message, "type": _openai_type(status, code), "param": param}
+        body = {"error": {**error, "code": code}}
+    else:
+        body = {"error": message, "code": code}
+        if details:
+            body["details"] = details
     if request_id:
         body["request_id"] = request_id
     headers = dict(headers or {})
@@ -71,6 +103,7 @@ async def _maas_error(request: Request, exc: Exception) -> Response:
         request_id=_request_id(request),
         retry_after=exc.retry_after,
         headers=_rate_limit_headers(exc),
+        path=request.url.path,
     )
 
 
@@ -98,15 +131,22 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
         HTTPStatus.BAD_REQUEST,
         InvalidRequest.code,
         message,
-        details={"errors": problems},
+        details={"errors": problems, "param": location or None},
         request_id=_request_id(request),
+        path=request.url.path,
     )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     code = _STATUS_CODES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail), request_id=_request_id(request))
+    return error_response(
+        exc.status_code,
+        code,
+        str(exc.detail),
+        request_id=_request_id(request),
+        path=request.url.path,
+    )
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
@@ -117,6 +157,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
         MaasError.code,
         "internal server error; the server log has details under this request id",
         request_id=request_id,
+        path=request.url.path,
     )
 
 

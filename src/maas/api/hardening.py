@@ -27,7 +27,12 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 async def _send_error(scope: Scope, receive: Receive, send: Send, error: MaasError) -> None:
     response = error_response(
-        error.status, error.code, error.message, request_id=scope["state"].get("request_id")
+        error.status,
+        error.code,
+        error.message,
+        request_id=scope["state"].get("request_id"),
+        retry_after=error.retry_after,
+        path=scope["path"],
     )
     await response(scope, receive, send)
 

@@ -60,7 +60,9 @@ class RequestPlumbing:
         self, scope: Scope, receive: Receive, send: Send, request_id: str, limit: int
     ) -> None:
         error = PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        response = error_response(error.status, error.code, error.message, request_id=request_id)
+        response = error_response(
+            error.status, error.code, error.message, request_id=request_id, path=scope["path"]
+        )
         await response(scope, receive, send)
 
 

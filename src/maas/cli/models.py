@@ -26,7 +26,12 @@ _PROGRESS_FROM_BYTES = 8 * 1024 * 1024
 @reports_errors
 def push(
     ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Model file.")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, help="Model file, or a transformers model directory (sent as a tar)."
+        ),
+    ],
     name: Annotated[str, typer.Option("--name", "-n", help="Model name.")],
     alias: Annotated[str | None, typer.Option(help="Point this alias at the new version.")] = None,
     description: Annotated[str | None, typer.Option(help="Description of a new model.")] = None,
@@ -34,7 +39,8 @@ def push(
 ) -> None:
     """Upload a model file as a new immutable version and print it."""
     meta = orjson.loads(metadata) if metadata else None
-    size = file.stat().st_size
+    files = sorted(file.rglob("*")) if file.is_dir() else [file]
+    size = sum(path.stat().st_size for path in files if path.is_file())
     with client_for(ctx) as client:
         if size < _PROGRESS_FROM_BYTES:
             info = client.push(file, name, alias=alias, description=description, metadata=meta)

@@ -7,6 +7,7 @@ it (tests read it back) with no bind-close-rebind race.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -71,6 +72,10 @@ def serve_command(
 
 
 def _run(settings: Any) -> None:
+    # A model is only ever loaded from the registry's artifacts: never let a library
+    # reach for a model hub (there may be no network, and a caller must not steer it).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     import uvicorn
 
     from maas.api.app import create_app

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import tarfile
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -10,7 +13,13 @@ import numpy as np
 
 from maas.client._core import DEFAULT_URL, UPLOAD_CHUNK_BYTES
 
-__all__ = ["ProgressCallback", "client_headers", "file_chunks", "normalise_inputs"]
+__all__ = [
+    "ProgressCallback",
+    "client_headers",
+    "file_chunks",
+    "normalise_inputs",
+    "upload_file",
+]
 
 ProgressCallback = Any  # Callable[[int], None]: called with the bytes sent so far
 
@@ -35,6 +44,23 @@ def file_chunks(path: Path, progress: ProgressCallback | None = None) -> Iterato
             if progress is not None:
                 progress(sent)
             yield chunk
+
+
+@contextlib.contextmanager
+def upload_file(path: Path) -> Iterator[tuple[Path, str]]:
+    """The file to upload for ``path`` and its name: the file itself, or a directory
+    (a transformers model saved with ``save_pretrained``) packed as a tar on disk first,
+    so even a large model streams without being held in memory."""
+    if not path.is_dir():
+        yield path, path.name
+        return
+    with tempfile.TemporaryDirectory(prefix="maas-push-") as tmp:
+        archive = Path(tmp) / f"{path.name}.tar"
+        with tarfile.open(archive, "w") as tar:
+            for member in sorted(path.rglob("*")):
+                if member.is_file() and not member.name.startswith("."):
+                    tar.add(member, arcname=str(member.relative_to(path)))
+        yield archive, archive.name
 
 
 def normalise_inputs(

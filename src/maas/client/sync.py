@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 
 from maas.client._core import Call, Endpoints, SseParser, first_input_name, raise_for_error
-from maas.client._shared import base_url, client_headers, file_chunks, normalise_inputs
+from maas.client._shared import base_url, client_headers, file_chunks, normalise_inputs, upload_file
 from maas.protocols.jobs import DatasetInfo, JobEvent, JobInfo
 from maas.protocols.management import AliasInfo, DeploymentSpec, ModelInfo, VersionInfo
 
@@ -97,17 +97,18 @@ class Client:
         metadata: Mapping[str, Any] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> VersionInfo:
-        """Upload a model file as the next version of ``name``, streaming it."""
-        path = Path(path)
-        call = Endpoints.push(
-            name,
-            file_chunks(path, progress),
-            filename=path.name,
-            alias=alias,
-            description=description,
-            metadata=metadata,
-        )
-        return self._do(call)
+        """Upload a model file, or a model directory (packed as a tar), as the next
+        version of ``name``, streaming it."""
+        with upload_file(Path(path)) as (upload, filename):
+            call = Endpoints.push(
+                name,
+                file_chunks(upload, progress),
+                filename=filename,
+                alias=alias,
+                description=description,
+                metadata=metadata,
+            )
+            return self._do(call)
 
     def list_aliases(self, name: str) -> list[AliasInfo]:
         return self._do(Endpoints.list_aliases(name))

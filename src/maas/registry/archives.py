@@ -14,12 +14,66 @@ import posixpath
 import shutil
 import stat
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
 from maas.errors import InvalidInput
 
-__all__ = ["safe_extract"]
+__all__ = ["is_archive", "safe_extract", "unpacked"]
+
+
+def is_archive(path: Path) -> bool:
+    """A model directory packed for upload: a zip or a tar (any compression) with a
+    ``config.json`` at its root or in its one top folder. Other zips (a ``.skops``
+    file is one) are single-file artifacts."""
+    if not path.is_file():
+        return False
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        elif tarfile.is_tarfile(path):
+            with tarfile.open(path) as tar:
+                names = tar.getnames()
+        else:
+            return False
+    except (OSError, zipfile.BadZipFile, tarfile.TarError):
+        return False
+    return any(PurePosixPath(name).name == "config.json" and name.count("/") <= 1 for name in names)
+
+
+def unpacked(archive_path: Path, cache_root: Path, *, max_bytes: int | None = None) -> Path:
+    """The archive extracted (safely) under ``cache_root``, once: later calls find it.
+
+    Keyed by the archive's file name, which in the artifact store is its digest, and
+    made atomically (a temp directory renamed into place), so two loads racing each
+    other or a crash mid-extraction never leave a half tree under the key.
+    """
+    target = cache_root / "unpacked" / archive_path.name
+    if target.is_dir():
+        return _root_of(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        safe_extract(archive_path, temp, max_bytes=max_bytes)
+        os.replace(temp, target)
+    except OSError:
+        shutil.rmtree(temp, ignore_errors=True)
+        if not target.is_dir():
+            raise
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return _root_of(target)
+
+
+def _root_of(tree: Path) -> Path:
+    """An archive of one top-level directory (``tar -C parent model/``) is that directory."""
+    entries = [entry for entry in tree.iterdir() if not entry.name.startswith(".")]
+    if len(entries) == 1 and entries[0].is_dir():
+        return entries[0]
+    return tree
 
 
 def safe_extract(archive_path: Path, dest: Path, *, max_bytes: int | None = None) -> list[Path]:

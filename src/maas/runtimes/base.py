@@ -20,19 +20,23 @@ from maas.errors import InvalidInput, ShapeMismatch
 from maas.protocols.signature import Signature, TensorSpec
 from maas.protocols.tensors import DATATYPES
 
-__all__ = ["LoadOptions", "Runtime", "check_request"]
+__all__ = ["LoadOptions", "Runtime", "check_request", "texts_of"]
 
 
 @dataclass(frozen=True, slots=True)
 class LoadOptions:
     trust_pickle: bool = False
     threads: int | None = None
+    #: Where a runtime may keep derived files (a GGUF file's dequantized weights).
+    cache_dir: Path | None = None
 
 
 class Runtime(abc.ABC):
     framework: ClassVar[str]
     #: Whether ``predict`` releases the GIL (threads then scale; otherwise processes do).
     releases_gil: ClassVar[bool] = False
+    #: Whether it must run in the serving process (its scheduler drives it directly).
+    in_process_only: ClassVar[bool] = False
 
     signature: Signature
 
@@ -116,3 +120,19 @@ def _cast(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
     raise InvalidInput(
         f"input {spec.name!r} takes {spec.datatype}; values of this datatype do not fit"
     )
+
+
+def texts_of(array: np.ndarray, name: str = "text") -> list[str]:
+    """The strings of a BYTES tensor of any shape, as UTF-8 text, row-major."""
+    texts = []
+    for item in array.reshape(-1):
+        if isinstance(item, bytes):
+            try:
+                texts.append(item.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise InvalidInput(f"input {name!r} holds bytes that are not UTF-8 text") from None
+        elif isinstance(item, str):
+            texts.append(item)
+        else:
+            raise InvalidInput(f"input {name!r} takes text (BYTES)")
+    return texts

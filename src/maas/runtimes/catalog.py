@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from maas.errors import MissingExtra, UnsupportedArtifact, UntrustedArtifact
+from maas.protocols.management import DeploymentSpec
 from maas.protocols.signature import Signature
 from maas.runtimes.base import LoadOptions, Runtime
 
@@ -22,10 +23,14 @@ _RUNTIMES: dict[str, tuple[str, str, str, str]] = {
     "sklearn": ("maas.runtimes.sklearn", "SklearnRuntime", "core", "sklearn"),
     "pickle": ("maas.runtimes.sklearn", "PickleRuntime", "core", "sklearn"),
     "onnx": ("maas.runtimes.onnx", "OnnxRuntime", "onnx", "onnxruntime"),
+    "transformers": ("maas.runtimes.hf.runtime", "TransformersRuntime", "llm", "transformers"),
 }
 
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
-ACCEPTED = ".skops (scikit-learn), .onnx; .pkl/.pickle/.joblib on a server with --trust-pickle"
+ACCEPTED = (
+    ".skops (scikit-learn), .onnx, .gguf, a transformers model directory (as .tar or .zip); "
+    ".pkl/.pickle/.joblib on a server with --trust-pickle"
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,8 @@ class ArtifactInfo:
     signature: Signature
     task: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    #: How the version is served until an owner says otherwise; ``None``: the default.
+    deployment: DeploymentSpec | None = None
 
 
 def runtime_class(framework: str) -> type[Runtime]:
@@ -64,11 +71,18 @@ def _looks_like_pickle(head: bytes, filename: str) -> bool:
     )
 
 
-def inspect_artifact(path: Path, filename: str, *, trust_pickle: bool) -> ArtifactInfo:
+def inspect_artifact(
+    path: Path, filename: str, *, trust_pickle: bool, cache_dir: Path | None = None
+) -> ArtifactInfo:
     """Detect the framework by content (the extension only breaks ties) and read the
-    signature by loading the artifact safely. Nothing from an untrusted file runs."""
+    signature by loading the artifact safely. Nothing from an untrusted file runs.
+
+    ``path`` is a file, or the directory an uploaded archive was unpacked into.
+    """
     from maas.runtimes.sklearn import estimator_task, is_skops
 
+    if path.is_dir() or _is_gguf(path):
+        return _inspect_transformers(path, cache_dir)
     with path.open("rb") as handle:
         head = handle.read(16)
     if is_skops(path):
@@ -95,6 +109,32 @@ def inspect_artifact(path: Path, filename: str, *, trust_pickle: bool) -> Artifa
         runtime = runtime_class("onnx").load(path, options=LoadOptions(threads=1))
         return ArtifactInfo("onnx", runtime.signature, None, {})
     raise UnsupportedArtifact(f"unrecognised model file; accepted: {ACCEPTED}")
+
+
+def _is_gguf(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(4) == b"GGUF"
+
+
+def _inspect_transformers(path: Path, cache_dir: Path | None) -> ArtifactInfo:
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise UnsupportedArtifact(
+            "the archive holds no config.json at its root: pack a transformers model "
+            "directory (save_pretrained) or upload a single model file"
+        )
+    runtime_class("transformers")  # raises MissingExtra without the [llm] extra
+    from maas.runtimes.hf.runtime import TransformersRuntime
+
+    runtime = TransformersRuntime.load(path, options=LoadOptions(cache_dir=cache_dir))
+    try:
+        details = {"format": "gguf" if path.is_file() else "directory", "task": runtime.task}
+        details.update(runtime.details)
+        # Embedding calls are many small batches of texts: batch them by default.
+        batched = DeploymentSpec(max_batch_size=64, max_queue_delay_us=2000)
+        deployment = batched if runtime.task == "embeddings" else None
+        return ArtifactInfo("transformers", runtime.signature, runtime.task, details, deployment)
+    finally:
+        runtime.close()
 
 
 def _is_onnx(path: Path) -> bool:

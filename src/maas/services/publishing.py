@@ -16,10 +16,11 @@ from typing import Any
 from maas.config import Settings
 from maas.errors import InvalidInput, MaasError, QualityDropTooLarge
 from maas.protocols.management import AliasInfo, DeploymentSpec, VersionInfo
+from maas.registry.archives import is_archive, unpacked
 from maas.registry.artifacts import ArtifactStore, StoredArtifact
 from maas.registry.names import validate_alias, validate_name
 from maas.registry.service import RegistryService
-from maas.runtimes.catalog import inspect_artifact
+from maas.runtimes.catalog import ArtifactInfo, inspect_artifact
 from maas.serving.manager import ModelManager
 
 __all__ = ["Publisher", "check_quality_drop"]
@@ -130,10 +131,7 @@ class Publisher:
         metrics: dict[str, Any] | None = None,
     ) -> VersionInfo:
         try:
-            path = await asyncio.to_thread(self._store.local_path, artifact.digest)
-            info = await asyncio.to_thread(
-                inspect_artifact, path, filename, trust_pickle=self._settings.serving.trust_pickle
-            )
+            info = await asyncio.to_thread(self._inspect, artifact.digest, filename)
         except MaasError:
             await asyncio.to_thread(self._discard_if_unused, artifact.digest)
             raise
@@ -150,12 +148,24 @@ class Publisher:
                 created_by=created_by,
                 description=description,
                 task=info.task,
+                deployment=info.deployment,
             )
         )
         if alias is not None:
             await self.set_alias(model, alias, version.version)
             version = await asyncio.to_thread(self._registry.get_version, model, version.version)
         return version
+
+    def _inspect(self, digest: str, filename: str) -> ArtifactInfo:
+        """Framework and signature of a stored artifact; an archive is a packed model
+        directory, inspected once unpacked (safely: no member may leave it)."""
+        path = self._store.local_path(digest)
+        cache = self._settings.cache_path
+        if is_archive(path):
+            path = unpacked(path, cache, max_bytes=self._settings.limits.max_upload_bytes)
+        return inspect_artifact(
+            path, filename, trust_pickle=self._settings.serving.trust_pickle, cache_dir=cache
+        )
 
     def _discard_if_unused(self, digest: str) -> None:
         if not self._registry.digest_in_use(digest):

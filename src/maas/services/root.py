@@ -24,6 +24,7 @@ from maas.protocols.tensors import DecodeLimits
 from maas.registry.artifacts import ArtifactStore
 from maas.registry.db import create_engine_for, session_factory, upgrade_to_head
 from maas.registry.service import RegistryService
+from maas.services.completions import TextService
 from maas.services.demo import register_demo_models
 from maas.services.job_results import PublisherSink
 from maas.services.publishing import Publisher
@@ -48,6 +49,7 @@ class Services:
     keys: KeyStore
     audit: AuditLog
     admin_key: AdminKeyNotice | None  # None when auth is off
+    text: TextService
     datasets: DatasetService
     jobs: JobManager
 
@@ -60,7 +62,13 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     upgrade_to_head(engine)
     store = ArtifactStore(settings.resolved_artifact_url)
     registry = RegistryService(session_factory(engine), store)
-    models = ModelManager(registry, store, settings.serving)
+    models = ModelManager(
+        registry,
+        store,
+        settings.serving,
+        generation=settings.generation,
+        cache_dir=settings.cache_path,
+    )
     publisher = Publisher(registry, store, models, settings)
     limits = DecodeLimits.from_settings(settings.limits)
     usage = UsageLedger(session_factory(engine))
@@ -92,6 +100,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         keys=_key_store(settings, engine),
         audit=AuditLog(session_factory(engine)),
         admin_key=None,
+        text=TextService(models),
         datasets=datasets,
         jobs=jobs,
     )
@@ -105,7 +114,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 admin_key.get_secret_value() if admin_key else None,
             )
         if settings.demo:
-            await register_demo_models(publisher, registry, settings.home_dir)
+            await register_demo_models(publisher, registry, settings.home_dir, settings.demo_models)
         await models.start()
         await usage.start()
         await jobs.start()

@@ -7,19 +7,24 @@ import enum
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from maas.config import GenerationSettings
 from maas.errors import InvalidRequest, MaasError, ModelNotReady, RuntimeFailure, WorkerCrashed
 from maas.observability.metrics import LOAD_SECONDS, LOADED_MODELS
 from maas.protocols.management import VersionInfo
 from maas.protocols.signature import Signature
 from maas.protocols.tensors import DATATYPES
+from maas.registry.archives import is_archive, unpacked
 from maas.registry.artifacts import ArtifactStore
-from maas.runtimes.base import LoadOptions, check_request
+from maas.runtimes.base import LoadOptions, check_request, texts_of
 from maas.runtimes.catalog import load_runtime, runtime_class
+from maas.runtimes.generation import TextGenerator
 from maas.serving.batching import DynamicBatcher
+from maas.serving.generation import GenerationScheduler
 from maas.serving.process_workers import LoadTarget, ProcessInstances
 from maas.serving.workers import ModelInstances, ThreadInstances, Workers
 
@@ -68,12 +73,16 @@ class Deployment:
         workers: Workers,
         options: LoadOptions,
         mode: str = "auto",
+        generation: GenerationSettings | None = None,
     ) -> None:
         self.version = version
         self._store = store
         self._workers = workers
         self._options = options
         self._mode = mode
+        self._generation_settings = generation or GenerationSettings()
+        #: The continuous-batching scheduler of a language model; ``None`` for others.
+        self.generation: GenerationScheduler | None = None
         self._instances: ModelInstances | None = None
         self._batcher: DynamicBatcher | None = None
         self._load_task: asyncio.Task[None] | None = None
@@ -131,10 +140,14 @@ class Deployment:
         self.state = DeploymentState.LOADING
         started = time.monotonic()
         instances: ModelInstances | None = None
+        scheduler: GenerationScheduler | None = None
         try:
             instances = await self._start_instances()
-            await self._warm(instances)
+            scheduler = self._scheduler_for(instances)
+            await self._warm(instances, scheduler)
         except Exception as exc:
+            if scheduler is not None:
+                await scheduler.close()
             if instances is not None:
                 await instances.close()
             if isinstance(exc, MaasError):
@@ -143,9 +156,12 @@ class Deployment:
                 self._fail(RuntimeFailure(f"loading {self._label} failed: {type(exc).__name__}"))
             return
         if self._retired:  # unloaded while loading
+            if scheduler is not None:
+                await scheduler.close()
             await instances.close()
             return
         self._instances = instances
+        self.generation = scheduler
         spec = self.version.deployment
         self._batcher = DynamicBatcher(
             instances.predict, self.version.signature, spec, labels=self._labels
@@ -156,13 +172,34 @@ class Deployment:
         self.state = DeploymentState.READY
 
     def _uses_processes(self) -> bool:
+        runtime = runtime_class(self.version.framework)
+        if runtime.in_process_only:
+            return False
         if self._mode != "auto":
             return self._mode == "processes"
-        return not runtime_class(self.version.framework).releases_gil
+        return not runtime.releases_gil
+
+    def _scheduler_for(self, instances: ModelInstances) -> GenerationScheduler | None:
+        """A language model gets a scheduler that batches its sequences."""
+        runtime = getattr(instances, "runtime", None)
+        if not isinstance(runtime, TextGenerator):
+            return None
+        settings = self._generation_settings
+        scheduler = GenerationScheduler(
+            runtime,
+            model=self.version.model,
+            version=str(self.version.version),
+            max_running=settings.max_running,
+            max_waiting=settings.max_waiting,
+            max_context=settings.max_context_tokens,
+            default_max_tokens=settings.default_max_tokens,
+        )
+        scheduler.start()
+        return scheduler
 
     async def _start_instances(self) -> ModelInstances:
         digest = self.version.digest
-        path = await self._workers.run(lambda: self._store.local_path(digest, verify=True))
+        path = await self._workers.run(lambda: self._local_artifact(digest))
         if self._uses_processes():
             target = LoadTarget(self.version.framework, path, self._options)
             count = self.version.deployment.instances
@@ -173,8 +210,19 @@ class Deployment:
         runtime = await self._workers.run(lambda: load_runtime(framework, path, options))
         return ThreadInstances(runtime, self._workers)
 
-    async def _warm(self, instances: ModelInstances) -> None:
+    def _local_artifact(self, digest: str) -> Path:
+        """The verified artifact on this machine; an archive (a model directory packed
+        for upload) unpacked next to the cache once."""
+        path = self._store.local_path(digest, verify=True)
+        if self._options.cache_dir is not None and is_archive(path):
+            return unpacked(path, self._options.cache_dir)
+        return path
+
+    async def _warm(self, instances: ModelInstances, scheduler: GenerationScheduler | None) -> None:
         """One call on zeros: lazy initialisation happens now, not on a caller's time."""
+        if scheduler is not None:  # one token through the scheduler warms the model
+            await scheduler.complete_texts(["Hello"], max_tokens=1)
+            return
         signature = self.version.signature
         if not signature.inputs:
             return
@@ -211,11 +259,25 @@ class Deployment:
             if not instances.is_alive:
                 raise WorkerCrashed("no live worker for this model; restarting", retry_after=1.0)
             self.last_used = time.monotonic()
+            if self.generation is not None:
+                return await self._generate(inputs, outputs)
             return await batcher.submit(inputs, outputs)
         finally:
             self.in_flight -= 1
             if not self.in_flight:
                 self._idle.set()
+
+    async def _generate(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None
+    ) -> dict[str, np.ndarray]:
+        """V2 infer on a language model: greedy completions, batched with every other
+        sequence of the model."""
+        assert self.generation is not None
+        checked, _ = check_request(self.version.signature, inputs, outputs)
+        texts = texts_of(checked["text"])
+        budget = self._generation_settings.default_max_tokens
+        completions = await self.generation.complete_texts(texts, max_tokens=budget)
+        return {"text": np.array([c.text.encode() for c in completions], dtype=object)}
 
     def status(self) -> dict[str, Any]:
         """What the deployment status endpoint shows."""
@@ -243,6 +305,9 @@ class Deployment:
         await self._idle.wait()
         batcher, self._batcher = self._batcher, None
         instances, self._instances = self._instances, None
+        scheduler, self.generation = self.generation, None
+        if scheduler is not None:
+            await scheduler.close()
         if batcher is not None:
             await batcher.close()
         if instances is not None:

@@ -17,11 +17,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-from maas.config import ServingSettings
+from maas.config import GenerationSettings, ServingSettings
 from maas.errors import (
     ClientDisconnected,
     MaasError,
@@ -56,12 +57,16 @@ class ModelManager:
         store: ArtifactStore,
         settings: ServingSettings,
         workers: Workers | None = None,
+        *,
+        generation: GenerationSettings | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         self._registry = registry
         self._store = store
         self._settings = settings
         self._workers = workers or ThreadWorkers(settings.inference_threads)
-        self._options = LoadOptions(trust_pickle=settings.trust_pickle)
+        self._generation = generation or GenerationSettings()
+        self._options = LoadOptions(trust_pickle=settings.trust_pickle, cache_dir=cache_dir)
         self._deployments: dict[tuple[str, int], Deployment] = {}
         self._resolved: dict[tuple[str, Selector], tuple[float, VersionInfo]] = {}
         self._expected: set[tuple[str, int]] = set()
@@ -145,6 +150,17 @@ class ModelManager:
         if self._shutting_down:
             raise ShuttingDown(retry_after=1.0)
         work = self._predict(model, selector, inputs, outputs)
+        return await self.bounded(work, timeout_s=timeout_s, disconnected=disconnected)
+
+    async def bounded(
+        self,
+        work: Awaitable[T],
+        *,
+        timeout_s: float | None = None,
+        disconnected: Callable[[], Awaitable[Any]] | None = None,
+    ) -> T:
+        """Await ``work`` within the caller's timeout (capped by the server's) unless the
+        client hangs up first; either way the work is cancelled."""
         limit = self.timeout_for(timeout_s)
         try:
             async with asyncio.timeout(limit):
@@ -234,6 +250,7 @@ class ModelManager:
             workers=self._workers,
             options=self._options,
             mode=self._settings.worker_mode,
+            generation=self._generation,
         )
 
     def find(self, model: str, version: int) -> Deployment | None:

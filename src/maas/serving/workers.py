@@ -84,6 +84,11 @@ class ThreadInstances:
         self._workers = workers
 
     @property
+    def runtime(self) -> Runtime:
+        """The runtime itself: a language model's scheduler drives it directly."""
+        return self._runtime
+
+    @property
     def pids(self) -> list[int]:
         return [os.getpid()]
 

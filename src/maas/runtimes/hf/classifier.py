@@ -1,0 +1,78 @@
+"""``TextClassifierRuntime``: a sequence classifier; label names from its config."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+
+from maas.errors import ContextLengthExceeded
+from maas.protocols.signature import Signature, TensorSpec
+from maas.runtimes.base import LoadOptions, texts_of
+from maas.runtimes.hf.loading import TEXT_CLASSIFICATION
+from maas.runtimes.hf.runtime import TransformersRuntime
+
+__all__ = ["TextClassifierRuntime"]
+
+
+class TextClassifierRuntime(TransformersRuntime):
+    task = TEXT_CLASSIFICATION
+
+    def __init__(self, model: Any, tokenizer: Any, model_dir: Path) -> None:
+        self._model = model
+        self._tokenizer = tokenizer
+        self.model_dir = model_dir
+        config = model.config
+        count = int(config.num_labels)
+        names = getattr(config, "id2label", None) or {}
+        self.labels = [str(names.get(i, names.get(str(i), i))) for i in range(count)]
+        self.max_tokens = int(getattr(config, "max_position_embeddings", 512))
+        self.signature = Signature(
+            inputs=[TensorSpec(name="text", datatype="BYTES", shape=[-1])],
+            outputs=[
+                TensorSpec(name="label", datatype="BYTES", shape=[-1]),
+                TensorSpec(name="probabilities", datatype="FP32", shape=[-1, count]),
+            ],
+        )
+
+    @classmethod
+    def _load_dir(cls, model_dir: Path, options: LoadOptions) -> Self:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, dtype=torch.float32, use_safetensors=True, trust_remote_code=False
+        ).eval()
+        return cls(model, tokenizer, model_dir)
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return {"labels": self.labels}
+
+    def _run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        import torch
+
+        texts = texts_of(inputs["text"])
+        if not texts:
+            return {
+                "label": np.zeros(0, dtype=object),
+                "probabilities": np.zeros((0, len(self.labels)), dtype=np.float32),
+            }
+        batch = self._tokenizer(texts, padding=True, truncation=False, return_tensors="pt")
+        longest = int(batch["attention_mask"].sum(dim=1).max())
+        if longest > self.max_tokens:
+            raise ContextLengthExceeded(
+                f"an input has {longest} tokens; this model takes at most {self.max_tokens}",
+                details={"tokens": longest, "max_tokens": self.max_tokens},
+            )
+        with torch.inference_mode():
+            logits = self._model(**batch).logits
+        probabilities = torch.softmax(logits.float(), dim=-1).numpy()
+        labels = np.array(
+            [self.labels[i].encode() for i in probabilities.argmax(axis=1)], dtype=object
+        )
+        result = {"label": labels, "probabilities": probabilities}
+        return {name: result[name] for name in outputs}

@@ -1,0 +1,76 @@
+"""``TransformersRuntime``: the catalog's entry for every transformers model.
+
+One framework name (``transformers``) covers model directories and GGUF files; the
+task, read from the model's own config at load time, picks the class that serves it.
+torch releases the GIL in its kernels, so these run in threads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+from maas.runtimes.base import LoadOptions, Runtime
+from maas.runtimes.hf.loading import (
+    EMBEDDINGS,
+    TEXT_CLASSIFICATION,
+    TEXT_GENERATION,
+    detect_task,
+    model_dir_for,
+)
+
+__all__ = ["TransformersRuntime", "prepare_torch"]
+
+
+def prepare_torch(options: LoadOptions) -> None:
+    """Process-wide torch settings a server wants: inference only, bounded threads."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # logs are no tty
+    torch.set_grad_enabled(False)
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+
+
+class TransformersRuntime(Runtime):
+    framework: ClassVar[str] = "transformers"
+    releases_gil: ClassVar[bool] = True
+    in_process_only: ClassVar[bool] = True
+    #: Whether the runtime generates text token by token (serving then schedules it).
+    generates: ClassVar[bool] = False
+
+    task: str
+    model_dir: Path
+
+    @classmethod
+    def load(cls, path: Path, *, options: LoadOptions) -> Self:
+        model_dir = model_dir_for(path, options.cache_dir)
+        task = detect_task(model_dir)
+        prepare_torch(options)
+        if cls is not TransformersRuntime:
+            return cls._load_dir(model_dir, options)
+        runtime: Runtime
+        if task == TEXT_GENERATION:
+            from maas.runtimes.hf.generator import CausalLMRuntime
+
+            runtime = CausalLMRuntime._load_dir(model_dir, options)
+        elif task == TEXT_CLASSIFICATION:
+            from maas.runtimes.hf.classifier import TextClassifierRuntime
+
+            runtime = TextClassifierRuntime._load_dir(model_dir, options)
+        else:
+            assert task == EMBEDDINGS
+            from maas.runtimes.hf.embedder import EmbeddingRuntime
+
+            runtime = EmbeddingRuntime._load_dir(model_dir, options)
+        return runtime  # type: ignore[return-value]  # a subclass of cls
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """What the registry records about the model at push time."""
+        return {}
+
+    @classmethod
+    def _load_dir(cls, model_dir: Path, options: LoadOptions) -> Self:
+        raise NotImplementedError  # each task's class loads its own

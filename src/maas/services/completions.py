@@ -1,0 +1,140 @@
+"""``TextService``: what the OpenAI routes ask of serving, in serving's own terms.
+
+It resolves a model reference (``smollm2``, ``smollm2:production``, ``smollm2:3``) to
+a loaded deployment, checks that the model does the task asked of it, encodes prompts
+(off the event loop), and starts one generation stream per choice, or runs an
+embedding batch through the deployment's dynamic batcher. The router only parses,
+authorises, and encodes the HTTP answer (JSON or SSE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from maas.errors import ShuttingDown, UnsupportedTask
+from maas.protocols.management import VersionInfo
+from maas.registry.refs import parse_ref
+from maas.runtimes.generation import ChatMessage
+from maas.serving.deployment import Deployment
+from maas.serving.generation import GenerationScheduler, GenerationStream
+from maas.serving.manager import ModelManager
+from maas.serving.sampling import SamplingParams
+
+__all__ = ["Embeddings", "Generation", "TextService"]
+
+
+@dataclass
+class Generation:
+    version: VersionInfo
+    #: One per choice: ``n`` per prompt, prompt by prompt (OpenAI's choice order).
+    streams: list[GenerationStream]
+    #: Counted once per prompt, however many choices it has, as OpenAI counts them.
+    prompt_tokens: int
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(stream.completion_tokens for stream in self.streams)
+
+    def cancel(self) -> None:
+        for stream in self.streams:
+            stream.cancel()
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    version: VersionInfo
+    vectors: np.ndarray
+    prompt_tokens: int
+
+
+class TextService:
+    def __init__(self, models: ModelManager) -> None:
+        self._models = models
+
+    async def _deployment(self, model: str) -> Deployment:
+        if self._models.is_shutting_down:
+            raise ShuttingDown(retry_after=1.0)
+        ref = parse_ref(model)
+        return await self._models.get(ref.name, ref.selector)
+
+    async def _scheduler(self, model: str) -> tuple[Deployment, GenerationScheduler]:
+        deployment = await self._deployment(model)
+        if deployment.generation is None:
+            raise UnsupportedTask(
+                f"model {model!r} does not generate text (its task is "
+                f"{_task_of(deployment.version)})",
+                details={"param": "model"},
+            )
+        return deployment, deployment.generation
+
+    async def chat(
+        self, model: str, messages: Sequence[ChatMessage], params: SamplingParams, n: int
+    ) -> Generation:
+        deployment, scheduler = await self._scheduler(model)
+        prompt = await asyncio.to_thread(scheduler.generator.encode_chat, messages)
+        return self._start(deployment, scheduler, [prompt], n, params)
+
+    async def complete(
+        self, model: str, prompts: Sequence[str], params: SamplingParams, n: int
+    ) -> Generation:
+        deployment, scheduler = await self._scheduler(model)
+        encode = scheduler.generator.encode_text
+        encoded = await asyncio.to_thread(lambda: [encode(text) for text in prompts])
+        return self._start(deployment, scheduler, encoded, n, params)
+
+    @staticmethod
+    def _start(
+        deployment: Deployment,
+        scheduler: GenerationScheduler,
+        prompts: Sequence[list[int]],
+        n: int,
+        params: SamplingParams,
+    ) -> Generation:
+        """``n`` streams per prompt; every prompt is checked before any is queued, so a
+        refused request leaves nothing running. Choice ``i`` of a seeded request uses
+        ``seed + i``: choices differ, and each is repeatable."""
+        for prompt in prompts:
+            scheduler.check_prompt(prompt, params.max_tokens)
+        streams: list[GenerationStream] = []
+        try:
+            for prompt in prompts:
+                for choice in range(n):
+                    seed = None if params.seed is None else params.seed + choice
+                    streams.append(scheduler.submit(prompt, replace(params, seed=seed)))
+        except BaseException:
+            for stream in streams:
+                stream.cancel()
+            raise
+        return Generation(deployment.version, streams, sum(len(p) for p in prompts))
+
+    async def embed(
+        self,
+        model: str,
+        texts: Sequence[str],
+        *,
+        timeout_s: float | None = None,
+    ) -> Embeddings:
+        ref = parse_ref(model)
+        info = await self._models.resolve(ref.name, ref.selector)
+        signature = info.signature
+        if signature.output("embedding") is None or signature.input("text") is None:
+            raise UnsupportedTask(
+                f"model {model!r} does not embed text (its task is {_task_of(info)})",
+                details={"param": "model"},
+            )
+        inputs: Mapping[str, np.ndarray] = {
+            "text": np.array([text.encode() for text in texts], dtype=object)
+        }
+        version, outputs = await self._models.predict(
+            ref.name, ref.selector, inputs, ["embedding", "token_count"], timeout_s=timeout_s
+        )
+        tokens = int(outputs["token_count"].sum())
+        return Embeddings(version, outputs["embedding"], tokens)
+
+
+def _task_of(version: VersionInfo) -> str:
+    return str(version.metadata.get("task") or version.framework)

@@ -1,0 +1,378 @@
+"""``GenerationScheduler``: continuous batching of text generation for one language model.
+
+One thread per deployed model runs the loop; torch releases the GIL in its kernels, so
+the event loop stays free. Each turn of the loop admits waiting sequences (a prefill
+each) while the running batch has room, then advances every running sequence by one
+token in one forward pass (``DecodeBatch.step``). New sequences join at token
+boundaries and finished or abandoned ones leave at the next, so throughput grows with
+concurrency instead of serialising, and a client that hangs up frees its slot within
+one step.
+
+Bounded: ``max_running`` sequences share a step, ``max_waiting`` may queue behind them,
+and past both ``submit`` refuses at once with ``GenerationQueueFull`` (429,
+``Retry-After``). A prompt that leaves no room in the context is refused before it
+queues (``ContextLengthExceeded``).
+
+Tokens reach the caller through an ``asyncio.Queue`` per sequence, fed from the thread
+with ``call_soon_threadsafe``. Text is detokenised incrementally: a piece is released
+only once it cannot be the start of a stop string or half of a UTF-8 character, so the
+streamed pieces always concatenate to the final text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from maas.errors import (
+    ContextLengthExceeded,
+    GenerationQueueFull,
+    MaasError,
+    RuntimeFailure,
+    ShuttingDown,
+)
+from maas.observability.metrics import (
+    BATCH_SIZE,
+    INTER_TOKEN_SECONDS,
+    SEQUENCES_RUNNING,
+    SEQUENCES_WAITING,
+    TIME_TO_FIRST_TOKEN_SECONDS,
+    TOKENS_GENERATED,
+)
+from maas.runtimes.generation import DecodeBatch, TextGenerator
+from maas.serving.sampling import Sampler, SamplingParams
+
+__all__ = ["Completion", "GenerationScheduler", "GenerationStream", "TextDelta"]
+
+log = logging.getLogger("maas.serving")
+
+_REPLACEMENT = "\ufffd"  # what a tokenizer decodes half a UTF-8 character to
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of generated text; ``finish_reason`` is set on a sequence's last piece."""
+
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(eq=False)
+class _Sequence:
+    key: int
+    prompt: list[int]
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[TextDelta | MaasError]
+    max_new: int
+    sampler: Sampler
+    submitted: float = field(default_factory=time.perf_counter)
+    tokens: list[int] = field(default_factory=list)
+    last_token_at: float = 0.0
+    sent_chars: int = 0
+    finish_reason: str | None = None
+    cancelled: bool = False
+
+    def send(self, item: TextDelta | MaasError) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+class GenerationStream:
+    """The caller's side of one sequence: iterate for text pieces, or ``collect``."""
+
+    def __init__(self, sequence: _Sequence, scheduler: GenerationScheduler) -> None:
+        self._sequence = sequence
+        self._scheduler = scheduler
+        self.prompt_tokens = len(sequence.prompt)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self._sequence.tokens)
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._sequence.finish_reason
+
+    async def __aiter__(self) -> AsyncIterator[TextDelta]:
+        try:
+            while True:
+                item = await self._sequence.queue.get()
+                if isinstance(item, MaasError):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            self.cancel()  # a no-op once finished; frees the slot if the caller left
+
+    async def collect(self) -> Completion:
+        pieces = [delta.text async for delta in self]
+        return Completion(
+            "".join(pieces),
+            self.finish_reason or "stop",
+            self.prompt_tokens,
+            self.completion_tokens,
+        )
+
+    def cancel(self) -> None:
+        self._scheduler.cancel(self._sequence)
+
+
+class GenerationScheduler:
+    def __init__(
+        self,
+        generator: TextGenerator,
+        *,
+        model: str,
+        version: str = "",
+        max_running: int,
+        max_waiting: int,
+        max_context: int | None = None,
+        default_max_tokens: int = 512,
+    ) -> None:
+        self._generator = generator
+        self._model = model
+        self._max_running = max_running
+        self._max_waiting = max_waiting
+        limit = generator.context_length
+        self.context_length = min(limit, max_context) if max_context else limit
+        self._default_max_tokens = default_max_tokens
+        self._keys = itertools.count()
+        self._waiting: collections.deque[_Sequence] = collections.deque()
+        self._running: dict[int, _Sequence] = {}
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._running_gauge = SEQUENCES_RUNNING.labels(model)
+        self._waiting_gauge = SEQUENCES_WAITING.labels(model)
+        self._ttft = TIME_TO_FIRST_TOKEN_SECONDS.labels(model)
+        self._itl = INTER_TOKEN_SECONDS.labels(model)
+        self._generated = TOKENS_GENERATED.labels(model)
+        self._batch_size = BATCH_SIZE.labels(model, version)
+
+    # -- the caller's side (event loop) ----------------------------------------------
+
+    @property
+    def generator(self) -> TextGenerator:
+        return self._generator
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._loop, name=f"maas-generate-{self._model}", daemon=True
+        )
+        self._thread.start()
+
+    def check_prompt(self, prompt: Sequence[int], max_tokens: int | None) -> int:
+        """The completion budget of ``prompt``: ``max_tokens`` or what the context
+        leaves. Raises ``ContextLengthExceeded`` when the prompt leaves no room."""
+        room = self.context_length - len(prompt)
+        if not prompt:
+            raise ContextLengthExceeded("the prompt is empty")
+        if room < 1 or (max_tokens is not None and max_tokens > room):
+            asked = f" plus max_tokens {max_tokens}" if max_tokens is not None else ""
+            raise ContextLengthExceeded(
+                f"this model's context is {self.context_length} tokens; the prompt has "
+                f"{len(prompt)}{asked}",
+                details={"context_length": self.context_length, "prompt_tokens": len(prompt)},
+            )
+        return max_tokens if max_tokens is not None else min(room, self._default_max_tokens)
+
+    def submit(self, prompt: Sequence[int], params: SamplingParams) -> GenerationStream:
+        """Queue one sequence; its tokens arrive on the returned stream."""
+        max_new = self.check_prompt(prompt, params.max_tokens)
+        with self._wake:
+            if self._closed:
+                raise ShuttingDown(retry_after=1.0)
+            free_slots = self._max_running - len(self._running)
+            if len(self._waiting) >= self._max_waiting + max(0, free_slots):
+                raise GenerationQueueFull(
+                    f"{self._model} is generating for {len(self._running)} sequences with "
+                    f"{len(self._waiting)} waiting; retry shortly",
+                    retry_after=1.0,
+                )
+            sequence = _Sequence(
+                key=next(self._keys),
+                prompt=list(prompt),
+                params=params,
+                loop=asyncio.get_running_loop(),
+                queue=asyncio.Queue(),
+                max_new=max_new,
+                sampler=Sampler(params),
+            )
+            self._waiting.append(sequence)
+            self._waiting_gauge.set(len(self._waiting))
+            self._wake.notify()
+        return GenerationStream(sequence, self)
+
+    def cancel(self, sequence: _Sequence) -> None:
+        """Abandon a sequence (its caller left); the loop frees it at the next step."""
+        if sequence.finish_reason is not None or sequence.cancelled:
+            return
+        with self._wake:
+            sequence.cancelled = True
+            self._wake.notify()
+
+    async def complete_texts(self, texts: Sequence[str], max_tokens: int) -> list[Completion]:
+        """Greedy completions of plain prompts, all in the batch at once (V2 infer)."""
+        streams = []
+        try:
+            for text in texts:
+                prompt = self._generator.encode_text(text)
+                budget = max(1, min(max_tokens, self.context_length - len(prompt)))
+                streams.append(self.submit(prompt, SamplingParams(budget, temperature=0.0)))
+            return list(await asyncio.gather(*(stream.collect() for stream in streams)))
+        finally:
+            for stream in streams:
+                stream.cancel()
+
+    async def close(self) -> None:
+        """Stop the loop; sequences still queued or running fail with ``ShuttingDown``."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+
+    # -- the loop (its own thread) ---------------------------------------------------
+
+    def _loop(self) -> None:
+        batch = self._generator.new_batch()
+        while True:
+            with self._wake:
+                while not (self._closed or self._waiting or self._running):
+                    self._wake.wait()
+                if self._closed:
+                    break
+                self._drop_cancelled(batch)
+                admitted = self._admissions()
+            try:
+                for sequence in admitted:
+                    self._emit(batch, sequence, batch.join(sequence.key, sequence.prompt))
+                if self._running:
+                    last = {key: seq.tokens[-1] for key, seq in self._running.items()}
+                    self._batch_size.observe(len(last))
+                    for key, logits in batch.step(last).items():
+                        self._emit(batch, self._running[key], logits)
+            except Exception as exc:  # a framework failure: fail what ran, start afresh
+                log.exception("generation step of %s failed", self._model)
+                self._fail_running(RuntimeFailure(f"generation failed: {type(exc).__name__}"))
+                batch = self._generator.new_batch()
+            self._running_gauge.set(len(self._running))
+        self._fail_all(ShuttingDown(retry_after=1.0))
+
+    def _admissions(self) -> list[_Sequence]:
+        """Waiting sequences that fit in the batch now; called under the lock."""
+        admitted = []
+        while self._waiting and len(self._running) < self._max_running:
+            sequence = self._waiting.popleft()
+            if sequence.cancelled:
+                continue
+            self._running[sequence.key] = sequence
+            admitted.append(sequence)
+        self._waiting_gauge.set(len(self._waiting))
+        return admitted
+
+    def _drop_cancelled(self, batch: DecodeBatch) -> None:
+        for key in [k for k, s in self._running.items() if s.cancelled]:
+            del self._running[key]
+            batch.leave(key)
+        if any(s.cancelled for s in self._waiting):
+            self._waiting = collections.deque(s for s in self._waiting if not s.cancelled)
+
+    def _emit(self, batch: DecodeBatch, sequence: _Sequence, logits: np.ndarray) -> None:
+        """Sample the next token of ``sequence``, send what text is safe, finish it if due."""
+        now = time.perf_counter()
+        if sequence.tokens:
+            self._itl.observe(now - sequence.last_token_at)
+        else:
+            self._ttft.observe(now - sequence.submitted)
+        sequence.last_token_at = now
+        token = sequence.sampler(logits)
+        finish: str | None = None
+        if token in self._generator.stop_token_ids and not sequence.params.ignore_eos:
+            finish = "stop"
+        else:
+            sequence.tokens.append(token)
+            self._generated.inc()
+            total = len(sequence.prompt) + len(sequence.tokens)
+            if len(sequence.tokens) >= sequence.max_new or total >= self.context_length:
+                finish = "length"
+        text = self._generator.decode(sequence.tokens)
+        end, hit_stop = _releasable(text, sequence.params.stop, final=finish is not None)
+        if hit_stop:
+            finish = "stop"
+        if finish is not None:
+            sequence.finish_reason = finish
+            del self._running[sequence.key]
+            batch.leave(sequence.key)
+        if end > sequence.sent_chars or finish is not None:
+            sequence.send(TextDelta(text[sequence.sent_chars : end], finish))
+            sequence.sent_chars = max(end, sequence.sent_chars)
+
+    def _fail_running(self, error: MaasError) -> None:
+        with self._wake:
+            running, self._running = self._running, {}
+        for sequence in running.values():
+            sequence.finish_reason = "error"
+            sequence.send(error)
+
+    def _fail_all(self, error: MaasError) -> None:
+        self._fail_running(error)
+        with self._wake:
+            waiting, self._waiting = self._waiting, collections.deque()
+        for sequence in waiting:
+            sequence.finish_reason = "error"
+            sequence.send(error)
+        self._running_gauge.set(0)
+        self._waiting_gauge.set(0)
+
+
+def _releasable(text: str, stops: Sequence[str], *, final: bool) -> tuple[int, bool]:
+    """How much of ``text`` may be sent, and whether a stop string ended it.
+
+    A stop string cuts the text where it starts. Otherwise, unless the sequence is
+    finishing, hold back a trailing half character and any suffix that could still
+    grow into a stop string.
+    """
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    if cut >= 0:
+        return cut, True
+    if final:
+        return len(text), False
+    end = len(text)
+    while end and text[end - 1] == _REPLACEMENT:
+        end -= 1
+    held = max((_overlap(text[:end], stop) for stop in stops if stop), default=0)
+    return end - held, False
+
+
+def _overlap(text: str, stop: str) -> int:
+    """Length of the longest end of ``text`` that is a beginning of ``stop``."""
+    for size in range(min(len(stop) - 1, len(text)), 0, -1):
+        if text.endswith(stop[:size]):
+            return size
+    return 0

@@ -1,0 +1,348 @@
+"""The OpenAI API against the real demo server, with the official ``openai`` SDK.
+
+The demo registers SmolLM2-135M-Instruct (GGUF) as ``smollm2`` and all-MiniLM-L6-v2
+as ``minilm``; every answer here comes from those real models.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from transformers import AutoTokenizer
+
+from tests.integration.server import RunningServer, start_server
+from tests.llm_models import minilm_dir, smollm2_gguf
+
+CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def llm(demo_server: RunningServer) -> RunningServer:
+    smollm2_gguf(), minilm_dir()  # skip with the reason where the packages are absent
+    return demo_server
+
+
+_CLIENTS: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()
+
+
+def _sdk(server: RunningServer, key: str | None = None) -> openai.OpenAI:
+    client = openai.OpenAI(
+        base_url=f"{server.url}/v1", api_key=key or server.api_key, max_retries=0
+    )
+    _CLIENTS.append(client)
+    return client
+
+
+def _key(server: RunningServer, **spec: Any) -> str:
+    with server.client() as http:
+        response = http.post("/api/v1/keys", json={"name": "openai-test", **spec})
+    assert response.status_code == 201, response.text
+    key: str = response.json()["key"]
+    return key
+
+
+def _tokenizer() -> Any:
+    """The tokenizer the servers use: the dequantized copy in the session's shared cache."""
+    root = Path(os.environ["MAAS_CACHE_DIR"]) / "gguf"
+    (directory,) = [p for p in root.iterdir() if not p.name.startswith(".")]
+    return AutoTokenizer.from_pretrained(directory)
+
+
+def _metric(server: RunningServer, name: str, **labels: str) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_greedy_chat_answers_paris_with_exact_usage(llm: RunningServer) -> None:
+    answer = _sdk(llm).chat.completions.create(
+        model="smollm2", messages=CAPITAL, temperature=0, max_tokens=32
+    )
+    choice = answer.choices[0]
+    assert "Paris" in (choice.message.content or "")
+    assert choice.message.role == "assistant" and choice.finish_reason == "stop"
+    assert answer.object == "chat.completion" and answer.model == "smollm2"
+    tokenizer = _tokenizer()
+    prompt = tokenizer.apply_chat_template(CAPITAL, add_generation_prompt=True, tokenize=True)
+    prompt_ids = prompt["input_ids"] if not isinstance(prompt, list) else prompt
+    completion_ids = tokenizer(choice.message.content, add_special_tokens=False)["input_ids"]
+    assert answer.usage is not None
+    assert answer.usage.prompt_tokens == len(prompt_ids)
+    assert answer.usage.completion_tokens == len(completion_ids)
+    assert answer.usage.total_tokens == len(prompt_ids) + len(completion_ids)
+
+
+def test_streamed_chunks_concatenate_to_the_answer(llm: RunningServer) -> None:
+    sdk = _sdk(llm)
+    question = [{"role": "user", "content": "Write one sentence about the sea."}]
+    whole = sdk.chat.completions.create(
+        model="smollm2", messages=question, temperature=0, max_tokens=40
+    )
+    chunks = list(
+        sdk.chat.completions.create(
+            model="smollm2",
+            messages=question,
+            temperature=0,
+            max_tokens=40,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    texts = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert len([t for t in texts if t]) > 3
+    assert "".join(texts) == whole.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == whole.choices[0].finish_reason and set(finishes[:-1]) == {None}
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+
+
+def test_raw_stream_is_server_sent_events_ending_in_done(llm: RunningServer) -> None:
+    body = {"model": "smollm2", "messages": CAPITAL, "max_tokens": 5, "stream": True}
+    with llm.client() as http, http.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in lines)
+    assert lines[-1] == "data: [DONE]"
+
+
+def test_length_stop_n_and_seed(llm: RunningServer) -> None:
+    sdk = _sdk(llm)
+    short = sdk.chat.completions.create(model="smollm2", messages=CAPITAL, max_tokens=2)
+    assert short.choices[0].finish_reason == "length"
+    assert short.usage is not None and short.usage.completion_tokens == 2
+    stopped = sdk.chat.completions.create(
+        model="smollm2", messages=CAPITAL, temperature=0, stop=["Paris"], max_tokens=32
+    )
+    assert "Paris" not in (stopped.choices[0].message.content or "")
+    assert stopped.choices[0].finish_reason == "stop"
+    story = [{"role": "user", "content": "Tell me a story about a dragon."}]
+
+    def sample(seed: int) -> list[str]:
+        answer = sdk.chat.completions.create(
+            model="smollm2", messages=story, n=2, seed=seed, temperature=1.0, max_tokens=12
+        )
+        assert [c.index for c in answer.choices] == [0, 1]
+        return [c.message.content or "" for c in answer.choices]
+
+    first = sample(7)
+    assert first == sample(7)
+    assert first[0] != first[1]
+
+
+def test_legacy_completions(llm: RunningServer) -> None:
+    answer = _sdk(llm).completions.create(
+        model="smollm2", prompt="The capital of France is", max_tokens=4, temperature=0
+    )
+    assert answer.object == "text_completion"
+    assert "Paris" in answer.choices[0].text
+    assert answer.usage is not None and answer.usage.completion_tokens <= 4
+
+
+def test_embeddings_place_paraphrases_closer(llm: RunningServer) -> None:
+    sdk = _sdk(llm)
+    texts = ["A man is eating food.", "A man eats a meal.", "The stock market fell sharply."]
+    as_floats = sdk.embeddings.create(model="minilm", input=texts, encoding_format="float")
+    vectors = np.array([item.embedding for item in as_floats.data])
+    assert vectors.shape == (3, 384)
+    assert vectors[0] @ vectors[1] > 0.8 > vectors[0] @ vectors[2]
+    counted = AutoTokenizer.from_pretrained(minilm_dir())(texts)["input_ids"]
+    assert as_floats.usage.prompt_tokens == sum(len(ids) for ids in counted)
+    by_default = sdk.embeddings.create(model="minilm", input=texts)  # the SDK asks for base64
+    np.testing.assert_allclose(np.array([i.embedding for i in by_default.data]), vectors, atol=1e-6)
+    with llm.client() as http:
+        raw = http.post(
+            "/v1/embeddings", json={"model": "minilm", "input": "hi", "encoding_format": "base64"}
+        ).json()
+    decoded = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), dtype="<f4")
+    assert decoded.shape == (384,)
+    cut = sdk.embeddings.create(model="minilm", input="hi", dimensions=64, encoding_format="float")
+    assert len(cut.data[0].embedding) == 64
+
+
+def test_models_lists_only_what_the_key_sees(llm: RunningServer) -> None:
+    assert {"smollm2", "minilm", "iris"} <= {m.id for m in _sdk(llm).models.list()}
+    key = _key(llm, role="consumer", models=["minilm"])
+    assert [m.id for m in _sdk(llm, key).models.list()] == ["minilm"]
+    with pytest.raises(openai.NotFoundError):
+        _sdk(llm, key).chat.completions.create(model="smollm2", messages=CAPITAL)
+
+
+def test_errors_have_openai_shape_and_status(llm: RunningServer) -> None:
+    sdk = _sdk(llm)
+    with pytest.raises(openai.NotFoundError) as missing:
+        sdk.chat.completions.create(model="no-such-model", messages=CAPITAL)
+    assert missing.value.body["code"] == "model_not_found"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as too_long:
+        sdk.chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": "word " * 9000}]
+        )
+    assert too_long.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as bad_param:
+        sdk.chat.completions.create(model="smollm2", messages=CAPITAL, temperature=5)
+    assert bad_param.value.body["param"] == "temperature"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as wrong_task:
+        sdk.embeddings.create(model="smollm2", input="hi")
+    assert wrong_task.value.body["code"] == "unsupported_task"  # type: ignore[index]
+    with pytest.raises(openai.AuthenticationError):
+        _sdk(llm, "maas_wrong_key").models.list()
+    with llm.client() as http:
+        for body in (b"", b"{not json", b"[1]", b'{"model": "smollm2"}'):
+            response = http.post("/v1/chat/completions", content=body)
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert set(error) >= {"message", "type", "param", "code"}
+
+
+def test_token_limits_refuse_with_429(llm: RunningServer) -> None:
+    key = _key(llm, models=["smollm2"], limits={"tokens_per_minute": 20})
+    sdk = _sdk(llm, key)
+    sdk.chat.completions.create(model="smollm2", messages=CAPITAL, max_tokens=4)  # 37+4 tokens
+    with pytest.raises(openai.RateLimitError) as refused:
+        sdk.chat.completions.create(model="smollm2", messages=CAPITAL, max_tokens=4)
+    assert int(refused.value.response.headers["retry-after"]) >= 1
+
+
+def test_tokens_are_metered_per_key(llm: RunningServer) -> None:
+    key = _key(llm, models=["smollm2"])
+    answer = _sdk(llm, key).chat.completions.create(model="smollm2", messages=CAPITAL, max_tokens=6)
+    assert answer.usage is not None
+    expected = (answer.usage.prompt_tokens, answer.usage.completion_tokens)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # usage records are written in batches
+        with llm.client(headers={"Authorization": f"Bearer {key}"}) as http:
+            rows = http.get("/api/v1/usage", params={"group_by": "key"}).json()["rows"]
+        if rows and (rows[0]["prompt_tokens"], rows[0]["completion_tokens"]) == expected:
+            assert len(rows) == 1  # a key sees its own usage only
+            return
+        time.sleep(0.3)
+    pytest.fail(f"usage never showed {expected}: {rows}")
+
+
+def test_concurrent_streams_share_forward_passes(llm: RunningServer) -> None:
+    before = _metric(llm, "maas_batch_size_count", model="smollm2")
+    shared_before = before - _metric(llm, "maas_batch_size_bucket", model="smollm2", le="1.0")
+    sdk = _sdk(llm)
+
+    def one(question: str) -> str:
+        answer = sdk.chat.completions.create(
+            model="smollm2",
+            messages=[{"role": "user", "content": question}],
+            temperature=0,
+            max_tokens=24,
+        )
+        return answer.choices[0].message.content or ""
+
+    questions = ["Name a fruit.", "Name a colour.", "Name an animal.", "Name a planet."]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(one, questions))
+    assert all(answers)
+    after = _metric(llm, "maas_batch_size_count", model="smollm2")
+    shared_after = after - _metric(llm, "maas_batch_size_bucket", model="smollm2", le="1.0")
+    assert shared_after > shared_before  # some decode steps ran several sequences at once
+    assert _metric(llm, "maas_time_to_first_token_seconds_count", model="smollm2") >= 4
+    assert _metric(llm, "maas_tokens_generated_total", model="smollm2") > 0
+
+
+def test_a_client_that_hangs_up_frees_its_sequence(llm: RunningServer) -> None:
+    count = [{"role": "user", "content": "Count from one to one thousand."}]
+    body = {"model": "smollm2", "messages": count, "max_tokens": 2000, "stream": True}
+    with llm.client() as http, http.stream("POST", "/v1/chat/completions", json=body) as response:
+        for _ in zip(range(3), response.iter_lines(), strict=False):
+            pass
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if _metric(llm, "maas_sequences_running", model="smollm2") == 0:
+            return
+        time.sleep(0.1)
+    pytest.fail("the abandoned sequence kept running")
+
+
+def test_v2_infer_on_the_chat_model(llm: RunningServer) -> None:
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
+                        "data": ["The capital of France is"]}]}  # fmt: skip
+    with llm.client() as http:
+        response = http.post("/v2/models/smollm2/infer", json=body)
+    assert response.status_code == 200, response.text
+    (output,) = response.json()["outputs"]
+    assert output["name"] == "text" and "Paris" in output["data"][0]
+
+
+def test_a_full_generation_queue_answers_429(tmp_path: Path) -> None:
+    smollm2_gguf()
+    server = start_server(
+        tmp_path / "home",
+        "--demo",
+        env={
+            "MAAS_DEMO_MODELS": '["smollm2"]',
+            "MAAS_GENERATION__MAX_RUNNING": "1",
+            "MAAS_GENERATION__MAX_WAITING": "0",
+        },
+        timeout_s=300,
+    )
+    try:
+        long = {"model": "smollm2", "max_tokens": 300, "stream": True,
+                "messages": [{"role": "user", "content": "Count to five hundred."}]}  # fmt: skip
+        with (
+            server.client() as http,
+            http.stream("POST", "/v1/chat/completions", json=long) as running,
+        ):
+            next(running.iter_lines())  # the one slot is taken
+            refused = http.post("/v1/chat/completions", json={**long, "stream": False})
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"]["code"] == "generation_queue_full"
+            assert int(refused.headers["retry-after"]) >= 1
+    finally:
+        server.stop()
+
+
+def test_pushing_a_gguf_and_a_model_directory_with_the_cli(fresh_server: RunningServer) -> None:
+    env = {"MAAS_URL": fresh_server.url, "MAAS_API_KEY": fresh_server.api_key or ""}
+
+    def cli(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "maas", *args],
+            capture_output=True, text=True, timeout=300, env={**os.environ, **env},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    assert re.search(r"chat:1", cli("models", "push", str(smollm2_gguf()), "--name", "chat",
+                                    "--alias", "production"))  # fmt: skip
+    assert re.search(r"embed:1", cli("models", "push", str(minilm_dir()), "--name", "embed",
+                                     "--alias", "production"))  # fmt: skip
+    sdk = _sdk(fresh_server)
+    answer = sdk.chat.completions.create(model="chat", messages=CAPITAL, temperature=0)
+    assert "Paris" in (answer.choices[0].message.content or "")
+    vectors = sdk.embeddings.create(model="embed:production", input=["a", "b"]).data
+    assert len(vectors) == 2 and len(vectors[0].embedding) == 384
+    with fresh_server.client() as http:
+        version = http.get("/api/v1/models/embed/versions/1").json()
+    assert version["framework"] == "transformers"
+    assert version["metadata"]["task"] == "embeddings"
+    assert version["deployment"]["max_batch_size"] > 1  # embedders batch by default
