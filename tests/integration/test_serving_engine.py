@@ -84,6 +84,18 @@ def test_a_killed_worker_is_restarted_and_its_call_fails_fast(
         assert after.status_code == 200, after.text
 
 
+def test_a_scikit_learn_worker_never_loads_torch(
+    fresh_server: RunningServer, slow_skops: Path
+) -> None:
+    _push(fresh_server, slow_skops, "knn", alias="production")
+    with fresh_server.client() as http:
+        [pid] = _status(http, "knn", "production")["pids"]  # type: ignore[misc]
+        assert http.post("/v2/models/knn/infer", json=ROW).status_code == 200
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    assert "libtorch" not in maps
+    assert "sklearn" in maps or "scipy" in maps  # the worker did load its own stack
+
+
 def test_a_full_queue_answers_503_with_retry_after_and_a_timeout_504(
     fresh_server: RunningServer, slow_skops: Path
 ) -> None:
