@@ -158,6 +158,7 @@ class GenerationScheduler:
         self._running: dict[int, _Sequence] = {}
         self._wake = threading.Condition()
         self._closed = False
+        self._draining = False  # refusing new sequences, finishing the rest
         self._thread: threading.Thread | None = None
         self._running_gauge = SEQUENCES_RUNNING.labels(model)
         self._waiting_gauge = SEQUENCES_WAITING.labels(model)
@@ -205,7 +206,7 @@ class GenerationScheduler:
         """Queue one sequence; its tokens arrive on the returned stream."""
         max_new = self.check_prompt(prompt, params.max_tokens)
         with self._wake:
-            if self._closed:
+            if self._closed or self._draining:
                 raise ShuttingDown(retry_after=1.0)
             free_slots = self._max_running - len(self._running)
             if len(self._waiting) >= self._max_waiting + max(0, free_slots):
@@ -249,8 +250,15 @@ class GenerationScheduler:
             for stream in streams:
                 stream.cancel()
 
-    async def close(self) -> None:
-        """Stop the loop; sequences still queued or running fail with ``ShuttingDown``."""
+    async def close(self, drain_s: float = 30.0) -> None:
+        """Refuse new sequences, let those queued and running finish for up to
+        ``drain_s`` (an alias move or a SIGTERM drains, it does not cut answers off),
+        then stop; what is still unfinished fails with ``ShuttingDown``."""
+        with self._wake:
+            self._draining = True
+            self._wake.notify()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, drain_s)
         with self._wake:
             self._closed = True
             self._wake.notify()
@@ -263,9 +271,11 @@ class GenerationScheduler:
         batch = self._generator.new_batch()
         while True:
             with self._wake:
-                while not (self._closed or self._waiting or self._running):
+                idle = not (self._waiting or self._running)
+                while idle and not (self._closed or self._draining):
                     self._wake.wait()
-                if self._closed:
+                    idle = not (self._waiting or self._running)
+                if self._closed or (self._draining and idle):
                     break
                 self._drop_cancelled(batch)
                 admitted = self._admissions()

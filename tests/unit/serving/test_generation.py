@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from tests.llm_models import smollm2_gguf
 
-from maas.errors import ContextLengthExceeded, GenerationQueueFull
+from maas.errors import ContextLengthExceeded, GenerationQueueFull, ShuttingDown
 from maas.runtimes.base import LoadOptions
 from maas.runtimes.catalog import load_runtime
 from maas.runtimes.generation import TextGenerator
@@ -184,3 +184,21 @@ def test_greedy_and_nucleus_sampling() -> None:
     assert {narrow(logits) for _ in range(50)} == {1}
     wide = Sampler(SamplingParams(1, temperature=1.0, seed=3))
     assert {wide(logits) for _ in range(200)} >= {1, 2}
+
+
+async def test_closing_drains_running_sequences_and_refuses_new_ones(lm: TextGenerator) -> None:
+    scheduler = GenerationScheduler(lm, model="smollm2", max_running=2, max_waiting=2)
+    scheduler.start()
+    params = SamplingParams(12, temperature=0.0, ignore_eos=True)
+    streams = [scheduler.submit(_chat(lm, q), params) for q in QUESTIONS[:3]]
+    pieces = streams[0].__aiter__()
+    await pieces.__anext__()
+    closing = asyncio.ensure_future(scheduler.close())
+    await asyncio.sleep(0)
+    with pytest.raises(ShuttingDown):
+        scheduler.submit(_chat(lm, QUESTIONS[3]), params)
+    done = await asyncio.gather(*(s.collect() for s in streams[1:]))
+    rest = [d async for d in pieces]
+    await closing
+    assert [c.completion_tokens for c in done] == [12, 12]  # the waiting one ran too
+    assert rest[-1].finish_reason == "length"
