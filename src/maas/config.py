@@ -120,7 +120,11 @@ class AuthSettings(_Section):
 
 
 class JobsSettings(_Section):
-    enabled: bool = Field(True, description="Run the embedded job worker pool in this server.")
+    enabled: bool = Field(
+        True,
+        description="Run the embedded job worker pool in this server; one server per database "
+        "should (the others queue jobs and show them).",
+    )
     max_concurrent: int = Field(1, ge=1, description="Jobs that run at the same time.")
     threads_per_job: int = Field(
         1, ge=1, description="CPU threads of each job process (torch, BLAS, onnxruntime)."

@@ -240,6 +240,15 @@ def test_crash_during_a_job_fails_it_with_the_reason_when_attempts_are_spent(
     while pid_alive(running.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not pid_alive(running.pid), "an orphaned job process kept running"
+    replica = start_server(home, env={**env, "MAAS_JOBS__ENABLED": "false"})
+    try:  # a server that runs no jobs leaves the job pool's jobs alone
+        with sdk(replica) as client:
+            assert client.get_job(job.id).state == "running"
+            waiting = client.submit_job({**_long_search(1), "search": None})
+            time.sleep(1)
+            assert client.get_job(waiting.id).state == "queued"
+    finally:
+        replica.stop()
     server = start_server(home, env=env)
     try:
         with sdk(server) as client:
@@ -248,5 +257,6 @@ def test_crash_during_a_job_fails_it_with_the_reason_when_attempts_are_spent(
             assert failed.error is not None and "attempt 1 of 1" in failed.error
             shown = cli(server, "jobs", "show", job.id)
             assert shown.returncode == 0 and "job_interrupted" in shown.stdout
+            assert client.wait_job(waiting.id).state == "succeeded"  # the pool took it up
     finally:
         server.stop()

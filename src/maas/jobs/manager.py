@@ -112,10 +112,15 @@ class JobManager:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Settle the jobs a previous server left running, then start dispatching."""
+        """Settle the jobs a previous server left running, then start dispatching.
+
+        Only the server that runs jobs (``jobs.enabled``) settles them: replicas that
+        share its database with ``jobs.enabled=false`` take submissions and serve
+        status, and must not re-queue what it is running."""
+        if not self._settings.enabled:
+            return
         await asyncio.to_thread(self._recover)
-        if self._settings.enabled:
-            self._dispatcher = asyncio.create_task(self._dispatch(), name="maas-jobs")
+        self._dispatcher = asyncio.create_task(self._dispatch(), name="maas-jobs")
 
     def _recover(self) -> None:
         for job in self.store.running():
