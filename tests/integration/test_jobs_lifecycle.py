@@ -193,6 +193,28 @@ def test_job_submit_needs_a_deployer_and_is_audited(server: RunningServer, clien
     assert client.wait_job(job.id).state == "succeeded"
 
 
+def test_a_teams_key_sees_and_uses_only_its_own_datasets(
+    server: RunningServer, client: Client, tmp_path: Path
+) -> None:
+    with server.client() as http:
+        key = http.post(
+            "/api/v1/keys", json={"name": "team-a", "role": "deployer", "models": ["team-a*"]}
+        ).json()["key"]
+    with Client(server.url, api_key=key) as team:
+        own = team.push_dataset(wine_jsonl(tmp_path / "team-a-wine.jsonl"), "team-a-wine")
+        assert [d.name for d in team.list_datasets()] == [own.name]
+        with pytest.raises(maas.errors.DatasetNotFound):
+            team.get_dataset("wine")  # another team's: as if it did not exist
+        with pytest.raises(maas.errors.Forbidden):
+            team.push_dataset(tmp_path / "team-a-wine.jsonl", "wine-copy")
+        spec = {**_long_search(1), "model": "team-a-wine", "search": None}
+        with pytest.raises(maas.errors.DatasetNotFound):
+            team.submit_job(spec)
+        job = team.submit_job({**spec, "dataset": "team-a-wine"})
+        assert team.wait_job(job.id).state == "succeeded"
+    assert {"wine", "team-a-wine"} <= {d.name for d in client.list_datasets()}  # admin: all
+
+
 def test_restart_during_a_job_requeues_it_and_it_finishes(tmp_path: Path) -> None:
     home = tmp_path / "home"
     server = start_server(home)

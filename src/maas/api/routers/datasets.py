@@ -1,7 +1,9 @@
 """Datasets for jobs (``/api/v1/datasets``): streamed uploads of CSV, Parquet, JSONL.
 
 Like model pushes, the body is the raw file (``application/octet-stream``), streamed
-to the store; the name, file name and format travel in the query string.
+to the store; the name, file name and format travel in the query string. A key's
+model patterns apply to dataset names too: a team's key sees and uses its own
+datasets only, and another team's look exactly like datasets that do not exist.
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ import asyncio
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
-from maas.api.access import audited, require
+from maas.api.access import audited, caller, require, visible
 from maas.api.deps import get_services
 from maas.api.responses import json_response
 from maas.auth.principal import Action
+from maas.errors import DatasetNotFound, Forbidden
 from maas.protocols.jobs import DatasetInfo
 from maas.services import Services
 
-__all__ = ["router"]
+__all__ = ["require_dataset", "router"]
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
 
@@ -29,6 +32,12 @@ _UPLOAD_DOC = {
         "description": "The table: CSV with a header row, Parquet, or JSON Lines.",
     }
 }
+
+
+def require_dataset(request: Request, ref: str) -> None:
+    """``DatasetNotFound`` for a dataset outside the caller's patterns (as if absent)."""
+    if not caller(request).can_see(ref.partition("@")[0]):
+        raise DatasetNotFound(f"dataset {ref!r} not found")
 
 
 @router.post(
@@ -46,6 +55,10 @@ async def push_dataset(
     services: Services = Depends(get_services),
 ) -> Response:
     async with audited(request, "dataset.push", name, need=Action.WRITE) as note:
+        if not note.principal.can_see(name):
+            raise Forbidden(
+                f"this key may not push a dataset named {name!r} (outside its patterns)"
+            )
         info = await services.datasets.push(
             name,
             request.stream(),
@@ -64,7 +77,8 @@ async def list_datasets(
     services: Services = Depends(get_services),
 ) -> Response:
     require(request, Action.READ)
-    return json_response(await asyncio.to_thread(services.datasets.list_datasets, name))
+    found = await asyncio.to_thread(services.datasets.list_datasets, name)
+    return json_response(visible(request, found, lambda dataset: dataset.name))
 
 
 @router.get("/{ref}", summary="Show a dataset (NAME or NAME@sha256:…)", response_model=DatasetInfo)
@@ -72,4 +86,5 @@ async def get_dataset(
     ref: str, request: Request, services: Services = Depends(get_services)
 ) -> Response:
     require(request, Action.READ)
+    require_dataset(request, ref)
     return json_response(await asyncio.to_thread(services.datasets.get, ref))

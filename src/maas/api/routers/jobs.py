@@ -21,6 +21,7 @@ from starlette.responses import Response, StreamingResponse
 from maas.api.access import audited, require, visible
 from maas.api.deps import get_services
 from maas.api.responses import json_response
+from maas.api.routers.datasets import require_dataset
 from maas.auth.principal import Action
 from maas.errors import InvalidSpec, JobNotFound, MaasError
 from maas.protocols.jobs import JobEvent, JobInfo, JobState, job_spec_adapter
@@ -81,6 +82,7 @@ async def submit_job(request: Request, services: Services = Depends(get_services
     action = "job.submit"
     async with audited(request, action, spec.model, need=Action.WRITE, model=spec.model) as note:
         note.details["kind"] = spec.kind
+        require_dataset(request, spec.dataset)
         job = await services.jobs.submit(spec, note.principal.name)
         note.details["job"] = job.id
     return json_response(job, status_code=201)
