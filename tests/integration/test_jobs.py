@@ -138,8 +138,27 @@ def test_tabular_search_with_optuna_then_evaluate_and_compare(
     assert compared.returncode == 0, compared.stderr
     assert "eval.wine.accuracy" in compared.stdout and "onnx" in compared.stdout
 
+    converted = client.submit_job(
+        {
+            "kind": "optimize",
+            "model": "wine",
+            "version": 1,
+            "method": "onnx",
+            "dataset": "wine",
+            "target": "cultivar",
+            "latency_budget_s": 0.2,
+        }
+    )
+    done = client.wait_job(converted.id)
+    assert done.state == "succeeded", done
+    report = done.result["report"]
+    assert report["method"] == "onnx" and report["quality"]["agreement"] > 0.98
+    assert abs(report["quality_drop"]) < 0.02
+    onnx_version = client.get_version("wine", done.result["versions"][0])
+    assert onnx_version.framework == "onnx" and onnx_version.lineage["parent"]["version"] == 1
+
     listed = cli(jobs_server, "jobs", "list", "--model", "wine")
-    assert listed.returncode == 0 and listed.stdout.count("succeeded") == 2
+    assert listed.returncode == 0 and listed.stdout.count("succeeded") == 3
     logs = cli(jobs_server, "jobs", "logs", job.id)
     assert logs.returncode == 0 and "classification on 178 rows" in logs.stdout
 

@@ -139,6 +139,16 @@ def test_bad_specs_are_refused_before_they_queue(server: RunningServer, client: 
         ({**good, "test_size": 1.5}, "invalid_spec", "test_size"),
         ({**good, "typo_field": 1}, "invalid_spec", "typo_field"),
         ({**good, "dataset": "missing"}, "dataset_not_found", "missing"),
+        (
+            {**good, "task": "tabular_classification", "text_column": None, "features": ["text"]},
+            "invalid_spec",
+            "must be numeric",
+        ),
+        (
+            {"kind": "evaluate", "model": "m", "dataset": "tickets"},
+            "invalid_spec",
+            "evaluate needs target",
+        ),
         ({**good, "model": "Bad Name"}, "invalid_name", "invalid model name"),
         (
             {
