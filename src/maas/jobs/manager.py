@@ -33,9 +33,10 @@ from maas.jobs.backend import (
     kill_stale_process,
 )
 from maas.jobs.datasets import DatasetService
+from maas.jobs.inputs import job_payload
 from maas.jobs.results import register_results
 from maas.jobs.store import JobStore
-from maas.jobs.validation import AnySpec, bundled_encoder_dir, feature_columns, validate_spec
+from maas.jobs.validation import AnySpec, validate_spec
 from maas.protocols.jobs import JobEvent, JobInfo
 from maas.protocols.management import VersionInfo
 from maas.registry.artifacts import ArtifactStore
@@ -268,7 +269,14 @@ class JobManager:
     async def _execute(self, run: _Run, work_dir: Path) -> None:
         job = run.job
         try:
-            payload = await asyncio.to_thread(self._payload, job)
+            payload = await asyncio.to_thread(
+                job_payload,
+                job,
+                self.datasets,
+                self._registry,
+                self._artifacts,
+                self._settings.threads_per_job,
+            )
         except MaasError as exc:
             await asyncio.to_thread(
                 self.store.finish, job.id, "failed", error=exc.message, error_code=exc.code
@@ -374,40 +382,3 @@ class JobManager:
         self.store.append_events(job_id, batch)
         if progress is not None:
             self.store.set_progress(job_id, progress)
-
-    # -- inputs ------------------------------------------------------------------------
-
-    def _payload(self, job: JobInfo) -> dict[str, Any]:
-        """Everything the job process needs, resolved to local files: it opens no database."""
-        spec = job.spec
-        dataset = self.datasets.get(spec["dataset"])
-        inputs: dict[str, Any] = {
-            "dataset": {
-                **dataset.model_dump(mode="json"),
-                "path": str(self.datasets.store.local_path(dataset.digest)),
-            }
-        }
-        if job.kind in ("train", "optimize", "evaluate"):
-            inputs["features"] = (
-                None
-                if spec.get("text_column")
-                else feature_columns(dataset, spec.get("features"), spec.get("target"))
-            )
-        if job.kind in ("optimize", "evaluate"):
-            selector = spec["version"]
-            if isinstance(selector, str) and selector.isdigit():
-                selector = int(selector)
-            version = self._registry.get_version(spec["model"], selector)
-            inputs["source"] = {
-                **version.model_dump(mode="json"),
-                "path": str(self._artifacts.local_path(version.digest)),
-            }
-        if job.kind == "finetune":
-            inputs["base_dir"] = str(bundled_encoder_dir())
-        return {
-            "job_id": job.id,
-            "kind": job.kind,
-            "spec": spec,
-            "threads": self._settings.threads_per_job,
-            "inputs": inputs,
-        }
