@@ -53,12 +53,14 @@ def start_server(home: Path) -> tuple[subprocess.Popen[str], str]:
         env=env,
     )
     assert process.stdout is not None
+    seen = []
     for line in process.stdout:
+        seen.append(line)
         if "maas listening on " in line:
             url = line.split("maas listening on ", 1)[1].strip()
             break
     else:
-        raise RuntimeError("the server did not start")
+        raise RuntimeError("the server did not start:\n" + "".join(seen[-30:]))
     threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # type: ignore[union-attr]
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:

@@ -28,6 +28,10 @@ class DecodeBatch(Protocol):
         """Prefill ``prompt`` as sequence ``key``; return the logits of its next token."""
         ...
 
+    def join_many(self, prompts: Mapping[int, Sequence[int]]) -> dict[int, np.ndarray]:
+        """Prefill several sequences at once (one forward pass); their next logits."""
+        ...
+
     def step(self, tokens: Mapping[int, int]) -> dict[int, np.ndarray]:
         """Feed every running sequence its last token; return each one's next logits."""
         ...

@@ -280,8 +280,10 @@ class GenerationScheduler:
                 self._drop_cancelled(batch)
                 admitted = self._admissions()
             try:
-                for sequence in admitted:
-                    self._emit(batch, sequence, batch.join(sequence.key, sequence.prompt))
+                for group in _prefill_groups(admitted):
+                    first = batch.join_many({seq.key: seq.prompt for seq in group})
+                    for sequence in group:
+                        self._emit(batch, sequence, first[sequence.key])
                 if self._running:
                     last = {key: seq.tokens[-1] for key, seq in self._running.items()}
                     self._batch_size.observe(len(last))
@@ -359,6 +361,23 @@ class GenerationScheduler:
             sequence.send(error)
         self._running_gauge.set(0)
         self._waiting_gauge.set(0)
+
+
+#: Padded prompt tokens one prefill forward pass may take: prompts of very different
+#: lengths are prefilled apart rather than all padded to the longest.
+_PREFILL_TOKENS = 4096
+
+
+def _prefill_groups(sequences: list[_Sequence]) -> list[list[_Sequence]]:
+    """Admitted sequences in groups that prefill together, shortest prompts first."""
+    groups: list[list[_Sequence]] = []
+    for sequence in sorted(sequences, key=lambda s: len(s.prompt)):
+        group = groups[-1] if groups else None
+        if group and (len(group) + 1) * len(sequence.prompt) <= _PREFILL_TOKENS:
+            group.append(sequence)
+        else:
+            groups.append([sequence])
+    return groups
 
 
 def _releasable(text: str, stops: Sequence[str], *, final: bool) -> tuple[int, bool]:

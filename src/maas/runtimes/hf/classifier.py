@@ -39,13 +39,7 @@ class TextClassifierRuntime(TransformersRuntime):
 
     @classmethod
     def _load_dir(cls, model_dir: Path, options: LoadOptions) -> Self:
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, dtype=torch.float32, use_safetensors=True, trust_remote_code=False
-        ).eval()
+        model, tokenizer = cls._pretrained(model_dir, "AutoModelForSequenceClassification")
         return cls(model, tokenizer, model_dir)
 
     @property

@@ -79,13 +79,7 @@ class EmbeddingRuntime(TransformersRuntime):
 
     @classmethod
     def _load_dir(cls, model_dir: Path, options: LoadOptions) -> Self:
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-        model = AutoModel.from_pretrained(
-            model_dir, dtype=torch.float32, use_safetensors=True, trust_remote_code=False
-        ).eval()
+        model, tokenizer = cls._pretrained(model_dir, "AutoModel")
         limit = int(getattr(model.config, "max_position_embeddings", 512))
         return cls(model, tokenizer, model_dir, Pooling.of(model_dir, limit))
 

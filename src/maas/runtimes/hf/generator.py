@@ -51,14 +51,8 @@ class CausalLMRuntime(TransformersRuntime):
 
     @classmethod
     def _load_dir(cls, model_dir: Path, options: LoadOptions) -> Self:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=torch.float32, use_safetensors=True, trust_remote_code=False
-        )
-        return cls(model.eval(), tokenizer, model_dir)
+        model, tokenizer = cls._pretrained(model_dir, "AutoModelForCausalLM")
+        return cls(model, tokenizer, model_dir)
 
     @property
     def details(self) -> dict[str, Any]:

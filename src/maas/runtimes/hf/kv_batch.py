@@ -125,45 +125,58 @@ class TorchDecodeBatch:
         return len(self._keys)
 
     def join(self, key: int, prompt: Sequence[int]) -> np.ndarray:
-        if key in self._keys:
-            raise ValueError(f"sequence {key} is already running")
-        length = len(prompt)
+        return self.join_many({key: prompt})[key]
+
+    def join_many(self, prompts: Mapping[int, Sequence[int]]) -> dict[int, np.ndarray]:
+        """Prefill several prompts in one forward pass (left-padded to the longest),
+        then merge their caches into the batch."""
+        keys = list(prompts)
+        if not keys:
+            return {}
+        if any(key in self._keys for key in keys) or len(set(keys)) != len(keys):
+            raise ValueError("a sequence may join the batch once")
+        width = max(len(prompts[key]) for key in keys)
+        input_ids = torch.zeros(len(keys), width, dtype=torch.long)
+        mask = torch.zeros(len(keys), width, dtype=torch.long)
+        for row, key in enumerate(keys):
+            prompt = list(prompts[key])
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt) :] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         cache = _new_cache(self._config)
         with torch.inference_mode():
             out = self._model(
-                input_ids=torch.tensor([list(prompt)], dtype=torch.long),
-                position_ids=torch.arange(length).unsqueeze(0),
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
                 **{self._cache_arg: cache},
                 use_cache=True,
                 logits_to_keep=1,
             )
-        logits: np.ndarray = out.logits[0, -1].float().numpy()
-        self._merge(key, cache, length)
-        return logits
+        logits = out.logits[:, -1].float().numpy()
+        self._merge(keys, cache, mask)
+        return {key: logits[row] for row, key in enumerate(keys)}
 
-    def _merge(self, key: int, cache: DynamicCache, length: int) -> None:
-        ones = torch.ones(1, length, dtype=torch.long)
+    def _merge(self, keys: list[int], cache: DynamicCache, mask: torch.Tensor) -> None:
+        lengths = mask.sum(dim=1)
         if self._cache is None:
-            self._cache, self._mask = cache, ones
-            self._positions = torch.tensor([length])
-            self._keys = [key]
+            self._cache, self._mask, self._positions = cache, mask, lengths
+            self._keys = list(keys)
             return
-        width = self._mask.shape[1]
-        total = max(width, length)
+        width, new_width = self._mask.shape[1], mask.shape[1]
+        total = max(width, new_width)
+        old_pad, new_pad = total - width, total - new_width
         merged = _new_cache(self._config)
         pairs = zip(_layers(self._cache), _layers(cache), strict=True)
         for layer, (old, new) in zip(_layers(merged), pairs, strict=True):
-            old_pad, new_pad = total - width, total - length
             layer.update(
                 torch.cat([_left_pad(old.keys, old_pad, 2), _left_pad(new.keys, new_pad, 2)]),
                 torch.cat([_left_pad(old.values, old_pad, 2), _left_pad(new.values, new_pad, 2)]),
             )
         self._cache = merged
-        self._mask = torch.cat(
-            [_left_pad(self._mask, total - width, 1), _left_pad(ones, total - length, 1)]
-        )
-        self._positions = torch.cat([self._positions, torch.tensor([length])])
-        self._keys.append(key)
+        self._mask = torch.cat([_left_pad(self._mask, old_pad, 1), _left_pad(mask, new_pad, 1)])
+        self._positions = torch.cat([self._positions, lengths])
+        self._keys.extend(keys)
 
     def step(self, tokens: Mapping[int, int]) -> dict[int, np.ndarray]:
         if not self._keys:

@@ -74,3 +74,16 @@ class TransformersRuntime(Runtime):
     @classmethod
     def _load_dir(cls, model_dir: Path, options: LoadOptions) -> Self:
         raise NotImplementedError  # each task's class loads its own
+
+    @staticmethod
+    def _pretrained(model_dir: Path, auto_class: str) -> tuple[Any, Any]:
+        """(model in eval mode, tokenizer) of a directory, the safe way: safetensors
+        only, float32, never code from the directory."""
+        import torch
+        import transformers
+
+        tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+        model = getattr(transformers, auto_class).from_pretrained(
+            model_dir, dtype=torch.float32, use_safetensors=True, trust_remote_code=False
+        )
+        return model.eval(), tokenizer
