@@ -281,8 +281,10 @@ def test_crash_during_a_job_fails_it_with_the_reason_when_attempts_are_spent(
             assert client.get_job(waiting.id).state == "queued"
     finally:
         replica.stop()
+    assert (home / "jobs" / job.id).is_dir()  # the crashed attempt's files
     server = start_server(home, env=env)
     try:
+        assert not (home / "jobs" / job.id).exists()
         with sdk(server) as client:
             failed = client.get_job(job.id)
             assert failed.state == "failed" and failed.error_code == "job_interrupted"

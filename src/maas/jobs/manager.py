@@ -127,6 +127,7 @@ class JobManager:
         for job in self.store.running():
             if job.pid is not None and kill_stale_process(job.pid, job.id):
                 log.warning("killed the leftover process %d of job %s", job.pid, job.id)
+            shutil.rmtree(self._work_root / job.id, ignore_errors=True)  # a half attempt
             self._interrupted(job, "the server stopped while the job ran")
 
     def _interrupted(self, job: JobInfo, why: str) -> None:
