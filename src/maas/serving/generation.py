@@ -93,6 +93,12 @@ class _Sequence:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
+def _deliver(items: list[tuple[_Sequence, TextDelta]]) -> None:
+    """On the event loop: hand each sequence its piece (one wake-up for a whole step)."""
+    for sequence, item in items:
+        sequence.queue.put_nowait(item)
+
+
 class GenerationStream:
     """The caller's side of one sequence: iterate for text pieces, or ``collect``."""
 
@@ -159,6 +165,9 @@ class GenerationScheduler:
         self._wake = threading.Condition()
         self._closed = False
         self._draining = False  # refusing new sequences, finishing the rest
+        # Pieces of the current step, per event loop: sent with one wake-up per step
+        # rather than one per sequence (each wake-up takes the GIL from the model).
+        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[_Sequence, TextDelta]]] = {}
         self._thread: threading.Thread | None = None
         self._running_gauge = SEQUENCES_RUNNING.labels(model)
         self._waiting_gauge = SEQUENCES_WAITING.labels(model)
@@ -293,8 +302,15 @@ class GenerationScheduler:
                 log.exception("generation step of %s failed", self._model)
                 self._fail_running(RuntimeFailure(f"generation failed: {type(exc).__name__}"))
                 batch = self._generator.new_batch()
+            self._flush()
             self._running_gauge.set(len(self._running))
+        self._flush()
         self._fail_all(ShuttingDown(retry_after=1.0))
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, {}
+        for loop, items in outbox.items():
+            loop.call_soon_threadsafe(_deliver, items)
 
     def _admissions(self) -> list[_Sequence]:
         """Waiting sequences that fit in the batch now; called under the lock."""
@@ -342,10 +358,12 @@ class GenerationScheduler:
             del self._running[sequence.key]
             batch.leave(sequence.key)
         if end > sequence.sent_chars or finish is not None:
-            sequence.send(TextDelta(text[sequence.sent_chars : end], finish))
+            piece = TextDelta(text[sequence.sent_chars : end], finish)
+            self._outbox.setdefault(sequence.loop, []).append((sequence, piece))
             sequence.sent_chars = max(end, sequence.sent_chars)
 
     def _fail_running(self, error: MaasError) -> None:
+        self._flush()  # pieces already made go first
         with self._wake:
             running, self._running = self._running, {}
         for sequence in running.values():
