@@ -206,6 +206,10 @@ def test_errors_have_openai_shape_and_status(llm: RunningServer) -> None:
     with pytest.raises(openai.BadRequestError) as bad_param:
         sdk.chat.completions.create(model="smollm2", messages=CAPITAL, temperature=5)
     assert bad_param.value.body["param"] == "temperature"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as unsupported:
+        sdk.chat.completions.create(model="smollm2", messages=CAPITAL, presence_penalty=1.0)
+    assert "presence_penalty" in unsupported.value.body["message"]  # type: ignore[index]
+    sdk.chat.completions.create(model="smollm2", messages=CAPITAL, max_tokens=1, presence_penalty=0)
     with pytest.raises(openai.BadRequestError) as wrong_task:
         sdk.embeddings.create(model="smollm2", input="hi")
     assert wrong_task.value.body["code"] == "unsupported_task"  # type: ignore[index]

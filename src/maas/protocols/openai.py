@@ -35,6 +35,19 @@ __all__ = [
 
 MAX_CHOICES = 16
 MAX_STOPS = 4
+#: Refused when set: each would change the answer, and maas does not implement it.
+_UNSUPPORTED = (
+    "logprobs",
+    "top_logprobs",
+    "tools",
+    "functions",
+    "echo",
+    "suffix",
+    "logit_bias",
+    "presence_penalty",
+    "frequency_penalty",
+    "response_format",
+)
 
 
 class _Request(BaseModel):
@@ -50,9 +63,11 @@ class _Unsupported(BaseModel):
     @classmethod
     def _refuse_unsupported(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            for name in ("logprobs", "top_logprobs", "tools", "functions", "echo", "suffix"):
+            for name in _UNSUPPORTED:
                 value = data.get(name)
-                if value not in (None, False, [], 0):
+                if name == "response_format" and value in ({"type": "text"}, None):
+                    continue  # the default: plain text
+                if value not in (None, False, [], {}, 0, ""):
                     raise ValueError(f"'{name}' is not supported by this server")
         return data
 
