@@ -275,7 +275,9 @@ def test_concurrent_streams_share_forward_passes(llm: RunningServer) -> None:
 
 def test_a_client_that_hangs_up_frees_its_sequence(llm: RunningServer) -> None:
     count = [{"role": "user", "content": "Count from one to one thousand."}]
-    body = {"model": "smollm2", "messages": count, "max_tokens": 2000, "stream": True}
+    # ignore_eos: only the hang-up can end it within the wait (2000 tokens take minutes)
+    body = {"model": "smollm2", "messages": count, "max_tokens": 2000, "stream": True,
+            "ignore_eos": True}  # fmt: skip
     with llm.client() as http, http.stream("POST", "/v1/chat/completions", json=body) as response:
         for _ in zip(range(3), response.iter_lines(), strict=False):
             pass
@@ -310,7 +312,8 @@ def test_a_full_generation_queue_answers_429(tmp_path: Path) -> None:
         timeout_s=300,
     )
     try:
-        long = {"model": "smollm2", "max_tokens": 300, "stream": True,
+        # ignore_eos: the first stream must still hold its slot when the second arrives
+        long = {"model": "smollm2", "max_tokens": 300, "stream": True, "ignore_eos": True,
                 "messages": [{"role": "user", "content": "Count to five hundred."}]}  # fmt: skip
         with (
             server.client() as http,
