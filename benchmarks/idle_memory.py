@@ -25,7 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+sys.path.insert(0, str(Path(__file__).parent))
+from readiness import wait_ready
 
 
 @dataclass
@@ -93,16 +94,7 @@ def measure(settle: float, extra: list[str]) -> list[Usage]:
                 command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
         try:
-            deadline = time.monotonic() + 180
-            while True:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"maas did not start:\n{log.read_text()[-3000:]}")
-                try:
-                    if httpx.get(url, timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.3)
+            wait_ready(process, url, log)
             time.sleep(settle)
             found = []
             for pid in descendants(process.pid):

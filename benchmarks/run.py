@@ -36,6 +36,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 from models import BenchModel, build_models
+from readiness import wait_ready
 
 HERE = Path(__file__).parent
 MLSERVER_VENV = HERE / ".venv-mlserver"
@@ -116,16 +117,7 @@ def running(
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{command[0]} did not start:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(ready_url, timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
+        wait_ready(process, ready_url, log)
         yield process.pid
     finally:
         os.killpg(process.pid, signal.SIGTERM)
