@@ -319,7 +319,10 @@ def test_a_full_generation_queue_answers_429(tmp_path: Path) -> None:
             server.client() as http,
             http.stream("POST", "/v1/chat/completions", json=long) as running,
         ):
-            next(running.iter_lines())  # the one slot is taken
+            # Hold the line iterator: a discarded one is closed at once, and httpx then
+            # closes the connection, which cancels the stream and frees the slot.
+            lines = running.iter_lines()
+            next(lines)  # the one slot is taken
             refused = http.post("/v1/chat/completions", json={**long, "stream": False})
             assert refused.status_code == 429, refused.text
             assert refused.json()["error"]["code"] == "generation_queue_full"

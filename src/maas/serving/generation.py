@@ -217,11 +217,14 @@ class GenerationScheduler:
         with self._wake:
             if self._closed or self._draining:
                 raise ShuttingDown(retry_after=1.0)
-            free_slots = self._max_running - len(self._running)
-            if len(self._waiting) >= self._max_waiting + max(0, free_slots):
+            # A cancelled sequence holds its place only until the next step drops it;
+            # it no longer counts here, so a caller who hung up frees the slot at once.
+            running = sum(not s.cancelled for s in self._running.values())
+            waiting = sum(not s.cancelled for s in self._waiting)
+            if waiting >= self._max_waiting + max(0, self._max_running - running):
                 raise GenerationQueueFull(
-                    f"{self._model} is generating for {len(self._running)} sequences with "
-                    f"{len(self._waiting)} waiting; retry shortly",
+                    f"{self._model} is generating for {running} sequences with "
+                    f"{waiting} waiting; retry shortly",
                     retry_after=1.0,
                 )
             sequence = _Sequence(

@@ -165,6 +165,25 @@ async def test_a_full_queue_refuses_at_once(lm: TextGenerator) -> None:
         await scheduler.close()
 
 
+async def test_a_cancelled_sequence_stops_counting_against_the_bound_at_once(
+    lm: TextGenerator,
+) -> None:
+    scheduler = GenerationScheduler(lm, model="smollm2", max_running=1, max_waiting=0)
+    scheduler.start()
+    try:
+        prompt = _chat(lm, QUESTIONS[2])
+        first = scheduler.submit(prompt, SamplingParams(200, temperature=0.0))
+        pieces = first.__aiter__()  # held: a discarded one would cancel the sequence
+        await pieces.__anext__()
+        with pytest.raises(GenerationQueueFull):
+            scheduler.submit(prompt, GREEDY)
+        first.cancel()  # no step has run since: the slot is still in the batch
+        second = scheduler.submit(prompt, GREEDY)
+        assert (await second.collect()).completion_tokens > 0
+    finally:
+        await scheduler.close()
+
+
 async def test_a_prompt_past_the_context_is_refused_before_it_queues(lm: TextGenerator) -> None:
     scheduler = GenerationScheduler(lm, model="smollm2", max_running=1, max_waiting=0,
                                     max_context=64)  # fmt: skip
