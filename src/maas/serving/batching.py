@@ -10,7 +10,9 @@ other's answers). If a batched call fails for a reason that may belong to one me
 the members run one by one so only the bad one fails.
 
 Dispatch is event-driven: an ``asyncio.Event`` wakes the dispatcher on arrival, on a
-freed instance and on the delay timer (``loop.call_later``); nothing sleep-polls.
+freed instance and on the delay timer (``loop.call_later``); nothing sleep-polls. With
+batching off, a request that finds a free slot and nobody queued before it runs in its
+caller's own task, sparing the dispatcher's wake-ups and a task per call.
 """
 
 from __future__ import annotations
@@ -68,9 +70,10 @@ def _rows_of(inputs: Mapping[str, np.ndarray]) -> int | None:
 class DynamicBatcher:
     """Queue, batch and dispatch the calls of one deployment.
 
-    ``spec.instances`` batches run at once; while they run, arrivals queue up and form
-    bigger batches. ``max_batch_size`` 1 turns batching off but keeps the bounded
-    queue, the cancellation of queued work and the concurrency limit.
+    ``concurrency`` batches run at once (what the instances can take: ``spec.instances``
+    by default); while they run, arrivals queue up and form bigger batches.
+    ``max_batch_size`` 1 turns batching off but keeps the bounded queue, the
+    cancellation of queued work and the concurrency limit.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class DynamicBatcher:
         spec: DeploymentSpec,
         *,
         labels: tuple[str, str] = ("", ""),
+        concurrency: int | None = None,
     ) -> None:
         self._predict = predict
         self._signature = signature
@@ -87,7 +91,7 @@ class DynamicBatcher:
         self._delay_s = spec.max_queue_delay_us / 1_000_000
         self._preferred = set(spec.preferred_batch_sizes)
         self._queue: collections.deque[_Item] = collections.deque()
-        self._free = spec.instances
+        self._free = concurrency or spec.instances
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._dispatcher: asyncio.Task[None] | None = None
@@ -124,6 +128,8 @@ class DynamicBatcher:
                 f"the queue of this model is full ({self._spec.max_queue_size} requests)",
                 retry_after=1.0,
             )
+        if self._free > 0 and not self._queue and not self.is_batching:
+            return await self._run_direct(checked, wanted)
         future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
         key = tuple((name, array.shape[1:]) for name, array in checked.items())
         item = _Item(checked, wanted, _rows_of(checked), key, future, time.monotonic())
@@ -136,6 +142,18 @@ class DynamicBatcher:
         except asyncio.CancelledError:
             self._discard(item)
             raise
+
+    async def _run_direct(self, inputs: Tensors, outputs: list[str]) -> Tensors:
+        """An unbatched call with a free slot and an empty queue: run it in the caller's
+        task. The slot is returned when the call ends, cancelled or not."""
+        self._free -= 1
+        self._queue_seconds.observe(0.0)
+        try:
+            return await self._call(inputs, outputs, _rows_of(inputs))
+        finally:
+            self._free += 1
+            if self._queue:
+                self._wake.set()
 
     def _discard(self, item: _Item) -> None:
         try:

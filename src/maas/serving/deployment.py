@@ -164,7 +164,11 @@ class Deployment:
         self.generation = scheduler
         spec = self.version.deployment
         self._batcher = DynamicBatcher(
-            instances.predict, self.version.signature, spec, labels=self._labels
+            instances.predict,
+            self.version.signature,
+            spec,
+            labels=self._labels,
+            concurrency=instances.capacity,
         )
         self.load_seconds = time.monotonic() - started
         LOAD_SECONDS.labels(*self._labels).observe(self.load_seconds)
@@ -208,7 +212,7 @@ class Deployment:
             return pool
         framework, options = self.version.framework, self._options
         runtime = await self._workers.run(lambda: load_runtime(framework, path, options))
-        return ThreadInstances(runtime, self._workers)
+        return ThreadInstances(runtime, self._workers, self.version.deployment.instances)
 
     def _local_artifact(self, digest: str) -> Path:
         """The verified artifact on this machine; an archive (a model directory packed

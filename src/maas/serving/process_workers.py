@@ -2,10 +2,18 @@
 
 Each worker is a *spawned* process (never forked: a fork would copy the server's
 threads, locks and sockets) that loads the artifact itself from its verified local
-path and answers calls over a pair of pipes. Arrays travel pickled by the stdlib
-``multiprocessing``: these are our own messages between our own processes, never a
-user's pickle. Every call carries its own request id and answers are matched by it,
-so a late answer (its caller timed out) can never reach another caller.
+path and answers calls over a pair of pipes. Arrays travel pickled, framed as
+``multiprocessing.Connection`` frames them: these are our own messages between our own
+processes, never a user's pickle. Every call carries its own request id and answers
+are matched by it, so a late answer (its caller timed out) can never reach another
+caller.
+
+The server's ends of the pipes belong to the event loop (``connect_read_pipe`` and
+``connect_write_pipe``): a call is a non-blocking write, an answer a callback, with no
+thread hop either way. On one core a thread hop is the expensive part of a small
+model's call: the woken thread must win the GIL back from the loop. Calls are
+pipelined (``PIPELINE_DEPTH`` per worker), so a busy worker finds its next request
+already in the pipe and answers several per wake-up instead of one per round trip.
 
 A worker that dies fails its in-flight call at once with ``WorkerCrashed`` (its pipe
 reaches EOF; nothing waits on a timeout) and is restarted after an exponential
@@ -16,14 +24,15 @@ ready and new calls fail fast instead of queueing behind a corpse.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.abc
 import itertools
 import logging
 import multiprocessing
+import os
+import pickle
 import signal
+import struct
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,9 +52,10 @@ __all__ = ["LoadTarget", "ProcessInstances"]
 log = logging.getLogger("maas.serving")
 
 _SPAWN = multiprocessing.get_context("spawn")
-#: Requests small enough to write from the event loop (a Linux pipe buffers 64 KiB).
-_INLINE_MAX_BYTES = 4 * 1024
-_INLINE_MAX_IN_FLIGHT = 8
+#: Calls one worker process holds at once: one running, the rest waiting in its pipe.
+PIPELINE_DEPTH = 4
+#: Requests larger than this are pickled in a thread rather than on the event loop.
+_PICKLE_INLINE_MAX_BYTES = 1 << 20
 _ErrorPayload = tuple[str, str, dict[str, Any]]
 
 
@@ -113,26 +123,73 @@ def serve(requests: Connection, responses: Connection, target: LoadTarget) -> No
             responses.send(("ok", request_id, result))
 
 
+def _frame(payload: bytes) -> list[bytes]:
+    """``payload`` framed as ``multiprocessing.Connection.recv_bytes`` reads it."""
+    size = len(payload)
+    if size > 0x7FFFFFFF:
+        return [struct.pack("!iQ", -1, size), payload]
+    return [struct.pack("!i", size), payload]
+
+
+class _FrameReader(asyncio.Protocol):
+    """The worker's answers, unframed and unpickled on the event loop as they arrive."""
+
+    def __init__(self, on_message: Callable[[Any], None], on_eof: Callable[[], None]) -> None:
+        self._on_message = on_message
+        self._on_eof = on_eof
+        self._buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= 4:
+            (size,) = struct.unpack_from("!i", buffer)
+            start = 4
+            if size == -1:  # a frame of 2 GiB or more: its length follows as 8 bytes
+                if len(buffer) < 12:
+                    return
+                (size,) = struct.unpack_from("!Q", buffer, 4)
+                start = 12
+            end = start + size
+            if len(buffer) < end:
+                return
+            with memoryview(buffer) as view:
+                message = pickle.loads(view[start:end])
+            del buffer[:end]
+            self._on_message(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_eof()
+
+
 class _WorkerProcess:
     """One spawned process, its pipes and the calls waiting for its answers."""
 
     def __init__(self, target: LoadTarget, on_exit: Callable[[_WorkerProcess], None]) -> None:
         self._loop = asyncio.get_running_loop()
         self._on_exit = on_exit
-        self._child_requests, self._requests = _SPAWN.Pipe(duplex=False)
-        self._responses, self._child_responses = _SPAWN.Pipe(duplex=False)
+        self._child_requests, requests = _SPAWN.Pipe(duplex=False)
+        responses, self._child_responses = _SPAWN.Pipe(duplex=False)
+        # The loop's transports own plain file objects over our ends of the pipes.
+        self._requests_file = os.fdopen(os.dup(requests.fileno()), "wb", buffering=0)
+        self._responses_file = os.fdopen(os.dup(responses.fileno()), "rb", buffering=0)
+        requests.close()
+        responses.close()
+        self._writer: asyncio.WriteTransport | None = None
+        self._reader: asyncio.ReadTransport | None = None
         self.process = _SPAWN.Process(
             target=serve,
             args=(self._child_requests, self._child_responses, target),
             name=f"maas-worker:{target.path.name[:12]}",
             daemon=True,
         )
-        self._send_lock = threading.Lock()
         self._ids = itertools.count()
         self._ready: asyncio.Future[None] = self._loop.create_future()
         self._pending: dict[int, asyncio.Future[dict[str, np.ndarray]]] = {}
+        self._exited = False
         self.alive = False
-        self.busy = False
+        #: Calls sent and not yet answered or abandoned by their callers.
+        self.in_flight = 0
         self.started_at = time.monotonic()
 
     @property
@@ -140,27 +197,18 @@ class _WorkerProcess:
         return self.process.pid
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.process.start)
-        # Our copies of the child's ends must go, or EOF never arrives when it dies.
-        self._child_requests.close()
-        self._child_responses.close()
-        threading.Thread(target=self._read, name="maas-worker-reader", daemon=True).start()
+        try:
+            await asyncio.to_thread(self.process.start)
+        finally:
+            # Our copies of the child's ends must go, or EOF never arrives when it dies.
+            self._child_requests.close()
+            self._child_responses.close()
+        self._reader, _ = await self._loop.connect_read_pipe(
+            lambda: _FrameReader(self._on_message, self._on_eof), self._responses_file
+        )
+        self._writer, _ = await self._loop.connect_write_pipe(asyncio.Protocol, self._requests_file)
         await self._ready
         self.alive = True
-
-    def _read(self) -> None:
-        """Reader thread: hand each answer to the loop; EOF means the process is gone."""
-        while True:
-            try:
-                message = self._responses.recv()
-            except (EOFError, OSError):
-                break
-            self._post(self._on_message, message)
-        self._post(self._on_eof)
-
-    def _post(self, callback: Callable[..., None], *args: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-            self._loop.call_soon_threadsafe(callback, *args)
 
     def _on_message(self, message: tuple[str, int | None, Any]) -> None:
         kind, request_id, payload = message
@@ -180,6 +228,9 @@ class _WorkerProcess:
             future.set_exception(_rebuild(payload))
 
     def _on_eof(self) -> None:
+        if self._exited:
+            return
+        self._exited = True
         self.alive = False
         if not self._ready.done():
             self._ready.set_exception(WorkerCrashed("the worker process exited while loading"))
@@ -187,62 +238,63 @@ class _WorkerProcess:
         for future in pending.values():
             if not future.done():
                 future.set_exception(WorkerCrashed(retry_after=1.0))
-        self._responses.close()
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.abort()  # the pipe has no reader any more
         self._on_exit(self)
 
     async def call(
         self, inputs: dict[str, np.ndarray], outputs: list[str]
     ) -> dict[str, np.ndarray]:
+        writer = self._writer
+        if writer is None or writer.is_closing() or not self.alive:
+            raise WorkerCrashed(retry_after=1.0)
         request_id = next(self._ids)
         future: asyncio.Future[dict[str, np.ndarray]] = self._loop.create_future()
         self._pending[request_id] = future
-        message = (request_id, inputs, outputs)
+        self.in_flight += 1
         try:
-            if not self._send_inline(message, inputs):
-                await asyncio.to_thread(self._send, message)
-        except OSError:  # a broken pipe: the process died under us
-            self._pending.pop(request_id, None)
-            raise WorkerCrashed(retry_after=1.0) from None
-        try:
+            message = (request_id, inputs, outputs)
+            if _is_large(inputs):  # pickling copies every byte: not on the loop's time
+                payload = await asyncio.to_thread(pickle.dumps, message, pickle.HIGHEST_PROTOCOL)
+            else:
+                payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+            if writer.is_closing():  # the process died while we pickled
+                raise WorkerCrashed(retry_after=1.0)
+            writer.writelines(_frame(payload))  # never blocks: the transport buffers
             return await future
         finally:
+            self.in_flight -= 1
             self._pending.pop(request_id, None)
 
-    def _send_inline(self, message: Any, inputs: dict[str, np.ndarray]) -> bool:
-        """Send a small request from the event loop itself, sparing a thread hop per call
-        (the largest cost of a small model's request after the process switch).
-
-        Only when it cannot block: the payload is far below the pipe's buffer, no other
-        send is writing, and no more calls are in flight to this worker than the buffer
-        holds such requests, so the worker is reading and the write returns at once.
-        """
-        if len(self._pending) > _INLINE_MAX_IN_FLIGHT:
-            return False
-        if any(a.dtype == object for a in inputs.values()):  # strings: size unknown
-            return False
-        if sum(array.nbytes for array in inputs.values()) > _INLINE_MAX_BYTES:
-            return False
-        if not self._send_lock.acquire(blocking=False):
-            return False
-        try:
-            self._requests.send(message)
-        finally:
-            self._send_lock.release()
-        return True
-
-    def _send(self, message: Any) -> None:
-        with self._send_lock:  # a cancelled caller's send may still be writing
-            self._requests.send(message)
-
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Blocking: ask the process to exit, then insist."""
-        with contextlib.suppress(OSError):  # already dead
-            self._send(None)
-        self._requests.close()
+        """Blocking, off the loop after ``say_goodbye``: wait for the exit, then insist."""
         self.process.join(timeout_s)
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
+
+    def say_goodbye(self) -> None:
+        """On the loop: ask the process to exit once it has answered what is queued.
+
+        The answers still come (the read side stays open until the process's EOF)."""
+        if self._writer is None:
+            self._requests_file.close()
+            if self._reader is None:
+                self._responses_file.close()
+            return
+        if not self._writer.is_closing():
+            self._writer.writelines(_frame(pickle.dumps(None)))
+            self._writer.close()  # flushes what is buffered, then closes the pipe
+
+
+def _is_large(inputs: dict[str, np.ndarray]) -> bool:
+    size = 0
+    for array in inputs.values():
+        if array.dtype == object:  # strings: their own lengths, not the pointers'
+            size += sum(len(v) if isinstance(v, bytes | str) else 64 for v in array.flat)
+        else:
+            size += array.nbytes
+    return size > _PICKLE_INLINE_MAX_BYTES
 
 
 class ProcessInstances:
@@ -294,6 +346,11 @@ class ProcessInstances:
             raise errors[0]
         self._started = True
 
+    @property
+    def capacity(self) -> int:
+        """Calls worth sending at once: ``PIPELINE_DEPTH`` per worker process."""
+        return self._count * PIPELINE_DEPTH
+
     async def predict(
         self, inputs: dict[str, np.ndarray], outputs: list[str]
     ) -> dict[str, np.ndarray]:
@@ -301,17 +358,16 @@ class ProcessInstances:
         try:
             return await worker.call(inputs, outputs)
         finally:
-            worker.busy = False
             self._changed.set()
 
     async def _acquire(self) -> _WorkerProcess:
+        """The live worker with the fewest calls in flight, below ``PIPELINE_DEPTH``."""
         while True:
             if not self.is_alive:
                 raise WorkerCrashed("no live worker process; one is restarting", retry_after=1.0)
-            for worker in self._workers:
-                if worker.alive and not worker.busy:
-                    worker.busy = True
-                    return worker
+            live = [w for w in self._workers if w.alive and w.in_flight < PIPELINE_DEPTH]
+            if live:
+                return min(live, key=lambda w: w.in_flight)
             self._changed.clear()
             await self._changed.wait()
 
@@ -349,4 +405,6 @@ class ProcessInstances:
         for task in list(self._restarting):
             task.cancel()
         await asyncio.gather(*self._restarting, return_exceptions=True)
+        for worker in self._workers:
+            worker.say_goodbye()
         await asyncio.gather(*(asyncio.to_thread(w.stop) for w in self._workers))

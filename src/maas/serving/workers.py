@@ -65,6 +65,11 @@ class ModelInstances(Protocol):
         """At least one instance can take a call now."""
         ...
 
+    @property
+    def capacity(self) -> int:
+        """Calls worth having in flight at once (the batcher's concurrency)."""
+        ...
+
     async def predict(
         self, inputs: dict[str, np.ndarray], outputs: list[str]
     ) -> dict[str, np.ndarray]:
@@ -79,9 +84,15 @@ class ThreadInstances:
 
     kind = "threads"
 
-    def __init__(self, runtime: Runtime, workers: Workers) -> None:
+    def __init__(self, runtime: Runtime, workers: Workers, count: int = 1) -> None:
         self._runtime = runtime
         self._workers = workers
+        self._count = count
+
+    @property
+    def capacity(self) -> int:
+        """``count`` calls at once from the shared pool: the runtime releases the GIL."""
+        return self._count
 
     @property
     def runtime(self) -> Runtime:
