@@ -112,6 +112,9 @@ class AuthSettings(_Section):
     enabled: bool = Field(True, description="Require an API key on every non-health endpoint.")
     admin_key: SecretStr | None = Field(None, description="Admin key to create at start.")
     metrics_public: bool = Field(True, description="Serve /metrics without a key.")
+    docs_public: bool = Field(
+        False, description="Serve the OpenAPI page (/docs, /openapi.json) without a key."
+    )
     hash_secret: SecretStr | None = Field(
         None,
         description="Secret that keys are hashed with (HMAC-SHA256); default a random one kept "

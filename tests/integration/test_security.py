@@ -100,11 +100,32 @@ def test_every_endpoint_but_health_needs_a_key(server: RunningServer) -> None:
             ("GET", "/api/v1/models"),
             ("GET", "/api/v1/keys"),
             ("GET", "/api/v1/audit"),
+            ("GET", "/api/v1/usage"),
+            ("GET", "/api/v1/jobs"),
+            ("GET", "/api/v1/datasets"),
+            ("GET", "/v1/models"),
+            ("POST", "/v1/chat/completions"),
+            ("POST", "/v1/embeddings"),
+            ("GET", "/docs"),
+            ("GET", "/openapi.json"),
         ]:
             response = http.request(method, path, json=ROW if method == "POST" else None)
             assert response.status_code == 401, (path, response.text)
-            assert response.json()["code"] == "unauthenticated"
+            body = response.json()
+            code = body["error"]["code"] if path.startswith("/v1/") else body["code"]
+            assert code == "unauthenticated", (path, body)
             assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_the_openapi_page_can_be_made_public(tmp_path: Path) -> None:
+    running = start_server(tmp_path / "home", env={"MAAS_AUTH__DOCS_PUBLIC": "true"})
+    try:
+        with running.client(headers={}) as anonymous:
+            assert anonymous.get("/docs").status_code == 200
+            assert "/v2/models/{model}/infer" in anonymous.get("/openapi.json").json()["paths"]
+            assert anonymous.get("/api/v1/models").status_code == 401
+    finally:
+        running.stop()
 
 
 def test_bad_key_is_refused_and_never_echoed_or_logged(server: RunningServer) -> None:

@@ -80,7 +80,10 @@ def create_app(
     app.add_middleware(JsonDepthCap, max_depth=settings.limits.max_json_depth)
     app.add_middleware(Deadline, deadline_s=settings.limits.request_deadline_s)
     app.add_middleware(
-        Authenticator, enabled=settings.auth.enabled, metrics_public=settings.auth.metrics_public
+        Authenticator,
+        enabled=settings.auth.enabled,
+        metrics_public=settings.auth.metrics_public,
+        docs_public=settings.auth.docs_public,
     )
     app.add_middleware(RequestPlumbing, max_body_bytes=settings.limits.max_body_bytes)
     if settings.server.cors_origins:  # outermost: preflight requests carry no key

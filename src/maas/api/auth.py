@@ -18,11 +18,12 @@ from maas.errors import Unauthenticated
 
 __all__ = ["PUBLIC", "Authenticator"]
 
-#: The principal of requests to public endpoints (health, metrics, docs): sees no model.
+#: The principal of requests to public endpoints (health; metrics and docs when public):
+#: sees no model.
 PUBLIC = Principal(key_id=None, name="public", role=Role.CONSUMER, model_patterns=())
 
 _PUBLIC_PREFIXES = ("/v2/health/",)
-_PUBLIC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json"})
+_DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json"})
 _MAX_KEY_LENGTH = 512
 
 
@@ -30,12 +31,18 @@ class Authenticator:
     """Require a valid key (``Authorization: Bearer`` or ``X-API-Key``) off the public paths.
 
     With ``enabled=False`` (``maas serve --no-auth``) every request is the anonymous admin.
+    Health is always public; ``/metrics`` (for a Prometheus without a key) and the
+    OpenAPI page only when the operator says so.
     """
 
-    def __init__(self, app: ASGIApp, *, enabled: bool, metrics_public: bool) -> None:
+    def __init__(
+        self, app: ASGIApp, *, enabled: bool, metrics_public: bool, docs_public: bool = False
+    ) -> None:
         self.app = app
         self.enabled = enabled
-        self.public_paths = _PUBLIC_PATHS | ({"/metrics"} if metrics_public else set())
+        self.public_paths = frozenset(
+            ({"/metrics"} if metrics_public else set()) | (_DOCS_PATHS if docs_public else set())
+        )
         self._resolver: KeyResolver | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
