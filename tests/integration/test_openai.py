@@ -79,6 +79,14 @@ def _metric(server: RunningServer, name: str, **labels: str) -> float:
     return total
 
 
+def _openai_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The OpenAI-shaped error of ``response``, checked to be ``status`` and ``code``."""
+    assert response.status_code == status, response.text
+    error: dict[str, Any] = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == code
+    return error
+
+
 def test_greedy_chat_answers_paris_with_exact_usage(llm: RunningServer) -> None:
     answer = _sdk(llm).chat.completions.create(
         model="smollm2", messages=CAPITAL, temperature=0, max_tokens=32
@@ -297,6 +305,30 @@ def test_v2_infer_on_the_chat_model(llm: RunningServer) -> None:
     assert response.status_code == 200, response.text
     (output,) = response.json()["outputs"]
     assert output["name"] == "text" and "Paris" in output["data"][0]
+
+
+def test_seed_takes_openai_signed_64_bit_range(llm: RunningServer) -> None:
+    sdk = _sdk(llm)
+
+    def sample(seed: int) -> str:
+        answer = sdk.chat.completions.create(
+            model="smollm2", messages=CAPITAL, temperature=1.0, max_tokens=6, seed=seed
+        )
+        return answer.choices[0].message.content or ""
+
+    assert sample(-1) == sample(-1)
+    assert sample(-(2**63)) == sample(-(2**63))
+    with llm.client() as http:
+        for seed in (2**63, 2**64, -(10**30)):
+            body = {"model": "smollm2", "messages": CAPITAL, "max_tokens": 1, "seed": seed}
+            error = _openai_error(
+                http.post("/v1/chat/completions", json=body), 400, "invalid_request"
+            )
+            assert error["param"] == "seed"
+            completion = {"model": "smollm2", "prompt": "Hi", "max_tokens": 1, "seed": seed}
+            error = _openai_error(http.post("/v1/completions", json=completion), 400,
+                                  "invalid_request")  # fmt: skip
+            assert error["param"] == "seed"
 
 
 def test_a_full_generation_queue_answers_429(tmp_path: Path) -> None:

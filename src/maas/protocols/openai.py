@@ -35,6 +35,8 @@ __all__ = [
 
 MAX_CHOICES = 16
 MAX_STOPS = 4
+#: OpenAI's bounds for ``seed``: a signed 64-bit integer.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 #: Refused when set: each would change the answer, and maas does not implement it.
 _UNSUPPORTED = (
     "logprobs",
@@ -83,7 +85,7 @@ class _Sampling(_Request, _Unsupported):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=MAX_CHOICES)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     stream: bool = False
     stream_options: StreamOptions | None = None
     #: vLLM's extension: keep generating past end-of-sequence up to ``max_tokens``.

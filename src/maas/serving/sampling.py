@@ -14,6 +14,7 @@ import numpy as np
 __all__ = ["Sampler", "SamplingParams"]
 
 _GREEDY_BELOW = 1e-5
+_SEED_SPACE = 2**64
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +33,10 @@ class Sampler:
     def __init__(self, params: SamplingParams) -> None:
         self._temperature = params.temperature
         self._top_p = params.top_p
-        self._rng = np.random.default_rng(params.seed)
+        # numpy takes non-negative seeds only; OpenAI's are signed 64-bit, and choice
+        # ``i`` of a request adds ``i`` to it: fold them into 0 .. 2**64 - 1.
+        seed = None if params.seed is None else params.seed % _SEED_SPACE
+        self._rng = np.random.default_rng(seed)
 
     def __call__(self, logits: np.ndarray) -> int:
         if self._temperature < _GREEDY_BELOW:
