@@ -2,9 +2,12 @@
 
 Requests are validated with pydantic (they are small; tensors never pass through
 here), with OpenAI's own bounds, so a bad field answers 400 with the field named in
-``param`` as OpenAI does. Fields the official SDK may send that maas does not act on
-(``user``, ``presence_penalty`` …) are accepted and ignored; fields whose absence of
-effect would silently change an answer (``logprobs``, ``tools``, ``echo``) are refused.
+``param`` as OpenAI does. Fields the official SDK may send that do not change an answer
+(``user``, ``metadata``, ``store`` …) are accepted and ignored. Fields maas does not
+implement and that would change an answer (``logprobs``, ``tools``, ``echo``,
+``presence_penalty``, ``frequency_penalty``, ``logit_bias`` …) are refused with a 400
+naming them when set, and accepted at their neutral value (``0``, ``null``, ``false``),
+which the SDK and many clients send by default.
 Responses are plain dicts, encoded with orjson by the router.
 """
 
