@@ -331,6 +331,24 @@ def test_seed_takes_openai_signed_64_bit_range(llm: RunningServer) -> None:
             assert error["param"] == "seed"
 
 
+def test_an_unresolvable_model_reference_is_model_not_found(llm: RunningServer) -> None:
+    huge = "99999999999999999999"
+    with llm.client() as http:
+        for model in (f"minilm:{huge}", "minilm:77", "minilm:no-such-alias"):
+            response = http.post("/v1/embeddings", json={"model": model, "input": "hi"})
+            _openai_error(response, 404, "model_not_found")
+        for model in (f"smollm2:{huge}", "smollm2:77"):
+            body = {"model": model, "messages": CAPITAL, "max_tokens": 1}
+            _openai_error(http.post("/v1/chat/completions", json=body), 404, "model_not_found")
+            body = {"model": model, "prompt": "Hi", "max_tokens": 1}
+            _openai_error(http.post("/v1/completions", json=body), 404, "model_not_found")
+        for model in ("iris:77", f"iris:{huge}", "iris:no-such-alias", "no-such-model"):
+            _openai_error(http.get(f"/v1/models/{model}"), 404, "model_not_found")
+    card = _sdk(llm).models.retrieve("iris:1")
+    assert (card.id, card.object) == ("iris:1", "model")
+    assert _sdk(llm).models.retrieve("iris").id == "iris"
+
+
 def test_a_full_generation_queue_answers_429(tmp_path: Path) -> None:
     smollm2_gguf()
     server = start_server(

@@ -4,6 +4,9 @@
 Same keys, model patterns, limits and metering as every other call: a key sees only
 the models its patterns match, and tokens (prompt and completion) feed the usage
 records and the tokens-per-minute limits. Errors are OpenAI-shaped (``maas.api.errors``).
+As in OpenAI, where ``model`` is one opaque id, a reference that names nothing
+servable (no such model, version or alias) is 404 ``model_not_found``; the message
+says which part is missing.
 Streaming answers are server-sent events, ``data: {chunk}`` lines ending with
 ``data: [DONE]``; a client that hangs up cancels its sequences at the next token.
 """
@@ -12,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import orjson
@@ -26,10 +30,10 @@ from maas.api.lifetime import disconnect_of, requested_timeout
 from maas.api.responses import json_response
 from maas.auth.admission import Ticket, principal_of
 from maas.auth.principal import Action
-from maas.errors import InvalidRequest, MaasError
+from maas.errors import AliasNotFound, InvalidRequest, MaasError, ModelNotFound, VersionNotFound
 from maas.observability.metrics import UNRESOLVED, RequestMetrics
 from maas.protocols import openai as oa
-from maas.registry.refs import parse_ref
+from maas.registry.refs import ModelRef, parse_ref
 from maas.services.completions import Generation
 from maas.serving.generation import Completion, TextDelta
 from maas.serving.sampling import SamplingParams
@@ -40,6 +44,9 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 
 _METRICS = RequestMetrics("openai")
 _CLIENT_CLOSED = 499
+#: Version numbers are 32-bit in the registry's tables: a larger one names no version
+#: (and must not reach the database, which would fail on it).
+_MAX_VERSION = 2**31 - 1
 R = TypeVar("R", bound=BaseModel)
 
 
@@ -72,6 +79,25 @@ async def _parse(request: Request, schema: type[R]) -> R:
         raise InvalidRequest(
             f"{param}: {message}" if param else message, details={"param": param}
         ) from None
+
+
+def _model_ref(request: Request, model: str, action: Action) -> ModelRef:
+    """``model`` parsed, once the caller may ``action`` on it. The access check comes
+    first, so a hidden model answers exactly as a missing one, whatever its selector."""
+    ref = parse_ref(model)
+    require(request, action, model=ref.name)
+    if isinstance(ref.selector, int) and ref.selector > _MAX_VERSION:
+        raise ModelNotFound(f"model {ref.name!r} has no version {ref.selector}")
+    return ref
+
+
+@contextmanager
+def _model_not_found() -> Iterator[None]:
+    """A missing version or alias is, to an OpenAI client, a missing model."""
+    try:
+        yield
+    except (VersionNotFound, AliasNotFound) as exc:
+        raise ModelNotFound(exc.message) from None
 
 
 def _sampling(body: oa.ChatCompletionRequest | oa.CompletionRequest) -> SamplingParams:
@@ -159,12 +185,12 @@ async def _generate(
     """The shared life of a chat or completions call: admit, start, then either wait
     for every choice (JSON) or stream them (SSE); meter it whichever way it ends."""
     services = get_services(request)
-    ref = parse_ref(body.model)
-    require(request, Action.INFER, model=ref.name)
+    ref = _model_ref(request, body.model, Action.INFER)
     ticket = await services.admission.admit(principal_of(request.state), ref.name, endpoint)
     call = _Call(request, ticket, ref.name)
     try:
-        generation: Generation = await start()
+        with _model_not_found():
+            generation: Generation = await start()
     except MaasError as exc:
         call.finish(exc.status, None)
         raise
@@ -250,10 +276,17 @@ async def list_models(request: Request) -> Response:
 
 @router.get("/models/{model}", summary="One model (OpenAI)")
 async def get_model(model: str, request: Request) -> Response:
-    require(request, Action.READ, model=parse_ref(model).name)
-    services = get_services(request)
-    info = await asyncio.to_thread(services.registry.get_model, parse_ref(model).name)
-    return json_response(oa.model_card(model, info.created_at.timestamp()))
+    """``name`` is the model; ``name:version`` or ``name:alias`` must resolve too."""
+    ref = _model_ref(request, model, Action.READ)
+    registry = get_services(request).registry
+    with _model_not_found():
+        if ref.selector is None:
+            found = await asyncio.to_thread(registry.get_model, ref.name)
+            created = found.created_at
+        else:
+            version = await asyncio.to_thread(registry.get_version, ref.name, ref.selector)
+            created = version.created_at
+    return json_response(oa.model_card(model, created.timestamp()))
 
 
 _CHAT_EXAMPLE = {
@@ -323,15 +356,14 @@ async def completions(request: Request) -> Response:
 async def embeddings(request: Request) -> Response:
     body = await _parse(request, oa.EmbeddingRequest)
     services = get_services(request)
-    ref = parse_ref(body.model)
-    require(request, Action.INFER, model=ref.name)
+    ref = _model_ref(request, body.model, Action.INFER)
     ticket = await services.admission.admit(
         principal_of(request.state), ref.name, "openai.embeddings"
     )
     started = time.perf_counter()
     version = ""
     try:
-        with ticket:
+        with ticket, _model_not_found():
             result = await services.text.embed(
                 body.model, body.texts, timeout_s=requested_timeout({}, request.headers)
             )
