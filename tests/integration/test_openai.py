@@ -362,6 +362,17 @@ def test_a_full_generation_queue_answers_429(tmp_path: Path) -> None:
         timeout_s=300,
     )
     try:
+        with server.client() as http:  # 2 sequences can never fit in 1 running + 0 waiting
+            body = {"model": "smollm2", "messages": CAPITAL, "max_tokens": 1, "n": 2}
+            error = _openai_error(http.post("/v1/chat/completions", json=body), 400,
+                                  "invalid_request")  # fmt: skip
+            assert error["param"] == "n"
+            body = {"model": "smollm2", "prompt": ["a", "b"], "max_tokens": 1}
+            error = _openai_error(http.post("/v1/completions", json=body), 400,
+                                  "invalid_request")  # fmt: skip
+            assert error["param"] == "prompt"
+            body = {"model": "smollm2", "prompt": ["a"], "max_tokens": 1}
+            assert http.post("/v1/completions", json=body).status_code == 200
         # ignore_eos: the first stream must still hold its slot when the second arrives
         long = {"model": "smollm2", "max_tokens": 300, "stream": True, "ignore_eos": True,
                 "messages": [{"role": "user", "content": "Count to five hundred."}]}  # fmt: skip

@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from maas.errors import ShuttingDown, UnsupportedTask
+from maas.config import GenerationSettings
+from maas.errors import InvalidRequest, ShuttingDown, UnsupportedTask
 from maas.protocols.management import VersionInfo
 from maas.registry.refs import parse_ref
 from maas.runtimes.generation import ChatMessage
@@ -52,8 +53,11 @@ class Embeddings:
 
 
 class TextService:
-    def __init__(self, models: ModelManager) -> None:
+    def __init__(self, models: ModelManager, generation: GenerationSettings | None = None) -> None:
         self._models = models
+        settings = generation or GenerationSettings()
+        #: The most sequences a scheduler ever holds, running and waiting together.
+        self._capacity = settings.max_running + settings.max_waiting
 
     async def _deployment(self, model: str) -> Deployment:
         if self._models.is_shutting_down:
@@ -74,6 +78,7 @@ class TextService:
     async def chat(
         self, model: str, messages: Sequence[ChatMessage], params: SamplingParams, n: int
     ) -> Generation:
+        self._check_fits(1, n)
         deployment, scheduler = await self._scheduler(model)
         prompt = await asyncio.to_thread(scheduler.generator.encode_chat, messages)
         return self._start(deployment, scheduler, [prompt], n, params)
@@ -81,10 +86,23 @@ class TextService:
     async def complete(
         self, model: str, prompts: Sequence[str], params: SamplingParams, n: int
     ) -> Generation:
+        self._check_fits(len(prompts), n)
         deployment, scheduler = await self._scheduler(model)
         encode = scheduler.generator.encode_text
         encoded = await asyncio.to_thread(lambda: [encode(text) for text in prompts])
         return self._start(deployment, scheduler, encoded, n, params)
+
+    def _check_fits(self, prompts: int, n: int) -> None:
+        """A request of more sequences than a scheduler can ever hold is a 400: a 429
+        would tell the caller to retry what can never succeed."""
+        if prompts * n <= self._capacity:
+            return
+        param = "n" if n > 1 else "prompt"
+        raise InvalidRequest(
+            f"{param}: this request needs {prompts * n} sequences ({prompts} prompt(s) "
+            f"x n={n}); this server runs and queues at most {self._capacity} per model",
+            details={"param": param, "sequences": prompts * n, "capacity": self._capacity},
+        )
 
     @staticmethod
     def _start(

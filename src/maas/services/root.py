@@ -100,7 +100,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         keys=_key_store(settings, engine),
         audit=AuditLog(session_factory(engine)),
         admin_key=None,
-        text=TextService(models),
+        text=TextService(models, settings.generation),
         datasets=datasets,
         jobs=jobs,
     )
