@@ -1,8 +1,12 @@
 """``EmbeddingRuntime``: sentence embeddings, pooled and normalised as the model says.
 
 A sentence-transformers directory says how in its own files: ``1_Pooling/config.json``
-(mean, CLS or max pooling), a ``Normalize`` module in ``modules.json``, and the longest
-input in ``sentence_bert_config.json``. A bare encoder gets mean pooling and L2
+(CLS, max, mean, mean/sqrt(length), position-weighted mean or last-token pooling; the
+vectors of several modes are concatenated, as sentence-transformers does), a
+``Normalize`` module in ``modules.json``, and the longest input in
+``sentence_bert_config.json``. A module maas does not implement (``Dense``, ``LayerNorm``
+…) or a pooling flag it does not know refuses the model at push, rather than serving
+vectors the model's authors never meant. A bare encoder gets mean pooling and L2
 normalisation, the common choice. Inputs longer than the model's limit are refused, as
 OpenAI's API does, rather than silently cut.
 """
@@ -16,7 +20,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from maas.errors import ContextLengthExceeded
+from maas.errors import ContextLengthExceeded, UnsupportedArtifact
 from maas.protocols.signature import Signature, TensorSpec
 from maas.runtimes.base import LoadOptions, texts_of
 from maas.runtimes.hf.loading import EMBEDDINGS, read_json
@@ -25,11 +29,28 @@ from maas.runtimes.hf.runtime import TransformersRuntime
 __all__ = ["EmbeddingRuntime", "Pooling"]
 
 
+#: sentence-transformers' pooling flags, in the order it concatenates their vectors.
+_MODES = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+#: modules.json entries maas runs: the encoder itself, pooling, L2 normalisation.
+_MODULES = ("Transformer", "Pooling", "Normalize")
+
+
 @dataclass(frozen=True)
 class Pooling:
-    mode: str = "mean"  # mean | cls | max
+    modes: tuple[str, ...] = ("mean",)
     normalize: bool = True
     max_tokens: int = 512
+
+    @property
+    def mode(self) -> str:
+        return "+".join(self.modes)
 
     @classmethod
     def of(cls, model_dir: Path, model_limit: int) -> Pooling:
@@ -37,20 +58,70 @@ class Pooling:
         if not modules_file.is_file():
             return cls(max_tokens=model_limit)
         modules = read_json_list(modules_file)
-        normalize = any("Normalize" in str(m.get("type", "")) for m in modules)
-        mode = "mean"
-        for module in modules:
-            if "Pooling" in str(module.get("type", "")):
-                config = read_json(model_dir / str(module.get("path", "")) / "config.json")
-                if config.get("pooling_mode_cls_token"):
-                    mode = "cls"
-                elif config.get("pooling_mode_max_tokens"):
-                    mode = "max"
+        kinds = [str(m.get("type", "")).rpartition(".")[2] for m in modules]
+        unknown = sorted({kind for kind in kinds if kind not in _MODULES})
+        if unknown:
+            raise UnsupportedArtifact(
+                f"modules.json has modules maas does not implement: {', '.join(unknown)}; "
+                f"maas serves sentence-transformers models made of {', '.join(_MODULES)}"
+            )
+        modes: tuple[str, ...] = ("mean",)
+        for module, kind in zip(modules, kinds, strict=True):
+            if kind == "Pooling":
+                path = model_dir / str(module.get("path", "")) / "config.json"
+                modes = _pooling_modes(read_json(path))
         limit = model_limit
         bert_config = model_dir / "sentence_bert_config.json"
         if bert_config.is_file():
             limit = int(read_json(bert_config).get("max_seq_length", model_limit))
-        return cls(mode=mode, normalize=normalize, max_tokens=min(limit, model_limit))
+        return cls(modes, normalize="Normalize" in kinds, max_tokens=min(limit, model_limit))
+
+    def pool(self, hidden: Any, attention_mask: Any) -> Any:
+        """One vector per row of ``hidden`` (batch, tokens, features), from the tokens
+        ``attention_mask`` marks; the same for a text alone or padded in a batch."""
+        import torch
+
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        counts = mask.sum(dim=1).clamp(min=1e-9)
+        vectors = []
+        for mode in self.modes:
+            if mode == "cls":
+                vectors.append(hidden[:, 0])
+            elif mode == "max":
+                vectors.append(hidden.masked_fill(mask == 0, -1e9).max(dim=1).values)
+            elif mode in ("mean", "mean_sqrt_len"):
+                total = (hidden * mask).sum(dim=1)
+                vectors.append(total / (counts if mode == "mean" else counts.sqrt()))
+            elif mode == "weightedmean":
+                # Weights 1, 2, … by position among the real tokens: what
+                # sentence-transformers gives with right padding, under left padding too.
+                weights = attention_mask.cumsum(dim=1).unsqueeze(-1).to(hidden.dtype) * mask
+                total = (hidden * weights).sum(dim=1)
+                vectors.append(total / weights.sum(dim=1).clamp(min=1e-9))
+            else:
+                assert mode == "lasttoken"
+                # The last marked token, whichever side the tokenizer pads.
+                length = attention_mask.shape[1]
+                last = length - 1 - attention_mask.flip(1).to(torch.int64).argmax(dim=1)
+                vectors.append(hidden[torch.arange(hidden.shape[0]), last])
+        return vectors[0] if len(vectors) == 1 else torch.cat(vectors, dim=1)
+
+
+def _pooling_modes(config: dict[str, Any]) -> tuple[str, ...]:
+    """The modes a sentence-transformers pooling config turns on; an unknown mode that
+    is on, or none at all, refuses the model."""
+    unknown = sorted(
+        key for key, value in config.items()
+        if value and key.startswith("pooling_mode_") and key not in _MODES
+    )  # fmt: skip
+    if unknown:
+        raise UnsupportedArtifact(
+            f"the pooling config sets {', '.join(unknown)}, which maas does not implement"
+        )
+    modes = tuple(mode for key, mode in _MODES.items() if config.get(key))
+    if not modes:
+        raise UnsupportedArtifact("the pooling config turns on no pooling mode")
+    return modes
 
 
 def read_json_list(path: Path) -> list[dict[str, Any]]:
@@ -68,7 +139,7 @@ class EmbeddingRuntime(TransformersRuntime):
         self._tokenizer = tokenizer
         self.model_dir = model_dir
         self.pooling = pooling
-        self.dimensions = int(model.config.hidden_size)
+        self.dimensions = int(model.config.hidden_size) * len(pooling.modes)
         self.signature = Signature(
             inputs=[TensorSpec(name="text", datatype="BYTES", shape=[-1])],
             outputs=[
@@ -116,13 +187,7 @@ class EmbeddingRuntime(TransformersRuntime):
             )
         with torch.inference_mode():
             hidden = self._model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        if self.pooling.mode == "cls":
-            pooled = hidden[:, 0]
-        elif self.pooling.mode == "max":
-            pooled = hidden.masked_fill(mask == 0, float("-inf")).max(dim=1).values
-        else:
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        pooled = self.pooling.pool(hidden, batch["attention_mask"])
         if self.pooling.normalize:
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
         result = {
