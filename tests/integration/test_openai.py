@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,6 +90,20 @@ def _openai_error(response: httpx.Response, status: int, code: str) -> dict[str,
     return error
 
 
+def _wait_for_metric(server: RunningServer, name: str, value: float, **labels: str) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if _metric(server, name, **labels) == value:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"{name} {labels} never reached {value}: {_metric(server, name, **labels)}")
+
+
+def _prompt_tokens(messages: list[dict[str, str]]) -> int:
+    ids = _tokenizer().apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return len(ids["input_ids"] if not isinstance(ids, list) else ids)
+
+
 def test_greedy_chat_answers_paris_with_exact_usage(llm: RunningServer) -> None:
     answer = _sdk(llm).chat.completions.create(
         model="smollm2", messages=CAPITAL, temperature=0, max_tokens=32
@@ -144,11 +161,16 @@ def test_length_stop_n_and_seed(llm: RunningServer) -> None:
     short = sdk.chat.completions.create(model="smollm2", messages=CAPITAL, max_tokens=2)
     assert short.choices[0].finish_reason == "length"
     assert short.usage is not None and short.usage.completion_tokens == 2
+    unstopped = sdk.chat.completions.create(
+        model="smollm2", messages=CAPITAL, temperature=0, max_tokens=32
+    ).choices[0]
+    whole = unstopped.message.content or ""
+    assert "Paris" in whole  # else the stop below could not take effect
     stopped = sdk.chat.completions.create(
         model="smollm2", messages=CAPITAL, temperature=0, stop=["Paris"], max_tokens=32
-    )
-    assert "Paris" not in (stopped.choices[0].message.content or "")
-    assert stopped.choices[0].finish_reason == "stop"
+    ).choices[0]
+    assert stopped.message.content == whole[: whole.index("Paris")]  # cut right before it
+    assert stopped.finish_reason == "stop"
     story = [{"role": "user", "content": "Tell me a story about a dragon."}]
 
     def sample(seed: int) -> list[str]:
@@ -232,12 +254,17 @@ def test_errors_have_openai_shape_and_status(llm: RunningServer) -> None:
 
 
 def test_token_limits_refuse_with_429(llm: RunningServer) -> None:
-    key = _key(llm, models=["smollm2"], limits={"tokens_per_minute": 20})
+    key = _key(llm, models=["smollm2", "minilm"], limits={"tokens_per_minute": 20})
     sdk = _sdk(llm, key)
     sdk.chat.completions.create(model="smollm2", messages=CAPITAL, max_tokens=4)  # 37+4 tokens
     with pytest.raises(openai.RateLimitError) as refused:
         sdk.chat.completions.create(model="smollm2", messages=CAPITAL, max_tokens=4)
     assert int(refused.value.response.headers["retry-after"]) >= 1
+    error = _openai_error(refused.value.response, 429, "rate_limited")
+    assert error["type"] == "rate_limit_error"
+    with pytest.raises(openai.RateLimitError) as embedding:  # the same budget
+        sdk.embeddings.create(model="minilm", input="hi")
+    assert int(embedding.value.response.headers["retry-after"]) >= 1
 
 
 def test_tokens_are_metered_per_key(llm: RunningServer) -> None:
@@ -307,6 +334,56 @@ def test_v2_infer_on_the_chat_model(llm: RunningServer) -> None:
     assert output["name"] == "text" and "Paris" in output["data"][0]
 
 
+def test_max_completion_tokens_wins_over_max_tokens(llm: RunningServer) -> None:
+    answer = _sdk(llm).chat.completions.create(
+        model="smollm2", messages=CAPITAL, temperature=0, max_tokens=20, max_completion_tokens=3
+    )
+    assert answer.usage is not None and answer.usage.completion_tokens == 3
+    assert answer.choices[0].finish_reason == "length"
+
+
+def test_system_and_assistant_turns_reach_the_chat_template(llm: RunningServer) -> None:
+    sdk = _sdk(llm)
+    talk: list[dict[str, str]] = [
+        {"role": "system", "content": "You are a pirate. Answer like one."},
+        {"role": "user", "content": "Hello there."},
+        {"role": "assistant", "content": "Arr, ahoy matey!"},
+        *CAPITAL,
+    ]
+
+    def prompt_tokens(messages: list[dict[str, str]]) -> int:
+        answer = sdk.chat.completions.create(
+            model="smollm2",
+            messages=messages,
+            temperature=0,
+            max_tokens=1,  # type: ignore[arg-type]
+        )
+        assert answer.usage is not None
+        return answer.usage.prompt_tokens
+
+    assert prompt_tokens(talk) == _prompt_tokens(talk) != _prompt_tokens(CAPITAL)
+    as_developer = [{**talk[0], "role": "developer"}, *talk[1:]]  # OpenAI's newer name
+    assert prompt_tokens(as_developer) == _prompt_tokens(talk)
+
+
+def test_top_p_narrows_sampling_to_the_likeliest_token(llm: RunningServer) -> None:
+    sdk = _sdk(llm)
+    story = [{"role": "user", "content": "Tell me a story about a dragon."}]
+
+    def answers(**sampling: Any) -> list[str]:
+        answer = sdk.chat.completions.create(
+            model="smollm2",
+            messages=story,
+            max_tokens=12,
+            **sampling,  # type: ignore[arg-type]
+        )
+        return [choice.message.content or "" for choice in answer.choices]
+
+    (greedy,) = answers(temperature=0)
+    assert answers(temperature=1.5, top_p=0.001, n=2, seed=5) == [greedy, greedy]
+    assert answers(temperature=1.5, top_p=1.0, n=2, seed=5) != [greedy, greedy]
+
+
 def test_seed_takes_openai_signed_64_bit_range(llm: RunningServer) -> None:
     sdk = _sdk(llm)
 
@@ -347,6 +424,176 @@ def test_an_unresolvable_model_reference_is_model_not_found(llm: RunningServer) 
     card = _sdk(llm).models.retrieve("iris:1")
     assert (card.id, card.object) == ("iris:1", "model")
     assert _sdk(llm).models.retrieve("iris").id == "iris"
+
+
+def test_streamed_completions_match_the_answer_with_usage(llm: RunningServer) -> None:
+    sdk = _sdk(llm)
+    whole = sdk.completions.create(
+        model="smollm2", prompt="The sea is", max_tokens=12, temperature=0
+    )
+    chunks = list(
+        sdk.completions.create(
+            model="smollm2", prompt="The sea is", max_tokens=12, temperature=0, stream=True,
+            stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    assert {chunk.object for chunk in chunks} == {"text_completion"}
+    pieces = [chunk.choices[0] for chunk in chunks if chunk.choices]
+    assert len([p for p in pieces if p.text]) > 3
+    assert "".join(p.text for p in pieces) == whole.choices[0].text
+    assert [p.finish_reason for p in pieces][-1] == whole.choices[0].finish_reason
+    assert {p.finish_reason for p in pieces[:-1]} == {None}
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+
+
+def test_n_choices_stream_each_index_with_usage(llm: RunningServer) -> None:
+    sdk = _sdk(llm)
+    story = [{"role": "user", "content": "Tell me a story about a dragon."}]
+    sampling: dict[str, Any] = {"n": 3, "seed": 11, "temperature": 1.0, "max_tokens": 10}
+    whole = sdk.chat.completions.create(model="smollm2", messages=story, **sampling)  # type: ignore[arg-type]
+    chunks = list(
+        sdk.chat.completions.create(
+            model="smollm2", messages=story, stream=True,  # type: ignore[arg-type]
+            stream_options={"include_usage": True}, **sampling,
+        )
+    )  # fmt: skip
+    texts: dict[int, str] = {}
+    finishes: dict[int, list[str | None]] = {}
+    roles: dict[int, str | None] = {}
+    for chunk in chunks[:-1]:
+        (choice,) = chunk.choices
+        roles.setdefault(choice.index, choice.delta.role)  # the first chunk names the role
+        texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+        finishes.setdefault(choice.index, []).append(choice.finish_reason)
+    assert roles == {0: "assistant", 1: "assistant", 2: "assistant"}
+    # Seeded choices are repeatable: each index streams exactly its non-streamed text.
+    assert texts == {c.index: c.message.content for c in whole.choices}
+    assert len(set(texts.values())) > 1
+    for choice in whole.choices:  # one finish per choice, on its last chunk
+        assert finishes[choice.index][-1] == choice.finish_reason
+        assert set(finishes[choice.index][:-1]) == {None}
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+
+
+def test_a_non_streaming_client_that_hangs_up_frees_its_sequence(llm: RunningServer) -> None:
+    _wait_for_metric(llm, "maas_sequences_running", 0, model="smollm2")
+    count = [{"role": "user", "content": "Count from one to one thousand."}]
+    # ignore_eos: only the hang-up can end it within the wait (2000 tokens take minutes)
+    body = json.dumps({"model": "smollm2", "messages": count, "max_tokens": 2000,
+                       "ignore_eos": True}).encode()  # fmt: skip
+    host, port = llm.hostport.rsplit(":", 1)
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {llm.hostport}\r\n"
+        f"Authorization: Bearer {llm.api_key}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port))) as raw:
+        raw.sendall(head.encode() + body)
+        _wait_for_metric(llm, "maas_sequences_running", 1, model="smollm2")
+    _wait_for_metric(llm, "maas_sequences_running", 0, model="smollm2")
+
+
+def test_sequences_past_the_running_batch_wait_and_leave_with_their_caller(
+    llm: RunningServer,
+) -> None:
+    _wait_for_metric(llm, "maas_sequences_running", 0, model="smollm2")
+    itl_before = _metric(llm, "maas_inter_token_latency_seconds_count", model="smollm2")
+    count = [{"role": "user", "content": "Count from one to one thousand."}]
+    # 16 choices fill the demo's running batch (max_running 16); 2 more must wait.
+    body = {"model": "smollm2", "messages": count, "max_tokens": 500, "ignore_eos": True,
+            "stream": True, "temperature": 0}  # fmt: skip
+    with (
+        llm.client() as http,
+        http.stream("POST", "/v1/chat/completions", json={**body, "n": 16}) as full,
+    ):
+        lines = full.iter_lines()  # held: a dropped iterator closes the connection
+        next(lines)
+        with http.stream("POST", "/v1/chat/completions", json={**body, "n": 2}) as queued:
+            queued_lines = queued.iter_lines()
+            next(queued_lines)
+            # (the running gauge is set after each step, the waiting one at each admission)
+            _wait_for_metric(llm, "maas_sequences_running", 16, model="smollm2")
+            _wait_for_metric(llm, "maas_sequences_waiting", 2, model="smollm2")
+    _wait_for_metric(llm, "maas_sequences_waiting", 0, model="smollm2")
+    _wait_for_metric(llm, "maas_sequences_running", 0, model="smollm2")
+    assert _metric(llm, "maas_inter_token_latency_seconds_count", model="smollm2") > itl_before
+
+
+def test_concurrent_embedding_requests_share_a_batch(llm: RunningServer) -> None:
+    def shared() -> float:  # batches of more than one row
+        total = _metric(llm, "maas_batch_size_count", model="minilm")
+        return total - _metric(llm, "maas_batch_size_bucket", model="minilm", le="1.0")
+
+    before = shared()
+    clients = [llm.client() for _ in range(12)]
+    for http in clients:  # connected before the race starts
+        http.get("/health/live")
+    start = threading.Barrier(len(clients))
+
+    def one(index: int) -> None:
+        start.wait()
+        body = {"model": "minilm", "input": f"sentence number {index}"}  # one row each
+        response = clients[index].post("/v1/embeddings", json=body)
+        assert response.status_code == 200, response.text
+
+    try:
+        for _ in range(5):  # each round is one race of 12 one-row requests
+            with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
+                list(pool.map(one, range(len(clients))))
+            if shared() > before:
+                return
+    finally:
+        for http in clients:
+            http.close()
+    pytest.fail("no batch ever held more than one request's row")
+
+
+def test_embedding_tokens_are_metered_per_key(llm: RunningServer) -> None:
+    key = _key(llm, models=["minilm"])
+    texts = ["A man is eating food.", "The stock market fell sharply on Monday."]
+    answer = _sdk(llm, key).embeddings.create(model="minilm", input=texts)
+    encoded = AutoTokenizer.from_pretrained(minilm_dir())(texts)["input_ids"]
+    counted = sum(len(ids) for ids in encoded)
+    assert answer.usage.prompt_tokens == counted
+    rows: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # usage records are written in batches
+        with llm.client(headers={"Authorization": f"Bearer {key}"}) as http:
+            rows = http.get("/api/v1/usage", params={"group_by": "key"}).json()["rows"]
+        if rows and rows[0]["prompt_tokens"] == counted:
+            assert rows[0]["completion_tokens"] == 0
+            return
+        time.sleep(0.3)
+    pytest.fail(f"usage never showed {counted} prompt tokens: {rows}")
+
+
+def test_a_consumer_key_meets_hidden_models_and_management_as_openai_expects(
+    llm: RunningServer,
+) -> None:
+    key = _key(llm, role="consumer", models=["minilm*"])
+    bearer = {"Authorization": f"Bearer {key}"}
+
+    def refusal(path: str, model: str, **body: Any) -> tuple[int, dict[str, Any]]:
+        with llm.client(headers=bearer) as http:
+            response = http.post(path, json={"model": model, **body})
+        error = _openai_error(response, 404, "model_not_found")
+        error["message"] = error["message"].replace(model.partition(":")[0], "MODEL")
+        return response.status_code, response.json() | {"request_id": None, "error": error}
+
+    for path, body in (
+        ("/v1/chat/completions", {"messages": CAPITAL, "max_tokens": 1}),
+        ("/v1/embeddings", {"input": "hi"}),
+    ):
+        # smollm2 exists but is outside the key's patterns; minilm-ghost matches and is missing
+        assert refusal(path, "smollm2", **body) == refusal(path, "minilm-ghost", **body)
+        assert refusal(path, "smollm2:1", **body) == refusal(path, "minilm-ghost:1", **body)
+    with llm.client(headers=bearer) as http:
+        forbidden = http.post("/api/v1/keys", json={"name": "escalate", "role": "admin"})
+        assert forbidden.status_code == 403, forbidden.text
+        assert forbidden.json()["code"] == "forbidden"
+        assert isinstance(forbidden.json()["error"], str)  # maas's shape off /v1
+        openai_forbidden = http.get("/v1/models/smollm2")  # hidden: as missing, not 403
+        _openai_error(openai_forbidden, 404, "model_not_found")
 
 
 def test_a_full_generation_queue_answers_429(tmp_path: Path) -> None:
