@@ -65,10 +65,12 @@ def _key(server: RunningServer, **spec: Any) -> str:
 
 
 def _tokenizer() -> Any:
-    """The tokenizer the servers use: the dequantized copy in the session's shared cache."""
+    """The tokenizer the servers use: a dequantized copy in the session's shared cache
+    (SmolLM2 is the only GGUF the tests use; a copy of it dequantized in process has
+    another cache key, and the same tokenizer)."""
     root = Path(os.environ["MAAS_CACHE_DIR"]) / "gguf"
-    (directory,) = [p for p in root.iterdir() if not p.name.startswith(".")]
-    return AutoTokenizer.from_pretrained(directory)
+    copies = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    return AutoTokenizer.from_pretrained(copies[0])
 
 
 def _metric(server: RunningServer, name: str, **labels: str) -> float:
