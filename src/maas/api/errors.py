@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from maas.errors import InvalidRequest, MaasError, QuotaExceeded, RateLimited
 
-__all__ = ["error_response", "install_error_handlers", "is_openai_path"]
+__all__ = ["error_response", "install_error_handlers", "is_openai_path", "response_for"]
 
 log = logging.getLogger("maas.api")
 
@@ -91,20 +91,34 @@ def error_response(
     )
 
 
-async def _maas_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, MaasError)
+def response_for(exc: Exception, *, path: str, request_id: str | None) -> Response:
+    """The answer to an exception raised while handling a request: a ``MaasError``
+    with its status and code, anything else a 500 whose details go to the log only."""
+    if not isinstance(exc, MaasError):
+        log.exception("unhandled error (request %s)", request_id, exc_info=exc)
+        return error_response(
+            HTTPStatus.INTERNAL_SERVER_ERROR,
+            MaasError.code,
+            "internal server error; the server log has details under this request id",
+            request_id=request_id,
+            path=path,
+        )
     if exc.status >= 500:
-        log.error("%s: %s (request %s)", exc.code, exc.message, _request_id(request))
+        log.error("%s: %s (request %s)", exc.code, exc.message, request_id)
     return error_response(
         exc.status,
         exc.code,
         exc.message,
         details=exc.details,
-        request_id=_request_id(request),
+        request_id=request_id,
         retry_after=exc.retry_after,
         headers=_rate_limit_headers(exc),
-        path=request.url.path,
+        path=path,
     )
+
+
+async def _maas_error(request: Request, exc: Exception) -> Response:
+    return response_for(exc, path=request.url.path, request_id=_request_id(request))
 
 
 def _rate_limit_headers(exc: MaasError) -> dict[str, str] | None:
@@ -149,20 +163,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    request_id = _request_id(request)
-    log.exception("unhandled error (request %s)", request_id, exc_info=exc)
-    return error_response(
-        HTTPStatus.INTERNAL_SERVER_ERROR,
-        MaasError.code,
-        "internal server error; the server log has details under this request id",
-        request_id=request_id,
-        path=request.url.path,
-    )
-
-
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(MaasError, _maas_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_exception_handler(Exception, _maas_error)

@@ -7,16 +7,18 @@ through pydantic: the body is decoded by ``maas.protocols.v2`` straight into num
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Mapping
 
 import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from maas.api.access import require
 from maas.api.deps import get_services, parse_selector
+from maas.api.errors import response_for
 from maas.api.lifetime import disconnect_of, requested_timeout
 from maas.api.responses import json_response
 from maas.auth.admission import principal_of
@@ -32,7 +34,7 @@ from maas.protocols.v2 import (
     parse_header_length,
 )
 
-__all__ = ["FAST_ROUTES", "router"]
+__all__ = ["answer_infer", "infer_target", "router"]
 
 router = APIRouter(prefix="/v2/models", tags=["v2"])
 
@@ -190,21 +192,33 @@ async def model_version_ready(model: str, version: str, request: Request) -> Res
     return await _ready(request, model, version)
 
 
-async def _infer_endpoint(request: Request) -> Response:
-    params = request.path_params
-    return await _observed_infer(request, params["model"], params.get("version"))
+_INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 
 
-#: Both infer paths as plain Starlette routes, which ``create_app`` puts first: FastAPI's
-#: per-request work (matching through included routers, dependency solving, body-limit
-#: and exit-stack wrappers) was half the Python calls of an inference
-#: (benchmarks/README.md). The FastAPI routes below document them in /docs.
-FAST_ROUTES = (
-    Route("/v2/models/{model}/infer", _infer_endpoint, methods=["POST"]),
-    Route("/v2/models/{model}/versions/{version}/infer", _infer_endpoint, methods=["POST"]),
-)
+def infer_target(scope: Scope) -> tuple[str, str | None] | None:
+    """``(model, version)`` when ``scope`` is a V2 inference call, else None."""
+    if scope["type"] != "http" or scope["method"] != "POST":
+        return None
+    match = _INFER_PATH.fullmatch(scope["path"])
+    return (match[1], match[2]) if match else None
 
 
+async def answer_infer(
+    scope: Scope, receive: Receive, send: Send, target: tuple[str, str | None]
+) -> None:
+    """Answer a V2 inference call without FastAPI (``maas.api.gateway``): its route
+    matching, dependency solving and wrappers were half the Python calls of an
+    inference. Errors are rendered here, as FastAPI's handlers would render them."""
+    request = Request(scope, receive, send)
+    try:
+        response = await _observed_infer(request, *target)
+    except Exception as exc:
+        state = scope.get("state", {})
+        response = response_for(exc, path=scope["path"], request_id=state.get("request_id"))
+    await response(scope, receive, send)
+
+
+# The FastAPI routes document inference in /docs; the gateway answers it before them.
 @router.post("/{model}/infer", summary="Inference (default version)", openapi_extra=_INFER_DOC)
 async def infer(model: str, request: Request) -> Response:
     return await _observed_infer(request, model, None)
