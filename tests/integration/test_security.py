@@ -16,8 +16,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import sklearn.datasets
 import skops.io
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
 
 import maas.errors
 from maas.client import Client
@@ -380,6 +383,32 @@ def test_traversal_names_and_pickles_are_refused(tmp_path: Path, server: Running
         pytest.raises(maas.errors.UntrustedArtifact),
     ):
         client.push(path, "pickled")
+
+
+def test_skops_pipeline_calling_a_sklearn_function_is_refused(
+    tmp_path: Path, server: RunningServer, iris_model: LogisticRegression
+) -> None:
+    """A ``FunctionTransformer`` over ``sklearn.datasets.dump_svmlight_file`` would write
+    a file wherever it is told at every ``predict``: a scikit-learn name is not enough."""
+    target = tmp_path / "written-by-predict"
+    features = np.zeros((3, 4))
+    dump = FunctionTransformer(
+        sklearn.datasets.dump_svmlight_file, kw_args={"f": str(target), "y": np.zeros(3)}
+    )
+    exploit = Pipeline([("dump", dump.fit(features)), ("clf", iris_model)])
+    path = tmp_path / "exploit.skops"
+    skops.io.dump(exploit, path)
+    with server.client() as http:
+        pushed = http.post(
+            "/api/v1/models/exploit/versions",
+            params={"filename": "exploit.skops", "alias": "production"},
+            content=path.read_bytes(),
+        )
+        assert (pushed.status_code, pushed.json()["code"]) == (422, "untrusted_artifact")
+        assert "dump_svmlight_file" in pushed.json()["details"]["types"][0]
+        answer = http.post("/v2/models/exploit/infer", json=ROW)
+        assert answer.status_code == 404
+    assert not target.exists()
 
 
 def test_cors_answers_only_listed_origins(server: RunningServer) -> None:

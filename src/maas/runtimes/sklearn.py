@@ -1,7 +1,9 @@
 """scikit-learn models from ``.skops`` (safe) or, on a trusting server, pickle/joblib.
 
-skops lists the types a file would instantiate; only types from scikit-learn, numpy
-and scipy are trusted. Anything else (a user class, ``builtins.eval``…) is refused.
+skops lists the types a file would instantiate beyond those it trusts by default;
+only the reviewed classes of ``maas.runtimes.skops_trust`` are accepted among them.
+Anything else (a user class, ``builtins.eval``, a scikit-learn function…) is refused,
+and the loaded model's index arrays are checked before it may run.
 """
 
 from __future__ import annotations
@@ -16,10 +18,9 @@ import numpy as np
 from maas.errors import RuntimeFailure, UnsupportedArtifact, UntrustedArtifact
 from maas.protocols.signature import Signature, TensorSpec
 from maas.runtimes.base import LoadOptions, Runtime
+from maas.runtimes.skops_trust import REVIEWED_TYPES, check_structures
 
 __all__ = ["SklearnRuntime", "estimator_signature", "load_estimator"]
-
-_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "collections.OrderedDict")
 
 
 def _load_skops(path: Path) -> Any:
@@ -29,13 +30,20 @@ def _load_skops(path: Path) -> Any:
         untrusted = skops.io.get_untrusted_types(file=path)
     except Exception as exc:  # a broken zip or schema
         raise UnsupportedArtifact(f"not a readable .skops file ({type(exc).__name__})") from None
-    refused = [name for name in untrusted if not name.startswith(_TRUSTED_PREFIXES)]
+    refused = [name for name in untrusted if name not in REVIEWED_TYPES]
     if refused:
         raise UntrustedArtifact(
-            "the .skops file contains types outside scikit-learn, numpy and scipy",
+            "the .skops file contains types maas does not trust (only scikit-learn "
+            "estimators, numpy and scipy data and reviewed classes; no functions)",
             details={"types": refused[:20]},
         )
-    return skops.io.load(path, trusted=untrusted)
+    try:
+        estimator = skops.io.load(path, trusted=untrusted)
+    except Exception as exc:  # a file that lists trusted types but does not build
+        reason = type(exc).__name__
+        raise UnsupportedArtifact(f"could not load the .skops file ({reason})") from None
+    check_structures(estimator)
+    return estimator
 
 
 def _load_pickle(path: Path) -> Any:
