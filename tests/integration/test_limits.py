@@ -187,3 +187,30 @@ def test_two_servers_share_one_limit_through_redis(
         assert client.exists(f"{redis_prefix}:{{{key_id}}}:rpm") == 1
     finally:
         client.close()
+
+
+def test_names_no_model_can_have_never_stop_usage_or_audit_writes(
+    tmp_path: Path, servers: list[RunningServer], postgres_schema_url: str
+) -> None:
+    """A NUL byte or 300 characters in a URL's model name: refused 400 before metering,
+    and on PostgreSQL (which refuses both in a row) the next calls are still written."""
+    env = {"MAAS_DATABASE_URL": postgres_schema_url}
+    servers.append(server := _start(tmp_path / "home", "--demo", env=env))
+    key_id, key = _create_key(server)
+    with server.client(headers=_bearer(key)) as http:
+        for name in ("%00", "a%00b", "m" * 300):
+            bad = http.post(f"/v2/models/{name}/infer", json=IRIS)
+            assert (bad.status_code, bad.json()["code"]) == (400, "invalid_name"), bad.text
+        assert http.post("/v2/models/iris/infer", json=IRIS).status_code == 200
+    rows = _usage(server, ADMIN_KEY, key=key_id, group_by="model")
+    assert [(r["model"], r["requests"]) for r in rows] == [("iris", 1)]
+
+    with server.client(headers=_bearer(ADMIN_KEY)) as http:
+        refused = http.delete("/api/v1/models/%00")
+        assert (refused.status_code, refused.json()["code"]) == (400, "invalid_name")
+        assert http.delete(f"/api/v1/keys/{key_id}").status_code == 204
+        audit = http.get("/api/v1/audit", params={"limit": 50})
+    assert audit.status_code == 200, audit.text
+    records = [(r["action"], r["target"], r["outcome"]) for r in audit.json()]
+    assert ("key.revoke", key_id, "ok") in records
+    assert ("model.delete", "\ufffd", "denied") in records

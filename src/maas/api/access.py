@@ -3,9 +3,11 @@
 ``require`` answers a model the caller may not see exactly as a model that does not
 exist (404 ``model_not_found``, the registry's own message), so a key learns nothing
 about other teams' models. The role check comes first and names no model, so a
-consumer pushing gets 403 whether or not the model exists. ``audited`` wraps a
-management action: it checks, runs the action and appends one audit record of how it
-ended.
+consumer pushing gets 403 whether or not the model exists. Then a model name that
+could not be registered (a NUL byte, past 128 characters…) is refused, 400
+``invalid_name``: such a name from a URL path must reach no lookup, usage record or
+metric label. ``audited`` wraps a management action: it checks, runs the action and
+appends one audit record of how it ended.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from starlette.requests import Request
 from maas.auth.audit import AuditEntry, AuditLog, Outcome
 from maas.auth.principal import ANONYMOUS_ADMIN, Action, Principal
 from maas.errors import Forbidden, MaasError, ModelNotFound
+from maas.registry.names import validate_name
 
 __all__ = ["AuditNote", "audited", "caller", "require", "visible"]
 
@@ -32,13 +35,15 @@ def caller(request: Request) -> Principal:
 
 
 def require(request: Request, action: Action, *, model: str | None = None) -> Principal:
-    """The caller, if it may do ``action`` (on ``model``); else ``Forbidden`` or
-    ``ModelNotFound``."""
+    """The caller, if it may do ``action`` (on ``model``); else ``Forbidden``,
+    ``InvalidName`` or ``ModelNotFound``."""
     principal = caller(request)
     if not principal.allows(action):
         raise Forbidden(f"a {principal.role.value} key may not {action.value}")
-    if model is not None and not principal.can_see(model):
-        raise ModelNotFound(f"model {model!r} not found")
+    if model is not None:
+        validate_name("model", model)
+        if not principal.can_see(model):
+            raise ModelNotFound(f"model {model!r} not found")
     return principal
 
 

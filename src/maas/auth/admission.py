@@ -16,6 +16,9 @@ negative, its tokens are taken afterwards (the bucket may go below zero), and th
 *next* calls are refused until the bucket refills. Token budgets work the same way.
 
 A key without limits costs one dataclass comparison and a list append: no await.
+``admit`` refuses a model name that could not be registered (``InvalidName``) before
+anything is metered: routes check names first, this keeps the usage table safe
+whatever a route forgets.
 
 ``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset`` (seconds until the limit is
 whole again) describe the limit that refused the call, or else the first the key has
@@ -37,6 +40,7 @@ from maas.auth.quotas import Budget, budget_window
 from maas.auth.ratelimit import Bucket, RateLimitBackend, Verdict
 from maas.auth.usage import MeteredCall, UsageLedger
 from maas.errors import MaasError, QuotaExceeded, RateLimited
+from maas.registry.names import validate_name
 
 __all__ = ["Admission", "Ticket", "principal_of"]
 
@@ -205,7 +209,9 @@ class Admission:
         self._charges: set[asyncio.Task[None]] = set()
 
     async def admit(self, principal: Principal, model: str, endpoint: str) -> Ticket:
-        """Admit a call or raise ``RateLimited``/``QuotaExceeded`` (after recording it)."""
+        """Admit a call or raise ``RateLimited``/``QuotaExceeded`` (after recording it);
+        ``InvalidName`` for a model name that cannot exist (recorded nowhere)."""
+        validate_name("model", model)
         started = time.perf_counter()
         limits = principal.limits
         if limits is _UNLIMITED or limits == _UNLIMITED:

@@ -2,7 +2,9 @@
 
 Records are append-only rows of ``audit_events``. ``AuditLog.record`` only appends to
 a list and schedules one write task, so a management call never waits on the audit
-insert; ``aclose`` writes what is left, so a clean stop loses nothing. Failed logins
+insert; ``aclose`` writes what is left, so a clean stop loses nothing. A record the
+database refuses for its content is dropped alone (``maas.registry.appends``); the
+others are written, or kept for a retry while the database is down. Failed logins
 are folded to one record per source address per minute: a password-guessing client
 must not be able to flood the log (or the database) at request rate.
 """
@@ -16,11 +18,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import insert, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from maas.protocols.keys import AuditRecord
+from maas.registry.appends import append_rows, fit_row
 from maas.registry.tables import AuditEvent
 
 __all__ = ["AUTH_FAILURE", "AuditEntry", "AuditLog", "Outcome"]
@@ -30,6 +32,7 @@ log = logging.getLogger("maas.audit")
 Outcome = Literal["ok", "denied", "error"]
 AUTH_FAILURE = "auth.failure"
 _MAX_BURST_SOURCES = 10_000
+_MAX_PENDING = 100_000  # kept for retry while the database is down; the oldest go first
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +82,11 @@ class AuditLog:
             batch, self._pending = self._pending, []
             if not batch:
                 return
-            try:
-                await asyncio.to_thread(self._insert, batch)
-            except SQLAlchemyError as exc:
-                log.error("audit write failed, %d records kept for retry: %s", len(batch), exc)
-                self._pending = batch + self._pending
+            done = await asyncio.to_thread(self._insert, batch)
+            if done < len(batch):
+                keep = batch[done:][-_MAX_PENDING:]
+                log.error("audit write failed, %d records kept for retry", len(keep))
+                self._pending = keep + self._pending
 
     async def aclose(self) -> None:
         if self._writer is not None:
@@ -92,23 +95,27 @@ class AuditLog:
         if self._pending:
             log.error("%d audit records could not be written at shutdown", len(self._pending))
 
-    def _insert(self, batch: list[AuditEntry]) -> None:
+    def _insert(self, batch: list[AuditEntry]) -> int:
+        """Write ``batch``; return how many entries are done with (see ``append_rows``)."""
+        table: Table = AuditEvent.__table__  # type: ignore[assignment]  # a Table, typed FromClause
         rows = [
-            {
-                "at": e.at,
-                "actor_key_id": e.actor_key_id,
-                "actor_name": e.actor_name[:128],
-                "action": e.action,
-                "target": e.target[:255],
-                "source": e.source,
-                "outcome": e.outcome,
-                "code": e.code,
-                "details": e.details,
-            }
+            fit_row(
+                table,
+                {
+                    "at": e.at,
+                    "actor_key_id": e.actor_key_id,
+                    "actor_name": e.actor_name,
+                    "action": e.action,
+                    "target": e.target,
+                    "source": e.source,
+                    "outcome": e.outcome,
+                    "code": e.code,
+                    "details": e.details,
+                },
+            )
             for e in batch
         ]
-        with self._sessions() as session, session.begin():
-            session.execute(insert(AuditEvent), rows)
+        return append_rows(self._sessions, table, rows)
 
     def query(
         self,

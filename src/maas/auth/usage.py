@@ -6,7 +6,9 @@ await and no lock. A background task writes what has gathered every
 a worker thread. A plain list with an event does what an ``asyncio.Queue`` would,
 without a per-item future or a ``put`` to await. ``aclose`` writes everything still
 pending, so a clean stop (SIGTERM) loses nothing; records that cannot be written
-(database down) are kept and retried, up to ``max_pending``.
+(database down) are kept and retried, up to ``max_pending``. A record the database
+refuses for its content is dropped alone (``maas.registry.appends``), so one bad
+record never holds up the others.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, insert, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import ColumnElement, Table, case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from maas.errors import InvalidRequest
+from maas.registry.appends import append_rows, fit_row
 from maas.registry.tables import UsageRecord
 
 __all__ = ["GROUPS", "MeteredCall", "UsageLedger", "parse_group_by"]
@@ -114,11 +116,10 @@ class UsageLedger:
             batch, self._pending = self._pending, []
             if not batch:
                 return
-            try:
-                await asyncio.to_thread(self._insert, batch)
-            except SQLAlchemyError as exc:
-                keep = batch[-self._max_pending :]
-                log.error("usage write failed, %d records kept for retry: %s", len(keep), exc)
+            done = await asyncio.to_thread(self._insert, batch)
+            if done < len(batch):
+                keep = batch[done:][-self._max_pending :]
+                log.error("usage write failed, %d records kept for retry", len(keep))
                 self._pending = keep + self._pending
 
     async def _run(self) -> None:
@@ -128,15 +129,16 @@ class UsageLedger:
             self._wake.clear()
             await self.flush()
 
-    def _insert(self, batch: Sequence[MeteredCall]) -> None:
+    def _insert(self, batch: Sequence[MeteredCall]) -> int:
+        """Write ``batch``; return how many records are done with (see ``append_rows``)."""
+        table: Table = UsageRecord.__table__  # type: ignore[assignment]  # a Table, typed FromClause
         rows = []
         for call in batch:
             at = datetime.fromtimestamp(call.at, UTC)
             row = {name: getattr(call, name) for name in MeteredCall.__slots__}
             row.update(at=at, day=at.date())
-            rows.append(row)
-        with self._sessions() as session, session.begin():
-            session.execute(insert(UsageRecord), rows)
+            rows.append(fit_row(table, row))
+        return append_rows(self._sessions, table, rows)
 
     def summarize(
         self,

@@ -1,4 +1,5 @@
-"""Keys, the resolver cache, the admin key bootstrap and the audit log, on real SQLite."""
+"""Keys, the resolver cache, the admin key bootstrap and the audit log, on real SQLite
+and PostgreSQL (``engine`` from conftest)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 
 from maas.auth.audit import AuditEntry, AuditLog
 from maas.auth.bootstrap import ensure_admin_key
@@ -21,9 +23,7 @@ from maas.registry.tables import ApiKey
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> KeyStore:
-    engine = create_engine_for(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    upgrade_to_head(engine)
+def store(engine: Engine, tmp_path: Path) -> KeyStore:
     return KeyStore(session_factory(engine), KeyHasher.from_file(tmp_path / "auth.secret"))
 
 
@@ -95,9 +95,7 @@ def test_bootstrap_mints_once_and_adopts_the_settings_key(store: KeyStore, tmp_p
         ensure_admin_key(store, tmp_path, "short")
 
 
-def test_audit_log_writes_off_the_caller_and_folds_login_failures(tmp_path: Path) -> None:
-    engine = create_engine_for(f"sqlite:///{tmp_path / 'audit.sqlite'}")
-    upgrade_to_head(engine)
+def test_audit_log_writes_off_the_caller_and_folds_login_failures(engine: Engine) -> None:
     log = AuditLog(session_factory(engine))
 
     async def scenario() -> None:
@@ -113,3 +111,69 @@ def test_audit_log_writes_off_the_caller_and_folds_login_failures(tmp_path: Path
     push = log.query(actor="ci", action="model.push")
     assert len(push) == 1 and push[0].details == {"v": 1} and push[0].at.tzinfo is not None
     assert log.query(since=datetime.now(UTC) + timedelta(minutes=1)) == []
+
+
+def _entry(target: str, **changes: object) -> AuditEntry:
+    fields: dict[str, object] = {
+        "actor_key_id": "k1",
+        "actor_name": "ci",
+        "action": "model.delete",
+        "target": target,
+        "source": "10.0.0.1",
+        "outcome": "denied",
+        "code": "invalid_name",
+        "details": {},
+    }
+    fields.update(changes)
+    return AuditEntry(**fields)  # type: ignore[arg-type]
+
+
+def test_a_bad_audit_record_is_kept_fitted_and_never_blocks_later_ones(engine: Engine) -> None:
+    """A target from a URL path may hold a NUL byte or run past its column: stored
+    fitted, and the records around it (and after it) are written all the same."""
+    log = AuditLog(session_factory(engine))
+
+    async def scenario() -> None:
+        log.record(_entry("first"))
+        log.record(_entry("a\x00b", details={"name\x00": ["x\x00", "\ud800"]}))
+        log.record(_entry("y" * 300, actor_name="n" * 300))
+        await log.flush()
+        log.record(_entry("later"))
+        await log.aclose()
+
+    asyncio.run(scenario())
+    targets = {r.target: r for r in log.query(limit=10)}
+    assert set(targets) == {"first", "a\ufffdb", "y" * 255, "later"}
+    assert targets["a\ufffdb"].details == {"name\ufffd": ["x\ufffd", "?"]}
+    assert targets["y" * 255].actor_name == "n" * 128
+
+
+def test_an_audit_record_the_database_refuses_is_dropped_alone(engine: Engine) -> None:
+    log = AuditLog(session_factory(engine))
+    unserializable = {"value": object()}  # no JSON for it: refused, whatever the backend
+
+    async def scenario() -> None:
+        log.record(_entry("first"))
+        log.record(_entry("bad", details=unserializable))
+        log.record(_entry("last"))
+        await log.aclose()
+
+    asyncio.run(scenario())
+    assert sorted(r.target for r in log.query(limit=10)) == ["first", "last"]
+
+
+def test_audit_records_wait_while_the_database_cannot_take_them(database_url: str) -> None:
+    engine = create_engine_for(database_url)
+    log = AuditLog(session_factory(engine))
+    try:
+        asyncio.run(_record_and_flush(log, _entry("before")))
+        upgrade_to_head(engine)
+        asyncio.run(_record_and_flush(log, _entry("after")))
+        assert sorted(r.target for r in log.query(limit=10)) == ["after", "before"]
+    finally:
+        engine.dispose()
+
+
+async def _record_and_flush(log: AuditLog, entry: AuditEntry) -> None:
+    log.record(entry)
+    await log.aclose()

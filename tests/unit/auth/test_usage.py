@@ -1,12 +1,11 @@
-"""Usage records (batched writes, aggregates) and the admission facade over real SQLite."""
+"""Usage records (batched writes, aggregates) and the admission facade, over real SQLite
+and PostgreSQL (``engine`` from conftest)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +15,7 @@ from maas.auth.admission import Admission, principal_of
 from maas.auth.principal import ANONYMOUS_ADMIN, KeyLimits, Principal, Role
 from maas.auth.ratelimit import MemoryRateLimiter
 from maas.auth.usage import MeteredCall, UsageLedger, parse_group_by
-from maas.errors import InvalidRequest, ModelNotFound, QuotaExceeded, RateLimited
+from maas.errors import InvalidName, InvalidRequest, ModelNotFound, QuotaExceeded, RateLimited
 from maas.registry.db import create_engine_for, session_factory, upgrade_to_head
 from maas.registry.tables import UsageRecord
 
@@ -26,14 +25,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = create_engine_for(f"sqlite:///{tmp_path / 'maas.db'}")
-    upgrade_to_head(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
@@ -109,6 +100,54 @@ async def test_summary_groups_by_key_model_and_day(ledger: UsageLedger) -> None:
     ]
 
 
+async def test_a_bad_record_is_dropped_alone_and_never_blocks_later_writes(
+    ledger: UsageLedger, engine: Engine
+) -> None:
+    """NUL bytes, names past the column and unencodable text are what PostgreSQL refuses;
+    fitted or dropped, they must not take the batch or the next flushes with them."""
+    for model in ("iris", "a\x00b", "x" * 300, "bad\ud800", "wine"):
+        ledger.record(_call("k", model))
+    await ledger.flush()
+    ledger.record(_call("k", "later"))
+    await ledger.flush()
+    models = {row["model"] for row in ledger.summarize(("model",))}
+    assert {"iris", "wine", "later", "a\ufffdb", "x" * 128, "bad?"} == models
+    assert _count(engine) == 6
+
+
+async def test_a_record_the_database_refuses_is_dropped_and_the_rest_written(
+    ledger: UsageLedger, engine: Engine
+) -> None:
+    """Past what fitting can repair (a number out of the column's range), the batch is
+    written row by row and only the refused record is lost."""
+    ledger.record(_call("k", "iris"))
+    ledger.record(MeteredCall("k", "huge", 2**40, "v2.infer", 200, 1.0, 1, 0, 0, 0.0, time.time()))
+    ledger.record(_call("k", "wine"))
+    await ledger.flush()
+    ledger.record(_call("k", "later"))
+    await ledger.flush()
+    expected = ["huge", "iris", "later", "wine"]
+    if engine.dialect.name == "postgresql":  # SQLite stores any integer in any column
+        expected.remove("huge")
+    assert [r["model"] for r in ledger.summarize(("model",))] == expected
+
+
+async def test_records_wait_while_the_database_cannot_take_them(database_url: str) -> None:
+    """A failure of the database itself (here: no table yet) drops nothing; the records
+    are written by a later flush."""
+    engine = create_engine_for(database_url)
+    try:
+        ledger = UsageLedger(session_factory(engine))
+        ledger.record(_call("k", "iris"))
+        await ledger.flush()
+        upgrade_to_head(engine)
+        ledger.record(_call("k", "wine"))
+        await ledger.flush()
+        assert _count(engine) == 2
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.parametrize("text", [",", "key,key", "tenant", "model,week"])
 def test_bad_group_by_is_the_callers_fault(text: str) -> None:
     with pytest.raises(InvalidRequest):
@@ -152,6 +191,16 @@ async def test_a_key_without_limits_is_metered_with_no_headers(
         ("nope", 1, 1, 0),
     ]
     assert rows[0]["compute_s"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("model", ["a\x00b", "x" * 300, "../etc", ""])
+async def test_a_name_no_model_can_have_is_refused_before_metering(
+    admission: Admission, ledger: UsageLedger, engine: Engine, model: str
+) -> None:
+    with pytest.raises(InvalidName):
+        await admission.admit(_key("rpm", requests_per_minute=5), model, "v2.infer")
+    await ledger.flush()
+    assert _count(engine) == 0
 
 
 async def test_request_rate_refuses_with_429_and_headers(

@@ -7,13 +7,12 @@ other's rows and leave nothing behind.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy import Engine
+from tests.databases import postgres_schema
 
 from maas.protocols.signature import Signature
 from maas.registry.artifacts import ArtifactStore
@@ -29,13 +28,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'registry.db'}"
         return
-    base: str = request.getfixturevalue("postgres_url")
-    schema = f"unit_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    yield f"{base}?options=-csearch_path%3D{schema}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with postgres_schema(request.getfixturevalue("postgres_url"), "unit") as url:
+        yield url
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from maas.api.lifetime import disconnect_of, requested_timeout
 from maas.api.responses import json_response
 from maas.auth.admission import principal_of
 from maas.auth.principal import Action
-from maas.errors import MaasError, NotFound
+from maas.errors import InvalidName, MaasError, NotFound
 from maas.observability.metrics import UNRESOLVED, RequestMetrics
 from maas.protocols.v2 import (
     HEADER_LENGTH,
@@ -157,7 +157,7 @@ async def _observed_infer(request: Request, model: str, version: str | None) -> 
 async def _labels_after_error(
     request: Request, model: str, version: str | None, exc: MaasError
 ) -> tuple[str, str]:
-    if isinstance(exc, NotFound) or exc.status in (401, 403):
+    if isinstance(exc, NotFound | InvalidName) or exc.status in (401, 403):
         return UNRESOLVED
     try:
         info = await get_services(request).models.resolve(model, parse_selector(version))

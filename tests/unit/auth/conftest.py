@@ -1,0 +1,30 @@
+"""Auth fixtures: one migrated database per test, on SQLite and on PostgreSQL (a schema
+of its own, dropped afterwards)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from tests.databases import postgres_schema
+
+from maas.registry.db import create_engine_for, upgrade_to_head
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'auth.db'}"
+        return
+    with postgres_schema(request.getfixturevalue("postgres_url"), "auth") as url:
+        yield url
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_engine_for(database_url)
+    upgrade_to_head(engine)
+    yield engine
+    engine.dispose()
