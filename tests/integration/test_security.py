@@ -348,6 +348,24 @@ def test_oversized_and_deeply_nested_bodies_are_refused(server: RunningServer) -
         assert http.get("/v2/health/live").status_code == 200
 
 
+def test_an_upload_typed_as_json_is_streamed_not_parsed(server: RunningServer) -> None:
+    """Uploads may exceed the body cap (65536 here), so the JSON depth check must not
+    read them: it would hold the whole upload in memory. The route gets the stream."""
+    nested = b"[" * 40 + b" " * 200_000 + b"]" * 40
+    with server.client() as http:
+        pushed = http.post(
+            "/api/v1/models/json-upload/versions",
+            params={"filename": "model.json"},
+            content=nested,
+            headers={"Content-Type": "application/json"},
+        )
+        assert (pushed.status_code, pushed.json()["code"]) == (400, "unsupported_artifact")
+        keys = http.post(
+            "/api/v1/keys", content=iter([nested]), headers={"Content-Type": "application/json"}
+        )
+        assert (keys.status_code, keys.json()["code"]) == (413, "payload_too_large")
+
+
 def test_huge_header_is_refused_without_harm(server: RunningServer) -> None:
     host, port = server.hostport.rsplit(":", 1)
     request = (

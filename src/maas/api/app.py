@@ -75,5 +75,9 @@ def create_app(
     for router in (datasets.router, jobs.router):
         api.include_router(router)
     # Inside FastAPI: V2 inference bodies, which skip it, have their own depth cap.
-    api.add_middleware(JsonDepthCap, max_depth=settings.limits.max_json_depth)
+    api.add_middleware(
+        JsonDepthCap,
+        max_depth=settings.limits.max_json_depth,
+        max_body_bytes=settings.limits.max_body_bytes,
+    )
     return Gateway(api, settings)

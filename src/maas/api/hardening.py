@@ -6,7 +6,10 @@
 * ``JsonDepthCap``: management and OpenAI JSON bodies are parsed by the stdlib
   ``json`` module, which answers a deeply nested body with ``RecursionError`` (a 500)
   or slowly; this refuses nesting past ``max_depth`` with 400 before any parsing.
-  V2 inference bodies are exempt: their codec enforces the same cap itself.
+  V2 inference bodies are exempt: their codec enforces the same cap itself. So are
+  artifact and dataset uploads, whatever their ``Content-Type``: they are streamed to
+  disk, never parsed as JSON, and may be far larger than any body held in memory. No
+  more than ``max_body_bytes`` is ever buffered for the check (413 past it).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from maas.api.errors import error_response
 from maas.api.middleware import _UPLOAD_PATH
-from maas.errors import InvalidInput, MaasError, RequestTimeout
+from maas.errors import InvalidInput, MaasError, PayloadTooLarge, RequestTimeout
 
 __all__ = ["Deadline", "JsonDepthCap"]
 
@@ -66,16 +69,21 @@ class Deadline:
 
 
 class JsonDepthCap:
-    def __init__(self, app: ASGIApp, *, max_depth: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_depth: int, max_body_bytes: int) -> None:
         self.app = app
         self.max_depth = max_depth
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not _is_json_body(scope) or scope["path"].startswith("/v2/"):
+        if (
+            not _is_json_body(scope)
+            or scope["path"].startswith("/v2/")
+            or _UPLOAD_PATH.match(scope["path"])
+        ):
             await self.app(scope, receive, send)
             return
         try:
-            body = await _read_body(receive)
+            body = await _read_body(receive, self.max_body_bytes)
             self._check(body)
         except MaasError as error:  # also the body-size cap, raised by the receive it wraps
             await _send_error(scope, receive, send, error)
@@ -113,13 +121,20 @@ def _is_json_body(scope: Scope) -> bool:
     return False
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    """The whole body, or ``PayloadTooLarge`` as soon as it runs past ``limit`` bytes
+    (the body cap in front of this is the first guard; this one does not rely on it)."""
     chunks = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             break
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
