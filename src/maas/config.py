@@ -90,6 +90,15 @@ class LimitSettings(_Section):
     max_upload_bytes: int = Field(
         50 * 1024**3, ge=1024, description="Largest artifact upload (413 past it)."
     )
+    max_extract_bytes: int | None = Field(
+        None,
+        ge=1024,
+        description="Largest total size an uploaded archive (zip, tar) may unpack to (413 past "
+        "it); default max_upload_bytes, so an archive never fills more disk than an upload may.",
+    )
+    max_archive_members: int = Field(
+        10_000, ge=1, description="Most files and directories an uploaded archive may hold."
+    )
     max_json_depth: int = Field(32, ge=2, description="Deepest JSON nesting accepted.")
     max_tensor_elements: int = Field(
         16 * 1024 * 1024, ge=1, description="Largest element count of one input tensor."

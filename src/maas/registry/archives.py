@@ -3,12 +3,20 @@
 Every member is checked before anything is written, so a refused archive leaves no
 partial tree: names must be relative and stay inside ``dest`` after normalisation
 (no ``..``, no absolute paths or drive letters), links must point inside ``dest``,
-and device files, FIFOs and the like are refused. Tar extraction then also runs
-under the stdlib ``data`` filter, as a second line of defence.
+and device files, FIFOs and the like are refused (``InvalidInput``). Tar extraction
+then also runs under the stdlib ``data`` filter, as a second line of defence.
+
+``ExtractLimits`` bounds what a small upload can make the server write: the members
+an archive may hold and the bytes they may expand to (``PayloadTooLarge``), counted
+from the headers before anything is written and again from the bytes as they are
+(a zip bomb). A damaged archive, or one using a feature Python cannot read
+(encryption, an unknown compression), is ``InvalidInput`` too, never a 500.
 """
 
 from __future__ import annotations
 
+import gzip
+import lzma
 import os
 import posixpath
 import shutil
@@ -16,11 +24,52 @@ import stat
 import tarfile
 import tempfile
 import zipfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from maas.errors import InvalidInput
+from maas.config import LimitSettings
+from maas.errors import InvalidInput, PayloadTooLarge
 
-__all__ = ["is_archive", "safe_extract", "unpacked"]
+__all__ = ["DEFAULT_EXTRACT_LIMITS", "ExtractLimits", "is_archive", "safe_extract", "unpacked"]
+
+_COPY_CHUNK = 1024 * 1024
+_MAX_LINK_BYTES = 4096  # PATH_MAX: a longer symlink target is no real link
+_MAX_NAME_CHARS = 1024
+_MAX_PART_BYTES = 255  # NAME_MAX of common file systems
+
+#: What a damaged or unreadable archive raises from zipfile, tarfile and their codecs.
+_BROKEN = (
+    tarfile.TarError,  # ReadError, CompressionError, FilterError, …
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    gzip.BadGzipFile,
+    NotImplementedError,  # a zip compression method Python lacks
+    RuntimeError,  # an encrypted zip member
+    ValueError,
+    UnicodeDecodeError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractLimits:
+    """How much one archive may unpack to: total bytes, and members (files, dirs, links)."""
+
+    max_bytes: int
+    max_members: int
+
+    @classmethod
+    def from_settings(cls, limits: LimitSettings) -> ExtractLimits:
+        return cls(limits.max_extract_bytes or limits.max_upload_bytes, limits.max_archive_members)
+
+
+#: The limits of default settings, for callers that have no settings at hand.
+DEFAULT_EXTRACT_LIMITS = ExtractLimits.from_settings(LimitSettings())
 
 
 def is_archive(path: Path) -> bool:
@@ -38,12 +87,14 @@ def is_archive(path: Path) -> bool:
                 names = tar.getnames()
         else:
             return False
-    except (OSError, zipfile.BadZipFile, tarfile.TarError):
+    except (OSError, *_BROKEN):
         return False
     return any(PurePosixPath(name).name == "config.json" and name.count("/") <= 1 for name in names)
 
 
-def unpacked(archive_path: Path, cache_root: Path, *, max_bytes: int | None = None) -> Path:
+def unpacked(
+    archive_path: Path, cache_root: Path, *, limits: ExtractLimits = DEFAULT_EXTRACT_LIMITS
+) -> Path:
     """The archive extracted (safely) under ``cache_root``, once: later calls find it.
 
     Keyed by the archive's file name, which in the artifact store is its digest, and
@@ -56,7 +107,7 @@ def unpacked(archive_path: Path, cache_root: Path, *, max_bytes: int | None = No
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
-        safe_extract(archive_path, temp, max_bytes=max_bytes)
+        safe_extract(archive_path, temp, limits=limits)
         os.replace(temp, target)
     except OSError:
         shutil.rmtree(temp, ignore_errors=True)
@@ -76,18 +127,37 @@ def _root_of(tree: Path) -> Path:
     return tree
 
 
-def safe_extract(archive_path: Path, dest: Path, *, max_bytes: int | None = None) -> list[Path]:
+def safe_extract(
+    archive_path: Path, dest: Path, *, limits: ExtractLimits = DEFAULT_EXTRACT_LIMITS
+) -> list[Path]:
     """Extract a zip or tar (any compression) into ``dest``; return the files written.
 
-    Raises ``InvalidInput`` for an unsafe member, an archive past ``max_bytes``
-    uncompressed, or a file that is neither zip nor tar.
+    Raises ``InvalidInput`` for an unsafe member, a damaged archive or a file that is
+    neither zip nor tar, and ``PayloadTooLarge`` for one past ``limits``.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    if zipfile.is_zipfile(archive_path):
-        return _extract_zip(archive_path, dest, max_bytes)
-    if tarfile.is_tarfile(archive_path):
-        return _extract_tar(archive_path, dest, max_bytes)
+    with _readable(archive_path):
+        if zipfile.is_zipfile(archive_path):
+            return _extract_zip(archive_path, dest, limits)
+        if tarfile.is_tarfile(archive_path):
+            return _extract_tar(archive_path, dest, limits)
     raise InvalidInput("the upload is neither a zip nor a tar archive")
+
+
+@contextmanager
+def _readable(archive_path: Path) -> Iterator[None]:
+    """Turn what a damaged archive raises into ``InvalidInput``; an ``OSError`` with an
+    errno (a full disk) is the server's and passes through."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is not None or isinstance(exc, FileNotFoundError | PermissionError):
+            raise
+        raise InvalidInput(f"the archive is damaged ({type(exc).__name__})") from None
+    except _BROKEN as exc:
+        raise InvalidInput(
+            f"the archive is damaged or uses a feature maas cannot read ({type(exc).__name__})"
+        ) from None
 
 
 def _inside(name: str) -> PurePosixPath:
@@ -95,9 +165,14 @@ def _inside(name: str) -> PurePosixPath:
     unified = name.replace("\\", "/")
     path = PurePosixPath(unified)
     if not unified or path.is_absolute() or (path.parts and ":" in path.parts[0]):
-        raise InvalidInput(f"archive member {name!r} has an absolute path")
+        raise InvalidInput(f"archive member {name[:200]!r} has an absolute path")
     if ".." in path.parts:
-        raise InvalidInput(f"archive member {name!r} leaves the target directory")
+        raise InvalidInput(f"archive member {name[:200]!r} leaves the target directory")
+    too_long = any(
+        len(part.encode("utf-8", "surrogateescape")) > _MAX_PART_BYTES for part in path.parts
+    )
+    if len(unified) > _MAX_NAME_CHARS or too_long:
+        raise InvalidInput(f"archive member {name[:200]!r} has a name too long to write")
     return path
 
 
@@ -112,37 +187,64 @@ def _check_link(member: str, target: str, *, hard: bool) -> None:
         raise InvalidInput(f"archive link {member!r} points outside the target directory")
 
 
-def _budget(sizes: list[int], max_bytes: int | None) -> None:
-    if max_bytes is not None and sum(sizes) > max_bytes:
-        raise InvalidInput(f"archive expands past the limit of {max_bytes} bytes")
+def _check_count(count: int, limits: ExtractLimits) -> None:
+    if count > limits.max_members:
+        raise PayloadTooLarge(f"the archive holds more than {limits.max_members} members")
 
 
-def _extract_tar(archive_path: Path, dest: Path, max_bytes: int | None) -> list[Path]:
+def _check_size(total: int, limits: ExtractLimits) -> None:
+    if total > limits.max_bytes:
+        raise PayloadTooLarge(f"the archive expands past the limit of {limits.max_bytes} bytes")
+
+
+def _tar_members(tar: tarfile.TarFile, limits: ExtractLimits) -> list[tarfile.TarInfo]:
+    """The members, read one header at a time so a huge count stops at the limit."""
+    members = []
+    for member in tar:
+        members.append(member)
+        _check_count(len(members), limits)
+    return members
+
+
+def _extract_tar(archive_path: Path, dest: Path, limits: ExtractLimits) -> list[Path]:
     with tarfile.open(archive_path) as tar:
-        members = tar.getmembers()
+        members = _tar_members(tar, limits)
         for member in members:
             _inside(member.name)
             if member.issym() or member.islnk():
                 _check_link(member.name, member.linkname, hard=member.islnk())
             elif not (member.isfile() or member.isdir()):
                 raise InvalidInput(f"archive member {member.name!r} is a device or special file")
-        _budget([m.size for m in members if m.isfile()], max_bytes)
+        _check_size(sum(m.size for m in members if m.isfile()), limits)
         tar.extractall(dest, members=members, filter="data")
     return [dest / _inside(m.name) for m in members if m.isfile()]
 
 
-def _extract_zip(archive_path: Path, dest: Path, max_bytes: int | None) -> list[Path]:
+def _link_target(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> str:
+    if info.file_size > _MAX_LINK_BYTES:
+        raise InvalidInput(f"archive link {info.filename!r} has a target too long to be a path")
+    try:
+        return archive.read(info).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(
+            f"archive link {info.filename!r} has a target that is not UTF-8"
+        ) from None
+
+
+def _extract_zip(archive_path: Path, dest: Path, limits: ExtractLimits) -> list[Path]:
     written = []
     with zipfile.ZipFile(archive_path) as archive:
         infos = archive.infolist()
+        _check_count(len(infos), limits)
         for info in infos:
             _inside(info.filename)
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
-                _check_link(info.filename, archive.read(info).decode(), hard=False)
+                _check_link(info.filename, _link_target(archive, info), hard=False)
             elif stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise InvalidInput(f"archive member {info.filename!r} is a special file")
-        _budget([i.file_size for i in infos], max_bytes)
+        _check_size(sum(i.file_size for i in infos), limits)
+        total = 0
         for info in infos:
             target = dest.joinpath(*_inside(info.filename).parts)
             if info.is_dir():
@@ -151,7 +253,10 @@ def _extract_zip(archive_path: Path, dest: Path, max_bytes: int | None) -> list[
             target.parent.mkdir(parents=True, exist_ok=True)
             # Links become regular files holding their target, as zipfile itself does.
             with archive.open(info) as source, open(target, "wb") as sink:
-                shutil.copyfileobj(source, sink)
+                while chunk := source.read(_COPY_CHUNK):
+                    total += len(chunk)
+                    _check_size(total, limits)  # the bytes, not only what headers claim
+                    sink.write(chunk)
             os.chmod(target, 0o644)
             written.append(target)
     return written

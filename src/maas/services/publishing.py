@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from maas.config import Settings
-from maas.errors import InvalidInput, MaasError, QualityDropTooLarge
+from maas.errors import InvalidInput, QualityDropTooLarge
 from maas.protocols.management import AliasInfo, DeploymentSpec, VersionInfo
-from maas.registry.archives import is_archive, unpacked
+from maas.registry.archives import ExtractLimits, is_archive, unpacked
 from maas.registry.artifacts import ArtifactStore, StoredArtifact
 from maas.registry.names import validate_alias, validate_name
 from maas.registry.service import RegistryService
@@ -132,7 +132,7 @@ class Publisher:
     ) -> VersionInfo:
         try:
             info = await asyncio.to_thread(self._inspect, artifact.digest, filename)
-        except MaasError:
+        except Exception:  # refused, or a bug: either way the bytes must not stay behind
             await asyncio.to_thread(self._discard_if_unused, artifact.digest)
             raise
         version = await asyncio.to_thread(
@@ -162,7 +162,8 @@ class Publisher:
         path = self._store.local_path(digest)
         cache = self._settings.cache_path
         if is_archive(path):
-            path = unpacked(path, cache, max_bytes=self._settings.limits.max_upload_bytes)
+            limits = ExtractLimits.from_settings(self._settings.limits)
+            path = unpacked(path, cache, limits=limits)
         return inspect_artifact(
             path, filename, trust_pickle=self._settings.serving.trust_pickle, cache_dir=cache
         )

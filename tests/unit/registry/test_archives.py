@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from maas.errors import InvalidInput
-from maas.registry.archives import safe_extract
+from maas.errors import InvalidInput, PayloadTooLarge
+from maas.registry.archives import ExtractLimits, safe_extract, unpacked
 
 
 def _tar(path: Path, *members: tuple[tarfile.TarInfo, bytes]) -> Path:
@@ -90,20 +90,99 @@ def test_escaping_zip_members_are_refused(tmp_path: Path, name: str) -> None:
     assert list((tmp_path / "out").iterdir()) == []
 
 
-def test_zip_symlink_out_and_size_bomb_are_refused(tmp_path: Path) -> None:
-    zipped = tmp_path / "link.zip"
+def _zip_link(path: Path, target: bytes | str) -> Path:
     link = zipfile.ZipInfo("link")
     link.external_attr = (stat.S_IFLNK | 0o777) << 16
-    with zipfile.ZipFile(zipped, "w") as archive:
-        archive.writestr(link, "../../etc/passwd")
-    with pytest.raises(InvalidInput):
-        safe_extract(zipped, tmp_path / "out")
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("fine.txt", "ok")
+        archive.writestr(link, target)
+    return path
 
+
+@pytest.mark.parametrize(
+    "target",
+    [b"../../etc/passwd", b"/etc/passwd", b"\xff\xfe not utf-8", b"a" * 5000],
+    ids=["outside", "absolute", "not-utf-8", "longer-than-a-path"],
+)
+def test_zip_symlinks_out_or_unreadable_are_refused(tmp_path: Path, target: bytes) -> None:
+    with pytest.raises(InvalidInput):
+        safe_extract(_zip_link(tmp_path / "link.zip", target), tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+SMALL = ExtractLimits(max_bytes=1024 * 1024, max_members=20)
+
+
+def test_a_zip_bomb_is_refused_before_a_byte_is_written(tmp_path: Path) -> None:
+    """50 MB of zeros deflate to about 50 KB: a small upload, a large disk."""
     bomb = tmp_path / "bomb.zip"
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("zeros", b"\x00" * 1_000_000)
-    with pytest.raises(InvalidInput, match="limit"):
-        safe_extract(bomb, tmp_path / "bout", max_bytes=100_000)
+        archive.writestr("config.json", "{}")
+        archive.writestr("zeros", bytes(50 * 1024 * 1024))
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(PayloadTooLarge, match="expands past"):
+        safe_extract(bomb, tmp_path / "out", limits=SMALL)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_tar_bomb_is_refused_and_leaves_no_cache_entry(tmp_path: Path) -> None:
+    bomb = _tar(
+        tmp_path / "bomb.tar.gz", (_info("config.json"), b"{}"), (_info("z"), bytes(5_000_000))
+    )
+    with pytest.raises(PayloadTooLarge):
+        unpacked(bomb, tmp_path / "cache", limits=SMALL)
+    assert list((tmp_path / "cache" / "unpacked").iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar"])
+def test_an_archive_of_too_many_members_is_refused(tmp_path: Path, kind: str) -> None:
+    names = [f"f{i}" for i in range(SMALL.max_members + 1)]
+    if kind == "zip":
+        path = tmp_path / "many.zip"
+        with zipfile.ZipFile(path, "w") as archive:
+            for name in names:
+                archive.writestr(name, "")
+    else:
+        path = _tar(tmp_path / "many.tar.gz", *((_info(name), b"") for name in names))
+    with pytest.raises(PayloadTooLarge, match="more than 20 members"):
+        safe_extract(path, tmp_path / "out", limits=SMALL)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_within_the_limits_extracts(tmp_path: Path) -> None:
+    names = [f"f{i}" for i in range(SMALL.max_members)]
+    path = _tar(tmp_path / "ok.tar.gz", *((_info(name), b"x" * 1000) for name in names))
+    assert len(safe_extract(path, tmp_path / "out", limits=SMALL)) == SMALL.max_members
+
+
+def test_a_damaged_tar_is_invalid_input_not_a_crash(tmp_path: Path) -> None:
+    whole = _tar(
+        tmp_path / "ok.tar.gz",
+        (_info("config.json"), b"{}"),
+        (_info("w"), bytes(range(256)) * 4000),
+    )
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(whole.read_bytes()[:-2000])
+    with pytest.raises(InvalidInput, match="damaged"):
+        safe_extract(cut, tmp_path / "out")
+
+
+def test_a_zip_with_a_corrupted_member_is_invalid_input(tmp_path: Path) -> None:
+    path = tmp_path / "bad.zip"
+    data = bytes(range(256)) * 400
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("w", data)
+    raw = bytearray(path.read_bytes())
+    raw[60:80] = bytes(20)  # inside the member's compressed bytes
+    path.write_bytes(bytes(raw))
+    with pytest.raises(InvalidInput, match="damaged"):
+        safe_extract(path, tmp_path / "out")
+
+
+def test_a_member_name_too_long_to_write_is_invalid_input(tmp_path: Path) -> None:
+    path = _tar(tmp_path / "long.tar.gz", (_info("d/" + "n" * 300), b"x"))
+    with pytest.raises(InvalidInput, match="too long"):
+        safe_extract(path, tmp_path / "out")
 
 
 def test_other_files_are_not_archives(tmp_path: Path) -> None:
