@@ -4,17 +4,21 @@ A local directory by default; any fsspec URL (``s3://…``, ``memory://``) for s
 installs, with a local, verified cache for loading. Writes go to a temp file that is
 fsynced and renamed into place, so a crash never leaves a partial file under a digest.
 Reads are verified against the digest (once per file state), so a corrupted artifact
-refuses to load instead of serving wrong answers.
+refuses to load instead of serving wrong answers. A crash mid-write leaves its temp
+file behind; opening the store deletes temp files untouched for ``STALE_TEMP_S``
+(younger ones may be another replica's upload in progress).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -22,7 +26,13 @@ from typing import Any
 
 from maas.errors import ArtifactCorrupted, InvalidInput, PayloadTooLarge, StorageFailure
 
-__all__ = ["ArtifactStore", "ArtifactWriter", "StoredArtifact"]
+__all__ = ["STALE_TEMP_S", "ArtifactStore", "ArtifactWriter", "StoredArtifact"]
+
+log = logging.getLogger("maas.registry")
+
+#: A temp file unwritten this long belongs to no live write: every write touches it at
+#: least once per received megabyte, so only an upload stalled this long is lost.
+STALE_TEMP_S = 15 * 60
 
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 _READ_CHUNK = 1024 * 1024
@@ -124,6 +134,27 @@ class ArtifactStore:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._verified: dict[Path, tuple[int, int]] = {}
         self._lock = threading.Lock()
+        self.sweep_temp()
+
+    def sweep_temp(self, *, older_than_s: float = STALE_TEMP_S) -> int:
+        """Delete the temp files (uploads, fetches) left by writes that crashed: those
+        not modified for ``older_than_s``. Returns how many were deleted."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        with os.scandir(self.tmp_dir) as entries:
+            for entry in entries:
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                        continue
+                    os.unlink(entry.path)
+                except FileNotFoundError:  # another replica swept it first
+                    continue
+                removed += 1
+        if removed:
+            log.info("deleted %d stale temp files from %s", removed, self.tmp_dir)
+        return removed
 
     # -- paths ---------------------------------------------------------------------
 
