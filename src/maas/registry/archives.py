@@ -72,10 +72,15 @@ class ExtractLimits:
 DEFAULT_EXTRACT_LIMITS = ExtractLimits.from_settings(LimitSettings())
 
 
+#: The files that mark a model directory: a transformers ``config.json``, or the
+#: manifest of an ONNX text model (``maas.runtimes.hf.onnx_text``).
+_MARKERS = ("config.json", "onnx_text.json")
+
+
 def is_archive(path: Path) -> bool:
     """A model directory packed for upload: a zip or a tar (any compression) with a
-    ``config.json`` at its root or in its one top folder. Other zips (a ``.skops``
-    file is one) are single-file artifacts."""
+    marker file (``config.json``, ``onnx_text.json``) at its root or in its one top
+    folder. Other zips (a ``.skops`` file is one) are single-file artifacts."""
     if not path.is_file():
         return False
     try:
@@ -89,7 +94,7 @@ def is_archive(path: Path) -> bool:
             return False
     except (OSError, *_BROKEN):
         return False
-    return any(PurePosixPath(name).name == "config.json" and name.count("/") <= 1 for name in names)
+    return any(PurePosixPath(name).name in _MARKERS and name.count("/") <= 1 for name in names)
 
 
 def unpacked(

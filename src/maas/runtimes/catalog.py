@@ -18,17 +18,24 @@ from maas.runtimes.base import LoadOptions, Runtime
 
 __all__ = ["ArtifactInfo", "inspect_artifact", "load_runtime", "runtime_class"]
 
-# framework -> (module, class, extra that provides its dependency, module to probe)
-_RUNTIMES: dict[str, tuple[str, str, str, str]] = {
-    "sklearn": ("maas.runtimes.sklearn", "SklearnRuntime", "core", "sklearn"),
-    "pickle": ("maas.runtimes.sklearn", "PickleRuntime", "core", "sklearn"),
-    "onnx": ("maas.runtimes.onnx", "OnnxRuntime", "onnx", "onnxruntime"),
-    "transformers": ("maas.runtimes.hf.runtime", "TransformersRuntime", "llm", "transformers"),
+# framework -> (module, class, extra that provides its dependencies, modules to probe)
+_RUNTIMES: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
+    "sklearn": ("maas.runtimes.sklearn", "SklearnRuntime", "core", ("sklearn",)),
+    "pickle": ("maas.runtimes.sklearn", "PickleRuntime", "core", ("sklearn",)),
+    "onnx": ("maas.runtimes.onnx", "OnnxRuntime", "onnx", ("onnxruntime",)),
+    "onnx-text": (
+        "maas.runtimes.hf.onnx_text",
+        "OnnxTextRuntime",
+        "onnx",
+        ("onnxruntime", "tokenizers"),
+    ),
+    "transformers": ("maas.runtimes.hf.runtime", "TransformersRuntime", "llm", ("transformers",)),
 }
 
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 ACCEPTED = (
-    ".skops (scikit-learn), .onnx, .gguf, a transformers model directory (as .tar or .zip); "
+    ".skops (scikit-learn), .onnx, .gguf, a transformers model directory or an ONNX text "
+    "model directory (as .tar or .zip); "
     ".pkl/.pickle/.joblib on a server with --trust-pickle"
 )
 
@@ -45,11 +52,12 @@ class ArtifactInfo:
 
 def runtime_class(framework: str) -> type[Runtime]:
     try:
-        module_name, class_name, extra, probe = _RUNTIMES[framework]
+        module_name, class_name, extra, probes = _RUNTIMES[framework]
     except KeyError:
         raise UnsupportedArtifact(f"no runtime for framework {framework!r}") from None
     try:
-        importlib.import_module(probe)
+        for probe in probes:
+            importlib.import_module(probe)
     except ImportError:
         raise MissingExtra(framework, extra) from None
     runtime: type[Runtime] = getattr(importlib.import_module(module_name), class_name)
@@ -79,8 +87,11 @@ def inspect_artifact(
 
     ``path`` is a file, or the directory an uploaded archive was unpacked into.
     """
+    from maas.runtimes.hf.onnx_text import is_onnx_text_dir
     from maas.runtimes.sklearn import estimator_task, is_skops
 
+    if is_onnx_text_dir(path):
+        return _inspect_onnx_text(path)
     if path.is_dir() or _is_gguf(path):
         return _inspect_transformers(path, cache_dir)
     with path.open("rb") as handle:
@@ -111,6 +122,10 @@ def inspect_artifact(
     raise UnsupportedArtifact(f"unrecognised model file; accepted: {ACCEPTED}")
 
 
+#: Embedding calls are many small batches of texts: batch them by default.
+_EMBEDDINGS_BATCHED = DeploymentSpec(max_batch_size=64, max_queue_delay_us=2000)
+
+
 def _is_gguf(path: Path) -> bool:
     with path.open("rb") as handle:
         return handle.read(4) == b"GGUF"
@@ -129,12 +144,22 @@ def _inspect_transformers(path: Path, cache_dir: Path | None) -> ArtifactInfo:
     try:
         details = {"format": "gguf" if path.is_file() else "directory", "task": runtime.task}
         details.update(runtime.details)
-        # Embedding calls are many small batches of texts: batch them by default.
-        batched = DeploymentSpec(max_batch_size=64, max_queue_delay_us=2000)
-        deployment = batched if runtime.task == "embeddings" else None
+        deployment = _EMBEDDINGS_BATCHED if runtime.task == "embeddings" else None
         return ArtifactInfo("transformers", runtime.signature, runtime.task, details, deployment)
     finally:
         runtime.close()
+
+
+def _inspect_onnx_text(path: Path) -> ArtifactInfo:
+    """A transformers text model exported to ONNX (``maas.runtimes.hf.onnx_text``): the
+    same task, signature and default batching as the transformers runtime gives it."""
+    runtime_class("onnx-text")  # raises MissingExtra without the [onnx] extra
+    from maas.runtimes.hf.onnx_text import OnnxTextRuntime
+
+    runtime = OnnxTextRuntime.load(path, options=LoadOptions(threads=1))
+    details = {"format": "onnx", "task": runtime.task, **runtime.details}
+    deployment = _EMBEDDINGS_BATCHED if runtime.task == "embeddings" else None
+    return ArtifactInfo("onnx-text", runtime.signature, runtime.task, details, deployment)
 
 
 def _is_onnx(path: Path) -> bool:
