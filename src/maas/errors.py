@@ -33,7 +33,8 @@ rebuilds the same class from the code (``error_class_for``).
     │   ├── VersionInUse
     │   ├── RolloutFailed
     │   ├── JobFinished
-    │   └── QualityDropTooLarge
+    │   ├── QualityDropTooLarge
+    │   └── SignatureChanged
     ├── PayloadTooLarge (413)
     ├── UnsupportedMediaType (415)
     ├── UntrustedArtifact (422)
@@ -93,6 +94,7 @@ __all__ = [
     "RuntimeFailure",
     "ShapeMismatch",
     "ShuttingDown",
+    "SignatureChanged",
     "StartupError",
     "StorageFailure",
     "Unauthenticated",
@@ -287,6 +289,15 @@ class QualityDropTooLarge(Conflict):
 
     code = "quality_drop_too_large"
     default_message = "the version lost more quality than the promotion threshold allows"
+
+
+class SignatureChanged(Conflict):
+    """Promotion refused: the version takes or returns other tensors than the version the
+    alias points to now, so the alias's callers would break. Pass ``force`` to promote it
+    anyway."""
+
+    code = "signature_changed"
+    default_message = "the version's signature differs from the one the alias serves now"
 
 
 class PayloadTooLarge(MaasError):

@@ -120,7 +120,11 @@ def alias(
     alias: str,
     version: int,
     force: Annotated[
-        bool, typer.Option("--force", help="Promote even if its quality drop is over the limit.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Promote even if its quality drop is over the limit or its signature differs.",
+        ),
     ] = False,
 ) -> None:
     """Point ALIAS of model NAME at VERSION (moving it if it exists)."""

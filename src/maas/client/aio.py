@@ -125,7 +125,8 @@ class AsyncClient:
     async def set_alias(
         self, name: str, alias: str, version: int, *, force: bool = False
     ) -> AliasInfo:
-        """Point ``alias`` at ``version``; ``force`` promotes past the quality-drop check."""
+        """Point ``alias`` at ``version``; ``force`` promotes past the quality-drop and
+        signature checks."""
         return await self._do(Endpoints.set_alias(name, alias, version, force))
 
     async def set_deployment(self, name: str, version: int, spec: DeploymentSpec) -> VersionInfo:

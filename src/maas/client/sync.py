@@ -114,7 +114,8 @@ class Client:
         return self._do(Endpoints.list_aliases(name))
 
     def set_alias(self, name: str, alias: str, version: int, *, force: bool = False) -> AliasInfo:
-        """Point ``alias`` at ``version``; ``force`` promotes past the quality-drop check."""
+        """Point ``alias`` at ``version``; ``force`` promotes past the quality-drop and
+        signature checks."""
         return self._do(Endpoints.set_alias(name, alias, version, force))
 
     def set_deployment(self, name: str, version: int, spec: DeploymentSpec) -> VersionInfo:

@@ -14,8 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from maas.config import Settings
-from maas.errors import InvalidInput, QualityDropTooLarge
+from maas.errors import (
+    AliasNotFound,
+    InvalidInput,
+    ModelNotFound,
+    QualityDropTooLarge,
+    SignatureChanged,
+)
 from maas.protocols.management import AliasInfo, DeploymentSpec, VersionInfo
+from maas.protocols.signature import Signature
 from maas.registry.archives import ExtractLimits, is_archive, unpacked
 from maas.registry.artifacts import ArtifactStore, StoredArtifact
 from maas.registry.names import validate_alias, validate_name
@@ -23,7 +30,7 @@ from maas.registry.service import RegistryService
 from maas.runtimes.catalog import ArtifactInfo, inspect_artifact
 from maas.serving.manager import ModelManager
 
-__all__ = ["Publisher", "check_quality_drop"]
+__all__ = ["Publisher", "check_quality_drop", "check_signature"]
 
 _WRITE_BATCH_BYTES = 1024 * 1024
 
@@ -41,6 +48,23 @@ def check_quality_drop(version: VersionInfo, threshold: float) -> None:
             f"over the threshold of {threshold}; promote with force to do it anyway",
             details={"quality_drop": drop, "threshold": threshold},
         )
+
+
+def check_signature(current: VersionInfo, signature: Signature, alias: str) -> None:
+    """Refuse to point ``alias`` (now at ``current``) at a version with another signature:
+    the alias's callers send and read the tensors ``current`` declares."""
+    if signature == current.signature:
+        return
+    raise SignatureChanged(
+        f"{current.model}:{alias} serves version {current.version}, whose signature differs "
+        "from this version's, so its callers would break; promote with force to do it anyway",
+        details={
+            "alias": alias,
+            "current_version": current.version,
+            "current": current.signature.model_dump(),
+            "new": signature.model_dump(),
+        },
+    )
 
 
 class Publisher:
@@ -132,6 +156,8 @@ class Publisher:
     ) -> VersionInfo:
         try:
             info = await asyncio.to_thread(self._inspect, artifact.digest, filename)
+            if alias is not None:  # refused before a version exists, not after
+                await self._check_alias_signature(model, alias, info.signature)
         except Exception:  # refused, or a bug: either way the bytes must not stay behind
             await asyncio.to_thread(self._discard_if_unused, artifact.digest)
             raise
@@ -179,15 +205,24 @@ class Publisher:
         raises ``RolloutFailed`` and the registry is left as it was), then move the
         alias in the registry, then switch serving and drain the old version.
 
-        An optimized version whose report shows a quality drop over the threshold is
-        refused (``QualityDropTooLarge``) unless ``force``."""
+        Unless ``force``, refused: an optimized version whose report shows a quality drop
+        over the threshold (``QualityDropTooLarge``), and a version whose signature
+        differs from the one the alias points to now (``SignatureChanged``)."""
         target = await asyncio.to_thread(self._registry.get_version, model, version)
         if not force:
             check_quality_drop(target, self._settings.jobs.max_quality_drop)
+            await self._check_alias_signature(model, alias, target.signature)
         await self._models.prepare(target)
         info = await asyncio.to_thread(self._registry.set_alias, model, alias, version)
         await self._models.switch(model)
         return info
+
+    async def _check_alias_signature(self, model: str, alias: str, signature: Signature) -> None:
+        try:
+            current = await asyncio.to_thread(self._registry.get_version, model, alias)
+        except (ModelNotFound, AliasNotFound):
+            return
+        check_signature(current, signature, alias)
 
     async def delete_alias(self, model: str, alias: str) -> None:
         await asyncio.to_thread(self._registry.delete_alias, model, alias)

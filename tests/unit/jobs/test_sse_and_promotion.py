@@ -1,4 +1,4 @@
-"""The SDK's SSE parser, and the promotion gate on optimized versions."""
+"""The SDK's SSE parser, and the promotion gates: quality drop and signature change."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import orjson
 import pytest
 
 from maas.client._core import SseParser
-from maas.errors import QualityDropTooLarge
+from maas.errors import QualityDropTooLarge, SignatureChanged
 from maas.protocols.jobs import JobEvent, JobInfo
 from maas.protocols.management import VersionInfo
-from maas.protocols.signature import Signature
-from maas.services.publishing import check_quality_drop
+from maas.protocols.signature import Signature, TensorSpec
+from maas.services.publishing import check_quality_drop, check_signature
 
 
 def test_sse_parser_rebuilds_events_and_the_final_job() -> None:
@@ -68,3 +68,28 @@ def test_promotion_gate_refuses_only_a_drop_over_the_threshold() -> None:
             _version({"optimization": {"quality_drop": 0.2, "method": "prune"}}), 0.01
         )
     assert refused.value.status == 409 and refused.value.details["threshold"] == 0.01
+
+
+def _text_signature(output: str, dimensions: int) -> Signature:
+    return Signature(
+        inputs=[TensorSpec(name="text", datatype="BYTES", shape=[-1])],
+        outputs=[TensorSpec(name=output, datatype="FP32", shape=[-1, dimensions])],
+    )
+
+
+def test_signature_gate_refuses_any_change_of_tensors() -> None:
+    current = _version({}).model_copy(update={"signature": _text_signature("embedding", 384)})
+    check_signature(current, _text_signature("embedding", 384), "production")
+    for changed in (
+        _text_signature("embedding", 768),
+        _text_signature("probabilities", 384),
+        Signature(
+            inputs=[TensorSpec(name="input_ids", datatype="INT64", shape=[-1, -1])],
+            outputs=current.signature.outputs,
+        ),
+    ):
+        with pytest.raises(SignatureChanged) as refused:
+            check_signature(current, changed, "production")
+        assert refused.value.status == 409 and refused.value.code == "signature_changed"
+        assert refused.value.details["current_version"] == 2
+        assert refused.value.details["new"] == changed.model_dump()

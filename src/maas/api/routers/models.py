@@ -154,7 +154,10 @@ async def set_alias(
     alias: str,
     body: AliasSet,
     request: Request,
-    force: bool = Query(False, description="Promote even past the quality-drop threshold."),
+    force: bool = Query(
+        False,
+        description="Promote even past the quality-drop threshold, or to another signature.",
+    ),
     services: Services = Depends(get_services),
 ) -> Response:
     target = f"{name}:{alias}"
