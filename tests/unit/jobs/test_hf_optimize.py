@@ -1,7 +1,9 @@
 """Optimizing the bundled MiniLM embedder in process: magnitude pruning to a model
-directory the transformers runtime loads, measured by the cosine similarity of the
-embeddings (no labels). ONNX export and int8 quantization of a transformers model run
-end to end in ``tests/integration/test_jobs_finetune.py``."""
+directory the transformers runtime serves as it served the source (same tokenizer,
+pooling and longest input), measured through that runtime by the cosine similarity of
+the embeddings (no labels). ONNX export and int8 quantization of transformers models
+run end to end in ``tests/integration/test_jobs_optimize.py`` (the embedder) and
+``tests/integration/test_jobs_finetune.py`` (a classifier)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from tests.jobs_data import tickets_rows
 
 from maas.jobs.kinds.data import Frame
 from maas.jobs.kinds.hf_optimize import run_hf_optimize
+from maas.jobs.kinds.measure import load
 from maas.jobs.reporter import Reporter
 from maas.jobs.validation import bundled_encoder_dir
 from maas.protocols.jobs import OptimizeSpec
@@ -33,6 +36,9 @@ def minilm_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "tokenizer_config.json",
             "vocab.txt",
             "special_tokens_map.json",
+            "modules.json",
+            "sentence_bert_config.json",
+            "1_Pooling/config.json",
         ):
             tar.add(directory / name, arcname=name)
     return path
@@ -65,4 +71,11 @@ def test_pruned_minilm_embedder_is_measured_by_cosine(minilm_tar: Path, tmp_path
     assert 0.5 < quality["cosine"] < 1.0
     assert report["quality_drop"] == pytest.approx(1 - quality["cosine"], abs=1e-6)
     with tarfile.open(pruned) as tar:
-        assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(tar.getnames())
+        names = set(tar.getnames())
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
+    assert {"modules.json", "sentence_bert_config.json", "1_Pooling/config.json"} <= names
+    source = load("transformers", minilm_tar, 1, tmp_path)
+    served = load("transformers", pruned, 1, tmp_path)
+    assert served.details == source.details  # type: ignore[attr-defined]
+    assert served.details["max_tokens"] == 256  # type: ignore[attr-defined]  # not 512
+    assert served.signature == source.signature

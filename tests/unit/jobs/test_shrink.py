@@ -17,8 +17,8 @@ from maas.errors import InvalidSpec
 from maas.jobs.kinds import shrink
 from maas.jobs.kinds.convert import sklearn_to_onnx
 from maas.jobs.kinds.data import Frame
-from maas.jobs.kinds.optimize import build_report
-from maas.protocols.signature import Signature
+from maas.jobs.kinds.measure import load
+from maas.jobs.kinds.optimize import Candidate, build_report
 from maas.runtimes.base import LoadOptions
 from maas.runtimes.onnx import OnnxRuntime
 
@@ -78,10 +78,9 @@ def test_report_compares_sizes_latency_and_quality(
     shrink.onnx_quantize_int8(mlp_onnx, out)
     columns = {f"p{i}": digits[0][:200, i] for i in range(64)} | {"digit": digits[1][:200]}
     frame = Frame(pa.table(columns), {"name": "d", "digest": "sha256:x"})
-    signature: Signature = OnnxRuntime.load(mlp_onnx, options=LoadOptions()).signature
     report = build_report(
-        ("onnx", mlp_onnx, signature),
-        ("onnx", out),
+        Candidate(load("onnx", mlp_onnx, 1, tmp_path), mlp_onnx.stat().st_size),
+        Candidate(load("onnx", out, 1, tmp_path), out.stat().st_size),
         frame,
         target="digit",
         text_column=None,
@@ -89,6 +88,7 @@ def test_report_compares_sizes_latency_and_quality(
         task=None,
         threads=1,
     )
+    assert report["size_bytes"]["before"] == mlp_onnx.stat().st_size
     assert report["size_bytes"]["ratio"] < 0.5
     assert set(report["latency_ms"]["batch_32"]) == {"before", "after", "speedup_p50"}
     quality = report["quality"]

@@ -78,9 +78,11 @@ def run_finetune(payload: dict[str, Any], report: Reporter, work_dir: Path) -> d
     train, test = _split(labels, spec)
     torch.manual_seed(spec.seed)
     base = inputs["base_dir"]
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=False)
     model = AutoModelForSequenceClassification.from_pretrained(
         base,
+        use_safetensors=True,
+        trust_remote_code=False,
         num_labels=len(classes),
         id2label=dict(enumerate(classes)),
         label2id={label: i for i, label in enumerate(classes)},

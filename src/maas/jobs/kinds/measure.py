@@ -17,6 +17,7 @@ from maas.errors import InvalidSpec
 from maas.jobs.kinds.data import Frame, normalise_labels
 from maas.jobs.kinds.metrics import classification_metrics, regression_metrics
 from maas.protocols.signature import Signature
+from maas.registry.archives import is_archive, safe_extract
 from maas.runtimes.base import LoadOptions, Runtime
 from maas.runtimes.catalog import load_runtime
 
@@ -27,13 +28,13 @@ _LATENCY_BUDGET_S = 1.5
 _LATENCY_MAX_CALLS = 300
 
 
-def load(framework: str, path: Path, threads: int, scratch: Path | None = None) -> Runtime:
-    """A runtime for the version; a packed transformers directory is unpacked first."""
-    if framework == "transformers" and path.is_file():
-        from maas.registry.archives import safe_extract
-
-        target = (scratch or path.parent) / f"unpacked-{path.name}"
-        safe_extract(path, target)
+def load(framework: str, path: Path, threads: int, scratch: Path) -> Runtime:
+    """A runtime for the version, as serving loads it; a packed model directory (a
+    transformers or an ONNX text model) is unpacked into ``scratch`` first."""
+    if is_archive(path):
+        target = scratch / f"unpacked-{path.name}"
+        if not target.is_dir():
+            safe_extract(path, target)
         entries = [p for p in target.iterdir() if not p.name.startswith(".")]
         path = entries[0] if len(entries) == 1 and entries[0].is_dir() else target
     return load_runtime(framework, path, LoadOptions(threads=threads))
@@ -112,8 +113,12 @@ class Measured:
 
 def measure(runtime: Runtime, name: str, data: np.ndarray, task: str | None = None) -> Measured:
     """Outputs on all of ``data``; ``task`` ("classification" or "regression") settles
-    models whose float ``predict`` could be either (else a float label is a value)."""
+    models whose float ``predict`` could be either (else a float label is a value). An
+    embedder's vectors are compared as they are, never read as class scores."""
     outputs = _run_all(runtime, name, data)
+    if "embedding" in outputs:
+        vectors = outputs["embedding"].astype(np.float64)
+        return Measured(labels=None, scores=vectors, raw_labels=None)
     labels = _labels_output(outputs)
     scores = _scores_output(outputs)
     regression = task == "regression" or (

@@ -9,17 +9,28 @@ number promotion checks against the server's threshold.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from maas.jobs.kinds import shrink
 from maas.jobs.kinds.data import Frame, load_frame
-from maas.jobs.kinds.measure import comparison, inputs_for, latency, load, measure, task_metrics
+from maas.jobs.kinds.measure import (
+    Measured,
+    comparison,
+    inputs_for,
+    latency,
+    load,
+    measure,
+    task_metrics,
+)
 from maas.jobs.reporter import Reporter
 from maas.protocols.jobs import OptimizeSpec
 from maas.protocols.signature import Signature
+from maas.runtimes.base import Runtime
 
-__all__ = ["build_report", "run_optimize"]
+__all__ = ["Candidate", "build_report", "run_optimize"]
 
 _PRIMARY = ("accuracy", "r2")
 
@@ -39,12 +50,73 @@ def _apply(
     if framework == "onnx" and spec.method == "prune":
         out = work_dir / "model.pruned.onnx"
         return out, "onnx", shrink.onnx_prune(source, spec.sparsity, out)
+    if framework == "onnx-text":  # the graph changes; tokenizer and manifest stay
+        from maas.jobs.kinds.hf_optimize import rebuild_onnx_text
+
+        def transform(graph: Path, new: Path) -> dict[str, Any]:
+            if spec.method == "quantize_int8":
+                return shrink.onnx_quantize_int8(graph, new)
+            return shrink.onnx_prune(graph, spec.sparsity, new)
+
+        out = work_dir / f"model.{'int8' if spec.method == 'quantize_int8' else 'pruned'}.onnx.tar"
+        return out, "onnx-text", rebuild_onnx_text(source, out, work_dir, transform)
     raise AssertionError(f"validated at submit: {framework} {spec.method}")
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A version to measure: the runtime that serves it, and its artifact's size."""
+
+    runtime: Runtime
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class _Side:
+    measured: Measured
+    latency: dict[str, dict[str, float]]
+
+
+def _measure(
+    candidate: Candidate,
+    frame: Frame,
+    columns: tuple[str | None, list[str] | None],
+    task: str | None,
+    budget_s: float,
+) -> _Side:
+    runtime = candidate.runtime
+    name, data = inputs_for(runtime.signature, frame, *columns)
+    return _Side(
+        measure(runtime, name, data, task),
+        {f"batch_{b}": latency(runtime, name, data, b, budget_s) for b in (1, 32)},
+    )
+
+
+def _quality(before: Measured, after: Measured, frame: Frame, target: str | None) -> dict[str, Any]:
+    quality: dict[str, Any] = comparison(before, after)
+    if target is not None:
+        truth = frame.target(target)
+        _, metrics_before = task_metrics(before, truth)
+        _, metrics_after = task_metrics(after, truth)
+        metric = next(m for m in _PRIMARY if m in metrics_before)
+        return quality | {
+            "metric": metric,
+            "before": metrics_before[metric],
+            "after": metrics_after[metric],
+            "drop": metrics_before[metric] - metrics_after[metric],
+            "metrics_before": metrics_before,
+            "metrics_after": metrics_after,
+        }
+    if "agreement" in quality:
+        return quality | {"metric": "agreement", "drop": 1.0 - quality["agreement"]}
+    if "cosine" in quality:
+        return quality | {"metric": "cosine", "drop": 1.0 - quality["cosine"]}
+    return quality
+
+
 def build_report(
-    before: tuple[str, Path, Signature],
-    after: tuple[str, Path],
+    before: Candidate,
+    after: Candidate,
     frame: Frame,
     *,
     target: str | None,
@@ -54,50 +126,27 @@ def build_report(
     threads: int,
     report: Reporter | None = None,
     latency_budget_s: float = 1.5,
+    alternatives: Mapping[str, Candidate] | None = None,
 ) -> dict[str, Any]:
-    """Size, latency and quality of ``before`` and ``after`` on ``frame``."""
-    runtimes = {
-        "before": (load(before[0], before[1], threads), before[1]),
-        "after": (load(after[0], after[1], threads), after[1]),
-    }
-    sizes = {side: path.stat().st_size for side, (_, path) in runtimes.items()}
-    latencies: dict[str, dict[str, Any]] = {"batch_1": {}, "batch_32": {}}
-    measured = {}
-    for step, (side, (runtime, _)) in enumerate(runtimes.items()):
-        name, data = inputs_for(runtime.signature, frame, text_column, features)
-        measured[side] = measure(runtime, name, data, task)
-        for batch in (1, 32):
-            latencies[f"batch_{batch}"][side] = latency(
-                runtime, name, data, batch, latency_budget_s
-            )
+    """Size, latency and quality of ``before`` and ``after`` on ``frame``, each measured
+    through its serving runtime; ``alternatives`` (measured, not registered) beside them."""
+    columns = (text_column, features)
+    sides = {}
+    for step, (side, candidate) in enumerate((("before", before), ("after", after))):
+        sides[side] = _measure(candidate, frame, columns, task, latency_budget_s)
         if report is not None:
             report.progress(stage="measure", fraction=0.5 + 0.2 * step, message=f"measured {side}")
-    quality: dict[str, Any] = comparison(measured["before"], measured["after"])
-    if target is not None:
-        truth = frame.target(target)
-        _, metrics_before = task_metrics(measured["before"], truth)
-        _, metrics_after = task_metrics(measured["after"], truth)
-        metric = next(m for m in _PRIMARY if m in metrics_before)
-        quality |= {
-            "metric": metric,
-            "before": metrics_before[metric],
-            "after": metrics_after[metric],
-            "drop": metrics_before[metric] - metrics_after[metric],
-            "metrics_before": metrics_before,
-            "metrics_after": metrics_after,
-        }
-    elif "agreement" in quality:
-        quality |= {"metric": "agreement", "drop": 1.0 - quality["agreement"]}
-    elif "cosine" in quality:
-        quality |= {"metric": "cosine", "drop": 1.0 - quality["cosine"]}
-    for side in ("batch_1", "batch_32"):
-        b, a = latencies[side]["before"]["p50_ms"], latencies[side]["after"]["p50_ms"]
-        latencies[side]["speedup_p50"] = round(b / a, 3) if a else None
-    return {
+    latencies: dict[str, dict[str, Any]] = {}
+    for batch in ("batch_1", "batch_32"):
+        b, a = sides["before"].latency[batch], sides["after"].latency[batch]
+        speedup = round(b["p50_ms"] / a["p50_ms"], 3) if a["p50_ms"] else None
+        latencies[batch] = {"before": b, "after": a, "speedup_p50": speedup}
+    quality = _quality(sides["before"].measured, sides["after"].measured, frame, target)
+    body: dict[str, Any] = {
         "size_bytes": {
-            "before": sizes["before"],
-            "after": sizes["after"],
-            "ratio": round(sizes["after"] / sizes["before"], 4),
+            "before": before.size_bytes,
+            "after": after.size_bytes,
+            "ratio": round(after.size_bytes / before.size_bytes, 4),
         },
         "latency_ms": latencies,
         "quality": quality,
@@ -105,6 +154,16 @@ def build_report(
         "dataset": frame.ref,
         "threads": threads,
     }
+    if alternatives:
+        body["alternatives"] = {}
+        for name, candidate in alternatives.items():
+            measured = _measure(candidate, frame, columns, task, latency_budget_s)
+            body["alternatives"][name] = {
+                "size_bytes": candidate.size_bytes,
+                "latency_ms": measured.latency,
+                "quality": _quality(sides["before"].measured, measured.measured, frame, target),
+            }
+    return body
 
 
 def run_optimize(payload: dict[str, Any], report: Reporter, work_dir: Path) -> dict[str, Any]:
@@ -164,12 +223,13 @@ def _optimize_file(
     """scikit-learn and ONNX sources, measured through the serving runtimes."""
     signature = Signature.model_validate(source["signature"])
     _, sample = inputs_for(signature, frame, spec.text_column, features)
-    out, framework, details = _apply(
-        spec, source["framework"], Path(source["path"]), sample, work_dir
-    )
+    path = Path(source["path"])
+    out, framework, details = _apply(spec, source["framework"], path, sample, work_dir)
+    before = Candidate(load(source["framework"], path, threads, work_dir), path.stat().st_size)
+    after = Candidate(load(framework, out, threads, work_dir), out.stat().st_size)
     body = build_report(
-        (source["framework"], Path(source["path"]), signature),
-        (framework, out),
+        before,
+        after,
         frame,
         target=spec.target,
         text_column=spec.text_column,
