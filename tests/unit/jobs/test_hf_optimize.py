@@ -11,13 +11,16 @@ import io
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from tests.jobs_data import tickets_rows
+from tests.unit.runtimes.text_models import embedder
 
 from maas.jobs.kinds.data import Frame
 from maas.jobs.kinds.hf_optimize import run_hf_optimize
 from maas.jobs.kinds.measure import load
+from maas.jobs.kinds.optimize import run_optimize
 from maas.jobs.reporter import Reporter
 from maas.jobs.validation import bundled_encoder_dir
 from maas.protocols.jobs import OptimizeSpec
@@ -79,3 +82,50 @@ def test_pruned_minilm_embedder_is_measured_by_cosine(minilm_tar: Path, tmp_path
     assert served.details == source.details  # type: ignore[attr-defined]
     assert served.details["max_tokens"] == 256  # type: ignore[attr-defined]  # not 512
     assert served.signature == source.signature
+
+
+def _onnx_text_tar(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    directory = embedder(tmp_path / "model", normalize=True, projection=rng.normal(size=(2, 96)))
+    path = tmp_path / "model.tar"
+    with tarfile.open(path, "w") as tar:
+        for file in sorted(directory.iterdir()):
+            tar.add(file, arcname=file.name)
+    return path
+
+
+@pytest.mark.parametrize("method", ["quantize_int8", "prune"])
+def test_an_onnx_text_model_is_optimized_again_and_keeps_its_tokenizer_and_manifest(
+    tmp_path: Path, method: str
+) -> None:
+    source = _onnx_text_tar(tmp_path)
+    served = load("onnx-text", source, 1, tmp_path)
+    dataset = tmp_path / "texts.csv"
+    dataset.write_text("text\npump leak\nvalve\nmotor belt hot\nbelt\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    payload = {
+        "spec": {"model": "m", "dataset": "t", "method": method, "text_column": "text",
+                 "sparsity": 0.5, "latency_budget_s": 0.05},
+        "threads": 1,
+        "inputs": {
+            "dataset": {"name": "t", "digest": "sha256:x", "format": "csv", "path": str(dataset)},
+            "source": {"model": "m", "version": 1, "framework": "onnx-text",
+                       "path": str(source), "signature": served.signature.model_dump(),
+                       "metadata": {"task": "embeddings"}},
+        },
+    }  # fmt: skip
+    result = run_optimize(payload, Reporter(io.StringIO()), work)
+    (artifact,) = result["artifacts"]
+    out = work / artifact["file"]
+    with tarfile.open(out) as tar:
+        assert sorted(tar.getnames()) == ["model.onnx", "onnx_text.json", "tokenizer.json"]
+    optimized = load("onnx-text", out, 1, tmp_path)
+    assert optimized.signature == served.signature
+    assert optimized.details == served.details  # type: ignore[attr-defined]
+    report = result["report"]
+    assert report["quality"]["metric"] == "cosine" and report["quality"]["cosine"] > 0.9
+    if method == "prune":
+        assert report["sparsity"]["achieved"] >= 0.49
+    else:
+        assert report["weight_type"] == "int8"
