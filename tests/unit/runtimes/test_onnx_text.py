@@ -32,7 +32,7 @@ def _load(directory: Path) -> OnnxTextRuntime:
     return runtime
 
 
-@pytest.mark.parametrize("mode", ["mean", "cls", "max"])
+@pytest.mark.parametrize("mode", ["mean", "cls", "max", "lasttoken", "mean_sqrt_len"])
 def test_embeddings_pool_as_the_manifest_says_and_padding_never_counts(
     tmp_path: Path, mode: str
 ) -> None:
@@ -41,8 +41,14 @@ def test_embeddings_pool_as_the_manifest_says_and_padding_never_counts(
     out = runtime.predict({"text": _texts(*texts)})
     for text, vector, count in zip(texts, out["embedding"], out["token_count"], strict=True):
         ids = token_ids(text)
-        first = {"mean": np.mean(ids), "cls": ids[0], "max": max(ids)}[mode]
-        np.testing.assert_allclose(vector, [first, 1.0], rtol=1e-6)
+        first, second = {
+            "mean": (np.mean(ids), 1.0),
+            "cls": (ids[0], 1.0),
+            "max": (max(ids), 1.0),
+            "lasttoken": (ids[-1], 1.0),
+            "mean_sqrt_len": (np.sum(ids) / np.sqrt(len(ids)), np.sqrt(len(ids))),
+        }[mode]
+        np.testing.assert_allclose(vector, [first, second], rtol=1e-6)
         assert count == len(ids)  # [CLS] and [SEP] counted; the tokenizer's cut of 3 is off
     alone = runtime.predict({"text": _texts("motor")})["embedding"]
     np.testing.assert_allclose(alone[0], out["embedding"][1], rtol=1e-6)

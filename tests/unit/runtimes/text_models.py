@@ -112,7 +112,7 @@ def embedder(
 ) -> Path:
     """An ONNX text embedder of at most 8 tokens a text."""
     dimensions = 2 if projection is None else projection.shape[1]
-    manifest = TextManifest("embeddings", 8, Pooling(mode, normalize, 8), dimensions)
+    manifest = TextManifest("embeddings", 8, Pooling((mode,), normalize, 8), dimensions)
     return _artifact(directory, manifest, projection)
 
 

@@ -26,7 +26,7 @@ from maas.runtimes.base import LoadOptions, texts_of
 from maas.runtimes.hf.loading import EMBEDDINGS, read_json
 from maas.runtimes.hf.runtime import TransformersRuntime
 
-__all__ = ["EmbeddingRuntime", "Pooling"]
+__all__ = ["POOLING_MODES", "EmbeddingRuntime", "Pooling"]
 
 
 #: sentence-transformers' pooling flags, in the order it concatenates their vectors.
@@ -38,6 +38,8 @@ _MODES = {
     "pooling_mode_weightedmean_tokens": "weightedmean",
     "pooling_mode_lasttoken": "lasttoken",
 }
+#: Every pooling mode ``Pooling`` implements.
+POOLING_MODES = tuple(_MODES.values())
 #: modules.json entries maas runs: the encoder itself, pooling, L2 normalisation.
 _MODULES = ("Transformer", "Pooling", "Normalize")
 
@@ -76,35 +78,40 @@ class Pooling:
             limit = int(read_json(bert_config).get("max_seq_length", model_limit))
         return cls(modes, normalize="Normalize" in kinds, max_tokens=min(limit, model_limit))
 
-    def pool(self, hidden: Any, attention_mask: Any) -> Any:
+    def pool(self, hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """One vector per row of ``hidden`` (batch, tokens, features), from the tokens
-        ``attention_mask`` marks; the same for a text alone or padded in a batch."""
-        import torch
-
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        counts = mask.sum(dim=1).clamp(min=1e-9)
+        ``attention_mask`` marks, normalised if the model says so; the same for a text
+        alone or padded in a batch. In numpy, so that the transformers runtime and the
+        ONNX export of the same model (``onnx_text``) pool with one piece of code."""
+        mask = attention_mask[:, :, None].astype(hidden.dtype)
+        counts = np.clip(mask.sum(axis=1), 1e-9, None)
         vectors = []
         for mode in self.modes:
             if mode == "cls":
                 vectors.append(hidden[:, 0])
             elif mode == "max":
-                vectors.append(hidden.masked_fill(mask == 0, -1e9).max(dim=1).values)
+                vectors.append(np.where(mask > 0, hidden, -1e9).max(axis=1))
             elif mode in ("mean", "mean_sqrt_len"):
-                total = (hidden * mask).sum(dim=1)
-                vectors.append(total / (counts if mode == "mean" else counts.sqrt()))
+                total = (hidden * mask).sum(axis=1)
+                vectors.append(total / (counts if mode == "mean" else np.sqrt(counts)))
             elif mode == "weightedmean":
                 # Weights 1, 2, … by position among the real tokens: what
                 # sentence-transformers gives with right padding, under left padding too.
-                weights = attention_mask.cumsum(dim=1).unsqueeze(-1).to(hidden.dtype) * mask
-                total = (hidden * weights).sum(dim=1)
-                vectors.append(total / weights.sum(dim=1).clamp(min=1e-9))
+                positions = np.cumsum(attention_mask, axis=1)[:, :, None].astype(hidden.dtype)
+                weights = positions * mask
+                total = (hidden * weights).sum(axis=1)
+                vectors.append(total / np.clip(weights.sum(axis=1), 1e-9, None))
             else:
                 assert mode == "lasttoken"
                 # The last marked token, whichever side the tokenizer pads.
                 length = attention_mask.shape[1]
-                last = length - 1 - attention_mask.flip(1).to(torch.int64).argmax(dim=1)
-                vectors.append(hidden[torch.arange(hidden.shape[0]), last])
-        return vectors[0] if len(vectors) == 1 else torch.cat(vectors, dim=1)
+                last = length - 1 - np.argmax(attention_mask[:, ::-1], axis=1)
+                vectors.append(hidden[np.arange(hidden.shape[0]), last])
+        pooled = vectors[0] if len(vectors) == 1 else np.concatenate(vectors, axis=1)
+        if self.normalize:
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            pooled = pooled / np.clip(norms, 1e-12, None)
+        return np.ascontiguousarray(pooled, dtype=np.float32)
 
 
 def _pooling_modes(config: dict[str, Any]) -> tuple[str, ...]:
@@ -187,11 +194,9 @@ class EmbeddingRuntime(TransformersRuntime):
             )
         with torch.inference_mode():
             hidden = self._model(**batch).last_hidden_state
-        pooled = self.pooling.pool(hidden, batch["attention_mask"])
-        if self.pooling.normalize:
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        pooled = self.pooling.pool(hidden.float().numpy(), batch["attention_mask"].numpy())
         result = {
-            "embedding": pooled.float().numpy(),
+            "embedding": pooled,
             "token_count": counts.numpy().astype(np.int64),
         }
         return {name: result[name] for name in outputs}

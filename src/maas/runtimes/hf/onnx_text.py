@@ -31,7 +31,7 @@ import numpy as np
 from maas.errors import ContextLengthExceeded, RuntimeFailure, UnsupportedArtifact
 from maas.protocols.signature import Signature, TensorSpec
 from maas.runtimes.base import LoadOptions, Runtime, texts_of
-from maas.runtimes.hf.embedder import Pooling
+from maas.runtimes.hf.embedder import POOLING_MODES, Pooling
 from maas.runtimes.hf.loading import EMBEDDINGS, TEXT_CLASSIFICATION, read_json
 
 __all__ = [
@@ -48,7 +48,6 @@ MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 _FORMAT = 1
 _TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-_POOLING_MODES = ("mean", "cls", "max")
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,8 @@ class TextManifest:
             "max_tokens": self.max_tokens,
         }
         if self.pooling is not None:
-            body["pooling"] = {"mode": self.pooling.mode, "normalize": self.pooling.normalize}
+            pooling = self.pooling
+            body["pooling"] = {"modes": list(pooling.modes), "normalize": pooling.normalize}
             body["dimensions"] = self.dimensions
         if self.labels:
             body["labels"] = self.labels
@@ -99,10 +99,14 @@ class TextManifest:
 
 def _pooling(body: dict[str, Any]) -> Pooling:
     pooling = body.get("pooling")
-    if not isinstance(pooling, dict) or pooling.get("mode") not in _POOLING_MODES:
-        raise UnsupportedArtifact(f"{MANIFEST}: pooling.mode must be one of {_POOLING_MODES}")
+    modes = pooling.get("modes") if isinstance(pooling, dict) else None
+    if not isinstance(modes, list) or not modes or not set(modes) <= set(POOLING_MODES):
+        raise UnsupportedArtifact(
+            f"{MANIFEST}: pooling.modes must be a list of {', '.join(POOLING_MODES)}"
+        )
+    assert isinstance(pooling, dict)
     return Pooling(
-        mode=str(pooling["mode"]),
+        modes=tuple(str(mode) for mode in modes),
         normalize=bool(pooling.get("normalize", False)),
         max_tokens=int(body["max_tokens"]),
     )
@@ -187,7 +191,7 @@ class OnnxTextRuntime(Runtime):
         values = np.asarray(first, dtype=np.float32)
         if self.manifest.pooling is not None:
             result = {
-                "embedding": _pool(values, tokens["attention_mask"], self.manifest.pooling),
+                "embedding": self.manifest.pooling.pool(values, tokens["attention_mask"]),
                 "token_count": counts,
             }
         else:
@@ -274,21 +278,6 @@ def _empty(spec: TensorSpec) -> np.ndarray:
     shape = tuple(0 if size == -1 else size for size in spec.shape)
     kinds = {"BYTES": object, "FP32": np.float32, "INT64": np.int64}
     return np.zeros(shape, dtype=kinds[spec.datatype])
-
-
-def _pool(hidden: np.ndarray, attention_mask: np.ndarray, pooling: Pooling) -> np.ndarray:
-    """The transformers embedder's pooling, in numpy: padding never counts."""
-    mask = attention_mask[:, :, None].astype(np.float32)
-    if pooling.mode == "cls":
-        pooled = hidden[:, 0]
-    elif pooling.mode == "max":
-        pooled = np.where(mask > 0, hidden, -np.inf).max(axis=1)
-    else:
-        pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1.0, None)
-    if pooling.normalize:
-        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        pooled = pooled / np.clip(norms, 1e-12, None)
-    return np.ascontiguousarray(pooled, dtype=np.float32)
 
 
 def _classify(logits: np.ndarray, labels: list[str]) -> dict[str, np.ndarray]:
