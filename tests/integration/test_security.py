@@ -366,6 +366,28 @@ def test_an_upload_typed_as_json_is_streamed_not_parsed(server: RunningServer) -
         assert (keys.status_code, keys.json()["code"]) == (413, "payload_too_large")
 
 
+def test_times_are_compared_in_utc_and_out_of_range_ones_refused(server: RunningServer) -> None:
+    with server.client() as http:
+        # One aware, one naive (taken as UTC): comparable, not a TypeError.
+        mixed = {"since": "2026-01-01T00:00:00Z", "until": "2026-01-02T00:00:00"}
+        answer = http.get("/api/v1/usage", params=mixed)
+        assert answer.status_code == 200 and answer.json()["group_by"] == ["key", "model"]
+        backwards = {"since": "2026-01-02T00:00:00", "until": "2026-01-01T23:00:00-00:30"}
+        answer = http.get("/api/v1/usage", params=backwards)
+        assert (answer.status_code, answer.json()["code"]) == (400, "invalid_request")
+        assert "until must be after since" in answer.json()["error"]
+        # Naive means UTC, not the server's local time (which had no year 0 to go to).
+        assert http.get("/api/v1/audit", params={"since": "0001-01-01T00:00:00"}).status_code == 200
+        for path, params in [
+            ("/api/v1/usage", {"since": "0001-01-01T00:00:00+14:00"}),  # in year 0 in UTC
+            ("/api/v1/usage", {"until": "9999-12-31T23:59:59-14:00"}),  # in year 10000
+            ("/api/v1/audit", {"since": "0001-01-01T00:00:00+01:00"}),
+        ]:
+            answer = http.get(path, params=params)
+            assert (answer.status_code, answer.json()["code"]) == (400, "invalid_request")
+            assert "out of range once converted to UTC" in answer.json()["error"]
+
+
 def test_huge_header_is_refused_without_harm(server: RunningServer) -> None:
     host, port = server.hostport.rsplit(":", 1)
     request = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
+from maas.registry.refs import parse_selector as _parse_selector
 from maas.services import Services
 
 __all__ = ["get_services", "parse_selector"]
@@ -15,7 +16,5 @@ def get_services(request: Request) -> Services:
 
 
 def parse_selector(version: str | None) -> int | str | None:
-    """A version path segment: digits name a version number, anything else an alias."""
-    if version is None:
-        return None
-    return int(version) if version.isdigit() else version
+    """A version path segment (``maas.registry.refs.parse_selector``); None: the default."""
+    return None if version is None else _parse_selector(version)

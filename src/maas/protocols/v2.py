@@ -32,6 +32,7 @@ import orjson
 from numpy.typing import NDArray
 
 from maas.errors import InvalidInput, PayloadTooLarge, RuntimeFailure, UnsupportedDatatype
+from maas.protocols.bounds import parse_digits
 from maas.protocols.tensors import (
     UNLIMITED,
     DecodeLimits,
@@ -68,6 +69,8 @@ __all__ = [
 ]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+#: Any larger header length is past the end of any body (checked by ``read_body``).
+_MAX_HEADER_LENGTH = 2**63 - 1
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -101,10 +104,12 @@ def parse_header_length(value: str | None) -> int | None:
     """The ``Inference-Header-Content-Length`` header as an int, for routers."""
     if value is None:
         return None
-    value = value.strip()
-    if not (value.isascii() and value.isdigit()):
-        raise InvalidInput(f"{HEADER_LENGTH} must be a non-negative integer, got {value!r}")
-    return int(value)
+    length = parse_digits(value.strip(), _MAX_HEADER_LENGTH)
+    if length is None:
+        raise InvalidInput(
+            f"{HEADER_LENGTH} must be the JSON header's length in bytes, got {value.strip()[:40]!r}"
+        )
+    return length
 
 
 def _json_depth(body: bytes, end: int) -> int:

@@ -22,6 +22,7 @@ from maas.errors import (
     VersionInUse,
     VersionNotFound,
 )
+from maas.protocols.bounds import MAX_VERSION
 from maas.protocols.management import AliasInfo, DeploymentSpec, ModelInfo, VersionInfo
 from maas.protocols.signature import Signature
 from maas.registry.artifacts import ArtifactStore, StoredArtifact
@@ -63,6 +64,12 @@ def _version_info(row: ModelVersion, aliases: list[str]) -> VersionInfo:
         created_by=row.created_by,
         aliases=sorted(aliases),
     )
+
+
+def _no_version(model: str, number: int) -> str:
+    if number > MAX_VERSION:
+        return f"model {model!r} has no version past {MAX_VERSION}"
+    return f"model {model!r} has no version {number}"
 
 
 class RegistryService:
@@ -201,11 +208,13 @@ class RegistryService:
                 return alias.version
             selector = "latest"
         if isinstance(selector, int):
+            if not 1 <= selector <= MAX_VERSION:  # no such version; too large for SQL
+                raise VersionNotFound(_no_version(model.name, selector))
             row = session.scalars(
                 self._versions_query(model).where(ModelVersion.version == selector)
             ).one_or_none()
             if row is None:
-                raise VersionNotFound(f"model {model.name!r} has no version {selector}")
+                raise VersionNotFound(_no_version(model.name, selector))
             return row
         if selector == "latest":
             row = session.scalars(

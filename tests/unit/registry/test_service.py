@@ -15,6 +15,7 @@ from maas.errors import (
     VersionInUse,
     VersionNotFound,
 )
+from maas.protocols.bounds import MAX_VERSION
 from maas.protocols.management import DeploymentSpec
 from maas.registry.artifacts import ArtifactStore
 from maas.registry.service import RegistryService
@@ -88,6 +89,26 @@ def test_get_version_unknown_selector(
         registry.get_version("empty", selector)
     with pytest.raises(VersionNotFound):
         registry.get_version("empty")
+
+
+@pytest.mark.parametrize("number", [0, -1, MAX_VERSION + 1, 2**63, 10**30])
+def test_numbers_outside_the_version_range_are_versions_not_found(
+    registry: RegistryService, push: PushVersion, number: int
+) -> None:
+    """Past 2**31 - 1 PostgreSQL's INTEGER overflows, past 2**63 SQLite's: such a number
+    is answered like any number that has no version, by every method that takes one."""
+    push("iris")
+    calls = [
+        lambda: registry.get_version("iris", number),
+        lambda: registry.set_alias("iris", "production", number),
+        lambda: registry.delete_version("iris", number),
+        lambda: registry.update_deployment("iris", number, DeploymentSpec()),
+        lambda: registry.merge_metrics("iris", number, {"accuracy": 1.0}),
+    ]
+    for call in calls:
+        with pytest.raises(VersionNotFound, match="has no version"):
+            call()
+    assert registry.get_version("iris", 1).aliases == []  # nothing was changed
 
 
 def test_set_alias_moves(registry: RegistryService, push: PushVersion) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 
 from fastapi import APIRouter, Depends, Query, Request
 
 from maas.api.access import require
 from maas.api.deps import get_services
 from maas.auth.principal import Action
+from maas.protocols.bounds import UtcDatetime
 from maas.protocols.keys import AuditRecord
 from maas.services import Services
 
@@ -23,7 +23,7 @@ async def list_audit(
     request: Request,
     actor: str | None = Query(None, description="Key id or key name of the actor."),
     action: str | None = Query(None, description="For example model.push, key.revoke."),
-    since: datetime | None = Query(None, description="ISO time, inclusive."),
+    since: UtcDatetime | None = Query(None, description="ISO time, inclusive (UTC if naive)."),
     limit: int = Query(100, ge=1, le=10_000),
     services: Services = Depends(get_services),
 ) -> list[AuditRecord]:

@@ -23,7 +23,8 @@ from maas.api.deps import get_services
 from maas.api.responses import json_response
 from maas.api.routers.datasets import require_dataset
 from maas.auth.principal import Action
-from maas.errors import InvalidSpec, JobNotFound, MaasError
+from maas.errors import InvalidRequest, InvalidSpec, JobNotFound, MaasError
+from maas.protocols.bounds import MAX_SEQ, parse_digits
 from maas.protocols.jobs import JobEvent, JobInfo, JobState, job_spec_adapter
 from maas.services import Services
 
@@ -137,7 +138,7 @@ async def cancel_job(
 async def job_logs(
     job_id: str,
     request: Request,
-    after: int = Query(0, ge=0, description="Only events after this sequence number."),
+    after: int = Query(0, ge=0, le=MAX_SEQ, description="Only events after this sequence number."),
     type: str | None = Query(None, pattern="^(log|progress|state)$"),
     services: Services = Depends(get_services),
 ) -> Response:
@@ -155,17 +156,29 @@ def _sse(event: str, data: Any, event_id: int | None = None) -> bytes:
 async def job_events(
     job_id: str,
     request: Request,
-    after: int = Query(0, ge=0, description="Resume after this sequence number."),
+    after: int = Query(0, ge=0, le=MAX_SEQ, description="Resume after this sequence number."),
     services: Services = Depends(get_services),
 ) -> StreamingResponse:
     await _visible_job(request, services, job_id)
-    last_id = request.headers.get("last-event-id", "")
-    start = int(last_id) if last_id.isdigit() else after
+    start = _resume_after(request.headers.get("last-event-id"), after)
     return StreamingResponse(
         _stream(services, request, job_id, start),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _resume_after(last_event_id: str | None, after: int) -> int:
+    """Where a follower resumes: ``Last-Event-ID`` (what its browser saw last) wins."""
+    if last_event_id is None or not last_event_id.strip():
+        return after
+    seq = parse_digits(last_event_id.strip(), MAX_SEQ)
+    if seq is None:
+        raise InvalidRequest(
+            f"Last-Event-ID must be an event sequence number (0 to {MAX_SEQ})",
+            details={"param": "Last-Event-ID"},
+        )
+    return seq
 
 
 async def _stream(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -21,6 +20,7 @@ from maas.auth.admission import principal_of
 from maas.auth.principal import Action, Principal
 from maas.auth.usage import parse_group_by
 from maas.errors import Forbidden, InvalidRequest
+from maas.protocols.bounds import UtcDatetime
 
 __all__ = ["router"]
 
@@ -41,8 +41,10 @@ _TOTALS = (
 async def usage(
     request: Request,
     group_by: str = Query("key,model", description="Comma-separated: key, model, day."),
-    since: datetime | None = Query(None, description="From this time (ISO 8601; UTC if naive)."),
-    until: datetime | None = Query(None, description="Before this time (exclusive)."),
+    since: UtcDatetime | None = Query(None, description="From this time (ISO 8601; UTC if naive)."),
+    until: UtcDatetime | None = Query(
+        None, description="Before this time (exclusive; UTC if naive)."
+    ),
     key: str | None = Query(None, description="One key's usage (admins only for other keys)."),
     format: str = Query("json", pattern="^(json|csv)$", description="json or csv."),
 ) -> Response:
