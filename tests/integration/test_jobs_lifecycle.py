@@ -42,6 +42,11 @@ def _long_search(seconds: float, model: str = "wine") -> dict[str, Any]:
     }
 
 
+def _yaml(spec: dict[str, Any], line: str) -> str:
+    """``spec`` as YAML with one more line, for what only YAML can say (``!!binary``)."""
+    return "".join(f"{key}: {value}\n" for key, value in spec.items()) + line + "\n"
+
+
 def _running_with_pid(job: JobInfo) -> bool:
     return job.state == "running" and job.pid is not None and bool(job.progress)
 
@@ -129,6 +134,7 @@ def test_bad_specs_are_refused_before_they_queue(server: RunningServer, client: 
         "target": "label",
         "text_column": "text",
     }
+    evaluate = {"kind": "evaluate", "model": "m", "dataset": "wine", "target": "cultivar"}
     cases: list[tuple[Any, str, str]] = [
         ({**good, "kind": "dance"}, "invalid_spec", "kind"),
         ({**good, "task": "clustering"}, "invalid_spec", "task"),
@@ -168,6 +174,19 @@ def test_bad_specs_are_refused_before_they_queue(server: RunningServer, client: 
         ),
         ("kind: [unclosed", "invalid_spec", "YAML"),
         ("- just\n- a list\n", "invalid_spec", "mapping"),
+        # Values JSON cannot hold: refused by the schema, not a 500 when stored.
+        (_yaml(good, "params: {C: !!binary gAAA}"), "invalid_spec", "bytes value is not JSON"),
+        (_yaml(good, "params: {C: 2026-01-01}"), "invalid_spec", "date value is not JSON"),
+        (_yaml(good, "params: {C: .nan}"), "invalid_spec", "not a finite number"),
+        (_yaml(good, "params: {C: 99999999999999999999}"), "invalid_spec", "64-bit"),
+        (_yaml(good, 'estimator: "a\\0b"'), "invalid_spec", "NUL"),
+        # Numbers past what their use takes, and versions that must exist.
+        ({**good, "seed": 2**32}, "invalid_spec", "seed"),
+        ({**good, "seed": -1}, "invalid_spec", "seed"),
+        ({**good, "parent": 2**31}, "invalid_spec", "parent"),
+        ({**good, "model": "never-trained", "parent": 1}, "model_not_found", "never-trained"),
+        ({**evaluate, "version": "³"}, "invalid_name", "alias"),
+        ({**evaluate, "version": 1e20}, "invalid_spec", "version"),
     ]
     with server.client() as http:
         for spec, code, words in cases:
@@ -182,6 +201,71 @@ def test_bad_specs_are_refused_before_they_queue(server: RunningServer, client: 
             assert words in answer.json()["error"], (spec, answer.text)
         assert http.get("/api/v1/jobs/0123").json()["code"] == "job_not_found"
     assert client.list_jobs(model="w") == []
+
+
+def test_event_positions_past_the_log_or_not_ascii_digits_are_refused(
+    server: RunningServer, client: Client
+) -> None:
+    job = client.submit_job(_long_search(60, model="odd-positions"))
+    client.cancel_job(job.id)
+    logs_path, events_path = f"/api/v1/jobs/{job.id}/logs", f"/api/v1/jobs/{job.id}/events"
+    with server.client() as http:
+        for path in (logs_path, events_path):
+            for after in (2**31, 2**63, 10**20):  # past the INTEGER column of sequence numbers
+                answer = http.get(path, params={"after": after})
+                assert (answer.status_code, answer.json()["code"]) == (400, "invalid_request")
+        # "²" (sent as latin-1, as a header is read) passes str.isdigit(), not int().
+        for header in (b"\xb2", b"9" * 30, b"-1", b"1e3"):
+            answer = http.get(events_path, headers={"Last-Event-ID": header})
+            assert (answer.status_code, answer.json()["code"]) == (400, "invalid_request")
+            assert "Last-Event-ID" in answer.json()["error"]
+        # A real position resumes after it: the later events, then the end.
+        seqs = [event["seq"] for event in http.get(logs_path).json()]
+        with http.stream("GET", events_path, headers={"Last-Event-ID": str(seqs[0])}) as stream:
+            body = stream.read().decode()
+    ids = [int(line[4:]) for line in body.splitlines() if line.startswith("id: ")]
+    assert ids == seqs[1:] and body.rstrip().splitlines()[-2] == "event: end", body
+
+
+def test_sources_a_job_cannot_load_are_refused_at_submit(
+    demo_server: RunningServer, tmp_path: Path
+) -> None:
+    """A GGUF file or a text generator used to fail minutes later ("neither a zip nor a
+    tar"); a parent or source version that does not exist, never noticed."""
+    with sdk(demo_server) as client:
+        client.push_dataset(tickets_csv(tmp_path / "tickets.csv", n=30), "odd-tickets")
+        on = {"dataset": "odd-tickets", "target": "label", "text_column": "text"}
+        cases: list[tuple[dict[str, Any], str, str]] = [
+            ({"kind": "evaluate", "model": "smollm2", **on}, "invalid_spec", "GGUF"),
+            (
+                {"kind": "optimize", "model": "smollm2", "method": "onnx", **on},
+                "invalid_spec",
+                "GGUF",
+            ),
+            (
+                {"kind": "evaluate", "model": "iris", "version": "99999999999999999999", **on},
+                "version_not_found",
+                "iris",
+            ),
+            (
+                {
+                    "kind": "train",
+                    "model": "iris",
+                    "task": "text_classification",
+                    "parent": 99,
+                    **on,
+                },
+                "version_not_found",
+                "no version 99",
+            ),
+        ]
+        with demo_server.client() as http:
+            for spec, code, words in cases:
+                answer = http.post("/api/v1/jobs", json=spec)
+                assert 400 <= answer.status_code < 500, (spec, answer.text)
+                assert answer.json()["code"] == code, (spec, answer.text)
+                assert words in answer.json()["error"], (spec, answer.text)
+        assert client.list_jobs(model="smollm2") == client.list_jobs(model="iris") == []
 
 
 def test_job_submit_needs_a_deployer_and_is_audited(server: RunningServer, client: Client) -> None:

@@ -13,6 +13,7 @@ from maas.jobs.datasets import DatasetService
 from maas.jobs.validation import bundled_encoder_dir, feature_columns
 from maas.protocols.jobs import JobInfo
 from maas.registry.artifacts import ArtifactStore
+from maas.registry.refs import parse_selector
 from maas.registry.service import RegistryService
 
 __all__ = ["job_payload"]
@@ -42,8 +43,8 @@ def job_payload(
         )
     if job.kind in ("optimize", "evaluate"):
         selector = spec["version"]
-        if isinstance(selector, str) and selector.isdigit():
-            selector = int(selector)
+        if isinstance(selector, str):
+            selector = parse_selector(selector)
         version = registry.get_version(spec["model"], selector)
         inputs["source"] = {
             **version.model_dump(mode="json"),

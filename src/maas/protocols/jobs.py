@@ -12,6 +12,9 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic_core import PydanticCustomError
+
+from maas.protocols.bounds import Seed, VersionNumber, json_problem
 
 __all__ = [
     "TERMINAL_STATES",
@@ -38,6 +41,17 @@ OptimizeMethod = Literal["onnx", "quantize_int8", "prune"]
 
 class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_json(cls, data: Any) -> Any:
+        """A spec is stored as JSON and sent to the job process as JSON: a value that
+        JSON cannot hold (YAML's ``!!binary``, dates, a NUL in text) is refused here
+        rather than failing when the job is stored or run."""
+        problem = json_problem(data)
+        if problem is not None:
+            raise PydanticCustomError("not_json", "{problem}", {"problem": problem})
+        return data
 
 
 class ParamRange(_Spec):
@@ -87,9 +101,11 @@ class TrainSpec(_Spec):
     params: dict[str, Any] = Field(default_factory=dict)
     search: SearchSpec | None = None
     test_size: float = Field(0.2, gt=0, lt=1)
-    seed: int = 0
+    seed: Seed = 0
     onnx: bool = Field(True, description="Also register an ONNX conversion when possible.")
-    parent: int | None = Field(None, description="The version this one derives from.")
+    parent: VersionNumber | None = Field(
+        None, description="The version of the same model this one derives from."
+    )
 
     @model_validator(mode="after")
     def _columns(self) -> TrainSpec:
@@ -115,12 +131,12 @@ class FinetuneSpec(_Spec):
     max_length: int = Field(128, ge=8, le=512)
     eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0: at the end).")
     test_size: float = Field(0.2, gt=0, lt=1)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class _OnVersion(_Spec):
     model: str
-    version: int | str = Field("latest", description="Version number or alias.")
+    version: VersionNumber | str = Field("latest", description="Version number or alias.")
     dataset: str
     target: str | None = Field(None, description="Label column; without it, outputs are compared.")
     text_column: str | None = None

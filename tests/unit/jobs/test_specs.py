@@ -53,3 +53,35 @@ def test_estimators_are_a_closed_list_with_checked_parameters() -> None:
         estimator_class("tabular_regression", "os.system")
     with pytest.raises(InvalidSpec, match="random_forest"):  # not a text estimator
         estimator_class("text_classification", "random_forest")
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**32}, "seed"),  # numpy's random_state stops at 2**32 - 1
+        ({"parent": 0}, "parent"),
+        ({"parent": 2**31}, "parent"),  # version numbers are 32-bit columns
+        ({"params": {"C": b"\x80\x00\x00"}}, "params.C: a bytes value is not JSON"),  # !!binary
+        ({"params": {"C": float("nan")}}, "params.C: nan is not a finite number"),  # .nan
+        ({"params": {"max_iter": 2**70}}, "params.max_iter: the integer is out of 64-bit"),
+        ({"params": {1: 2}}, "params: the key 1 is not plain text"),
+        ({"target": "label\x00"}, "target: text holds a NUL character"),
+        ({"search": {"space": {"C": {"choices": [b"x"]}}}}, "search.space.C.choices[0]"),
+    ],
+)
+def test_values_a_job_cannot_store_or_use_are_refused(
+    change: dict[str, object], where: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        job_spec_adapter().validate_python({**_TEXT, **change})
+    assert where in str(caught.value)
+
+
+def test_bounds_hold_at_their_edges() -> None:
+    spec = job_spec_adapter().validate_python({**_TEXT, "seed": 2**32 - 1, "parent": 2**31 - 1})
+    assert isinstance(spec, TrainSpec) and (spec.seed, spec.parent) == (2**32 - 1, 2**31 - 1)
+    base = {"kind": "evaluate", "model": "m", "dataset": "d", "target": "t"}
+    for number in (0, 2**31, 1e20):
+        with pytest.raises(ValidationError):
+            job_spec_adapter().validate_python({**base, "version": number})
