@@ -10,11 +10,16 @@
   artifact and dataset uploads, whatever their ``Content-Type``: they are streamed to
   disk, never parsed as JSON, and may be far larger than any body held in memory. No
   more than ``max_body_bytes`` is ever buffered for the check (413 past it).
+  Management bodies (``/api/``) are stored, so they must also be strict JSON (the
+  stdlib reads lone surrogates and ``NaN``, which no database takes) whose text holds
+  no NUL (``maas.protocols.bounds.json_problem``); job specs have their own parser
+  and the same check in their schema.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from maas.api.errors import error_response
 from maas.api.middleware import _UPLOAD_PATH
 from maas.errors import InvalidInput, MaasError, PayloadTooLarge, RequestTimeout
+from maas.protocols.bounds import json_problem
 
 __all__ = ["Deadline", "JsonDepthCap"]
 
@@ -84,7 +90,7 @@ class JsonDepthCap:
             return
         try:
             body = await _read_body(receive, self.max_body_bytes)
-            self._check(body)
+            self._check(body, stored=_is_stored(scope["path"]))
         except MaasError as error:  # also the body-size cap, raised by the receive it wraps
             await _send_error(scope, receive, send, error)
             return
@@ -99,17 +105,35 @@ class JsonDepthCap:
 
         await self.app(scope, replay, send)
 
-    def _check(self, body: bytes) -> None:
+    def _check(self, body: bytes, *, stored: bool) -> None:
+        too_deep = InvalidInput(f"JSON nesting exceeds the limit of {self.max_depth} levels")
         try:
             value = orjson.loads(body) if body else None
         except orjson.JSONDecodeError as exc:
-            if "depth" not in str(exc):
-                return  # malformed JSON: the route's own parser explains what is wrong
-            value = None  # deeper than orjson's own limit (1024)
-        else:
-            if not _deeper_than(value, self.max_depth):
-                return
-        raise InvalidInput(f"JSON nesting exceeds the limit of {self.max_depth} levels")
+            if "depth" in str(exc):  # deeper than orjson's own limit (1024)
+                raise too_deep from None
+            if stored and _lenient_json(body):
+                raise InvalidInput(f"the body is not strict JSON: {exc}") from None
+            return  # malformed JSON: the route's own parser explains what is wrong
+        if _deeper_than(value, self.max_depth):
+            raise too_deep
+        problem = json_problem(value) if stored else None
+        if problem is not None:
+            raise InvalidInput(f"the body cannot be stored: {problem}")
+
+
+def _is_stored(path: str) -> bool:
+    # Job specs are read by orjson and checked by their schema, as ``invalid_spec``.
+    return path.startswith("/api/") and not path.startswith("/api/v1/jobs")
+
+
+def _lenient_json(body: bytes) -> bool:
+    """Whether the stdlib reads what orjson refused (so the route would accept it)."""
+    try:
+        json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def _is_json_body(scope: Scope) -> bool:

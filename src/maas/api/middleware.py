@@ -1,4 +1,6 @@
-"""Per-request plumbing kept to one ASGI wrapper: request id and body-size limit.
+"""Per-request plumbing kept to one ASGI wrapper: request id, body-size limit, and a
+URL without NUL characters (no name, id or filter holds one, and PostgreSQL refuses
+them in any text it is asked to compare).
 
 Written as raw ASGI rather than ``BaseHTTPMiddleware`` because it sits on the hot path
 of every inference call: no extra task, no request object, no copy of the body.
@@ -12,7 +14,7 @@ import re
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from maas.api.errors import error_response
-from maas.errors import PayloadTooLarge
+from maas.errors import InvalidInput, MaasError, PayloadTooLarge
 
 __all__ = ["RequestPlumbing"]
 
@@ -46,24 +48,29 @@ class RequestPlumbing:
                 message["headers"] = headers
             await send(message)
 
+        if "\x00" in scope["path"] or b"%00" in scope["query_string"]:
+            error: MaasError = InvalidInput("the URL may not contain NUL characters (%00)")
+            await _send(error, scope, receive, send_with_id, request_id)
+            return
         limit = None if _UPLOAD_PATH.match(scope["path"]) else self.max_body_bytes
         if limit is not None:
             length = _header(scope, b"content-length")
             if length is not None and length.isdigit() and int(length) > limit:
-                await self._too_large(scope, receive, send_with_id, request_id, limit)
+                error = PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                await _send(error, scope, receive, send_with_id, request_id)
                 return
             receive = _capped(receive, limit)
 
         await self.app(scope, receive, send_with_id)
 
-    async def _too_large(
-        self, scope: Scope, receive: Receive, send: Send, request_id: str, limit: int
-    ) -> None:
-        error = PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        response = error_response(
-            error.status, error.code, error.message, request_id=request_id, path=scope["path"]
-        )
-        await response(scope, receive, send)
+
+async def _send(
+    error: MaasError, scope: Scope, receive: Receive, send: Send, request_id: str
+) -> None:
+    response = error_response(
+        error.status, error.code, error.message, request_id=request_id, path=scope["path"]
+    )
+    await response(scope, receive, send)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

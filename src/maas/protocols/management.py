@@ -7,10 +7,11 @@ share one definition of what a model or a version looks like on the wire.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from maas.protocols.bounds import VersionNumber
 from maas.protocols.signature import Signature
 
 __all__ = [
@@ -27,22 +28,36 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True)
 
 
+#: Bounds of a deployment's numbers: stored as JSON and read back on every lookup of the
+#: version, so one that JSON cannot carry (past 64 bits) would break the version.
+_MAX_BATCH = 65_536
+_MAX_DELAY_US = 60_000_000
+_MAX_QUEUE = 1_000_000
+
+
 class DeploymentSpec(_Frozen):
     """How a version is served; registry data, not environment variables."""
 
-    max_batch_size: int = Field(1, ge=1, description="Rows per batch; 1 turns batching off.")
-    max_queue_delay_us: int = Field(
-        0, ge=0, description="How long a batch waits for more requests, in microseconds."
+    max_batch_size: int = Field(
+        1, ge=1, le=_MAX_BATCH, description="Rows per batch; 1 turns batching off."
     )
-    preferred_batch_sizes: list[int] = Field(default_factory=list)
+    max_queue_delay_us: int = Field(
+        0,
+        ge=0,
+        le=_MAX_DELAY_US,
+        description="How long a batch waits for more requests, in microseconds (at most 60 s).",
+    )
+    preferred_batch_sizes: list[Annotated[int, Field(ge=1, le=_MAX_BATCH)]] = Field(
+        default_factory=list, max_length=64
+    )
     instances: int = Field(1, ge=1, le=64, description="Parallel instances of the model.")
-    max_queue_size: int = Field(256, ge=1, description="Queued requests before 503.")
+    max_queue_size: int = Field(256, ge=1, le=_MAX_QUEUE, description="Queued requests before 503.")
 
 
 class ModelCreate(_Frozen):
     name: str
     description: str = ""
-    task: str | None = None
+    task: str | None = Field(None, max_length=64)
 
 
 class ModelInfo(_Frozen):
@@ -72,7 +87,7 @@ class VersionInfo(_Frozen):
 
 
 class AliasSet(_Frozen):
-    version: int
+    version: VersionNumber
 
 
 class AliasInfo(_Frozen):

@@ -18,6 +18,7 @@ from maas.api.deps import get_services, parse_selector
 from maas.api.responses import json_response
 from maas.auth.principal import Action
 from maas.errors import InvalidInput
+from maas.protocols.bounds import json_problem
 from maas.protocols.management import AliasInfo, AliasSet, ModelCreate, ModelInfo, VersionInfo
 from maas.services import Services
 
@@ -86,6 +87,9 @@ def _parse_metadata(raw: str | None) -> dict[str, Any]:
         raise InvalidInput(f"metadata is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise InvalidInput("metadata must be a JSON object")
+    problem = json_problem(value)
+    if problem is not None:
+        raise InvalidInput(f"metadata cannot be stored: {problem}")
     return value
 
 
@@ -99,7 +103,9 @@ def _parse_metadata(raw: str | None) -> dict[str, Any]:
 async def push_version(
     name: str,
     request: Request,
-    filename: str = Query(..., description="Original file name; its extension helps detection."),
+    filename: str = Query(
+        ..., max_length=255, description="Original file name; its extension helps detection."
+    ),
     alias: str | None = Query(None, description="Point this alias at the new version."),
     description: str | None = Query(None, description="Description, if the model is new."),
     metadata: str | None = Query(None, description="Free metadata as a JSON object."),
