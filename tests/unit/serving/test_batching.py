@@ -176,9 +176,7 @@ async def test_the_delay_timer_dispatches_a_partial_batch() -> None:
 async def test_a_preferred_size_dispatches_without_waiting_for_the_delay() -> None:
     model = Model()
     # A delay of an hour: only the preferred size can explain a dispatch.
-    b = batcher(
-        model, max_batch_size=64, max_queue_delay_us=3_600_000_000, preferred_batch_sizes=[4]
-    )
+    b = batcher(model, max_batch_size=64, max_queue_delay_us=60_000_000, preferred_batch_sizes=[4])
     results = await asyncio.wait_for(asyncio.gather(*(b.submit(rows(i)) for i in range(4))), 30)
     assert model.batches == [4] and len(results) == 4
     await b.close()
