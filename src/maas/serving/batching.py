@@ -120,7 +120,7 @@ class DynamicBatcher:
         removes its request from the queue if no instance has taken it yet; a result
         that arrives after the caller left is dropped.
         """
-        checked, wanted = check_request(self._signature, inputs, outputs)
+        # Refusals first: under overload they must cost nothing, not a validation pass.
         if self._closed:
             raise ShuttingDown("this deployment is being unloaded", retry_after=1.0)
         if len(self._queue) >= self._spec.max_queue_size:
@@ -128,6 +128,7 @@ class DynamicBatcher:
                 f"the queue of this model is full ({self._spec.max_queue_size} requests)",
                 retry_after=1.0,
             )
+        checked, wanted = check_request(self._signature, inputs, outputs)
         if self._free > 0 and not self._queue and not self.is_batching:
             return await self._run_direct(checked, wanted)
         future: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()

@@ -159,6 +159,10 @@ async def test_a_full_queue_raises_overloaded_at_once() -> None:
     with pytest.raises(Overloaded) as caught:
         await b.submit(rows(3))
     assert caught.value.retry_after is not None
+    # Capacity is checked before the request is validated: a refusal costs no decode
+    # check, so even a malformed request is refused as overload, not as bad input.
+    with pytest.raises(Overloaded):
+        await b.submit({"x": np.zeros((2, 3))})
     gate.set()
     await asyncio.gather(blocker, *queued)
     await b.close()
