@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 
 from maas.config import GenerationSettings
-from maas.errors import InvalidRequest, MaasError, ModelNotReady, RuntimeFailure, WorkerCrashed
+from maas.errors import (
+    InvalidRequest,
+    MaasError,
+    ModelNotReady,
+    Overloaded,
+    RuntimeFailure,
+    WorkerCrashed,
+)
 from maas.observability.metrics import LOAD_SECONDS, LOADED_MODELS
 from maas.protocols.management import VersionInfo
 from maas.protocols.signature import Signature
@@ -87,6 +94,7 @@ class Deployment:
         self._batcher: DynamicBatcher | None = None
         self._load_task: asyncio.Task[None] | None = None
         self._failed_at = 0.0
+        self._load_waiters = 0
         self._retired = False
         self.state = DeploymentState.UNLOADED
         self.error: MaasError | None = None
@@ -120,7 +128,13 @@ class Deployment:
     def _labels(self) -> tuple[str, str]:
         return (self.version.model, str(self.version.version))
 
-    async def ensure_loaded(self) -> None:
+    async def ensure_loaded(self, *, bounded: bool = False) -> None:
+        """Load the version unless it is loaded (concurrent callers share one load).
+
+        With ``bounded`` (a request, not the manager's own loads), at most
+        ``max_queue_size`` callers wait for a cold load: past that, ``Overloaded`` at
+        once, as the queue they would join anyway would refuse them.
+        """
         if self.state is DeploymentState.READY:
             return
         if self._retired:
@@ -130,9 +144,18 @@ class Deployment:
                 assert self.error is not None
                 raise self.error
             self._load_task = None
+        limit = self.version.deployment.max_queue_size
+        if bounded and self._load_waiters >= limit:
+            raise Overloaded(
+                f"{limit} requests already wait for {self._label} to load", retry_after=1.0
+            )
         if self._load_task is None:
             self._load_task = asyncio.ensure_future(self._load())
-        await asyncio.shield(self._load_task)
+        self._load_waiters += 1
+        try:
+            await asyncio.shield(self._load_task)
+        finally:
+            self._load_waiters -= 1
         if not self._loaded():  # the load failed, or an unload came meanwhile
             raise self.error or ModelNotReady()
 

@@ -104,8 +104,9 @@ class ModelManager:
 
     # -- deployments -----------------------------------------------------------------
 
-    async def deployment(self, version: VersionInfo) -> Deployment:
-        """The loaded deployment of ``version``, loading it on first use."""
+    async def deployment(self, version: VersionInfo, *, bounded: bool = False) -> Deployment:
+        """The loaded deployment of ``version``, loading it on first use; ``bounded``
+        (requests) limits how many callers wait for a cold load."""
         key = (version.model, version.version)
         deployment = self._deployments.get(key)
         if (
@@ -114,13 +115,15 @@ class ModelManager:
             or deployment.version.digest != version.digest
         ):
             deployment = self._create(version)
-        await deployment.ensure_loaded()
+        await deployment.ensure_loaded(bounded=bounded)
         deployment.last_used = time.monotonic()  # a lookup is a use: LRU must not evict it
         await self._evict_past_limit(keep=key)
         return deployment
 
-    async def get(self, model: str, selector: Selector = None) -> Deployment:
-        return await self.deployment(await self.resolve(model, selector))
+    async def get(
+        self, model: str, selector: Selector = None, *, bounded: bool = False
+    ) -> Deployment:
+        return await self.deployment(await self.resolve(model, selector), bounded=bounded)
 
     # -- requests --------------------------------------------------------------------
 
@@ -180,7 +183,7 @@ class ModelManager:
         outputs: Sequence[str] | None,
     ) -> tuple[VersionInfo, dict[str, np.ndarray]]:
         while True:
-            deployment = await self.get(model, selector)
+            deployment = await self.get(model, selector, bounded=True)
             if not deployment.is_retired:
                 return deployment.version, await deployment.predict(inputs, outputs)
             self.invalidate(model)  # an alias moved between resolving and now

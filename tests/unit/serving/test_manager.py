@@ -11,8 +11,8 @@ import pytest
 from tests.unit.runtimes import trained
 from tests.unit.serving.conftest import LoadSpy, ManagerFactory
 
-from maas.errors import ArtifactCorrupted, UnsupportedArtifact
-from maas.protocols.management import VersionInfo
+from maas.errors import ArtifactCorrupted, Overloaded, UnsupportedArtifact
+from maas.protocols.management import DeploymentSpec, VersionInfo
 from maas.registry.artifacts import ArtifactStore
 from maas.registry.service import RegistryService
 from maas.serving.deployment import Deployment
@@ -168,3 +168,26 @@ async def test_resolve_is_cached_until_invalidated(
     manager.invalidate("iris")
     assert (await manager.resolve("iris")).version == 2
     assert (await manager.resolve("iris", 1)).version == 1
+
+
+async def test_requests_waiting_for_a_cold_load_are_bounded_by_the_queue_size(
+    managers: ManagerFactory, publish: Publish, registry: RegistryService
+) -> None:
+    publish()
+    registry.update_deployment("iris", 1, DeploymentSpec(max_queue_size=2))
+    manager = managers()
+    manager.resolve_ttl_s = 3600.0
+    await manager.resolve("iris", 1)  # cached: each call below reaches the load at once
+    features, _ = trained.iris()
+    calls = [manager.predict("iris", 1, {"input": features[:1]}) for _ in range(5)]
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    await asyncio.sleep(0)  # each task ran to its first wait; the load (threads) cannot be done
+    deployment = manager.find("iris", 1)
+    assert deployment is not None and not deployment.is_ready
+    refused = [t for t in tasks if t.done()]
+    assert len(refused) == 3  # refused at once, without waiting for the load
+    for task in refused:
+        error = task.exception()
+        assert isinstance(error, Overloaded) and error.retry_after is not None
+    served = await asyncio.gather(*(t for t in tasks if t not in refused))
+    assert [version.version for version, _ in served] == [1, 1]
