@@ -173,17 +173,26 @@ def test_moving_an_alias_under_load_drops_no_request(
     assert versions[0] == "1" and versions[-1] == str(second)
 
 
+@pytest.mark.parametrize("load_at_start", ["true", "false"])
 def test_a_version_that_fails_to_load_leaves_the_old_one_serving(
-    fresh_server: RunningServer, iris_skops: Path, slow_skops: Path
+    tmp_path: Path, iris_skops: Path, slow_skops: Path, load_at_start: str
 ) -> None:
-    _push(fresh_server, iris_skops, "flowers", alias="production")
-    with Client(fresh_server.url, api_key=fresh_server.api_key) as client:
-        broken = client.push(slow_skops, "flowers")
+    server = start_server(tmp_path / "home", env={"MAAS_SERVING__LOAD_AT_START": load_at_start})
+    try:
+        _check_failed_rollout(server, iris_skops, slow_skops)
+    finally:
+        server.stop()
+
+
+def _check_failed_rollout(server: RunningServer, good: Path, other: Path) -> None:
+    _push(server, good, "flowers", alias="production")
+    with Client(server.url, api_key=server.api_key) as client:
+        broken = client.push(other, "flowers")
     digest = broken.digest.split(":", 1)[1]
-    blob = next((fresh_server.home / "artifacts").rglob(digest))
+    blob = next((server.home / "artifacts").rglob(digest))
     blob.chmod(0o644)
     blob.write_bytes(b"corrupted after upload")
-    with fresh_server.client() as http:
+    with server.client() as http:
         refused = http.put(
             "/api/v1/models/flowers/aliases/production", json={"version": broken.version}
         )

@@ -203,10 +203,9 @@ class ModelManager:
         """Load and warm ``version`` before an alias moves to it.
 
         Raises ``RolloutFailed`` (the caller must then leave the alias where it is)
-        when it cannot load. Does nothing on a server that loads lazily.
+        when it cannot load. A server that loads lazily (``load_at_start`` off) loads
+        the target all the same: an alias must never point at a version that fails.
         """
-        if not self._settings.load_at_start:
-            return
         try:
             await self.deployment(version)
         except MaasError as exc:

@@ -11,7 +11,7 @@ import pytest
 from tests.unit.runtimes import trained
 from tests.unit.serving.conftest import LoadSpy, ManagerFactory
 
-from maas.errors import ArtifactCorrupted, Overloaded, UnsupportedArtifact
+from maas.errors import ArtifactCorrupted, Overloaded, RolloutFailed, UnsupportedArtifact
 from maas.protocols.management import DeploymentSpec, VersionInfo
 from maas.registry.artifacts import ArtifactStore
 from maas.registry.service import RegistryService
@@ -191,3 +191,29 @@ async def test_requests_waiting_for_a_cold_load_are_bounded_by_the_queue_size(
         assert isinstance(error, Overloaded) and error.retry_after is not None
     served = await asyncio.gather(*(t for t in tasks if t not in refused))
     assert [version.version for version, _ in served] == [1, 1]
+
+
+@pytest.mark.parametrize("load_at_start", [True, False])
+async def test_prepare_loads_the_target_even_on_a_lazy_server(
+    managers: ManagerFactory,
+    publish: Publish,
+    registry: RegistryService,
+    store: ArtifactStore,
+    load_at_start: bool,
+    tmp_path: Path,
+) -> None:
+    publish()
+    good = publish()
+    other = trained.write_skops(trained.species_classifier(), tmp_path / "species.skops")
+    broken = publish(source=other)  # its own artifact: corrupting it spares the others
+    registry.set_alias("iris", "production", 1)
+    path = store.local_path(broken.digest, verify=False)
+    path.write_bytes(b"corrupted after upload")
+    manager = managers(load_at_start=load_at_start)
+    await manager.start()
+    with pytest.raises(RolloutFailed) as refused:
+        await manager.prepare(broken)
+    assert refused.value.details["cause"] == "artifact_corrupted"
+    await manager.prepare(good)
+    prepared = manager.find("iris", good.version)
+    assert prepared is not None and prepared.is_ready  # loaded and warmed before any switch
