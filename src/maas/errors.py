@@ -18,6 +18,7 @@ rebuilds the same class from the code (``error_class_for``).
     │   ├── UnsupportedTask
     │   ├── ClientDisconnected
     │   ├── InvalidSpec
+    │   ├── InvalidDeployment
     │   └── InvalidDataset
     ├── Unauthenticated (401)
     ├── Forbidden (403)
@@ -71,6 +72,7 @@ __all__ = [
     "Forbidden",
     "GenerationQueueFull",
     "InvalidDataset",
+    "InvalidDeployment",
     "InvalidInput",
     "InvalidName",
     "InvalidRequest",
@@ -204,6 +206,14 @@ class InvalidSpec(InvalidRequest):
 
     code = "invalid_spec"
     default_message = "invalid job spec"
+
+
+class InvalidDeployment(InvalidRequest):
+    """A deployment spec that cannot serve its version: preferred batch sizes past
+    ``max_batch_size``, or batching on a model whose inputs have a fixed first dimension."""
+
+    code = "invalid_deployment"
+    default_message = "invalid deployment spec"
 
 
 class InvalidDataset(InvalidRequest):

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from maas.errors import InvalidDeployment
 from maas.protocols.bounds import VersionNumber
 from maas.protocols.signature import Signature
 
@@ -52,6 +53,32 @@ class DeploymentSpec(_Frozen):
     )
     instances: int = Field(1, ge=1, le=64, description="Parallel instances of the model.")
     max_queue_size: int = Field(256, ge=1, le=_MAX_QUEUE, description="Queued requests before 503.")
+
+    def check(self, signature: Signature) -> None:
+        """Raise ``InvalidDeployment`` unless this spec can serve a model of ``signature``.
+
+        Preferred sizes must be batch sizes the batcher can form (1 to
+        ``max_batch_size``). Batching concatenates requests along the first dimension,
+        so every input must have a first dimension of any size (``-1``).
+        """
+        wrong = [
+            size for size in self.preferred_batch_sizes if not 1 <= size <= self.max_batch_size
+        ]
+        if wrong:
+            raise InvalidDeployment(
+                f"preferred batch size {wrong[0]} is not between 1 and max_batch_size "
+                f"({self.max_batch_size})",
+                details={"preferred_batch_sizes": wrong, "max_batch_size": self.max_batch_size},
+            )
+        if self.max_batch_size == 1:
+            return
+        fixed = [spec for spec in signature.inputs if not spec.shape or spec.shape[0] != -1]
+        if fixed:
+            raise InvalidDeployment(
+                f"max_batch_size {self.max_batch_size} needs inputs whose first dimension is "
+                f"-1 (any size); {fixed[0].name!r} has shape {fixed[0].shape}",
+                details={"input": fixed[0].name, "shape": fixed[0].shape},
+            )
 
 
 class ModelCreate(_Frozen):

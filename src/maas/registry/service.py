@@ -256,10 +256,14 @@ class RegistryService:
         self._collect({digest})
 
     def update_deployment(self, name: str, version: int, spec: DeploymentSpec) -> VersionInfo:
-        """Change how a version is served; its artifact and signature stay immutable."""
+        """Change how a version is served; its artifact and signature stay immutable.
+
+        Raises ``InvalidDeployment`` when the spec cannot serve this version's signature.
+        """
         with self._session() as session:
             model = self._model(session, name)
             row = self._resolve_row(session, model, version)
+            spec.check(Signature.model_validate(row.signature))
             row.deployment = spec.model_dump(mode="json")
             session.flush()
             return _version_info(row, self._aliases_by_version(session, model).get(row.id, []))

@@ -9,6 +9,7 @@ from tests.unit.registry.conftest import PushVersion
 
 from maas.errors import (
     AliasNotFound,
+    InvalidDeployment,
     InvalidName,
     ModelExists,
     ModelNotFound,
@@ -17,6 +18,7 @@ from maas.errors import (
 )
 from maas.protocols.bounds import MAX_VERSION
 from maas.protocols.management import DeploymentSpec
+from maas.protocols.signature import Signature, TensorSpec
 from maas.registry.artifacts import ArtifactStore
 from maas.registry.service import RegistryService
 
@@ -196,6 +198,43 @@ def test_update_deployment(registry: RegistryService, push: PushVersion) -> None
     assert (again.digest, again.signature) == (before.digest, before.signature)
     with pytest.raises(VersionNotFound):
         registry.update_deployment("iris", 5, spec)
+
+
+def _version_with_input_shape(
+    registry: RegistryService, store: ArtifactStore, shape: list[int]
+) -> int:
+    with store.writer() as writer:
+        writer.write(b"model bytes")
+        artifact = writer.commit()
+    tensor = TensorSpec(name="x", datatype="FP32", shape=shape)
+    signature = Signature(inputs=[tensor], outputs=[tensor])
+    info = registry.create_version(
+        "m", artifact=artifact, filename="m.onnx", framework="onnx", signature=signature
+    )
+    return info.version
+
+
+def test_update_deployment_refuses_specs_the_version_cannot_serve(
+    registry: RegistryService, store: ArtifactStore
+) -> None:
+    any_rows = _version_with_input_shape(registry, store, [-1, 4])
+    one_row = _version_with_input_shape(registry, store, [1, 4])
+    with pytest.raises(InvalidDeployment) as past_max:
+        registry.update_deployment(
+            "m", any_rows, DeploymentSpec(max_batch_size=8, preferred_batch_sizes=[4, 16])
+        )
+    assert past_max.value.details["preferred_batch_sizes"] == [16]
+    with pytest.raises(InvalidDeployment):
+        registry.update_deployment("m", any_rows, DeploymentSpec(preferred_batch_sizes=[0]))
+    with pytest.raises(InvalidDeployment) as fixed:
+        registry.update_deployment("m", one_row, DeploymentSpec(max_batch_size=8))
+    assert fixed.value.details == {"input": "x", "shape": [1, 4]}
+    assert registry.get_version("m", one_row).deployment == DeploymentSpec()  # unchanged
+    # What the model can do is accepted: batching on any rows, no batching on fixed rows.
+    batched = DeploymentSpec(max_batch_size=8, preferred_batch_sizes=[4, 8])
+    assert registry.update_deployment("m", any_rows, batched).deployment == batched
+    alone = DeploymentSpec(max_batch_size=1, instances=2)
+    assert registry.update_deployment("m", one_row, alone).deployment == alone
 
 
 def test_create_version_records_what_it_was_given(
