@@ -8,8 +8,10 @@ grow the series.
 
 With several server processes, prometheus_client's multiprocess mode keeps each
 process's values in files under ``PROMETHEUS_MULTIPROC_DIR`` and ``exposition`` sums
-them at scrape time. Worker processes that run scikit-learn models record nothing
-themselves: the serving process measures queue, batch and inference time around them.
+them at scrape time (``maas.observability.multiproc`` wipes and prunes those files).
+Worker processes that run scikit-learn models record nothing themselves: the serving
+process measures queue, batch and inference time around them. Every metric has labels,
+so importing this module writes no value file.
 """
 
 from __future__ import annotations
@@ -90,7 +92,9 @@ QUEUE_DEPTH = Gauge(
 )
 LOADED_MODELS = Gauge(
     "maas_loaded_models",
-    "Model versions loaded and ready.",
+    "Loaded and ready deployments of a model version: 1 while it serves, 0 once unloaded "
+    "(2 for a moment while a redeploy swaps a new deployment in).",
+    ["model", "version"],
     multiprocess_mode="livesum",
 )
 LOAD_SECONDS = Histogram(

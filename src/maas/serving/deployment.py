@@ -195,7 +195,7 @@ class Deployment:
         )
         self.load_seconds = time.monotonic() - started
         LOAD_SECONDS.labels(*self._labels).observe(self.load_seconds)
-        LOADED_MODELS.inc()
+        LOADED_MODELS.labels(*self._labels).inc()
         self.state = DeploymentState.READY
 
     def _uses_processes(self) -> bool:
@@ -340,4 +340,4 @@ class Deployment:
         if instances is not None:
             await instances.close()
         if was_ready:
-            LOADED_MODELS.dec()
+            LOADED_MODELS.labels(*self._labels).dec()
