@@ -53,10 +53,33 @@ class ServingSettings(_Section):
         60.0, gt=0, description="Inference timeout when the caller sets none (504 past it)."
     )
     max_request_timeout_s: float = Field(
-        300.0, gt=0, description="Largest timeout a caller may ask for (parameters.timeout)."
+        300.0,
+        gt=0,
+        description="Largest timeout a caller may ask for (parameters.timeout or X-Maas-Timeout); "
+        "a larger one is served with this cap.",
     )
     drain_timeout_s: float = Field(
-        30.0, ge=0, description="After SIGTERM, how long in-flight requests may take to finish."
+        30.0,
+        ge=0,
+        description="After SIGTERM, the most time until the process exits: in-flight requests "
+        "finish, usage records flush, models unload; past it the rest is cut (worker "
+        "processes killed). Requests get all of it but a teardown share (a fifth, at most 5 s).",
+    )
+    drain_grace_s: float = Field(
+        2.0,
+        ge=0,
+        description="After SIGTERM (not Ctrl-C), how long the listener stays open answering 503 "
+        "(readiness, new inference) before it closes, so load balancers see the drain; part of "
+        "drain_timeout_s.",
+    )
+    worker_restart_backoff_s: float = Field(
+        0.1,
+        gt=0,
+        description="Delay before restarting a dead worker process; it doubles with each "
+        "consecutive death, up to worker_restart_backoff_max_s.",
+    )
+    worker_restart_backoff_max_s: float = Field(
+        10.0, gt=0, description="Longest delay before restarting a dead worker process."
     )
 
 

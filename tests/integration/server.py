@@ -110,6 +110,9 @@ def start_server(
         "COLUMNS": "200",
         "MAAS_ADMIN_KEY": TEST_ADMIN_KEY,
         "MAAS_DEMO_MODELS": IRIS_DEMO,
+        # No listener grace after SIGTERM: stopping a test server need not wait for
+        # load balancers; the drain tests set it themselves.
+        "MAAS_SERVING__DRAIN_GRACE_S": "0",
         **(env or {}),
     }
     process = subprocess.Popen(

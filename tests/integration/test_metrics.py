@@ -7,6 +7,7 @@ files and are summed at scrape time.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,3 +137,36 @@ def test_metrics_are_public_by_default_with_auth_on(tmp_path: Path) -> None:
     finally:
         running.stop()
     assert "maas_requests" in families
+
+
+def test_live_gauges_count_only_live_processes_across_restarts(tmp_path: Path) -> None:
+    prom, home = tmp_path / "prom", tmp_path / "home"
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(prom)}
+    clean = start_server(home, "--demo", "--no-auth", env=env)
+    assert clean.stop() in (0, -signal.SIGTERM), "".join(clean.output)
+    # A clean exit drops its live gauges (its counters stay: their counts happened).
+    assert not list(prom.glob(f"gauge_live*_{clean.process.pid}.db"))
+
+    killed = start_server(home, "--demo", "--no-auth", env=env)
+    killed.process.kill()  # no teardown: its files still say two models are loaded
+    killed.process.wait()
+    killed.stop()  # closes its output pipe
+    assert list(prom.glob(f"gauge_livesum_{killed.process.pid}.db"))
+
+    running = start_server(home, "--demo", "--no-auth", env=env)
+    try:
+        with running.client() as http:
+            assert http.post("/v2/models/iris/infer", json=_GOOD).status_code == 200
+            families = _scrape(http)
+        # Only the server writes values: its scikit-learn worker processes write no file.
+        writers = {path.stem.rsplit("_", 1)[1] for path in prom.glob("*.db")}
+        assert writers == {str(running.process.pid)}
+    finally:
+        running.stop()
+    loaded = families["maas_loaded_models"]
+    for model in ("iris", "iris-onnx"):
+        assert _value(loaded, "maas_loaded_models", model=model, version="1") == 1
+    depths = [s.value for s in families["maas_queue_depth"] if s.name == "maas_queue_depth"]
+    assert depths and set(depths) == {0}
+    iris = {"model": "iris", "version": "1", "protocol": "v2", "code": "200"}
+    assert _value(families["maas_requests"], "maas_requests_total", **iris) == 1

@@ -76,10 +76,19 @@ def _run(settings: Any) -> None:
     # reach for a model hub (there may be no network, and a caller must not steer it).
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    metrics_dir = settings.prometheus_multiproc_dir
+    if metrics_dir is not None:
+        # Before prometheus_client is first imported (it reads this then) and before any
+        # metric has a value: what a killed predecessor left must not be summed in.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        from maas.observability.multiproc import reset_multiprocess_dir
+
+        reset_multiprocess_dir(metrics_dir)
     import uvicorn
 
     from maas.api.app import create_app
     from maas.api.protocol import limited_http_protocol
+    from maas.cli.drain import DrainingServer
     from maas.services import Services
     from maas.services.demo import demo_banner
 
@@ -104,10 +113,22 @@ def _run(settings: Any) -> None:
 
     def on_started(services: Services) -> None:
         started.append(services)
+        if server.drain_deadline is not None:  # SIGTERM came while the models loaded
+            services.begin_drain(server.drain_deadline)
         _announce_admin_key(services.admin_key)
         if settings.demo:
             console.print(demo_banner(url, services.admin_key), soft_wrap=True)
         console.print(f"maas listening on {url}", highlight=False, soft_wrap=True)
+
+    def on_drain(deadline: float) -> None:
+        for services in started:
+            services.begin_drain(deadline)
+
+    def on_exit() -> None:
+        if metrics_dir is not None:
+            from maas.observability.multiproc import mark_process_dead
+
+            mark_process_dead(metrics_dir, os.getpid())
 
     app = create_app(settings, on_started=on_started)
     config = uvicorn.Config(
@@ -116,21 +137,14 @@ def _run(settings: Any) -> None:
         http=limited_http_protocol(settings.limits.max_header_bytes),
         log_level=settings.log_level,
         access_log=False,
-        timeout_graceful_shutdown=settings.serving.drain_timeout_s,
         ssl_certfile=settings.server.ssl_certfile,
         ssl_keyfile=settings.server.ssl_keyfile,
     )
-
-    class DrainingServer(uvicorn.Server):
-        """Flips readiness and refuses new inference the moment SIGTERM arrives;
-        uvicorn then lets in-flight requests finish within the drain timeout."""
-
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            for services in started:
-                services.models.begin_shutdown()
-            super().handle_exit(sig, frame)
-
-    DrainingServer(config).run(sockets=[sock])
+    server = DrainingServer(config, settings.serving, on_drain=on_drain, on_exit=on_exit)
+    try:
+        server.run(sockets=[sock])
+    finally:  # a startup failure ends here; a drain ends in on_exit (SIGTERM is re-raised)
+        on_exit()
 
 
 def _announce_admin_key(notice: AdminKeyNotice | None) -> None:

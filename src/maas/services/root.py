@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -52,6 +54,14 @@ class Services:
     text: TextService
     datasets: DatasetService
     jobs: JobManager
+    #: ``time.monotonic()`` by which the process must have exited; set by ``begin_drain``.
+    drain_deadline: float | None = None
+
+    def begin_drain(self, deadline: float) -> None:
+        """SIGTERM: readiness and new inference answer 503 from now on, and the teardown
+        must end by ``deadline``. Safe to call from a signal handler."""
+        self.drain_deadline = deadline
+        self.models.begin_shutdown()
 
 
 @asynccontextmanager
@@ -120,12 +130,40 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         await jobs.start()
         yield services
     finally:
-        await jobs.close()  # running jobs stop and are queued again for the next start
-        await admission.aclose()
-        await usage.aclose()  # after the last request: writes every pending record
-        await services.audit.aclose()
-        await models.close()
-        engine.dispose()
+        await _close(services)
+
+
+async def _close(services: Services) -> None:
+    """Stop every part at once, within the drain deadline (``drain_timeout_s`` from now
+    when no SIGTERM set one); past it, worker processes are killed and the rest dropped."""
+    deadline = services.drain_deadline
+    if deadline is None:
+        deadline = time.monotonic() + services.settings.serving.drain_timeout_s
+    loop = asyncio.get_running_loop()
+    parts = {
+        "jobs": services.jobs.close(),  # running jobs stop and are queued again
+        "records": _flush_records(services),
+        "models": services.models.close(),  # deployments unload concurrently
+    }
+    try:
+        async with asyncio.timeout_at(loop.time() + deadline - time.monotonic()):
+            results = await asyncio.gather(*parts.values(), return_exceptions=True)
+    except TimeoutError:
+        log.error("the shutdown deadline passed: killing worker processes, dropping the rest")
+        for child in multiprocessing.active_children():
+            child.kill()
+    else:
+        for name, result in zip(parts, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("closing %s failed", name, exc_info=result)
+    finally:
+        services.engine.dispose()
+
+
+async def _flush_records(services: Services) -> None:
+    await services.admission.aclose()
+    await services.usage.aclose()  # after the last request: writes every pending record
+    await services.audit.aclose()
 
 
 def _rate_limiter(settings: Settings) -> RateLimitBackend:

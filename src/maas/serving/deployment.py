@@ -81,12 +81,15 @@ class Deployment:
         options: LoadOptions,
         mode: str = "auto",
         generation: GenerationSettings | None = None,
+        restart_backoff_s: tuple[float, float] = (0.1, 10.0),
     ) -> None:
         self.version = version
         self._store = store
         self._workers = workers
         self._options = options
         self._mode = mode
+        #: First and longest delay before a dead worker process is restarted.
+        self._restart_backoff_s = restart_backoff_s
         self._generation_settings = generation or GenerationSettings()
         #: The continuous-batching scheduler of a language model; ``None`` for others.
         self.generation: GenerationScheduler | None = None
@@ -230,7 +233,14 @@ class Deployment:
         if self._uses_processes():
             target = LoadTarget(self.version.framework, path, self._options)
             count = self.version.deployment.instances
-            pool = ProcessInstances(target, count, labels=self._labels)
+            initial_s, max_s = self._restart_backoff_s
+            pool = ProcessInstances(
+                target,
+                count,
+                labels=self._labels,
+                backoff_initial_s=initial_s,
+                backoff_max_s=max_s,
+            )
             await pool.start()
             return pool
         framework, options = self.version.framework, self._options

@@ -128,7 +128,9 @@ class ModelManager:
     # -- requests --------------------------------------------------------------------
 
     def timeout_for(self, requested_s: float | None) -> float:
-        """The caller's timeout capped by the server's, or the server's default."""
+        """The caller's timeout capped by ``max_request_timeout_s``, or the server's
+        default ``request_timeout_s``. A caller asking for more is served with the cap,
+        not refused: the 504, if it comes, names both."""
         if requested_s is None:
             return self._settings.request_timeout_s
         return min(requested_s, self._settings.max_request_timeout_s)
@@ -171,9 +173,11 @@ class ModelManager:
                     return await work
                 return await _unless_disconnected(work, disconnected)
         except TimeoutError:
-            raise RequestTimeout(
-                f"no answer within {limit:g} s", details={"timeout_s": limit}
-            ) from None
+            message, details = f"no answer within {limit:g} s", {"timeout_s": limit}
+            if timeout_s is not None and timeout_s > limit:
+                message += f" (the server's maximum; {timeout_s:g} s was asked)"
+                details["requested_timeout_s"] = timeout_s
+            raise RequestTimeout(message, details=details) from None
 
     async def _predict(
         self,
@@ -253,6 +257,10 @@ class ModelManager:
             options=self._options,
             mode=self._settings.worker_mode,
             generation=self._generation,
+            restart_backoff_s=(
+                self._settings.worker_restart_backoff_s,
+                self._settings.worker_restart_backoff_max_s,
+            ),
         )
 
     def find(self, model: str, version: int) -> Deployment | None:
@@ -317,10 +325,19 @@ class ModelManager:
         return [d for d in self._deployments.values() if d.is_ready]
 
     async def close(self) -> None:
-        for deployment in list(self._deployments.values()):
-            await deployment.unload()
+        """Unload every deployment at once (each drains its own calls first), then stop
+        the thread pool; the caller bounds how long this may take."""
+        deployments = list(self._deployments.values())
         self._deployments.clear()
-        self._workers.close()
+        results = await asyncio.gather(
+            *(deployment.unload() for deployment in deployments), return_exceptions=True
+        )
+        for deployment, result in zip(deployments, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("unloading %s:%s failed: %r", *deployment.key, result)
+        # Off the loop: a model call still running in the pool must not freeze the loop
+        # (and with it the shutdown deadline) while the pool waits for it.
+        await asyncio.to_thread(self._workers.close)
 
     async def model_exists(self, model: str) -> bool:
         try:

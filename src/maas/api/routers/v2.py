@@ -84,7 +84,8 @@ async def _ready(request: Request, model: str, version: str | None) -> Response:
     services = get_services(request)
     info = await services.models.resolve(model, parse_selector(version))
     deployment = services.models.find(info.model, info.version)
-    is_ready = deployment is not None and deployment.is_ready
+    draining = services.models.is_shutting_down  # new inference would get 503
+    is_ready = not draining and deployment is not None and deployment.is_ready
     body = {"name": model, "version": str(info.version), "ready": is_ready}
     return json_response(body, status_code=200 if is_ready else 503)
 

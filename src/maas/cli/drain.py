@@ -1,0 +1,138 @@
+"""The graceful drain of ``maas serve``: one deadline from SIGTERM to exit.
+
+On SIGTERM, readiness and new inference answer 503 at once (``on_drain``). The listener
+stays open for ``drain_grace_s`` so that callers and load balancers get that 503 rather
+than a refused connection; then uvicorn closes it and lets in-flight requests finish,
+until the deadline less a teardown share; then the lifespan teardown (usage records,
+models, jobs) runs until the deadline itself, and kills worker processes past it. A
+watchdog thread exits the process a moment after the deadline if anything still blocks
+(a model call stuck in a thread, say). Ctrl-C skips the grace: nobody routes to a
+developer's terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from maas.config import ServingSettings
+
+__all__ = ["DrainPlan", "DrainingServer"]
+
+log = logging.getLogger("maas")
+
+#: The teardown's share of the drain timeout, and its cap in seconds.
+_TEARDOWN_SHARE = 0.2
+_TEARDOWN_MAX_S = 5.0
+#: How long after the deadline the watchdog waits for an orderly exit before forcing one.
+_HARD_EXIT_MARGIN_S = 1.0
+
+
+@dataclass(frozen=True)
+class DrainPlan:
+    """When each phase of a drain that began at ``started`` (``time.monotonic()``) ends."""
+
+    started: float
+    grace_s: float
+    timeout_s: float
+
+    @property
+    def deadline(self) -> float:
+        """The process has exited by then."""
+        return self.started + self.timeout_s
+
+    @property
+    def grace_end(self) -> float:
+        """The listener closes then; until then new requests get 503."""
+        return min(self.started + self.grace_s, self.deadline)
+
+    @property
+    def requests_end(self) -> float:
+        """Requests still running then are cancelled, leaving the teardown its share."""
+        share = min(_TEARDOWN_MAX_S, self.timeout_s * _TEARDOWN_SHARE)
+        return max(self.grace_end, self.deadline - share)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, draining within one deadline (module docstring).
+
+    ``on_drain(deadline)`` runs in the signal handler, so it must only set flags.
+    ``on_exit()`` runs once the teardown is over (or by the watchdog): uvicorn then
+    re-raises the signal, so nothing after ``run`` is reached on SIGTERM.
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        settings: ServingSettings,
+        *,
+        on_drain: Callable[[float], None],
+        on_exit: Callable[[], None],
+    ) -> None:
+        super().__init__(config)
+        self._settings = settings
+        self._on_drain = on_drain
+        self._on_exit = on_exit
+        self._plan: DrainPlan | None = None
+        self._armed = threading.Event()
+        self._cut_grace: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def drain_deadline(self) -> float | None:
+        """``time.monotonic()`` by which the process exits, once a drain has begun."""
+        return self._plan.deadline if self._plan is not None else None
+
+    async def serve(self, sockets: list[Any] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._cut_grace = asyncio.Event()
+        threading.Thread(target=self._watchdog, name="maas-drain-watchdog", daemon=True).start()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._plan is None:
+            grace_s = self._settings.drain_grace_s if sig == signal.SIGTERM else 0.0
+            self._plan = DrainPlan(time.monotonic(), grace_s, self._settings.drain_timeout_s)
+            self._on_drain(self._plan.deadline)
+            self._armed.set()  # the watchdog's lock is never held by this thread
+        elif self._loop is not None and self._cut_grace is not None:
+            # A second signal ends the grace now (uvicorn forces exit on a second ^C).
+            self._loop.call_soon_threadsafe(self._cut_grace.set)
+        super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        plan = self._plan or DrainPlan(time.monotonic(), 0.0, self._settings.drain_timeout_s)
+        grace_s = plan.grace_end - time.monotonic()
+        if grace_s > 0 and self._cut_grace is not None and not self.force_exit:
+            log.info("draining: answering 503 for %.1f s before closing the listener", grace_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._cut_grace.wait(), grace_s)
+        # Read by uvicorn's shutdown: how long open connections may take to finish. uvicorn
+        # annotates it int but only hands it to asyncio.timeout, which takes a float.
+        remaining_s = max(0.0, plan.requests_end - time.monotonic())
+        self.config.timeout_graceful_shutdown = remaining_s  # type: ignore[assignment]
+        await super().shutdown(sockets)
+        self._on_exit()
+
+    def _watchdog(self) -> None:
+        """Daemon thread: once draining, force the exit shortly after the deadline."""
+        self._armed.wait()
+        assert self._plan is not None
+        time.sleep(max(0.0, self._plan.deadline + _HARD_EXIT_MARGIN_S - time.monotonic()))
+        log.error("the drain deadline passed and the process still runs: exiting now")
+        for child in multiprocessing.active_children():
+            child.kill()
+        self._on_exit()
+        os._exit(1)
