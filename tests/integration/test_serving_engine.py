@@ -1,4 +1,5 @@
-"""The serving engine against the real server: workers, backpressure, drain, rollout."""
+"""The serving engine against the real server: workers, backpressure, rollout (the drain
+has ``test_drain.py``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import skops.io
@@ -18,10 +18,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from maas.client import Client
 from maas.protocols.management import DeploymentSpec
 from tests.integration.server import RunningServer, start_server
-
-ROW = {
-    "inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]
-}
+from tests.integration.serving_helpers import ROW, metric, push, scrape, status, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -45,33 +42,14 @@ def _big_request(rows: int = 20_000) -> dict[str, object]:
     }
 
 
-def _push(server: RunningServer, path: Path, name: str, alias: str | None = None) -> int:
-    with Client(server.url, api_key=server.api_key) as client:
-        return client.push(path, name, alias=alias).version
-
-
-def _status(http: httpx.Client, name: str, version: object) -> dict[str, object]:
-    response = http.get(f"/api/v1/models/{name}/versions/{version}/deployment/status")
-    assert response.status_code == 200, response.text
-    body: dict[str, object] = response.json()
-    return body
-
-
-def _wait(condition: object, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition never became true"
-        time.sleep(0.05)
-
-
 def test_a_killed_worker_is_restarted_and_its_call_fails_fast(
     fresh_server: RunningServer, slow_skops: Path
 ) -> None:
-    _push(fresh_server, slow_skops, "knn", alias="production")
+    push(fresh_server, slow_skops, "knn", alias="production")
     with fresh_server.client() as http:
-        status = _status(http, "knn", "production")
-        assert status["workers"] == "processes" and status["ready"] is True
-        [pid] = status["pids"]  # type: ignore[misc]
+        before = status(http, "knn", "production")
+        assert before["workers"] == "processes" and before["ready"] is True
+        [pid] = before["pids"]  # type: ignore[misc]
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(http.post, "/v2/models/knn/infer", json=_big_request())
             time.sleep(0.5)
@@ -79,17 +57,50 @@ def test_a_killed_worker_is_restarted_and_its_call_fails_fast(
             response = in_flight.result(timeout=60)
         assert response.status_code == 503, response.text
         assert response.json()["code"] == "worker_crashed"
-        _wait(lambda: (s := _status(http, "knn", "production"))["ready"] and s["pids"] != [pid])
+        wait_until(lambda: (s := status(http, "knn", "production"))["ready"] and s["pids"] != [pid])
         after = http.post("/v2/models/knn/infer", json=ROW)
         assert after.status_code == 200, after.text
+
+
+def test_a_model_is_not_ready_while_its_only_worker_is_dead(
+    tmp_path: Path, iris_skops: Path
+) -> None:
+    # A 3 s backoff keeps the worker dead long enough to look at the server meanwhile.
+    server = start_server(tmp_path / "home", env={"MAAS_SERVING__WORKER_RESTART_BACKOFF_S": "3"})
+    try:
+        push(server, iris_skops, "flowers", alias="production")
+        with server.client() as http:
+            [pid] = status(http, "flowers", "production")["pids"]  # type: ignore[misc]
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: http.get("/v2/models/flowers/ready").status_code == 503)
+            assert http.get("/v2/models/flowers/versions/1/ready").status_code == 503
+            assert http.get("/v2/health/ready").status_code == 503  # an aliased model is down
+            refused = http.post("/v2/models/flowers/infer", json=ROW)
+            assert refused.status_code == 503 and refused.json()["code"] == "worker_crashed"
+            assert "retry-after" in refused.headers
+
+            wait_until(lambda: http.get("/v2/health/ready").status_code == 200)
+            assert http.get("/v2/models/flowers/ready").status_code == 200
+            assert status(http, "flowers", "production")["pids"] not in ([], [pid])
+            assert http.post("/v2/models/flowers/infer", json=ROW).status_code == 200
+            families = scrape(http)
+    finally:
+        server.stop()
+    flowers = {"model": "flowers", "version": "1"}
+    assert metric(families, "maas_worker_restarts_total", **flowers) == 1
+    assert metric(families, "maas_loaded_models", **flowers) == 1
+    assert metric(families, "maas_queue_depth", **flowers) == 0
+    ok = {**flowers, "protocol": "v2", "code": "200"}
+    assert metric(families, "maas_requests_total", **ok) == 1
+    assert metric(families, "maas_batch_size_sum", **flowers) == 1  # the one row served
 
 
 def test_a_scikit_learn_worker_never_loads_torch(
     fresh_server: RunningServer, slow_skops: Path
 ) -> None:
-    _push(fresh_server, slow_skops, "knn", alias="production")
+    push(fresh_server, slow_skops, "knn", alias="production")
     with fresh_server.client() as http:
-        [pid] = _status(http, "knn", "production")["pids"]  # type: ignore[misc]
+        [pid] = status(http, "knn", "production")["pids"]  # type: ignore[misc]
         assert http.post("/v2/models/knn/infer", json=ROW).status_code == 200
     maps = Path(f"/proc/{pid}/maps").read_text()
     assert "libtorch" not in maps
@@ -99,7 +110,7 @@ def test_a_scikit_learn_worker_never_loads_torch(
 def test_a_full_queue_answers_503_with_retry_after_and_a_timeout_504(
     fresh_server: RunningServer, slow_skops: Path
 ) -> None:
-    version = _push(fresh_server, slow_skops, "knn", alias="production")
+    version = push(fresh_server, slow_skops, "knn", alias="production")
     with Client(fresh_server.url, api_key=fresh_server.api_key) as client:
         client.set_deployment("knn", version, DeploymentSpec(max_queue_size=1, instances=1))
     body = _big_request()
@@ -120,22 +131,6 @@ def test_a_full_queue_answers_503_with_retry_after_and_a_timeout_504(
         assert bad.status_code == 400 and bad.json()["code"] == "invalid_input"
 
 
-def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path, slow_skops: Path) -> None:
-    server = start_server(tmp_path / "home")
-    try:
-        _push(server, slow_skops, "knn", alias="production")
-        body = _big_request(5_000)
-        with server.client() as http, concurrent.futures.ThreadPoolExecutor(4) as pool:
-            futures = [pool.submit(http.post, "/v2/models/knn/infer", json=body) for _ in range(4)]
-            time.sleep(0.5)
-            server.process.send_signal(signal.SIGTERM)
-            responses = [f.result(timeout=60) for f in futures]
-        assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
-        assert server.process.wait(60) in (0, -signal.SIGTERM)
-    finally:
-        server.stop()
-
-
 def _stream(server: RunningServer, stop: threading.Event, seen: list[tuple[int, str]]) -> None:
     with server.client() as http:
         while not stop.is_set():
@@ -149,20 +144,20 @@ def _stream(server: RunningServer, stop: threading.Event, seen: list[tuple[int, 
 def test_moving_an_alias_under_load_drops_no_request(
     fresh_server: RunningServer, iris_skops: Path
 ) -> None:
-    _push(fresh_server, iris_skops, "flowers", alias="production")
-    second = _push(fresh_server, iris_skops, "flowers")
+    push(fresh_server, iris_skops, "flowers", alias="production")
+    second = push(fresh_server, iris_skops, "flowers")
     stop, seen = threading.Event(), []  # type: ignore[var-annotated]
     streams = [threading.Thread(target=_stream, args=(fresh_server, stop, seen)) for _ in range(3)]
     for thread in streams:
         thread.start()
     try:
-        _wait(lambda: len(seen) > 20)
+        wait_until(lambda: len(seen) > 20)
         with fresh_server.client() as http:
             moved = http.put("/api/v1/models/flowers/aliases/production", json={"version": second})
             assert moved.status_code == 200, moved.text
             before = len(seen)
-            _wait(lambda: len(seen) > before + 20)
-            old = _status(http, "flowers", 1)
+            wait_until(lambda: len(seen) > before + 20)
+            old = status(http, "flowers", 1)
             assert old["state"] == "unloaded"
     finally:
         stop.set()
@@ -185,7 +180,7 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(
 
 
 def _check_failed_rollout(server: RunningServer, good: Path, other: Path) -> None:
-    _push(server, good, "flowers", alias="production")
+    push(server, good, "flowers", alias="production")
     with Client(server.url, api_key=server.api_key) as client:
         broken = client.push(other, "flowers")
     digest = broken.digest.split(":", 1)[1]
