@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from tests.unit.registry.conftest import PushVersion
 
 from maas.errors import (
@@ -224,8 +225,8 @@ def test_update_deployment_refuses_specs_the_version_cannot_serve(
             "m", any_rows, DeploymentSpec(max_batch_size=8, preferred_batch_sizes=[4, 16])
         )
     assert past_max.value.details["preferred_batch_sizes"] == [16]
-    with pytest.raises(InvalidDeployment):
-        registry.update_deployment("m", any_rows, DeploymentSpec(preferred_batch_sizes=[0]))
+    with pytest.raises(ValidationError):  # no batch has 0 rows: the schema refuses it
+        DeploymentSpec(preferred_batch_sizes=[0])
     with pytest.raises(InvalidDeployment) as fixed:
         registry.update_deployment("m", one_row, DeploymentSpec(max_batch_size=8))
     assert fixed.value.details == {"input": "x", "shape": [1, 4]}
