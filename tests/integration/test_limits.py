@@ -198,19 +198,23 @@ def test_names_no_model_can_have_never_stop_usage_or_audit_writes(
     servers.append(server := _start(tmp_path / "home", "--demo", env=env))
     key_id, key = _create_key(server)
     with server.client(headers=_bearer(key)) as http:
-        for name in ("%00", "a%00b", "m" * 300):
+        # A NUL anywhere in a URL is refused before routing; a long name by the route.
+        for name, code in [("%00", "invalid_input"), ("a%00b", "invalid_input"),
+                           ("m" * 300, "invalid_name")]:  # fmt: skip
             bad = http.post(f"/v2/models/{name}/infer", json=IRIS)
-            assert (bad.status_code, bad.json()["code"]) == (400, "invalid_name"), bad.text
+            assert (bad.status_code, bad.json()["code"]) == (400, code), bad.text
         assert http.post("/v2/models/iris/infer", json=IRIS).status_code == 200
     rows = _usage(server, ADMIN_KEY, key=key_id, group_by="model")
     assert [(r["model"], r["requests"]) for r in rows] == [("iris", 1)]
 
     with server.client(headers=_bearer(ADMIN_KEY)) as http:
-        refused = http.delete("/api/v1/models/%00")
+        refused = http.delete("/api/v1/models/" + "m" * 300)
         assert (refused.status_code, refused.json()["code"]) == (400, "invalid_name")
         assert http.delete(f"/api/v1/keys/{key_id}").status_code == 204
         audit = http.get("/api/v1/audit", params={"limit": 50})
     assert audit.status_code == 200, audit.text
     records = [(r["action"], r["target"], r["outcome"]) for r in audit.json()]
     assert ("key.revoke", key_id, "ok") in records
-    assert ("model.delete", "\ufffd", "denied") in records
+    denied = [target for action, target, outcome in records
+              if (action, outcome) == ("model.delete", "denied")]  # fmt: skip
+    assert denied and denied[0].startswith("mmmm") and len(denied[0]) < 300  # cut to fit

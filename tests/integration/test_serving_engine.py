@@ -188,8 +188,10 @@ def _check_failed_rollout(server: RunningServer, good: Path, other: Path) -> Non
     blob.chmod(0o644)
     blob.write_bytes(b"corrupted after upload")
     with server.client() as http:
-        refused = http.put(
-            "/api/v1/models/flowers/aliases/production", json={"version": broken.version}
+        refused = http.put(  # forced past the signature gate: the load is what fails
+            "/api/v1/models/flowers/aliases/production",
+            params={"force": "true"},
+            json={"version": broken.version},
         )
         assert refused.status_code == 409, refused.text
         assert refused.json()["code"] == "rollout_failed"
