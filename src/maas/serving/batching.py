@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from maas.errors import (
+    ClientDisconnected,
     MaasError,
     ModelNotReady,
     Overloaded,
@@ -37,6 +38,7 @@ from maas.observability.metrics import BATCH_SIZE, INFERENCE_SECONDS, QUEUE_DEPT
 from maas.protocols.management import DeploymentSpec
 from maas.protocols.signature import Signature
 from maas.runtimes.base import check_request
+from maas.serving.hangups import Disconnected, watch
 
 __all__ = ["DynamicBatcher", "PredictFn", "Tensors"]
 
@@ -112,13 +114,18 @@ class DynamicBatcher:
         return self._spec.max_batch_size > 1
 
     async def submit(
-        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+        self,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        *,
+        disconnected: Disconnected | None = None,
     ) -> Tensors:
         """Queue one request and return its outputs.
 
-        Raises ``Overloaded`` at once when the queue is full. Cancelling the caller
-        removes its request from the queue if no instance has taken it yet; a result
-        that arrives after the caller left is dropped.
+        Raises ``Overloaded`` at once when the queue is full. Cancelling the caller, or
+        its client hanging up (``disconnected``) while it waits in the queue, removes
+        its request from the queue if no instance has taken it yet; a result that
+        arrives after the caller left is dropped.
         """
         # Refusals first: under overload they must cost nothing, not a validation pass.
         if self._closed:
@@ -138,11 +145,21 @@ class DynamicBatcher:
         self._depth.set(len(self._queue))
         self._start_dispatcher()
         self._wake.set()
+        watcher = None if disconnected is None else watch(disconnected, lambda: self._hang_up(item))
         try:
             return await future
         except asyncio.CancelledError:
             self._discard(item)
             raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    def _hang_up(self, item: _Item) -> None:
+        """The client left: its request leaves the queue and its caller stops waiting."""
+        self._discard(item)
+        if not item.future.done():
+            item.future.set_exception(ClientDisconnected())
 
     async def _run_direct(self, inputs: Tensors, outputs: list[str]) -> Tensors:
         """An unbatched call with a free slot and an empty queue: run it in the caller's

@@ -32,6 +32,7 @@ from maas.runtimes.catalog import load_runtime, runtime_class
 from maas.runtimes.generation import TextGenerator
 from maas.serving.batching import DynamicBatcher
 from maas.serving.generation import GenerationScheduler
+from maas.serving.hangups import Disconnected, unless_disconnected
 from maas.serving.process_workers import LoadTarget, ProcessInstances
 from maas.serving.workers import ModelInstances, ThreadInstances, Workers
 
@@ -279,12 +280,17 @@ class Deployment:
         return f"{self.version.model}:{self.version.version}"
 
     async def predict(
-        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None
+        self,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None,
+        *,
+        disconnected: Disconnected | None = None,
     ) -> dict[str, np.ndarray]:
         """Queue one request on this version and return its outputs.
 
         Counted in flight before its first suspension, so an unload that starts after
-        this call began waits for it.
+        this call began waits for it. ``disconnected`` completes if the caller hangs up:
+        its queued work then leaves the queue, its sequences stop generating.
         """
         self.in_flight += 1
         self._idle.clear()
@@ -297,8 +303,11 @@ class Deployment:
                 raise WorkerCrashed("no live worker for this model; restarting", retry_after=1.0)
             self.last_used = time.monotonic()
             if self.generation is not None:
-                return await self._generate(inputs, outputs)
-            return await batcher.submit(inputs, outputs)
+                work = self._generate(inputs, outputs)
+                if disconnected is None:
+                    return await work
+                return await unless_disconnected(work, disconnected)
+            return await batcher.submit(inputs, outputs, disconnected=disconnected)
         finally:
             self.in_flight -= 1
             if not self.in_flight:

@@ -18,13 +18,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
 from maas.config import GenerationSettings, ServingSettings
 from maas.errors import (
-    ClientDisconnected,
     MaasError,
     ModelNotFound,
     RequestTimeout,
@@ -36,6 +35,7 @@ from maas.registry.artifacts import ArtifactStore
 from maas.registry.service import RegistryService
 from maas.runtimes.base import LoadOptions
 from maas.serving.deployment import Deployment, DeploymentState
+from maas.serving.hangups import Disconnected, unless_disconnected
 from maas.serving.workers import ThreadWorkers, Workers
 
 __all__ = ["ModelManager"]
@@ -143,7 +143,7 @@ class ModelManager:
         outputs: Sequence[str] | None = None,
         *,
         timeout_s: float | None = None,
-        disconnected: Callable[[], Awaitable[Any]] | None = None,
+        disconnected: Disconnected | None = None,
     ) -> tuple[VersionInfo, dict[str, np.ndarray]]:
         """Run one request on the version ``model:selector`` names now.
 
@@ -154,15 +154,16 @@ class ModelManager:
         """
         if self._shutting_down:
             raise ShuttingDown(retry_after=1.0)
-        work = self._predict(model, selector, inputs, outputs)
-        return await self.bounded(work, timeout_s=timeout_s, disconnected=disconnected)
+        # The hang-up is watched where it can save work (hangups.py), not here.
+        work = self._predict(model, selector, inputs, outputs, disconnected)
+        return await self.bounded(work, timeout_s=timeout_s)
 
     async def bounded(
         self,
         work: Awaitable[T],
         *,
         timeout_s: float | None = None,
-        disconnected: Callable[[], Awaitable[Any]] | None = None,
+        disconnected: Disconnected | None = None,
     ) -> T:
         """Await ``work`` within the caller's timeout (capped by the server's) unless the
         client hangs up first; either way the work is cancelled."""
@@ -171,7 +172,7 @@ class ModelManager:
             async with asyncio.timeout(limit):
                 if disconnected is None:
                     return await work
-                return await _unless_disconnected(work, disconnected)
+                return await unless_disconnected(work, disconnected)
         except TimeoutError:
             message, details = f"no answer within {limit:g} s", {"timeout_s": limit}
             if timeout_s is not None and timeout_s > limit:
@@ -185,11 +186,13 @@ class ModelManager:
         selector: Selector,
         inputs: Mapping[str, np.ndarray],
         outputs: Sequence[str] | None,
+        disconnected: Disconnected | None = None,
     ) -> tuple[VersionInfo, dict[str, np.ndarray]]:
         while True:
             deployment = await self.get(model, selector, bounded=True)
             if not deployment.is_retired:
-                return deployment.version, await deployment.predict(inputs, outputs)
+                result = await deployment.predict(inputs, outputs, disconnected=disconnected)
+                return deployment.version, result
             self.invalidate(model)  # an alias moved between resolving and now
 
     def begin_shutdown(self) -> None:
@@ -345,19 +348,3 @@ class ModelManager:
         except ModelNotFound:
             return False
         return True
-
-
-async def _unless_disconnected(work: Awaitable[T], disconnected: Callable[[], Awaitable[Any]]) -> T:
-    """Await ``work`` unless ``disconnected`` completes first; then cancel ``work``."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-    if task.cancelled() or not task.done():
-        await asyncio.gather(task, return_exceptions=True)
-        raise ClientDisconnected()
-    return task.result()
