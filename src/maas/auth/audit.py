@@ -22,7 +22,7 @@ from sqlalchemy import Table, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from maas.protocols.keys import AuditRecord
-from maas.registry.appends import append_rows, fit_row
+from maas.registry.appends import PendingRows, append_rows, fit_row
 from maas.registry.tables import AuditEvent
 
 __all__ = ["AUTH_FAILURE", "AuditEntry", "AuditLog", "Outcome"]
@@ -51,14 +51,13 @@ class AuditEntry:
 class AuditLog:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
-        self._pending: list[AuditEntry] = []
+        self._pending = PendingRows(self._insert, what="audit", max_pending=_MAX_PENDING)
         self._writer: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
         self._failure_minutes: dict[str | None, int] = {}
 
     def record(self, entry: AuditEntry) -> None:
         """Queue one record; never blocks and never fails the request."""
-        self._pending.append(entry)
+        self._pending.add(entry)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self.flush())
 
@@ -78,15 +77,7 @@ class AuditLog:
         )
 
     async def flush(self) -> None:
-        async with self._lock:
-            batch, self._pending = self._pending, []
-            if not batch:
-                return
-            done = await asyncio.to_thread(self._insert, batch)
-            if done < len(batch):
-                keep = batch[done:][-_MAX_PENDING:]
-                log.error("audit write failed, %d records kept for retry", len(keep))
-                self._pending = keep + self._pending
+        await self._pending.flush()
 
     async def aclose(self) -> None:
         if self._writer is not None:

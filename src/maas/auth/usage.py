@@ -25,7 +25,7 @@ from sqlalchemy import ColumnElement, Table, case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from maas.errors import InvalidRequest
-from maas.registry.appends import append_rows, fit_row
+from maas.registry.appends import PendingRows, append_rows, fit_row
 from maas.registry.tables import UsageRecord
 
 __all__ = ["GROUPS", "MeteredCall", "UsageLedger", "parse_group_by"]
@@ -84,15 +84,14 @@ class UsageLedger:
         self._sessions = sessions
         self._interval_s = flush_interval_s
         self._batch_size = batch_size
-        self._max_pending = max_pending
-        self._pending: list[MeteredCall] = []
+        self._pending = PendingRows(self._insert, what="usage", max_pending=max_pending)
         self._wake = asyncio.Event()
-        self._write_lock = asyncio.Lock()
+        self._closing = False
         self._task: asyncio.Task[None] | None = None
 
     def record(self, call: MeteredCall) -> None:
         """Queue one record; never blocks and never fails the request."""
-        self._pending.append(call)
+        self._pending.add(call)
         if len(self._pending) >= self._batch_size:
             self._wake.set()
 
@@ -100,11 +99,11 @@ class UsageLedger:
         self._task = asyncio.create_task(self._run(), name="maas-usage-writer")
 
     async def aclose(self) -> None:
-        """Stop the writer and write what is pending."""
+        """Stop the writer once its current batch is written, then write what is left."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._closing = True
+            self._wake.set()
+            await self._task
             self._task = None
         await self.flush()
         if self._pending:
@@ -112,18 +111,10 @@ class UsageLedger:
 
     async def flush(self) -> None:
         """Write every record queued so far (reads call this first: read your writes)."""
-        async with self._write_lock:
-            batch, self._pending = self._pending, []
-            if not batch:
-                return
-            done = await asyncio.to_thread(self._insert, batch)
-            if done < len(batch):
-                keep = batch[done:][-self._max_pending :]
-                log.error("usage write failed, %d records kept for retry", len(keep))
-                self._pending = keep + self._pending
+        await self._pending.flush()
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval_s)
             self._wake.clear()

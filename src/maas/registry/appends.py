@@ -12,18 +12,21 @@ nothing: the rows not yet written are handed back to be retried.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import String, Table, insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["append_rows", "clean_text", "fit_row"]
+__all__ = ["PendingRows", "append_rows", "clean_text", "fit_row"]
 
 log = logging.getLogger("maas.registry")
+
+T = TypeVar("T")
 
 _REPLACEMENT = "\ufffd"
 
@@ -113,3 +116,47 @@ def append_rows(
 
 def _first_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+
+
+class PendingRows(Generic[T]):
+    """Records queued in memory and written in batches by ``insert`` (blocking: it runs
+    in a thread and returns how many records, from the start, are dealt with, as
+    ``append_rows`` does). One writer at a time, and a batch is never given up half
+    way: a flush cancelled while its thread writes waits for that write before it lets
+    the cancellation through, so no record is lost or written twice, and no second
+    writer races the first for the database (SQLite would answer "locked").
+    """
+
+    def __init__(self, insert: Callable[[list[T]], int], *, what: str, max_pending: int) -> None:
+        self._insert = insert
+        self._what = what
+        self._max_pending = max_pending
+        self._pending: list[T] = []
+        self._lock = asyncio.Lock()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, record: T) -> None:
+        self._pending.append(record)
+
+    async def flush(self) -> None:
+        """Write every record queued so far; those the database could not take now
+        stay queued for the next flush (the oldest are dropped past ``max_pending``)."""
+        async with self._lock:
+            batch, self._pending = self._pending, []
+            if not batch:
+                return
+            writing = asyncio.ensure_future(asyncio.to_thread(self._insert, batch))
+            try:
+                done = await asyncio.shield(writing)
+            except asyncio.CancelledError:
+                self._settle(batch, await writing)  # see the write through, then stop
+                raise
+            self._settle(batch, done)
+
+    def _settle(self, batch: list[T], done: int) -> None:
+        if done < len(batch):
+            keep = batch[done:][-self._max_pending :]
+            log.error("%s write failed, %d records kept for retry", self._what, len(keep))
+            self._pending = keep + self._pending

@@ -59,6 +59,36 @@ async def test_close_writes_every_pending_record(ledger: UsageLedger, engine: En
     assert _count(engine) == 1234
 
 
+async def test_a_flush_cancelled_mid_write_sees_its_write_through(
+    ledger: UsageLedger, engine: Engine
+) -> None:
+    """A cancelled flush (a reader who left, a shutdown) must not give up a batch its
+    thread is still writing, nor let the next flush write beside it."""
+    for i in range(20_000):
+        ledger.record(_call(f"k{i % 3}", "iris"))
+    flushing = asyncio.ensure_future(ledger.flush())
+    await asyncio.sleep(0.01)  # the batch is taken and its thread is writing
+    flushing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    assert _count(engine) == 20_000  # done by the time the cancellation came through
+    ledger.record(_call("late", "iris"))
+    await ledger.aclose()
+    assert _count(engine) == 20_001
+
+
+async def test_closing_while_the_writer_writes_loses_nothing(
+    ledger: UsageLedger, engine: Engine
+) -> None:
+    await ledger.start()
+    for i in range(20_000):  # a full batch wakes the writer at once
+        ledger.record(_call(f"k{i % 3}", "iris"))
+    await asyncio.sleep(0.01)
+    ledger.record(_call("late", "iris"))
+    await ledger.aclose()
+    assert _count(engine) == 20_001
+
+
 async def test_summary_groups_by_key_model_and_day(ledger: UsageLedger) -> None:
     yesterday = (datetime.now(UTC) - timedelta(days=1)).timestamp()
     for call in (
