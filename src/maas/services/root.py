@@ -23,6 +23,7 @@ from maas.jobs.datasets import DatasetService
 from maas.jobs.manager import JobManager
 from maas.jobs.store import JobStore
 from maas.protocols.tensors import DecodeLimits
+from maas.registry.archives import ExtractLimits
 from maas.registry.artifacts import ArtifactStore
 from maas.registry.db import create_engine_for, session_factory, upgrade_to_head
 from maas.registry.service import RegistryService
@@ -78,6 +79,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         settings.serving,
         generation=settings.generation,
         cache_dir=settings.cache_path,
+        extract_limits=ExtractLimits.from_settings(settings.limits),
     )
     publisher = Publisher(registry, store, models, settings)
     limits = DecodeLimits.from_settings(settings.limits)

@@ -25,7 +25,12 @@ from maas.observability.metrics import LOAD_SECONDS, LOADED_MODELS
 from maas.protocols.management import VersionInfo
 from maas.protocols.signature import Signature
 from maas.protocols.tensors import DATATYPES
-from maas.registry.archives import is_archive, unpacked
+from maas.registry.archives import (
+    DEFAULT_EXTRACT_LIMITS,
+    ExtractLimits,
+    is_archive,
+    unpacked,
+)
 from maas.registry.artifacts import ArtifactStore
 from maas.runtimes.base import LoadOptions, check_request, texts_of
 from maas.runtimes.catalog import load_runtime, runtime_class
@@ -82,10 +87,13 @@ class Deployment:
         options: LoadOptions,
         mode: str = "auto",
         generation: GenerationSettings | None = None,
+        extract_limits: ExtractLimits = DEFAULT_EXTRACT_LIMITS,
         restart_backoff_s: tuple[float, float] = (0.1, 10.0),
     ) -> None:
         self.version = version
         self._store = store
+        #: What unpacking a model directory may write: the operator's, as at push time.
+        self._extract_limits = extract_limits
         self._workers = workers
         self._options = options
         self._mode = mode
@@ -253,7 +261,7 @@ class Deployment:
         for upload) unpacked next to the cache once."""
         path = self._store.local_path(digest, verify=True)
         if self._options.cache_dir is not None and is_archive(path):
-            return unpacked(path, self._options.cache_dir)
+            return unpacked(path, self._options.cache_dir, limits=self._extract_limits)
         return path
 
     async def _warm(self, instances: ModelInstances, scheduler: GenerationScheduler | None) -> None:

@@ -31,6 +31,7 @@ from maas.errors import (
     ShuttingDown,
 )
 from maas.protocols.management import VersionInfo
+from maas.registry.archives import DEFAULT_EXTRACT_LIMITS, ExtractLimits
 from maas.registry.artifacts import ArtifactStore
 from maas.registry.service import RegistryService
 from maas.runtimes.base import LoadOptions
@@ -60,8 +61,10 @@ class ModelManager:
         *,
         generation: GenerationSettings | None = None,
         cache_dir: Path | None = None,
+        extract_limits: ExtractLimits = DEFAULT_EXTRACT_LIMITS,
     ) -> None:
         self._registry = registry
+        self._extract_limits = extract_limits
         self._store = store
         self._settings = settings
         self._workers = workers or ThreadWorkers(settings.inference_threads)
@@ -260,6 +263,7 @@ class ModelManager:
             options=self._options,
             mode=self._settings.worker_mode,
             generation=self._generation,
+            extract_limits=self._extract_limits,
             restart_backoff_s=(
                 self._settings.worker_restart_backoff_s,
                 self._settings.worker_restart_backoff_max_s,

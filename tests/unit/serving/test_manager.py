@@ -217,3 +217,48 @@ async def test_prepare_loads_the_target_even_on_a_lazy_server(
     await manager.prepare(good)
     prepared = manager.find("iris", good.version)
     assert prepared is not None and prepared.is_ready  # loaded and warmed before any switch
+
+
+async def test_unpacking_a_model_directory_honours_the_operators_limits(
+    tmp_path: Path, registry: RegistryService, store: ArtifactStore
+) -> None:
+    """A packed model directory is unpacked at load time under the limits the server
+    was started with, as at push time: not the defaults."""
+    import tarfile
+
+    from tests.unit.runtimes.text_models import embedder
+
+    from maas.config import ServingSettings
+    from maas.errors import PayloadTooLarge
+    from maas.registry.archives import ExtractLimits
+    from maas.runtimes.catalog import inspect_artifact
+
+    directory = embedder(tmp_path / "embedder")
+    packed = tmp_path / "embedder.tar"
+    with tarfile.open(packed, "w") as tar:
+        tar.add(directory, arcname="embedder")
+    info = inspect_artifact(directory, packed.name, trust_pickle=False)
+    version = registry.create_version(
+        "words",
+        artifact=store.put_file(packed),
+        filename=packed.name,
+        framework=info.framework,
+        signature=info.signature,
+    )
+    settings = ServingSettings(worker_mode="threads")
+    for members, loads in [(2, False), (100, True)]:
+        manager = ModelManager(
+            registry,
+            store,
+            settings,
+            cache_dir=tmp_path / f"cache-{members}",
+            extract_limits=ExtractLimits(max_bytes=1 << 30, max_members=members),
+        )
+        try:
+            if loads:
+                assert (await manager.get("words", version.version)).is_ready
+            else:
+                with pytest.raises(PayloadTooLarge):
+                    await manager.get("words", version.version)
+        finally:
+            await manager.close()
