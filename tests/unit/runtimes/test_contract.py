@@ -66,3 +66,19 @@ def test_requested_outputs_only(runtime: Runtime) -> None:
 def test_close_is_safe(runtime: Runtime) -> None:
     runtime.predict(batch(runtime, 2))
     runtime.close()
+
+
+def test_onnx_sessions_use_the_cpus_this_process_may_run_on(tmp_path: Path) -> None:
+    """onnxruntime's own default counts the machine's cores and pins its threads to
+    them, escaping taskset and container CPU sets."""
+    import os
+
+    from tests.unit.runtimes import trained
+
+    from maas.runtimes.onnx import open_session
+
+    path = trained.write_onnx(trained.iris_classifier(), tmp_path / "iris.onnx")
+    session = open_session(path)
+    allowed = len(os.sched_getaffinity(0))
+    assert session.get_session_options().intra_op_num_threads == allowed
+    assert open_session(path, threads=1).get_session_options().intra_op_num_threads == 1
