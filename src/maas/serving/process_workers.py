@@ -116,7 +116,7 @@ def serve(requests: Connection, responses: Connection, target: LoadTarget) -> No
             return
         request_id, inputs, outputs = message
         try:
-            result = runtime.predict(inputs, outputs)
+            result = runtime.run_checked(inputs, outputs)  # checked by the server
         except Exception as exc:  # every failure belongs to this call only
             responses.send(("error", request_id, _error_payload(exc)))
         else:

@@ -111,7 +111,7 @@ class ThreadInstances:
         self, inputs: dict[str, np.ndarray], outputs: list[str]
     ) -> dict[str, np.ndarray]:
         runtime = self._runtime
-        return await self._workers.run(lambda: runtime.predict(inputs, outputs))
+        return await self._workers.run(lambda: runtime.run_checked(inputs, outputs))
 
     async def close(self) -> None:
         await self._workers.run(self._runtime.close)
