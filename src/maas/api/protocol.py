@@ -23,12 +23,16 @@ def limited_http_protocol(max_head_bytes: int) -> type[HttpToolsProtocol]:
             super().__init__(*args, **kwargs)
             self._head_bytes = 0
             self._in_body = False
+            self._tail = b""  # the last bytes of the head so far: its end may straddle reads
 
         def data_received(self, data: bytes) -> None:
             if not self._in_body:
-                # Only the head counts: a first packet often carries the body's start too.
-                end = data.find(b"\r\n\r\n")
-                self._head_bytes += len(data) if end < 0 else end + 4
+                # Only the head counts: a read often carries the body's start too, and the
+                # blank line that ends the head may be split between two reads.
+                seen = self._tail + data
+                end = seen.find(b"\r\n\r\n")
+                self._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._tail))
+                self._tail = seen[-3:]
                 if self._head_bytes > max_head_bytes:
                     self._refuse()
                     return
@@ -41,6 +45,7 @@ def limited_http_protocol(max_head_bytes: int) -> type[HttpToolsProtocol]:
         def on_message_complete(self) -> None:
             self._in_body = False
             self._head_bytes = 0
+            self._tail = b""
             super().on_message_complete()
 
         def _refuse(self) -> None:
