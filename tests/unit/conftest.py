@@ -1,5 +1,6 @@
-"""Auth fixtures: one migrated database per test, on SQLite and on PostgreSQL (a schema
-of its own, dropped afterwards)."""
+"""Fixtures of the unit tier: one migrated database per test, on SQLite and on
+PostgreSQL (a schema of its own, created before and dropped after, so tests never see
+each other's rows and leave nothing behind)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from maas.registry.db import create_engine_for, upgrade_to_head
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'auth.db'}"
+        yield f"sqlite:///{tmp_path / 'maas.db'}"
         return
-    with postgres_schema(request.getfixturevalue("postgres_url"), "auth") as url:
+    with postgres_schema(request.getfixturevalue("postgres_url"), "unit") as url:
         yield url
 
 
