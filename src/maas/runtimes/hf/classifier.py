@@ -8,9 +8,8 @@ from typing import Any, Self
 
 import numpy as np
 
-from maas.errors import ContextLengthExceeded
-from maas.protocols.signature import Signature, TensorSpec
 from maas.runtimes.base import LoadOptions, texts_of
+from maas.runtimes.hf.contract import check_token_limit, classifier_signature
 from maas.runtimes.hf.loading import TEXT_CLASSIFICATION
 from maas.runtimes.hf.runtime import TransformersRuntime
 
@@ -29,13 +28,7 @@ class TextClassifierRuntime(TransformersRuntime):
         names = getattr(config, "id2label", None) or {}
         self.labels = [str(names.get(i, names.get(str(i), i))) for i in range(count)]
         self.max_tokens = int(getattr(config, "max_position_embeddings", 512))
-        self.signature = Signature(
-            inputs=[TensorSpec(name="text", datatype="BYTES", shape=[-1])],
-            outputs=[
-                TensorSpec(name="label", datatype="BYTES", shape=[-1]),
-                TensorSpec(name="probabilities", datatype="FP32", shape=[-1, count]),
-            ],
-        )
+        self.signature = classifier_signature(count)
 
     @classmethod
     def _load_dir(cls, model_dir: Path, options: LoadOptions) -> Self:
@@ -56,12 +49,7 @@ class TextClassifierRuntime(TransformersRuntime):
                 "probabilities": np.zeros((0, len(self.labels)), dtype=np.float32),
             }
         batch = self._tokenizer(texts, padding=True, truncation=False, return_tensors="pt")
-        longest = int(batch["attention_mask"].sum(dim=1).max())
-        if longest > self.max_tokens:
-            raise ContextLengthExceeded(
-                f"an input has {longest} tokens; this model takes at most {self.max_tokens}",
-                details={"tokens": longest, "max_tokens": self.max_tokens},
-            )
+        check_token_limit(int(batch["attention_mask"].sum(dim=1).max()), self.max_tokens)
         with torch.inference_mode():
             logits = self._model(**batch).logits
         probabilities = torch.softmax(logits.float(), dim=-1).numpy()

@@ -20,9 +20,9 @@ from typing import Any, Self
 
 import numpy as np
 
-from maas.errors import ContextLengthExceeded, UnsupportedArtifact
-from maas.protocols.signature import Signature, TensorSpec
+from maas.errors import UnsupportedArtifact
 from maas.runtimes.base import LoadOptions, texts_of
+from maas.runtimes.hf.contract import check_token_limit, embedding_signature
 from maas.runtimes.hf.loading import EMBEDDINGS, read_json
 from maas.runtimes.hf.runtime import TransformersRuntime
 
@@ -147,13 +147,7 @@ class EmbeddingRuntime(TransformersRuntime):
         self.model_dir = model_dir
         self.pooling = pooling
         self.dimensions = int(model.config.hidden_size) * len(pooling.modes)
-        self.signature = Signature(
-            inputs=[TensorSpec(name="text", datatype="BYTES", shape=[-1])],
-            outputs=[
-                TensorSpec(name="embedding", datatype="FP32", shape=[-1, self.dimensions]),
-                TensorSpec(name="token_count", datatype="INT64", shape=[-1]),
-            ],
-        )
+        self.signature = embedding_signature(self.dimensions)
 
     @classmethod
     def _load_dir(cls, model_dir: Path, options: LoadOptions) -> Self:
@@ -185,13 +179,7 @@ class EmbeddingRuntime(TransformersRuntime):
             }
         batch = self._tokenizer(texts, padding=True, truncation=False, return_tensors="pt")
         counts = batch["attention_mask"].sum(dim=1)
-        longest = int(counts.max())
-        if longest > self.pooling.max_tokens:
-            raise ContextLengthExceeded(
-                f"an input has {longest} tokens; this model takes at most "
-                f"{self.pooling.max_tokens}",
-                details={"tokens": longest, "max_tokens": self.pooling.max_tokens},
-            )
+        check_token_limit(int(counts.max()), self.pooling.max_tokens)
         with torch.inference_mode():
             hidden = self._model(**batch).last_hidden_state
         pooled = self.pooling.pool(hidden.float().numpy(), batch["attention_mask"].numpy())

@@ -28,9 +28,14 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from maas.errors import ContextLengthExceeded, RuntimeFailure, UnsupportedArtifact
+from maas.errors import RuntimeFailure, UnsupportedArtifact
 from maas.protocols.signature import Signature, TensorSpec
 from maas.runtimes.base import LoadOptions, Runtime, texts_of
+from maas.runtimes.hf.contract import (
+    check_token_limit,
+    classifier_signature,
+    embedding_signature,
+)
 from maas.runtimes.hf.embedder import POOLING_MODES, Pooling
 from maas.runtimes.hf.loading import EMBEDDINGS, TEXT_CLASSIFICATION, read_json
 
@@ -203,12 +208,7 @@ class OnnxTextRuntime(Runtime):
         encodings = self._tokenizer.encode_batch(texts)
         counts = np.array([len(e.ids) for e in encodings], dtype=np.int64)
         longest = int(counts.max())
-        if longest > self.manifest.max_tokens:
-            raise ContextLengthExceeded(
-                f"an input has {longest} tokens; this model takes at most "
-                f"{self.manifest.max_tokens}",
-                details={"tokens": longest, "max_tokens": self.manifest.max_tokens},
-            )
+        check_token_limit(longest, self.manifest.max_tokens)
         shape = (len(texts), longest)
         tokens = {
             "input_ids": np.full(shape, self._pad_id, dtype=np.int64),
@@ -250,13 +250,7 @@ def _embedding_signature(output: Any, manifest: TextManifest) -> Signature:
         raise UnsupportedArtifact(
             f"an embedder's first output must be [batch, tokens, {dimensions}], not {output.shape}"
         )
-    return Signature(
-        inputs=[TensorSpec(name="text", datatype="BYTES", shape=[-1])],
-        outputs=[
-            TensorSpec(name="embedding", datatype="FP32", shape=[-1, dimensions or -1]),
-            TensorSpec(name="token_count", datatype="INT64", shape=[-1]),
-        ],
-    )
+    return embedding_signature(dimensions)
 
 
 def _classifier_signature(output: Any, manifest: TextManifest) -> Signature:
@@ -265,13 +259,7 @@ def _classifier_signature(output: Any, manifest: TextManifest) -> Signature:
         raise UnsupportedArtifact(
             f"a classifier's first output must be [batch, {count}] logits, not {output.shape}"
         )
-    return Signature(
-        inputs=[TensorSpec(name="text", datatype="BYTES", shape=[-1])],
-        outputs=[
-            TensorSpec(name="label", datatype="BYTES", shape=[-1]),
-            TensorSpec(name="probabilities", datatype="FP32", shape=[-1, count]),
-        ],
-    )
+    return classifier_signature(count)
 
 
 def _empty(spec: TensorSpec) -> np.ndarray:
