@@ -131,6 +131,29 @@ def test_the_openapi_page_can_be_made_public(tmp_path: Path) -> None:
         running.stop()
 
 
+def test_a_failing_key_store_answers_a_json_500_with_the_request_id(
+    tmp_path: Path, postgres_schema_url: str
+) -> None:
+    """An exception in the layers before any route (here the key lookup, its table
+    gone) is answered by the gateway's error boundary, not by a bare server error."""
+    import psycopg
+
+    server = start_server(tmp_path / "home", env={"MAAS_DATABASE_URL": postgres_schema_url})
+    try:
+        base, _, options = postgres_schema_url.partition("?")
+        schema = options.rpartition("%3D")[2]
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f'DROP TABLE "{schema}".api_keys CASCADE')
+        with _as(server, "maas_unknownkey_" + "0" * 32) as http:
+            answer = http.get("/api/v1/models", headers={"X-Request-ID": "boundary-1"})
+        assert answer.status_code == 500, answer.text
+        body = answer.json()
+        assert (body["code"], body["request_id"]) == ("internal_error", "boundary-1")
+        assert "api_keys" not in answer.text  # no exception text in the body
+    finally:
+        server.stop()
+
+
 def test_bad_key_is_refused_and_never_echoed_or_logged(server: RunningServer) -> None:
     bad = "maas_deadbeef_" + "f00d" * 10
     with _as(server, bad) as http:

@@ -18,12 +18,12 @@ from typing import Any
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from maas.api.auth import Authenticator
 from maas.api.errors import response_for
 from maas.api.hardening import Deadline
-from maas.api.middleware import RequestPlumbing
+from maas.api.middleware import RequestPlumbing, on_response_start
 from maas.api.routers.v2 import answer_infer, infer_target
 from maas.config import Settings
 
@@ -88,14 +88,12 @@ class _ErrorBoundary:
             return
         started = False
 
-        async def noting_start(message: Message) -> None:
+        def began() -> None:
             nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+            started = True
 
         try:
-            await self.app(scope, receive, noting_start)
+            await self.app(scope, receive, on_response_start(send, began))
         except Exception as exc:
             if started:  # too late for an error response: let the server close it
                 raise

@@ -25,7 +25,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from maas.api.errors import error_response
-from maas.api.middleware import _UPLOAD_PATH
+from maas.api.middleware import _UPLOAD_PATH, on_response_start
 from maas.errors import InvalidInput, MaasError, PayloadTooLarge, RequestTimeout
 from maas.protocols.bounds import json_problem
 
@@ -57,16 +57,14 @@ class Deadline:
             return
         started = False
 
-        async def send_and_note(message: Message) -> None:
+        def began() -> None:
             nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                timeout.reschedule(None)  # a stream may go on once it has begun
-            await send(message)
+            started = True
+            timeout.reschedule(None)  # a stream may go on once it has begun
 
         try:
             async with asyncio.timeout(self.deadline_s) as timeout:
-                await self.app(scope, receive, send_and_note)
+                await self.app(scope, receive, on_response_start(send, began))
         except TimeoutError:
             if not timeout.expired() or started:
                 raise

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from maas.api.errors import error_response
 from maas.errors import InvalidInput, MaasError, PayloadTooLarge
 
-__all__ = ["RequestPlumbing"]
+__all__ = ["RequestPlumbing", "on_response_start"]
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _UPLOAD_PATH = re.compile(r"^/api/v1/(models/[^/]+/versions|datasets)/?$")
@@ -94,3 +95,15 @@ def _capped(receive: Receive, limit: int) -> Receive:
         return message
 
     return capped_receive
+
+
+def on_response_start(send: Send, began: Callable[[], None]) -> Send:
+    """``send``, calling ``began`` when the response starts: a layer that may still
+    answer with an error of its own must know whether it is too late to."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            began()
+        await send(message)
+
+    return sending
