@@ -14,7 +14,6 @@ the V2 codec. The FastAPI routes for inference stay, so ``/docs`` documents them
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -54,11 +53,6 @@ class Gateway:
                 allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
             )
         self._stack = _ErrorBoundary(stack)
-
-    @property
-    def state(self) -> Any:
-        """The FastAPI app's state (``services`` once the lifespan has started)."""
-        return self.api.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
