@@ -128,3 +128,39 @@ def test_a_revoked_key_stops_at_once_where_it_was_revoked(server: RunningServer,
         after = caller.post("/v2/models/iris/infer", json=ROW)
     assert after.status_code == 401, after.text
     assert after.json()["code"] == "unauthenticated"
+
+
+# -- item 9: a shared database without Redis says its limits are per server ---------------
+
+_PER_SERVER = "rate limits are per server"
+
+
+def test_postgresql_without_redis_warns_that_limits_are_per_server(
+    tmp_path: Path, postgres_schema_url: str
+) -> None:
+    env = {"MAAS_DATABASE_URL": postgres_schema_url, "MAAS_REDIS_URL": ""}
+    running = start_server(tmp_path / "home", env=env)
+    try:
+        with running.client(headers={}) as anonymous:
+            ready = anonymous.get("/v2/health/ready")
+    finally:
+        running.stop()
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["details"]["rate_limits"] == "per_server"
+    assert any(_PER_SERVER in warning for warning in ready.json()["details"]["warnings"])
+    [line] = [line for line in running.output if _PER_SERVER in line]
+    assert line.startswith("WARNING"), line
+
+
+def test_postgresql_with_redis_says_nothing(
+    tmp_path: Path, postgres_schema_url: str, redis_url: str
+) -> None:
+    env = {"MAAS_DATABASE_URL": postgres_schema_url, "MAAS_REDIS_URL": redis_url}
+    running = start_server(tmp_path / "home", env=env)
+    try:
+        with running.client(headers={}) as anonymous:
+            ready = anonymous.get("/v2/health/ready")
+    finally:
+        running.stop()
+    assert ready.json() == {"ready": True}, ready.text
+    assert not any(_PER_SERVER in line for line in running.output)
