@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from maas.errors import InvalidRequest, MaasError, QuotaExceeded, RateLimited
+from maas.observability.metrics import UNAVAILABLE
 
 __all__ = ["error_response", "install_error_handlers", "is_openai_path", "response_for"]
 
@@ -104,7 +105,11 @@ def response_for(exc: Exception, *, path: str, request_id: str | None) -> Respon
             request_id=request_id,
             path=path,
         )
-    if exc.status >= 500:
+    if exc.status == HTTPStatus.SERVICE_UNAVAILABLE:
+        # A moment's unavailability (a worker crash, a drain, a full queue) fails many
+        # requests at once: its cause logs the event once, each request is a count.
+        UNAVAILABLE.labels(exc.code).inc()
+    elif exc.status >= 500:
         log.error("%s: %s (request %s)", exc.code, exc.message, request_id)
     return error_response(
         exc.status,
