@@ -13,6 +13,7 @@ the V2 codec. The FastAPI routes for inference stay, so ``/docs`` documents them
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from fastapi import FastAPI
@@ -25,6 +26,7 @@ from maas.api.hardening import Deadline
 from maas.api.middleware import RequestPlumbing, _header, on_response_start
 from maas.api.routers.v2 import answer_infer, infer_target
 from maas.config import Settings
+from maas.errors import ShuttingDown
 from maas.protocols.v2 import check_media_type
 
 __all__ = ["Gateway"]
@@ -73,7 +75,12 @@ class Gateway:
 
 class _ErrorBoundary:
     """The outermost layer: an exception that escapes everything else (a failing key
-    store, say) becomes a JSON 500 with the request id, not a bare server error."""
+    store, say) becomes a JSON 500 with the request id, not a bare server error.
+
+    A request still running at the drain deadline is cancelled by uvicorn; unanswered,
+    uvicorn would log a traceback and send a plain-text 500. During a drain it gets
+    503 ``shutting_down`` with ``Retry-After`` instead, as a request arriving then does.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -90,9 +97,22 @@ class _ErrorBoundary:
 
         try:
             await self.app(scope, receive, on_response_start(send, began))
+        except asyncio.CancelledError:
+            if started or not _draining(scope):
+                raise
+            cut = ShuttingDown("the server's drain deadline ended this request", retry_after=1.0)
+            request_id = scope.get("state", {}).get("request_id")
+            response = response_for(cut, path=scope["path"], request_id=request_id)
+            await response(scope, receive, send)
+            # Not re-raised: the task ends here, answered, as uvicorn's cancel intended.
         except Exception as exc:
             if started:  # too late for an error response: let the server close it
                 raise
             request_id = scope.get("state", {}).get("request_id")
             response = response_for(exc, path=scope["path"], request_id=request_id)
             await response(scope, receive, send)
+
+
+def _draining(scope: Scope) -> bool:
+    services = getattr(scope["app"].state, "services", None)
+    return services is not None and services.drain_deadline is not None
