@@ -13,6 +13,7 @@ import hmac
 import os
 import re
 import secrets
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -108,6 +109,14 @@ class KeyStore:
     def __init__(self, sessions: sessionmaker[Session], hasher: KeyHasher) -> None:
         self._sessions = sessions
         self.hasher = hasher
+        #: Counts this process's revocations (rotations too): a cache of resolved keys
+        #: (``maas.auth.resolver``) that sees it move drops what it holds at once.
+        self.revision = 0
+        self._revision_lock = threading.Lock()
+
+    def _revoked(self) -> None:
+        with self._revision_lock:
+            self.revision += 1
 
     def create(self, spec: KeyCreate, *, key: str | None = None) -> KeyCreated:
         """Store a new key (``key`` when the operator chose it) and return its secret once."""
@@ -143,7 +152,9 @@ class KeyStore:
             row = self._row(session, key_id)
             if row.revoked_at is None:
                 row.revoked_at = datetime.now(UTC)
-            return _info(row)
+            info = _info(row)
+        self._revoked()
+        return info
 
     def rotate(self, key_id: str) -> KeyCreated:
         """A new secret with the same name, role, models and limits; the old one is revoked."""
@@ -160,6 +171,7 @@ class KeyStore:
                 expires_at=old.expires_at,
                 limits=KeyLimitsSpec(**old.limits),
             )
+        self._revoked()
         return self.create(spec)
 
     def find(self, key: str) -> tuple[Principal, datetime | None] | None:
