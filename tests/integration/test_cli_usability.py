@@ -8,7 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import maas
+import maas.errors
+from maas.client import Client
+from tests.integration.server import RunningServer, start_server
 
 
 def _maas(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -44,3 +49,39 @@ def test_version_and_help_that_reads_well() -> None:
     assert "--demo" in helped.stdout and "<bool>" not in helped.stdout, helped.stdout
     assert "Log level [info]" in helped.stdout, helped.stdout  # not eaten as rich markup
     assert "<bool>" not in _maas("jobs", "submit", "--help").stdout
+
+
+# -- the SDK finds the server and key as the CLI does (item 16) ------------------------
+
+
+def test_the_sdk_reads_maas_url_and_maas_api_key(
+    fresh_server: RunningServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MAAS_URL", fresh_server.url)
+    monkeypatch.setenv("MAAS_API_KEY", fresh_server.api_key or "")
+    monkeypatch.setenv("MAAS_HOME", str(tmp_path / "no-home"))
+    with Client() as client:
+        assert client.list_models() == []
+
+
+def test_the_sdk_reads_the_admin_key_the_server_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    server = start_server(home, env={"MAAS_ADMIN_KEY": ""})
+    try:
+        assert (home / "admin.key").exists()
+        monkeypatch.delenv("MAAS_API_KEY", raising=False)
+        monkeypatch.setenv("MAAS_HOME", str(home))
+        with Client(server.url) as client:
+            assert client.list_models() == []
+    finally:
+        server.stop()
+
+
+def test_the_readme_placeholder_key_is_a_clear_error(fresh_server: RunningServer) -> None:
+    with pytest.raises(maas.errors.InvalidInput, match="placeholder"):
+        Client(fresh_server.url, api_key="maas_…")
+    ran = _maas("--url", fresh_server.url, "--api-key", "maas_…", "models", "list")
+    assert ran.returncode == 1 and "Traceback" not in ran.stderr, ran.stderr
+    assert "placeholder" in ran.stderr

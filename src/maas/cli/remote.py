@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import httpx
@@ -18,10 +17,10 @@ import typer
 
 from maas.cli.output import err_console
 from maas.client import Client
-from maas.client._shared import base_url, client_headers
+from maas.client._shared import base_url, client_headers, resolve_api_key
 from maas.errors import MaasError
 
-__all__ = ["Remote", "client_for", "http_for", "local_admin_key", "reports_errors"]
+__all__ = ["Remote", "client_for", "http_for", "reports_errors"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -35,7 +34,7 @@ class Remote:
 
     def __post_init__(self) -> None:
         if self.api_key is None:
-            object.__setattr__(self, "api_key", local_admin_key())
+            object.__setattr__(self, "api_key", resolve_api_key(None))
 
     @property
     def wants_json(self) -> bool:
@@ -59,20 +58,6 @@ def http_for(ctx: typer.Context) -> httpx.Client:
     return httpx.Client(
         base_url=base_url(remote.url), headers=client_headers(remote.api_key), timeout=60
     )
-
-
-def local_admin_key() -> str | None:
-    """The admin key a server on this machine wrote, if this user may read it."""
-    from maas.config import Settings
-
-    for home in (Settings().home_dir, Path("~/.maas").expanduser()):
-        try:
-            key = (home / "admin.key").read_text().strip()
-        except OSError:
-            continue
-        if key:
-            return key
-    return None
 
 
 def reports_errors(fn: Callable[P, R]) -> Callable[P, R]:
