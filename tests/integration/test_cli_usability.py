@@ -6,14 +6,17 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 import maas
 import maas.errors
 from maas.client import Client
 from tests.integration.server import RunningServer, start_server
+from tests.integration.tls import self_signed
 
 
 def _maas(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -85,3 +88,40 @@ def test_the_readme_placeholder_key_is_a_clear_error(fresh_server: RunningServer
     ran = _maas("--url", fresh_server.url, "--api-key", "maas_…", "models", "list")
     assert ran.returncode == 1 and "Traceback" not in ran.stderr, ran.stderr
     assert "placeholder" in ran.stderr
+
+
+# -- a server with a self-signed certificate (item 17) -----------------------------------
+
+
+def _wait_tls(server: RunningServer, cert: Path) -> None:
+    """The server prints its address before it listens: wait until TLS answers."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{server.url}/v2/health/ready", verify=str(cert)).raise_for_status()
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise AssertionError("the TLS server never answered:\n" + "".join(server.output))
+
+
+def test_the_cli_trusts_a_self_signed_server_when_told(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    args = ("--ssl-certfile", str(cert), "--ssl-keyfile", str(key))
+    server = start_server(tmp_path / "home", *args, wait_ready=False)
+    try:
+        _wait_tls(server, cert)
+        base = ("--url", server.url, "--api-key", server.api_key or "")
+        refused = _maas(*base, "models", "list")
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+        assert "certificate" in refused.stderr and "--cacert" in refused.stderr, refused.stderr
+        for extra, env in [
+            (("--cacert", str(cert)), {}),
+            ((), {"MAAS_CACERT": str(cert)}),
+            (("--insecure",), {}),
+            ((), {"MAAS_INSECURE": "1"}),
+        ]:
+            listed = _maas(*extra, *base, "models", "list", env=env)
+            assert listed.returncode == 0, (extra, env, listed.stderr)
+    finally:
+        server.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -42,6 +43,24 @@ def root(
         str | None, typer.Option("--api-key", envvar="MAAS_API_KEY", help="API key to send.")
     ] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="table or json.")] = "table",
+    cacert: Annotated[
+        Path | None,
+        typer.Option(
+            "--cacert",
+            envvar="MAAS_CACERT",
+            exists=True,
+            dir_okay=False,
+            help="CA certificate (PEM) to trust: a self-signed server's own certificate.",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            envvar="MAAS_INSECURE",
+            help="Do not verify the server's TLS certificate (tests only).",
+        ),
+    ] = False,
     version: Annotated[
         bool,
         typer.Option(
@@ -49,7 +68,8 @@ def root(
         ),
     ] = False,
 ) -> None:
-    ctx.obj = Remote(url=url, api_key=api_key, output=output)
+    verify: bool | str = False if insecure else str(cacert) if cacert else True
+    ctx.obj = Remote(url=url, api_key=api_key, output=output, verify=verify)
 
 
 app.command("serve", help="Run the server.")(serve_command)

@@ -31,6 +31,8 @@ class Remote:
     url: str | None
     api_key: str | None
     output: str
+    #: httpx's ``verify``: ``True``, a CA bundle (``--cacert``) or ``False`` (``--insecure``).
+    verify: bool | str = True
 
     def __post_init__(self) -> None:
         if self.api_key is None:
@@ -49,14 +51,17 @@ def remote_of(ctx: typer.Context) -> Remote:
 
 def client_for(ctx: typer.Context) -> Client:
     remote = remote_of(ctx)
-    return Client(remote.url, api_key=remote.api_key)
+    return Client(remote.url, api_key=remote.api_key, verify=remote.verify)
 
 
 def http_for(ctx: typer.Context) -> httpx.Client:
     """A plain HTTP client with the same URL and key, for endpoints the SDK lacks."""
     remote = remote_of(ctx)
     return httpx.Client(
-        base_url=base_url(remote.url), headers=client_headers(remote.api_key), timeout=60
+        base_url=base_url(remote.url),
+        headers=client_headers(remote.api_key),
+        timeout=60,
+        verify=remote.verify,
     )
 
 
@@ -71,7 +76,15 @@ def reports_errors(fn: Callable[P, R]) -> Callable[P, R]:
             err_console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
             raise typer.Exit(1) from None
         except httpx.TransportError as exc:
-            err_console.print(f"[red]error[/red]: cannot reach the server: {exc}")
+            hint = ""
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                hint = (
+                    " (to trust a self-signed server pass its certificate with --cacert FILE"
+                    " or MAAS_CACERT; --insecure skips the check)"
+                )
+            err_console.print(
+                f"[red]error[/red]: cannot reach the server: {exc}{hint}", highlight=False
+            )
             raise typer.Exit(1) from None
 
     return wrapper
