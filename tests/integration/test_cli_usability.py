@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -15,8 +16,10 @@ import pytest
 import maas
 import maas.errors
 from maas.client import Client
+from tests.integration.jobs_helpers import wait_until
 from tests.integration.server import RunningServer, start_server
 from tests.integration.tls import self_signed
+from tests.jobs_data import tickets_csv
 
 
 def _maas(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -125,3 +128,68 @@ def test_the_cli_trusts_a_self_signed_server_when_told(tmp_path: Path) -> None:
             assert listed.returncode == 0, (extra, env, listed.stderr)
     finally:
         server.stop()
+
+
+# -- ids as the listings show them (item 15) -----------------------------------------------
+
+
+def _cli_as_admin(server: RunningServer, *args: str) -> subprocess.CompletedProcess[str]:
+    return _maas("--url", server.url, "--api-key", server.api_key or "", *args)
+
+
+def test_keys_take_a_unique_prefix_and_rotate_names_the_new_key(
+    fresh_server: RunningServer,
+) -> None:
+    with fresh_server.client() as http:
+        created = [http.post("/api/v1/keys", json={"name": f"k{i}"}).json() for i in range(17)]
+    by_first: dict[str, list[str]] = {}
+    for key in created:
+        by_first.setdefault(key["id"][0], []).append(key["id"])
+    shared = next(c for c, ids in by_first.items() if len(ids) > 1)  # 17 keys, 16 hex digits
+    ambiguous = _cli_as_admin(fresh_server, "keys", "revoke", shared)
+    assert ambiguous.returncode == 1 and "ambiguous_id" in ambiguous.stderr, ambiguous.stderr
+    assert "Traceback" not in ambiguous.stderr
+
+    old = created[0]
+    rotated = _cli_as_admin(fresh_server, "-o", "json", "keys", "rotate", old["id"][:8])
+    assert rotated.returncode == 0, rotated.stderr
+    new = json.loads(rotated.stdout)
+    assert new["id"] != old["id"] and new["replaces"] == old["id"]
+    told = _cli_as_admin(fresh_server, "keys", "rotate", new["id"][:8])
+    assert told.returncode == 0 and f"replaces {new['id']}" in told.stdout, told.stdout
+    newest = told.stdout.strip().splitlines()[-1]
+    with fresh_server.client(headers={"Authorization": f"Bearer {newest}"}) as http:
+        assert http.get("/api/v1/models").status_code == 200
+    newest_id = next(
+        k["id"]
+        for k in json.loads(_cli_as_admin(fresh_server, "-o", "json", "keys", "list").stdout)
+        if k["name"] == old["name"]
+    )
+    revoked = _cli_as_admin(fresh_server, "keys", "revoke", newest_id[:6])
+    assert revoked.returncode == 0, revoked.stderr
+    with fresh_server.client(headers={"Authorization": f"Bearer {newest}"}) as http:
+        deadline = time.monotonic() + 10
+        while http.get("/api/v1/models").status_code != 401:
+            assert time.monotonic() < deadline, "the revoked key still works"
+            time.sleep(0.2)
+    unknown = _cli_as_admin(fresh_server, "keys", "revoke", "zz%")
+    assert unknown.returncode == 1 and "key_not_found" in unknown.stderr, unknown.stderr
+
+
+def test_jobs_take_a_unique_prefix(fresh_server: RunningServer, tmp_path: Path) -> None:
+    with Client(fresh_server.url, api_key=fresh_server.api_key) as client:
+        client.push_dataset(tickets_csv(tmp_path / "tickets.csv", n=60), "tickets")
+        job = client.submit_job(
+            "kind: train\nmodel: tickets\ndataset: tickets\ntask: text_classification\n"
+            "target: label\ntext_column: text\n"
+        )
+        assert wait_until(client, job.id, lambda j: j.finished).state == "succeeded"
+    prefix = job.id[:8]
+    shown = _cli_as_admin(fresh_server, "-o", "json", "jobs", "show", prefix)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["id"] == job.id, shown.stderr
+    followed = _cli_as_admin(fresh_server, "jobs", "logs", "--follow", prefix)
+    assert followed.returncode == 0 and f"job {job.id} succeeded" in followed.stdout, (
+        followed.stdout + followed.stderr
+    )
+    logged = _cli_as_admin(fresh_server, "jobs", "logs", prefix)
+    assert logged.returncode == 0 and "state: succeeded" in logged.stdout, logged.stderr
