@@ -160,7 +160,7 @@ class JobManager:
     # -- the API's side ----------------------------------------------------------------
 
     async def submit(self, spec: AnySpec, created_by: str | None) -> JobInfo:
-        await asyncio.to_thread(validate_spec, spec, self.datasets, self._registry)
+        await asyncio.to_thread(validate_spec, spec, self.datasets, self._registry, self._artifacts)
         job_id = uuid.uuid4().hex
         body = spec.model_dump(mode="json")
         job = await asyncio.to_thread(
