@@ -34,6 +34,7 @@ from maas.jobs.backend import (
 )
 from maas.jobs.datasets import DatasetService
 from maas.jobs.inputs import job_payload
+from maas.jobs.logclean import LogCleaner
 from maas.jobs.results import register_results
 from maas.jobs.store import JobStore
 from maas.jobs.validation import AnySpec, validate_spec
@@ -79,6 +80,7 @@ class _Run:
     progress: dict[str, Any] = field(default_factory=dict)
     progress_dirty: bool = False
     logged: int = 0
+    log_cleaner: LogCleaner = field(default_factory=LogCleaner)
     task: asyncio.Task[None] | None = None
     ended: bool = False
     flushing: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -351,9 +353,12 @@ class JobManager:
             run.progress_dirty = True
             run.pending.append(("progress", data))
         elif kind == "log":
+            line = run.log_cleaner.clean(str(data.get("line", "")))
+            if line is None:
+                return
             run.logged += 1
             if run.logged < _MAX_LOG_EVENTS:
-                run.pending.append(("log", {"line": str(data.get("line", ""))}))
+                run.pending.append(("log", {"line": line}))
             elif run.logged == _MAX_LOG_EVENTS:
                 run.pending.append(("log", {"line": "… further log lines dropped"}))
 
