@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -25,9 +26,9 @@ from maas.api.errors import response_for
 from maas.api.hardening import Deadline
 from maas.api.middleware import RequestPlumbing, _header, on_response_start
 from maas.api.routers.v2 import answer_infer, infer_target
-from maas.config import Settings
 from maas.errors import ShuttingDown
 from maas.protocols.v2 import check_media_type
+from maas.services import Services
 
 __all__ = ["Gateway"]
 
@@ -37,12 +38,16 @@ log = logging.getLogger("maas.api")
 class Gateway:
     """The ASGI application ``maas serve`` runs; ``api`` is the FastAPI app behind it."""
 
-    def __init__(self, api: FastAPI, settings: Settings) -> None:
+    def __init__(self, api: FastAPI, services: Services) -> None:
         self.api = api
+        self.services = services
+        settings = services.settings
         stack: ASGIApp = self._dispatch
         stack = Deadline(stack, deadline_s=settings.limits.request_deadline_s)
         stack = Authenticator(
             stack,
+            resolver=services.principals,
+            audit=services.audit,
             enabled=settings.auth.enabled,
             metrics_public=settings.auth.metrics_public,
             docs_public=settings.auth.docs_public,
@@ -55,13 +60,12 @@ class Gateway:
                 allow_methods=["*"],
                 allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
             )
-        self._stack = _ErrorBoundary(stack)
+        self._stack = _ErrorBoundary(stack, draining=lambda: services.drain_deadline is not None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
+        if scope["type"] == "lifespan":  # nothing to open: the services come opened
             await self.api(scope, receive, send)
             return
-        scope["app"] = self.api  # our layers and handlers find the services through it
         await self._stack(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -70,7 +74,7 @@ class Gateway:
             await self.api(scope, receive, send)
         else:
             check_media_type(_header(scope, b"content-type"))  # 415, by the error boundary
-            await answer_infer(scope, receive, send, target)
+            await answer_infer(self.services, scope, receive, send, target)
 
 
 class _ErrorBoundary:
@@ -82,8 +86,9 @@ class _ErrorBoundary:
     503 ``shutting_down`` with ``Retry-After`` instead, as a request arriving then does.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, draining: Callable[[], bool]) -> None:
         self.app = app
+        self.draining = draining
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -98,7 +103,7 @@ class _ErrorBoundary:
         try:
             await self.app(scope, receive, on_response_start(send, began))
         except asyncio.CancelledError:
-            if started or not _draining(scope):
+            if started or not self.draining():
                 raise
             cut = ShuttingDown("the server's drain deadline ended this request", retry_after=1.0)
             request_id = scope.get("state", {}).get("request_id")
@@ -111,8 +116,3 @@ class _ErrorBoundary:
             request_id = scope.get("state", {}).get("request_id")
             response = response_for(exc, path=scope["path"], request_id=request_id)
             await response(scope, receive, send)
-
-
-def _draining(scope: Scope) -> bool:
-    services = getattr(scope["app"].state, "services", None)
-    return services is not None and services.drain_deadline is not None

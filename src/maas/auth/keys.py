@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from maas.auth.principal import KeyLimits, Principal, Role
 from maas.errors import KeyNotFound
 from maas.protocols.keys import KeyCreate, KeyCreated, KeyInfo, KeyLimitsSpec
+from maas.registry.ids import by_id_or_prefix
 from maas.registry.tables import ApiKey
 
 __all__ = ["KeyHasher", "KeyStore", "mint_key", "write_private_file"]
@@ -163,6 +164,7 @@ class KeyStore:
             if old.revoked_at is not None:
                 raise KeyNotFound(f"key {key_id!r} is revoked")
             old.revoked_at = datetime.now(UTC)
+            replaces = old.id
             spec = KeyCreate(
                 name=old.name,
                 role=Role(old.role).value,
@@ -172,7 +174,7 @@ class KeyStore:
                 limits=KeyLimitsSpec(**old.limits),
             )
         self._revoked()
-        return self.create(spec)
+        return self.create(spec).model_copy(update={"replaces": replaces})
 
     def find(self, key: str) -> tuple[Principal, datetime | None] | None:
         """The principal of a live key and its expiry, or ``None``; the caller checks expiry."""
@@ -191,7 +193,7 @@ class KeyStore:
         return [info for info in self.list_keys() if info.role == Role.ADMIN.value]
 
     def _row(self, session: Session, key_id: str) -> ApiKey:
-        row = session.get(ApiKey, key_id)
-        if row is None:
-            raise KeyNotFound(f"key {key_id!r} not found")
-        return row
+        """The key by its id or a unique start of it (listings cut ids)."""
+        return by_id_or_prefix(
+            session, ApiKey, key_id, lambda: KeyNotFound(f"key {key_id!r} not found")
+        )

@@ -11,7 +11,10 @@ import enum
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
-__all__ = ["Action", "KeyLimits", "Principal", "Role"]
+from maas.errors import Forbidden, ModelNotFound
+from maas.registry.names import validate_name
+
+__all__ = ["ANONYMOUS_ADMIN", "Action", "KeyLimits", "Principal", "Role", "authorize"]
 
 
 class Role(enum.StrEnum):
@@ -68,3 +71,22 @@ class Principal:
 
 #: The principal of every request when the server runs with ``--no-auth``.
 ANONYMOUS_ADMIN = Principal(key_id=None, name="anonymous", role=Role.ADMIN)
+
+
+def authorize(principal: Principal, action: Action, model: str | None = None) -> Principal:
+    """``principal``, if it may do ``action`` (on ``model``); else ``Forbidden``,
+    ``InvalidName`` or ``ModelNotFound``.
+
+    The role check comes first and names no model, so a consumer pushing gets 403
+    whether or not the model exists. A name that could not be registered is refused
+    before any lookup, record or metric label sees it. A model the principal may not
+    see answers exactly as a missing one, so a key learns nothing of other teams'.
+    Every transport (``maas.api``, the gRPC service) checks through this one function.
+    """
+    if not principal.allows(action):
+        raise Forbidden(f"a {principal.role.value} key may not {action.value}")
+    if model is not None:
+        validate_name("model", model)
+        if not principal.can_see(model):
+            raise ModelNotFound(f"model {model!r} not found")
+    return principal

@@ -64,6 +64,9 @@ class KeyInfo(_Frozen):
 
 class KeyCreated(KeyInfo):
     key: str = Field(description="The secret, shown this once: store it now.")
+    replaces: str | None = Field(
+        None, description="On rotation: the id of the key this one replaces (now revoked)."
+    )
 
 
 class AuditRecord(_Frozen):

@@ -18,6 +18,7 @@ from maas.auth.audit import AuditLog
 from maas.auth.bootstrap import AdminKeyNotice, ensure_admin_key
 from maas.auth.keys import KeyHasher, KeyStore
 from maas.auth.ratelimit import MemoryRateLimiter, RateLimitBackend, RedisRateLimiter
+from maas.auth.resolver import KeyResolver
 from maas.auth.usage import UsageLedger
 from maas.config import Settings
 from maas.jobs.datasets import DatasetService
@@ -30,6 +31,7 @@ from maas.registry.db import create_engine_for, session_factory, upgrade_to_head
 from maas.registry.service import RegistryService
 from maas.services.completions import TextService
 from maas.services.demo import register_demo_models
+from maas.services.inference import InferenceService
 from maas.services.job_results import PublisherSink
 from maas.services.publishing import Publisher
 from maas.serving.manager import ModelManager
@@ -51,11 +53,15 @@ class Services:
     usage: UsageLedger
     admission: Admission
     keys: KeyStore
+    #: API key -> principal, cached a second; shared by every transport.
+    principals: KeyResolver
     audit: AuditLog
     admin_key: AdminKeyNotice | None  # None when auth is off
     text: TextService
     datasets: DatasetService
     jobs: JobManager
+    #: What every transport calls to run inference (``maas.services.inference``).
+    inference: InferenceService
     #: ``time.monotonic()`` by which the process must have exited; set by ``begin_drain``.
     drain_deadline: float | None = None
     #: What an operator must know about this server's setup (``/v2/health/ready`` shows
@@ -103,6 +109,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         settings.jobs,
         settings.home_dir / "jobs",
     )
+    text = TextService(models, settings.generation)
+    keys = _key_store(settings, engine)
     services = Services(
         settings,
         engine,
@@ -113,12 +121,14 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         limits,
         usage,
         admission,
-        keys=_key_store(settings, engine),
+        keys=keys,
+        principals=KeyResolver(keys),
         audit=AuditLog(session_factory(engine)),
         admin_key=None,
-        text=TextService(models, settings.generation),
+        text=text,
         datasets=datasets,
         jobs=jobs,
+        inference=InferenceService(models, registry, admission, text),
         health_details=_health_details(settings),
     )
     try:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from maas.api.access import require
 from maas.api.deps import get_services
 from maas.auth.principal import Action
 from maas.observability.metrics import exposition
+from maas.services import Services
 
 __all__ = ["router"]
 
@@ -30,8 +31,7 @@ router = APIRouter(tags=["observability"])
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
 )
-async def metrics(request: Request) -> Response:
-    services = get_services(request)
+async def metrics(request: Request, services: Services = Depends(get_services)) -> Response:
     settings = services.settings
     if not settings.auth.metrics_public:
         require(request, Action.METRICS)
