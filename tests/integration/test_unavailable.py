@@ -97,8 +97,7 @@ def test_requests_cut_by_the_drain_deadline_get_503_and_the_teardown_completes(
         assert answer.json()["code"] == "shutting_down", answer.text
         assert "retry-after" in answer.headers
     assert "Traceback" not in output and "Exception in ASGI application" not in output, output
-    # The teardown got a share it can finish in: nothing was killed at the deadline.
-    assert "shutdown deadline passed" not in output, output
+    # The watchdog never had to act (the teardown share itself: test_drain_plan.py).
     assert "still runs" not in output, output
     assert took_s < drain_timeout_s + 2, took_s
     assert server.process.returncode in (0, -signal.SIGTERM), output
