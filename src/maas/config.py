@@ -113,11 +113,17 @@ class LimitSettings(_Section):
     max_upload_bytes: int = Field(
         50 * 1024**3, ge=1024, description="Largest artifact upload (413 past it)."
     )
-    max_extract_bytes: int | None = Field(
-        None,
+    max_extract_bytes: int = Field(
+        20 * 1024**3,
         ge=1024,
         description="Largest total size an uploaded archive (zip, tar) may unpack to (413 past "
-        "it); default max_upload_bytes, so an archive never fills more disk than an upload may.",
+        "it), whatever its own size; raise it for model directories larger than 20 GiB.",
+    )
+    max_extract_ratio: float = Field(
+        20.0,
+        ge=1.0,
+        description="Most times its own size an uploaded archive may unpack to (413 past it): "
+        "model weights barely compress, a zip bomb compresses a thousandfold.",
     )
     max_archive_members: int = Field(
         10_000, ge=1, description="Most files and directories an uploaded archive may hold."

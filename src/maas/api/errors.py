@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from maas.errors import InvalidRequest, MaasError, QuotaExceeded, RateLimited
+from maas.observability.metrics import UNAVAILABLE
 
 __all__ = [
     "error_body",
@@ -127,7 +128,11 @@ def _logged(exc: Exception, request_id: str | None) -> MaasError | None:
     if not isinstance(exc, MaasError):
         log.exception("unhandled error (request %s)", request_id, exc_info=exc)
         return None
-    if exc.status >= 500:
+    if exc.status == HTTPStatus.SERVICE_UNAVAILABLE:
+        # A moment's unavailability (a worker crash, a drain, a full queue) fails many
+        # requests at once: its cause logs the event once, each request is a count.
+        UNAVAILABLE.labels(exc.code).inc()
+    elif exc.status >= 500:
         log.error("%s: %s (request %s)", exc.code, exc.message, request_id)
     return exc
 

@@ -13,7 +13,9 @@ the V2 codec. The FastAPI routes for inference stay, so ``/docs`` documents them
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -24,6 +26,7 @@ from maas.api.errors import response_for
 from maas.api.hardening import Deadline
 from maas.api.middleware import RequestPlumbing, _header, on_response_start
 from maas.api.routers.v2 import answer_infer, infer_target
+from maas.errors import ShuttingDown
 from maas.protocols.v2 import check_media_type
 from maas.services import Services
 
@@ -57,7 +60,7 @@ class Gateway:
                 allow_methods=["*"],
                 allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
             )
-        self._stack = _ErrorBoundary(stack)
+        self._stack = _ErrorBoundary(stack, draining=lambda: services.drain_deadline is not None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # nothing to open: the services come opened
@@ -76,10 +79,16 @@ class Gateway:
 
 class _ErrorBoundary:
     """The outermost layer: an exception that escapes everything else (a failing key
-    store, say) becomes a JSON 500 with the request id, not a bare server error."""
+    store, say) becomes a JSON 500 with the request id, not a bare server error.
 
-    def __init__(self, app: ASGIApp) -> None:
+    A request still running at the drain deadline is cancelled by uvicorn; unanswered,
+    uvicorn would log a traceback and send a plain-text 500. During a drain it gets
+    503 ``shutting_down`` with ``Retry-After`` instead, as a request arriving then does.
+    """
+
+    def __init__(self, app: ASGIApp, *, draining: Callable[[], bool]) -> None:
         self.app = app
+        self.draining = draining
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,6 +102,14 @@ class _ErrorBoundary:
 
         try:
             await self.app(scope, receive, on_response_start(send, began))
+        except asyncio.CancelledError:
+            if started or not self.draining():
+                raise
+            cut = ShuttingDown("the server's drain deadline ended this request", retry_after=1.0)
+            request_id = scope.get("state", {}).get("request_id")
+            response = response_for(cut, path=scope["path"], request_id=request_id)
+            await response(scope, receive, send)
+            # Not re-raised: the task ends here, answered, as uvicorn's cancel intended.
         except Exception as exc:
             if started:  # too late for an error response: let the server close it
                 raise

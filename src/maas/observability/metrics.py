@@ -44,6 +44,7 @@ __all__ = [
     "SEQUENCES_WAITING",
     "TIME_TO_FIRST_TOKEN_SECONDS",
     "TOKENS_GENERATED",
+    "UNAVAILABLE",
     "UNRESOLVED",
     "WORKER_RESTARTS",
     "RequestMetrics",
@@ -59,6 +60,12 @@ REQUESTS = Counter(
     "maas_requests_total",
     "Inference requests by model, version, protocol and HTTP status code.",
     ["model", "version", "protocol", "code"],
+)
+UNAVAILABLE = Counter(
+    "maas_unavailable_total",
+    "Requests of any protocol answered 503 because the server could not serve them at "
+    "that moment (worker_crashed, shutting_down, overloaded, model_not_ready), by code.",
+    ["code"],
 )
 REQUEST_SECONDS = Histogram(
     "maas_request_duration_seconds",

@@ -7,9 +7,11 @@ and device files, FIFOs and the like are refused (``InvalidInput``). Tar extract
 then also runs under the stdlib ``data`` filter, as a second line of defence.
 
 ``ExtractLimits`` bounds what a small upload can make the server write: the members
-an archive may hold and the bytes they may expand to (``PayloadTooLarge``), counted
-from the headers before anything is written and again from the bytes as they are
-(a zip bomb). A damaged archive, or one using a feature Python cannot read
+an archive may hold and the bytes they may expand to (``PayloadTooLarge``): an
+absolute bound, and a ratio to the archive's own size (real weights barely compress;
+a zip bomb expands a thousandfold), counted from the headers before anything is
+written and again from the bytes as they are (a zip bomb lies in its headers).
+A damaged archive, or one using a feature Python cannot read
 (encryption, an unknown compression), is ``InvalidInput`` too, never a 500.
 """
 
@@ -33,7 +35,14 @@ from pathlib import Path, PurePosixPath
 from maas.config import LimitSettings
 from maas.errors import InvalidInput, PayloadTooLarge
 
-__all__ = ["DEFAULT_EXTRACT_LIMITS", "ExtractLimits", "is_archive", "safe_extract", "unpacked"]
+__all__ = [
+    "DEFAULT_EXTRACT_LIMITS",
+    "ExtractLimits",
+    "discard_unpacked",
+    "is_archive",
+    "safe_extract",
+    "unpacked",
+]
 
 _COPY_CHUNK = 1024 * 1024
 _MAX_LINK_BYTES = 4096  # PATH_MAX: a longer symlink target is no real link
@@ -58,14 +67,22 @@ _BROKEN = (
 
 @dataclass(frozen=True, slots=True)
 class ExtractLimits:
-    """How much one archive may unpack to: total bytes, and members (files, dirs, links)."""
+    """How much one archive may unpack to: total bytes (at most ``max_ratio`` times the
+    archive's own size), and members (files, dirs, links)."""
 
     max_bytes: int
     max_members: int
+    max_ratio: float | None = None
 
     @classmethod
     def from_settings(cls, limits: LimitSettings) -> ExtractLimits:
-        return cls(limits.max_extract_bytes or limits.max_upload_bytes, limits.max_archive_members)
+        return cls(limits.max_extract_bytes, limits.max_archive_members, limits.max_extract_ratio)
+
+    def for_archive(self, size: int) -> ExtractLimits:
+        """These limits with the byte bound of an archive of ``size`` bytes."""
+        if self.max_ratio is None:
+            return self
+        return ExtractLimits(min(self.max_bytes, int(size * self.max_ratio)), self.max_members)
 
 
 #: The limits of default settings, for callers that have no settings at hand.
@@ -124,6 +141,13 @@ def unpacked(
     return _root_of(target)
 
 
+def discard_unpacked(archive_name: str, cache_root: Path) -> None:
+    """Remove what ``unpacked`` made of the archive named ``archive_name`` (in the
+    artifact store, its digest's hex): the archive is being deleted."""
+    if archive_name and "/" not in archive_name and archive_name not in (".", ".."):
+        shutil.rmtree(cache_root / "unpacked" / archive_name, ignore_errors=True)
+
+
 def _root_of(tree: Path) -> Path:
     """An archive of one top-level directory (``tar -C parent model/``) is that directory."""
     entries = [entry for entry in tree.iterdir() if not entry.name.startswith(".")]
@@ -141,6 +165,7 @@ def safe_extract(
     neither zip nor tar, and ``PayloadTooLarge`` for one past ``limits``.
     """
     dest.mkdir(parents=True, exist_ok=True)
+    limits = limits.for_archive(archive_path.stat().st_size)
     with _readable(archive_path):
         if zipfile.is_zipfile(archive_path):
             return _extract_zip(archive_path, dest, limits)
@@ -199,7 +224,12 @@ def _check_count(count: int, limits: ExtractLimits) -> None:
 
 def _check_size(total: int, limits: ExtractLimits) -> None:
     if total > limits.max_bytes:
-        raise PayloadTooLarge(f"the archive expands past the limit of {limits.max_bytes} bytes")
+        raise PayloadTooLarge(
+            f"the archive expands past the limit of {limits.max_bytes} bytes (at most "
+            "MAAS_LIMITS__MAX_EXTRACT_BYTES, and MAAS_LIMITS__MAX_EXTRACT_RATIO times the "
+            "archive's own size)",
+            details={"max_bytes": limits.max_bytes},
+        )
 
 
 def _tar_members(tar: tarfile.TarFile, limits: ExtractLimits) -> list[tarfile.TarInfo]:

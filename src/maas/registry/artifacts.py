@@ -5,12 +5,17 @@ installs, with a local, verified cache for loading. Writes go to a temp file tha
 fsynced and renamed into place, so a crash never leaves a partial file under a digest.
 Reads are verified against the digest (once per file state), so a corrupted artifact
 refuses to load instead of serving wrong answers. A crash mid-write leaves its temp
-file behind; opening the store deletes temp files untouched for ``STALE_TEMP_S``
-(younger ones may be another replica's upload in progress).
+file behind; opening the store (every start) deletes the temp files no live write
+holds. Each write holds an exclusive ``flock`` on its temp file until the file is
+renamed into place, and the kernel drops the lock when its process dies (kill -9
+included), so "unlocked" means "abandoned", whatever the file's age, while another
+process's upload in progress is never touched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -18,7 +23,6 @@ import re
 import shutil
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -26,13 +30,9 @@ from typing import Any
 
 from maas.errors import ArtifactCorrupted, InvalidInput, PayloadTooLarge, StorageFailure
 
-__all__ = ["STALE_TEMP_S", "ArtifactStore", "ArtifactWriter", "StoredArtifact"]
+__all__ = ["ArtifactStore", "ArtifactWriter", "StoredArtifact"]
 
 log = logging.getLogger("maas.registry")
-
-#: A temp file unwritten this long belongs to no live write: every write touches it at
-#: least once per received megabyte, so only an upload stalled this long is lost.
-STALE_TEMP_S = 15 * 60
 
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 _READ_CHUNK = 1024 * 1024
@@ -68,6 +68,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _remove_if_abandoned(path: str) -> bool:
+    """Delete a temp file unless a live write holds its lock; True if deleted."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:  # committed or swept by another process meanwhile
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a write in progress, in this or another process
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            return True
+        return False
+    finally:
+        os.close(fd)
+
+
 class ArtifactWriter:
     """Stream bytes in, hash as they pass, commit atomically or leave nothing behind."""
 
@@ -77,6 +96,7 @@ class ArtifactWriter:
         self._sha = hashlib.sha256()
         self._size = 0
         fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="upload-")
+        fcntl.flock(fd, fcntl.LOCK_EX)  # ours until renamed: a sweep leaves it alone
         self.path = Path(name)
         self._file = os.fdopen(fd, "wb")
         self._committed = False
@@ -93,9 +113,11 @@ class ArtifactWriter:
             raise InvalidInput("the upload is empty")
         self._file.flush()
         os.fsync(self._file.fileno())
-        self._file.close()
         artifact = StoredArtifact(f"sha256:{self._sha.hexdigest()}", self._size)
-        self._store._adopt(self.path, artifact.digest)
+        try:  # renamed while still locked: no sweep sees it unlocked in between
+            self._store._adopt(self.path, artifact.digest)
+        finally:
+            self._file.close()
         self._committed = True
         return artifact
 
@@ -136,22 +158,14 @@ class ArtifactStore:
         self._lock = threading.Lock()
         self.sweep_temp()
 
-    def sweep_temp(self, *, older_than_s: float = STALE_TEMP_S) -> int:
-        """Delete the temp files (uploads, fetches) left by writes that crashed: those
-        not modified for ``older_than_s``. Returns how many were deleted."""
-        cutoff = time.time() - older_than_s
+    def sweep_temp(self) -> int:
+        """Delete the temp files (uploads, fetches) of writes that died: those no
+        process holds a lock on. Returns how many were deleted."""
         removed = 0
         with os.scandir(self.tmp_dir) as entries:
             for entry in entries:
-                try:
-                    if not entry.is_file(follow_symlinks=False):
-                        continue
-                    if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
-                        continue
-                    os.unlink(entry.path)
-                except FileNotFoundError:  # another replica swept it first
-                    continue
-                removed += 1
+                if entry.is_file(follow_symlinks=False) and _remove_if_abandoned(entry.path):
+                    removed += 1
         if removed:
             log.info("deleted %d stale temp files from %s", removed, self.tmp_dir)
         return removed
@@ -218,13 +232,14 @@ class ArtifactStore:
 
     def _fetch(self, digest: str, path: Path) -> None:
         fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="fetch-")
-        os.close(fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held until renamed, as an upload's
         try:
             self._fs.get_file(self._remote(digest), name)
             path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(name, path)
         finally:
             Path(name).unlink(missing_ok=True)
+            os.close(fd)
 
     def _verify(self, path: Path, digest: str) -> None:
         stat = path.stat()

@@ -23,7 +23,7 @@ from maas.errors import (
 )
 from maas.protocols.management import AliasInfo, DeploymentSpec, VersionInfo
 from maas.protocols.signature import Signature
-from maas.registry.archives import ExtractLimits, is_archive, unpacked
+from maas.registry.archives import ExtractLimits, discard_unpacked, is_archive, unpacked
 from maas.registry.artifacts import ArtifactStore, StoredArtifact
 from maas.registry.names import validate_alias, validate_name
 from maas.registry.service import RegistryService
@@ -195,7 +195,9 @@ class Publisher:
         )
 
     def _discard_if_unused(self, digest: str) -> None:
+        """A refused push leaves nothing: its blob, and what its archive unpacked to."""
         if not self._registry.digest_in_use(digest):
+            discard_unpacked(digest.removeprefix("sha256:"), self._settings.cache_path)
             self._store.delete(digest)
 
     async def set_alias(

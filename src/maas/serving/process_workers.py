@@ -381,7 +381,8 @@ class ProcessInstances:
         delay = min(self._backoff_max_s, self._backoff_initial_s * 2 ** self._failures[slot])
         self._failures[slot] += 1
         self.restart_delays.append(delay)
-        log.warning("worker process %s died; restarting in %.1f s", worker.pid, delay)
+        # The one line of a crash: the calls it failed are counted, not logged, each.
+        log.error("worker process %s died; restarting in %.1f s", worker.pid, delay)
         task = asyncio.get_running_loop().create_task(self._restart(slot, delay))
         self._restarting.add(task)
         task.add_done_callback(self._restarting.discard)

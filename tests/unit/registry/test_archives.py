@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 import stat
 import tarfile
 import zipfile
@@ -169,7 +170,7 @@ def test_a_damaged_tar_is_invalid_input_not_a_crash(tmp_path: Path) -> None:
 
 def test_a_zip_with_a_corrupted_member_is_invalid_input(tmp_path: Path) -> None:
     path = tmp_path / "bad.zip"
-    data = bytes(range(256)) * 400
+    data = random.Random(0).randbytes(100_000)  # incompressible: within the default ratio
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("w", data)
     raw = bytearray(path.read_bytes())
@@ -190,3 +191,13 @@ def test_other_files_are_not_archives(tmp_path: Path) -> None:
     path.write_bytes(b"not an archive")
     with pytest.raises(InvalidInput):
         safe_extract(path, tmp_path / "out")
+
+
+def test_an_archive_may_not_expand_past_its_ratio(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("zeros", bytes(4 * 1024 * 1024))  # ~1000x: a zip bomb in small
+    limits = ExtractLimits(max_bytes=1 << 30, max_members=10, max_ratio=20)
+    with pytest.raises(PayloadTooLarge, match="RATIO"):
+        safe_extract(path, tmp_path / "out", limits=limits)
+    assert not (tmp_path / "out" / "zeros").exists()  # refused from the headers, unwritten

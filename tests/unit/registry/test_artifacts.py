@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import time
 import tracemalloc
 import uuid
 from collections.abc import Iterator
@@ -13,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from maas.errors import ArtifactCorrupted, InvalidInput, PayloadTooLarge
-from maas.registry.artifacts import STALE_TEMP_S, ArtifactStore, StoredArtifact
+from maas.registry.artifacts import ArtifactStore, StoredArtifact
 
 MIB = 1024 * 1024
 
@@ -47,20 +45,16 @@ def test_many_chunks_hash_like_the_whole(store: ArtifactStore) -> None:
 def test_opening_the_store_sweeps_temp_files_a_crash_left_but_not_live_ones(
     store: ArtifactStore,
 ) -> None:
-    """A crash mid-upload leaves its temp file; the next start deletes it once it is
-    older than ``STALE_TEMP_S``, and leaves younger ones: another replica's uploads."""
+    """A crash mid-upload leaves its temp file, unlocked; the next start deletes it at
+    once, however young, and leaves the files of writes still holding their lock."""
     crashed = store.tmp_dir / "upload-crashed"
-    crashed.write_bytes(b"half an upload")
-    an_hour_ago = time.time() - STALE_TEMP_S - 60
-    os.utime(crashed, (an_hour_ago, an_hour_ago))
-    recent = store.tmp_dir / "upload-recent"
-    recent.write_bytes(b"another replica, still writing")
+    crashed.write_bytes(b"half an upload, written a moment ago")
     writer = store.writer()
     writer.write(b"an upload in progress")
 
     ArtifactStore(store.url)  # a server starting on the same store
 
-    assert sorted(files_under(store.tmp_dir)) == sorted([recent, writer.path])
+    assert sorted(files_under(store.tmp_dir)) == [writer.path]
     artifact = writer.commit()
     assert store.local_path(artifact.digest).read_bytes() == b"an upload in progress"
 
