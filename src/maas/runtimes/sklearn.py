@@ -8,28 +8,73 @@ and the loaded model's index arrays are checked before it may run.
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import pickle
+import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from maas.errors import RuntimeFailure, UnsupportedArtifact, UntrustedArtifact
+from maas.errors import MissingExtra, RuntimeFailure, UnsupportedArtifact, UntrustedArtifact
 from maas.protocols.signature import Signature, TensorSpec
 from maas.runtimes.base import ArtifactInfo, LoadOptions, Runtime
 from maas.runtimes.skops_trust import REVIEWED_TYPES, check_structures
 
-__all__ = ["SklearnRuntime", "estimator_signature", "load_estimator"]
+__all__ = [
+    "SklearnRuntime",
+    "WithoutTorch",
+    "estimator_signature",
+    "frame_columns",
+    "load_estimator",
+]
 
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 
 
-def _load_skops(path: Path) -> Any:
+class WithoutTorch(importlib.abc.MetaPathFinder):
+    """Refuses to import torch (in one thread, or in the whole process).
+
+    skops, at import, lists scikit-learn's estimators, which imports every sklearn
+    package, its torch array-API shim included: with torch installed (the ``[llm]``
+    extra) reading a ``.skops`` file would load torch for nothing, about 180 MB and
+    seconds (a minute on a loaded machine) per process. An ``ImportError`` is what that
+    discovery expects when torch is absent.
+    """
+
+    def __init__(self, thread: int | None = None) -> None:
+        self.thread = thread
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if (name == "torch" or name.startswith("torch.")) and self.thread in (
+            None,
+            threading.get_ident(),
+        ):
+            raise ImportError("torch is not needed to read scikit-learn models")
+
+
+def _import_skops() -> Any:
+    """``skops.io``, imported without torch; other threads may import torch meanwhile."""
+    if "skops.io" not in sys.modules and "torch" not in sys.modules:
+        blocker = WithoutTorch(threading.get_ident())
+        sys.meta_path.insert(0, blocker)
+        try:
+            import skops.io
+        finally:
+            sys.meta_path.remove(blocker)
     import skops.io
 
+    return skops.io
+
+
+def _load_skops(path: Path) -> Any:
+    skops_io = _import_skops()
+
     try:
-        untrusted = skops.io.get_untrusted_types(file=path)
+        untrusted = skops_io.get_untrusted_types(file=path)
     except Exception as exc:  # a broken zip or schema
         raise UnsupportedArtifact(f"not a readable .skops file ({type(exc).__name__})") from None
     refused = [name for name in untrusted if name not in REVIEWED_TYPES]
@@ -40,7 +85,7 @@ def _load_skops(path: Path) -> Any:
             details={"types": refused[:20]},
         )
     try:
-        estimator = skops.io.load(path, trusted=untrusted)
+        estimator = skops_io.load(path, trusted=untrusted)
     except Exception as exc:  # a file that lists trusted types but does not build
         reason = type(exc).__name__
         raise UnsupportedArtifact(f"could not load the .skops file ({reason})") from None
@@ -102,6 +147,8 @@ def estimator_signature(estimator: Any) -> Signature:
         raise UnsupportedArtifact(f"{type(estimator).__name__} has no predict method")
     if takes_text(estimator):
         inputs = [TensorSpec(name="input", datatype="BYTES", shape=[-1])]
+    elif (columns := frame_columns(estimator)) is not None:
+        inputs = columns
     else:
         n_features = getattr(estimator, "n_features_in_", None)
         inputs = [TensorSpec(name="input", datatype="FP64", shape=[-1, int(n_features or -1)])]
@@ -115,6 +162,59 @@ def estimator_signature(estimator: Any) -> Signature:
     if hasattr(estimator, "predict_proba"):
         outputs.append(TensorSpec(name="predict_proba", datatype="FP64", shape=[-1, len(classes)]))
     return Signature(inputs=inputs, outputs=outputs)
+
+
+def frame_columns(estimator: Any) -> list[TensorSpec] | None:
+    """One ``[-1, 1]`` input per column of the DataFrame the model was fitted on (as
+    MLServer's pandas codec has it), or ``None`` for a model fitted on an array.
+
+    scikit-learn keeps the column names (``feature_names_in_``) but not their dtypes;
+    a column is BYTES where the step that reads it learned strings (an encoder's
+    categories, an imputer's fill values, a vectorizer), FP64 otherwise.
+    """
+    names = getattr(estimator, "feature_names_in_", None)
+    if names is None:
+        return None
+    if importlib.util.find_spec("pandas") is None:
+        raise MissingExtra("scikit-learn models fitted on a DataFrame", "pandas")
+    datatypes = _column_datatypes(estimator)
+    return [
+        TensorSpec(name=str(name), datatype=datatypes.get(str(name), "FP64"), shape=[-1, 1])
+        for name in names
+    ]
+
+
+def _column_datatypes(estimator: Any) -> dict[str, str]:
+    first = estimator.steps[0][1] if hasattr(estimator, "steps") else estimator
+    indices = getattr(first, "_transformer_to_input_indices", None)  # a ColumnTransformer
+    names = getattr(first, "feature_names_in_", None)
+    if not indices or names is None:
+        return {}
+    steps = dict(getattr(first, "named_transformers_", {}))
+    datatypes = {}
+    for part, columns in indices.items():
+        datatype = _reads_as(steps.get(part))
+        for index in columns:
+            datatypes[str(names[index])] = datatype
+    return datatypes
+
+
+def _reads_as(transformer: Any) -> str:
+    """The V2 datatype a fitted transformer (or the first telling step of a pipeline)
+    was given: strings for what learned strings, numbers otherwise."""
+    steps = [step for _, step in getattr(transformer, "steps", [(None, transformer)])]
+    for step in steps:
+        if hasattr(step, "build_analyzer"):
+            return "BYTES"
+        for learned in ("categories_", "statistics_"):
+            values = getattr(step, learned, None)
+            if values is None:
+                continue
+            arrays = values if isinstance(values, list) else [values]
+            if any(np.asarray(a).dtype.kind in "OUS" for a in arrays):
+                return "BYTES"
+            return "FP64"
+    return "FP64"
 
 
 def estimator_task(estimator: Any) -> str | None:
@@ -135,6 +235,8 @@ class SklearnRuntime(Runtime):
     def __init__(self, estimator: Any) -> None:
         self.estimator = estimator
         self.signature = estimator_signature(estimator)
+        #: The DataFrame columns the model takes, one input each; empty for arrays.
+        self.columns = [] if frame_columns(estimator) is None else self.signature.inputs
 
     @classmethod
     def load(cls, path: Path, *, options: LoadOptions) -> Self:
@@ -152,12 +254,9 @@ class SklearnRuntime(Runtime):
         return ArtifactInfo(cls.framework, runtime.signature, estimator_task(estimator), details)
 
     def _run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        features: Any = inputs["input"]
-        if features.dtype == object:  # text: BYTES arrive as bytes, vectorizers want str
-            features = [
-                v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-                for v in features.ravel()
-            ]
+        features: Any = self._frame(inputs) if self.columns else inputs["input"]
+        if isinstance(features, np.ndarray) and features.dtype == object:
+            features = _strings(features)  # text: BYTES arrive as bytes, vectorizers want str
         result: dict[str, np.ndarray] = {}
         try:
             for name in outputs:
@@ -172,6 +271,25 @@ class SklearnRuntime(Runtime):
         except Exception as exc:
             raise RuntimeFailure(f"the model failed: {type(exc).__name__}") from None
         return result
+
+    def _frame(self, inputs: dict[str, np.ndarray]) -> Any:
+        """The DataFrame the model was fitted on, column by column from the inputs."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            {
+                spec.name: _strings(inputs[spec.name])
+                if spec.datatype == "BYTES"
+                else inputs[spec.name].ravel()
+                for spec in self.columns
+            }
+        )
+
+
+def _strings(values: np.ndarray) -> list[str]:
+    return [
+        v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values.ravel()
+    ]
 
 
 class PickleRuntime(SklearnRuntime):

@@ -24,7 +24,6 @@ ready and new calls fail fast instead of queueing behind a corpse.
 from __future__ import annotations
 
 import asyncio
-import importlib.abc
 import itertools
 import logging
 import multiprocessing
@@ -46,6 +45,7 @@ from maas.errors import MaasError, RuntimeFailure, WorkerCrashed, error_class_fo
 from maas.observability.metrics import WORKER_RESTARTS
 from maas.runtimes.base import LoadOptions
 from maas.runtimes.catalog import load_runtime
+from maas.runtimes.sklearn import WithoutTorch
 
 __all__ = ["LoadTarget", "ProcessInstances"]
 
@@ -82,25 +82,11 @@ def _rebuild(payload: _ErrorPayload) -> MaasError:
         return RuntimeFailure(message, details=details)
 
 
-class _WithoutTorch(importlib.abc.MetaPathFinder):
-    """Refuses to import torch in a process that serves a ``.skops`` model.
-
-    skops, at import, lists scikit-learn's estimators, which imports every sklearn
-    package, its torch array-API shim included: with torch installed (the ``[llm]``
-    extra) each worker would load it for nothing, about 180 MB and a second or more per
-    process. An ``ImportError`` is what that discovery expects when torch is absent.
-    """
-
-    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is not loaded in scikit-learn worker processes")
-
-
 def serve(requests: Connection, responses: Connection, target: LoadTarget) -> None:
     """The body of a worker process: load, say ready, answer calls until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     if target.framework == "sklearn":
-        sys.meta_path.insert(0, _WithoutTorch())
+        sys.meta_path.insert(0, WithoutTorch())  # for the whole worker
     try:
         runtime = load_runtime(target.framework, target.path, target.options)
     except Exception as exc:  # reported to the parent, which raises it as a MaasError
