@@ -21,6 +21,7 @@ class Role(enum.StrEnum):
     ADMIN = "admin"  # everything, keys included
     DEPLOYER = "deployer"  # push, alias, delete, jobs on the models its patterns match
     CONSUMER = "consumer"  # inference and metadata on the models its patterns match
+    METRICS = "metrics"  # a Prometheus scraper: /metrics and nothing else
 
 
 class Action(enum.StrEnum):
@@ -28,12 +29,14 @@ class Action(enum.StrEnum):
     INFER = "infer"
     WRITE = "write"  # push, alias, delete, jobs
     ADMIN = "admin"  # keys, usage of others, audit
+    METRICS = "metrics"  # scrape /metrics, which names every model and version
 
 
 _ALLOWED: dict[Role, frozenset[Action]] = {
     Role.ADMIN: frozenset(Action),
     Role.DEPLOYER: frozenset({Action.READ, Action.INFER, Action.WRITE}),
     Role.CONSUMER: frozenset({Action.READ, Action.INFER}),
+    Role.METRICS: frozenset({Action.METRICS}),
 }
 
 
@@ -58,6 +61,8 @@ class Principal:
     limits: KeyLimits = field(default_factory=KeyLimits)
 
     def can_see(self, model: str) -> bool:
+        if self.role is Role.METRICS:  # a scraper's key sees no model, whatever its patterns
+            return False
         return self.role is Role.ADMIN or any(fnmatchcase(model, p) for p in self.model_patterns)
 
     def allows(self, action: Action) -> bool:

@@ -18,6 +18,7 @@ from maas.protocols.jobs import (
     TrainSpec,
 )
 from maas.protocols.management import VersionInfo
+from maas.registry.artifacts import ArtifactStore
 from maas.registry.names import validate_name
 from maas.registry.refs import parse_selector
 from maas.registry.service import RegistryService
@@ -95,8 +96,14 @@ def feature_columns(
     return features
 
 
-def validate_spec(spec: AnySpec, datasets: DatasetService, registry: RegistryService) -> None:
-    """Raise ``InvalidSpec`` (or a not-found error) for a spec that cannot run."""
+def validate_spec(
+    spec: AnySpec,
+    datasets: DatasetService,
+    registry: RegistryService,
+    artifacts: ArtifactStore | None = None,
+) -> None:
+    """Raise ``InvalidSpec`` (or a not-found error) for a spec that cannot run; with
+    ``artifacts``, also what only the source's file can tell (nothing to quantize)."""
     validate_name("model", spec.model)
     dataset = datasets.get(spec.dataset)
     if isinstance(spec, TrainSpec):
@@ -117,6 +124,15 @@ def validate_spec(spec: AnySpec, datasets: DatasetService, registry: RegistrySer
         version = registry.get_version(spec.model, selector)
         _check_source(spec, version)
         _validate_on_version(spec, dataset, version)
+        if (
+            artifacts is not None
+            and isinstance(spec, OptimizeSpec)
+            and spec.method == "quantize_int8"
+            and version.framework == "onnx"
+        ):
+            from maas.jobs.kinds.shrink import check_quantizable
+
+            check_quantizable(artifacts.local_path(version.digest))
 
 
 def _check_source(spec: OptimizeSpec | EvaluateSpec, version: VersionInfo) -> None:

@@ -49,8 +49,9 @@ async def list_keys(
 async def revoke_key(
     key_id: str, request: Request, services: Services = Depends(get_services)
 ) -> Response:
-    async with audited(request, services.audit, "key.revoke", key_id, need=Action.ADMIN):
-        await asyncio.to_thread(services.keys.revoke, key_id)
+    async with audited(request, services.audit, "key.revoke", key_id, need=Action.ADMIN) as note:
+        revoked = await asyncio.to_thread(services.keys.revoke, key_id)
+        note.target = revoked.id
     return Response(status_code=204)
 
 
@@ -60,5 +61,6 @@ async def rotate_key(
 ) -> KeyCreated:
     async with audited(request, services.audit, "key.rotate", key_id, need=Action.ADMIN) as note:
         created = await asyncio.to_thread(services.keys.rotate, key_id)
+        note.target = created.replaces or key_id
         note.details["new_id"] = created.id
     return created
