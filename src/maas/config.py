@@ -201,6 +201,13 @@ class ServerSettings(_Section):
     )
     ssl_certfile: Path | None = Field(None, description="TLS certificate (PEM); serves https.")
     ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM).")
+    grpc_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of the KServe V2 gRPC service on the same host (0: any free; "
+        "unset: no gRPC). Same keys, limits and metering as REST; TLS as REST's.",
+    )
 
 
 class Settings(BaseSettings):

@@ -9,6 +9,8 @@ echoed: a failure says only that the key is missing or not valid.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from maas.api.errors import error_response
@@ -17,7 +19,7 @@ from maas.auth.principal import ANONYMOUS_ADMIN, Principal, Role
 from maas.auth.resolver import KeyResolver
 from maas.errors import Unauthenticated
 
-__all__ = ["PUBLIC", "Authenticator"]
+__all__ = ["PUBLIC", "Authenticator", "key_from"]
 
 #: The principal of requests to public endpoints (health; metrics and docs when public):
 #: sees no model.
@@ -99,12 +101,20 @@ class Authenticator:
 
 
 def _presented_key(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        text: str = value.decode("latin-1").strip()
-        if name == b"authorization":
+    return key_from(
+        (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
+    )
+
+
+def key_from(headers: Iterable[tuple[str, str]]) -> str | None:
+    """The API key of lower-case ``(name, value)`` pairs (HTTP headers, gRPC metadata):
+    ``authorization: Bearer <key>`` or ``x-api-key: <key>``."""
+    for name, value in headers:
+        text = value.strip()
+        if name == "authorization":
             scheme, _, credential = text.partition(" ")
             if scheme.lower() == "bearer" and credential.strip():
                 return credential.strip()
-        elif name == b"x-api-key" and text:
+        elif name == "x-api-key" and text:
             return text
     return None

@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -47,6 +47,9 @@ def serve_command(
         Path | None, typer.Option(help="TLS certificate (PEM): serve https.")
     ] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="Also serve KServe V2 gRPC on this port (0: any free).")
+    ] = None,
 ) -> None:
     from maas.config import Settings
 
@@ -67,9 +70,15 @@ def serve_command(
         overrides["serving"] = settings.serving.model_copy(update=serving)
     if no_auth:
         overrides["auth"] = settings.auth.model_copy(update={"enabled": False})
-    tls = {"ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
-    if any(tls.values()):
-        overrides["server"] = settings.server.model_copy(update=tls)
+    server_updates: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile, "grpc_port": grpc_port
+        }.items()
+        if value is not None
+    }  # fmt: skip
+    if server_updates:
+        overrides["server"] = settings.server.model_copy(update=server_updates)
     settings = Settings.model_validate({**settings.model_dump(), **overrides})
     _run(settings)
 
@@ -134,7 +143,20 @@ def _run(settings: Any) -> None:
 
     @asynccontextmanager
     async def open_app() -> AsyncIterator[Gateway]:
-        async with open_services(settings) as services:
+        async with AsyncExitStack() as stack:
+            services = await stack.enter_async_context(open_services(settings))
+            grpc_port = settings.server.grpc_port
+            if grpc_port is not None:
+                from maas.api.v2grpc import serving_grpc
+
+                bound = await stack.enter_async_context(
+                    serving_grpc(services, settings.host, grpc_port)
+                )
+                console.print(
+                    f"maas gRPC listening on {settings.host}:{bound}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
             on_started(services)
             app = create_app(services)
             freeze_startup_objects()

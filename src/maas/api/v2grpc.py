@@ -1,0 +1,290 @@
+"""KServe V2 over gRPC (``inference.GRPCInferenceService``): a thin adapter over the
+same ``InferenceService`` as V2 REST.
+
+It runs on ``grpc.aio`` in the server's own event loop, beside uvicorn: the same
+models, keys (metadata ``authorization: Bearer <key>`` or ``x-api-key``, resolved by
+the same cached resolver), rate limits, budgets, usage records and request metrics
+(``protocol="grpc"``). Errors are gRPC status codes; the message starts with our
+stable code in brackets (``[model_not_found] model 'x' not found``) and the trailing
+metadata carries it as ``maas-code`` (and ``retry-after`` on overload), so a client
+can branch on it as a REST client branches on the JSON ``code``.
+
+Health (ServerLive, ServerReady, ServerMetadata) needs no key, as on REST.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from maas import __version__
+from maas.api.auth import key_from
+from maas.api.lifetime import requested_timeout
+from maas.auth.principal import ANONYMOUS_ADMIN, Principal
+from maas.errors import InvalidInput, MaasError, Unauthenticated
+from maas.protocols.v2 import server_metadata
+from maas.protocols.v2grpc import (
+    SERVICE,
+    decode_infer_request,
+    encode_infer_response,
+    message,
+)
+from maas.registry.refs import parse_selector
+from maas.services import Services
+from maas.services.inference import TensorCall
+
+__all__ = ["GrpcInference", "serving_grpc", "status_of"]
+
+log = logging.getLogger("maas.api")
+
+_STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.FAILED_PRECONDITION,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    499: grpc.StatusCode.CANCELLED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+_M = {
+    name: message(name)
+    for name in (
+        "ServerLiveRequest",
+        "ServerLiveResponse",
+        "ServerReadyRequest",
+        "ServerReadyResponse",
+        "ModelReadyRequest",
+        "ModelReadyResponse",
+        "ServerMetadataRequest",
+        "ServerMetadataResponse",
+        "ModelMetadataRequest",
+        "ModelMetadataResponse",
+        "ModelInferRequest",
+        "ModelInferResponse",
+        "ModelStreamInferResponse",
+    )
+}
+
+
+def status_of(status: int) -> grpc.StatusCode:
+    """The gRPC status code of an HTTP status (``MaasError.status``)."""
+    if status in _STATUS:
+        return _STATUS[status]
+    return grpc.StatusCode.INTERNAL if status >= 500 else grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _described(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+    """Status, message and trailing metadata of an error."""
+    if not isinstance(exc, MaasError):
+        log.error("unhandled error in a gRPC call", exc_info=exc)
+        return grpc.StatusCode.INTERNAL, "[internal_error] internal server error", ()
+    if exc.status >= 500:
+        log.error("%s: %s (gRPC)", exc.code, exc.message)
+    trailing: tuple[tuple[str, str], ...] = (("maas-code", exc.code),)
+    if exc.retry_after is not None:
+        trailing += (("retry-after", str(max(1, math.ceil(exc.retry_after)))),)
+    return status_of(int(exc.status)), f"[{exc.code}] {exc.message}", trailing
+
+
+class GrpcInference:
+    """The service's handlers, over ``services``."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._inference = services.inference
+        self._auth = services.settings.auth.enabled
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        def unary(fn: Callable[[Any, Any], Awaitable[Any]], request: str, response: str) -> Any:
+            return grpc.unary_unary_rpc_method_handler(
+                self._guarded(fn),
+                request_deserializer=_M[request].FromString,
+                response_serializer=_M[response].SerializeToString,
+            )
+
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "ServerLive": unary(self.server_live, "ServerLiveRequest", "ServerLiveResponse"),
+                "ServerReady": unary(
+                    self.server_ready, "ServerReadyRequest", "ServerReadyResponse"
+                ),
+                "ModelReady": unary(self.model_ready, "ModelReadyRequest", "ModelReadyResponse"),
+                "ServerMetadata": unary(
+                    self.server_metadata, "ServerMetadataRequest", "ServerMetadataResponse"
+                ),
+                "ModelMetadata": unary(
+                    self.model_metadata, "ModelMetadataRequest", "ModelMetadataResponse"
+                ),
+                "ModelInfer": unary(self.model_infer, "ModelInferRequest", "ModelInferResponse"),
+                "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
+                    self.model_stream_infer,
+                    request_deserializer=_M["ModelInferRequest"].FromString,
+                    response_serializer=_M["ModelStreamInferResponse"].SerializeToString,
+                ),
+            },
+        )
+
+    @staticmethod
+    def _guarded(
+        fn: Callable[[Any, Any], Awaitable[Any]],
+    ) -> Callable[[Any, Any], Awaitable[Any]]:
+        async def guarded(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                return await fn(request, context)
+            except Exception as exc:
+                if isinstance(exc, aio.AbortError):
+                    raise
+                status, text, trailing = _described(exc)
+                context.set_trailing_metadata(trailing)
+                await context.abort(status, text)
+
+        return guarded
+
+    async def _principal(self, context: aio.ServicerContext[Any, Any]) -> Principal:
+        if not self._auth:
+            return ANONYMOUS_ADMIN
+        metadata = context.invocation_metadata() or ()
+        key = key_from((str(k), v if isinstance(v, str) else v.decode()) for k, v in metadata)
+        principal = await self._services.principals.resolve(key) if key else None
+        if principal is not None:
+            return principal
+        if key is None:
+            raise Unauthenticated(
+                "an API key is required: send metadata 'authorization: Bearer <key>' or 'x-api-key'"
+            )
+        self._services.audit.record_auth_failure(_peer_host(context.peer()), "invalid key")
+        raise Unauthenticated("the API key is not valid (unknown, expired or revoked)")
+
+    # -- health and metadata -----------------------------------------------------------
+
+    async def server_live(self, request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        return _M["ServerLiveResponse"](live=True)
+
+    async def server_ready(self, request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        return _M["ServerReadyResponse"](ready=self._inference.server_ready())
+
+    async def server_metadata(self, request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        body = server_metadata("maas", __version__, [])
+        return _M["ServerMetadataResponse"](**body)
+
+    async def model_ready(self, request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        principal = await self._principal(context)
+        _, ready = await self._inference.model_ready(
+            principal, request.name, _selector(request.version)
+        )
+        return _M["ModelReadyResponse"](ready=ready)
+
+    async def model_metadata(self, request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        principal = await self._principal(context)
+        body = await self._inference.metadata(principal, request.name, _selector(request.version))
+        return _M["ModelMetadataResponse"](**body)
+
+    # -- inference -----------------------------------------------------------------------
+
+    async def model_infer(self, request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        principal = await self._principal(context)
+        return await self._infer(principal, request, context)
+
+    async def _infer(
+        self, principal: Principal, request: Any, context: aio.ServicerContext[Any, Any]
+    ) -> Any:
+        decoded_id: list[str] = []
+
+        async def decode() -> TensorCall:
+            infer = decode_infer_request(request, self._services.decode_limits)
+            decoded_id.append(infer.id)
+            timeout_s = requested_timeout(infer.parameters, {})
+            if timeout_s is None:
+                timeout_s = context.time_remaining()
+            return TensorCall(infer.inputs, infer.outputs, timeout_s)
+
+        if not request.model_name:
+            raise InvalidInput("model_name is required")
+        result = await self._inference.predict(
+            principal,
+            request.model_name,
+            _selector(request.model_version),
+            decode,
+            protocol="grpc",
+            endpoint="grpc.infer",
+        )
+        if result.headers:
+            context.set_trailing_metadata(tuple((k.lower(), v) for k, v in result.headers.items()))
+        return encode_infer_response(
+            request.model_name, str(result.version.version), decoded_id[0], result.outputs
+        )
+
+    async def model_stream_infer(
+        self, requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        """Triton's streaming call: one response per request, in order; a failed request
+        answers its error in ``error_message`` and the stream goes on."""
+        try:
+            principal = await self._principal(context)
+        except MaasError as exc:
+            status, text, trailing = _described(exc)
+            context.set_trailing_metadata(trailing)
+            await context.abort(status, text)
+        async for request in requests:
+            try:
+                response = await self._infer(principal, request, context)
+            except Exception as exc:
+                _, text, _ = _described(exc)
+                yield _M["ModelStreamInferResponse"](error_message=text)
+            else:
+                yield _M["ModelStreamInferResponse"](infer_response=response)
+
+
+def _selector(version: str) -> int | str | None:
+    return parse_selector(version) if version else None
+
+
+def _peer_host(peer: str) -> str | None:
+    """``ipv4:127.0.0.1:5555`` → ``127.0.0.1``; ``ipv6:[::1]:5555`` → ``::1``."""
+    _, _, address = peer.partition(":")
+    host, _, _ = address.rpartition(":")
+    return host.strip("[]") or None
+
+
+@asynccontextmanager
+async def serving_grpc(services: Services, host: str, port: int) -> AsyncIterator[int]:
+    """Serve the V2 gRPC service on ``host:port`` (0: any free) while the block runs;
+    yields the bound port. The listener closes first at exit; calls in flight get
+    ``serving.drain_grace_s`` to finish."""
+    settings = services.settings
+    server = aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.limits.max_body_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    server.add_generic_rpc_handlers((GrpcInference(services).handler(),))
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    tls = settings.server
+    if tls.ssl_certfile is not None and tls.ssl_keyfile is not None:
+        credentials = grpc.ssl_server_credentials(
+            [(tls.ssl_keyfile.read_bytes(), tls.ssl_certfile.read_bytes())]
+        )
+        bound = server.add_secure_port(address, credentials)
+    else:
+        bound = server.add_insecure_port(address)
+    await server.start()
+    try:
+        yield bound
+    finally:
+        await server.stop(settings.serving.drain_grace_s)
