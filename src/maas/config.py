@@ -145,7 +145,9 @@ class AuthSettings(_Section):
     admin_key: SecretStr | None = Field(None, description="Admin key to create at start.")
     metrics_public: bool = Field(True, description="Serve /metrics without a key.")
     docs_public: bool = Field(
-        False, description="Serve the OpenAPI page (/docs, /openapi.json) without a key."
+        True,
+        description="Serve the OpenAPI document (/openapi.json) without a key; the /docs and "
+        "/console pages are always public and call the API with the key typed into them.",
     )
     hash_secret: SecretStr | None = Field(
         None,

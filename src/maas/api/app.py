@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from maas import __version__
+from maas.api import console
 from maas.api.errors import install_error_handlers
 from maas.api.gateway import Gateway
 from maas.api.hardening import JsonDepthCap
@@ -29,6 +30,7 @@ from maas.api.routers import (
     openai,
     usage,
     v2,
+    whoami,
 )
 from maas.config import Settings
 from maas.services import Services, open_services
@@ -66,7 +68,7 @@ def create_app(
         version=__version__,
         description=_DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # console.install serves /docs from local files
         redoc_url=None,
     )
     install_error_handlers(api)
@@ -74,8 +76,9 @@ def create_app(
         api.include_router(router)
     for router in (keys.router, audit.router, metrics.router, openai.router):
         api.include_router(router)
-    for router in (datasets.router, jobs.router):
+    for router in (datasets.router, jobs.router, whoami.router):
         api.include_router(router)
+    console.install(api)
     # Inside FastAPI: V2 inference bodies, which skip it, have their own depth cap.
     api.add_middleware(
         JsonDepthCap,
