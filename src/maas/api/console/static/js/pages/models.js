@@ -95,7 +95,7 @@ async function renderModel(ctx, name) {
     { label: "Size", value: (v) => bytes(v.size_bytes), num: true },
     { label: "Digest", value: (v) => h("code", { title: v.digest }, v.digest.slice(0, 19) + "…") },
     { label: "Created", value: (v) => `${when(v.created_at)}${v.created_by ? ` by ${v.created_by}` : ""}` },
-    { label: "Deployment", value: (v) => h("a", { href: `#/models/${enc(name)}/${v.version}` }, "serving…") },
+    { label: "Deployment", value: (v) => h("a", { href: `#/models/${enc(name)}/${v.version}`, "aria-label": `Deployment of version ${v.version}` }, "Deployment") },
     { label: "", value: (v) => canWrite ? h("button", {
       type: "button", class: "danger", "aria-label": `Delete version ${v.version}`,
       onclick: async () => {
@@ -225,16 +225,19 @@ export function reportView(report) {
     }
   }
   const quality = report.quality || {};
-  for (const [k, v] of Object.entries(quality)) {
-    if (typeof v === "number") rows.push({ what: `quality: ${k}`, before: "", after: num(v, 4), change: "" });
+  if (typeof quality.before === "number") {
+    rows.push({ what: `quality: ${quality.metric || "score"}`, before: num(quality.before, 4), after: num(quality.after, 4),
+      change: `drop ${num(report.quality_drop, 4)}` });
   }
-  rows.push({ what: "quality drop", before: "", after: num(report.quality_drop, 4), change: "" });
+  for (const [k, v] of Object.entries(quality)) {
+    if (typeof v === "number" && !["before", "after", "drop"].includes(k)) rows.push({ what: `agreement: ${k.replaceAll("_", " ")}`, before: "", after: num(v, 4), change: "" });
+  }
   const tbl = table([
     { label: "", value: (r) => r.what },
     { label: "Before", value: (r) => r.before, num: true },
     { label: "After", value: (r) => r.after, num: true },
     { label: "Change", value: (r) => r.change },
-  ], rows, { caption: `${report.method} of ${report.source?.model}:${report.source?.version} on ${report.dataset || "?"}` });
+  ], rows, { caption: `${report.method} of ${report.source?.model}:${report.source?.version} on ${report.dataset?.name ?? report.dataset ?? "?"}` });
   const batches = Object.keys(report.latency_ms || {});
   const labels = ["size (KB)", ...batches.map((b) => `p50 ${b.replace("_", " ")} (ms)`)];
   const pick = (side) => [(size[side] || 0) / 1024, ...batches.map((b) => report.latency_ms[b][side]?.p50_ms ?? null)];
