@@ -242,7 +242,7 @@ def test_an_optimize_job_from_the_form_shows_its_report(
     report.wait_for()
     assert report.locator("tr", has_text="size").count() == 1
     assert report.locator("tr", has_text="quality: accuracy").count() == 1
-    assert _chart_total(page, "#optimization-report .chart-box") > 0
+    assert _chart_total(page, "#optimization-report .chart-box") > 0  # the first: sizes
     assert "onnx" in page.locator("#job-logs").inner_text()
     console.shot("job-report")
     console.open("jobs")

@@ -104,12 +104,13 @@ async function renderJob(ctx, id) {
     progress(j.progress);
     if (j.state === "succeeded") bar.value = 1;
     const versions = j.result?.versions || [];
-    result.replaceChildren(
+    result.replaceChildren(...[
       versions.length ? h("div", { class: "card" }, h("h2", {}, "New versions"),
         h("p", {}, versions.map((v) => [h("a", { href: `#/models/${enc(j.model)}` }, `${j.model}:${v}`), " "]))) : null,
       j.result?.report ? h("div", { class: "card" }, h("h2", {}, "Optimization report"), reportView(j.result.report)) : null,
       j.result?.metrics ? h("div", { class: "card" }, h("h2", {}, "Metrics"), h("pre", {}, JSON.stringify(j.result.metrics, null, 2))) : null,
-      j.result?.notes ? h("div", { class: "card" }, h("h2", {}, "Notes"), h("ul", {}, j.result.notes.map((n) => h("li", {}, n)))) : null);
+      j.result?.notes ? h("div", { class: "card" }, h("h2", {}, "Notes"), h("ul", {}, j.result.notes.map((n) => h("li", {}, n)))) : null,
+    ].filter(Boolean));
   }
   draw(job);
   const controller = new AbortController();
@@ -118,7 +119,7 @@ async function renderJob(ctx, id) {
     signal: controller.signal,
     onEvent: ({ event, data }) => {
       const payload = JSON.parse(data);
-      if (event === "log") logs.textContent += `${payload.data.message ?? JSON.stringify(payload.data)}\n`;
+      if (event === "log") logs.textContent += `${payload.data.line ?? payload.data.message ?? JSON.stringify(payload.data)}\n`;
       else if (event === "progress") progress(payload.data);
       else if (event === "state") api(`/api/v1/jobs/${enc(id)}`).then(draw).catch(() => {});
       else if (event === "end") draw(payload);

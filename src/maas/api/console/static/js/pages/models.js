@@ -117,7 +117,7 @@ async function renderModel(ctx, name) {
   }, "Delete model") : null;
   return h("section", { dataset: { title: name } },
     h("div", { class: "row" }, h("h1", {}, h("a", { href: "#/models" }, "Models"), " / ", name), h("span", { class: "spacer" }), deleteModel),
-    h("p", { class: "muted" }, model.description || "", model.task ? ` · task: ${model.task}` : ""),
+    h("p", { class: "muted" }, [model.description, model.task ? `task: ${model.task}` : ""].filter(Boolean).join(" · ")),
     h("div", { class: "card" }, h("h2", {}, "Aliases"), aliasesPanel(ctx, model, versions, canWrite)),
     h("div", { class: "card" }, h("h2", {}, "Versions"), versionTable),
     detail,
@@ -160,7 +160,7 @@ async function setAlias(ctx, model, alias, version, force = false) {
     ctx.refresh();
   } catch (err) {
     if (!force && (err.code === "signature_changed" || err.code === "quality_drop_too_large")) {
-      if (await confirmDialog("Promotion refused", `${err.message} Promote anyway?`, "Force promote")) {
+      if (await confirmDialog("Promotion refused", err.message, "Force promote")) {
         await setAlias(ctx, model, alias, version, true);
       }
       return;
@@ -230,7 +230,7 @@ export function reportView(report) {
       change: `drop ${num(report.quality_drop, 4)}` });
   }
   for (const [k, v] of Object.entries(quality)) {
-    if (typeof v === "number" && !["before", "after", "drop"].includes(k)) rows.push({ what: `agreement: ${k.replaceAll("_", " ")}`, before: "", after: num(v, 4), change: "" });
+    if (typeof v === "number" && !["before", "after", "drop"].includes(k)) rows.push({ what: `outputs vs source: ${k.replaceAll("_", " ")}`, before: "", after: num(v, 4), change: "" });
   }
   const tbl = table([
     { label: "", value: (r) => r.what },
@@ -239,16 +239,18 @@ export function reportView(report) {
     { label: "Change", value: (r) => r.change },
   ], rows, { caption: `${report.method} of ${report.source?.model}:${report.source?.version} on ${report.dataset?.name ?? report.dataset ?? "?"}` });
   const batches = Object.keys(report.latency_ms || {});
-  const labels = ["size (KB)", ...batches.map((b) => `p50 ${b.replace("_", " ")} (ms)`)];
-  const pick = (side) => [(size[side] || 0) / 1024, ...batches.map((b) => report.latency_ms[b][side]?.p50_ms ?? null)];
-  const { box } = chart({
+  const bars = (title, labels, before, after) => chart({
     type: "bar",
     data: { labels, datasets: [
-      { label: "before", data: pick("before"), backgroundColor: "#8c959f" },
-      { label: "after", data: pick("after"), backgroundColor: "#0b5cad" },
+      { label: "before", data: before, backgroundColor: "#8c959f" },
+      { label: "after", data: after, backgroundColor: "#0b5cad" },
     ] },
-    options: { scales: { y: { beginAtZero: true } } },
-  }, "Before and after: size and latency");
-  return h("div", { class: "grid cols-2", id: "optimization-report" }, h("div", {}, tbl), box);
+    options: { scales: { y: { beginAtZero: true, title: { display: true, text: title } } } },
+  }, `Before and after: ${title}`).box;
+  const latency = (side) => batches.map((b) => report.latency_ms[b][side]?.p50_ms ?? null);
+  const charts = h("div", { class: "grid cols-2" },
+    bars("size (KB)", ["size"], [(size.before || 0) / 1024], [(size.after || 0) / 1024]),
+    bars("p50 latency (ms)", batches.map((b) => b.replace("_", " ")), latency("before"), latency("after")));
+  return h("div", { id: "optimization-report" }, tbl, charts);
 }
 
