@@ -22,9 +22,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from maas.api.auth import Authenticator
 from maas.api.errors import response_for
 from maas.api.hardening import Deadline
-from maas.api.middleware import RequestPlumbing, on_response_start
+from maas.api.middleware import RequestPlumbing, _header, on_response_start
 from maas.api.routers.v2 import answer_infer, infer_target
 from maas.config import Settings
+from maas.protocols.v2 import check_media_type
 
 __all__ = ["Gateway"]
 
@@ -66,6 +67,7 @@ class Gateway:
         if target is None:
             await self.api(scope, receive, send)
         else:
+            check_media_type(_header(scope, b"content-type"))  # 415, by the error boundary
             await answer_infer(scope, receive, send, target)
 
 

@@ -6,6 +6,7 @@ it (tests read it back) with no bind-close-rebind race.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from maas.cli.output import console
+from maas.cli.output import console, err_console
 
 if TYPE_CHECKING:
     from maas.auth.bootstrap import AdminKeyNotice
@@ -95,9 +96,7 @@ def _run(settings: Any) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
-    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
+    sock = _bind(settings.host, settings.port)
     bound_port = sock.getsockname()[1]
     tls = settings.server.ssl_certfile is not None
     url = f"{'https' if tls else 'http'}://{settings.host}:{bound_port}"
@@ -150,6 +149,26 @@ def _run(settings: Any) -> None:
         server.run(sockets=[sock])
     finally:  # a startup failure ends here; a drain ends in on_exit (SIGTERM is re-raised)
         on_exit()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, or one line saying why not: a taken port is the commonest
+    first-run failure, and a traceback hides the fix."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            reason = "is in use by another process; stop it or pick another port with --port"
+        elif exc.errno == errno.EACCES:
+            reason = "needs privileges to bind; pick a port above 1023 with --port"
+        else:
+            reason = f"cannot be bound ({exc.strerror}); check --host and --port"
+        err_console.print(f"error: {host}:{port} {reason}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    return sock
 
 
 def _announce_admin_key(notice: AdminKeyNotice | None) -> None:

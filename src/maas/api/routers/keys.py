@@ -56,8 +56,9 @@ async def last_used(request: Request, services: Services = Depends(get_services)
 async def revoke_key(
     key_id: str, request: Request, services: Services = Depends(get_services)
 ) -> Response:
-    async with audited(request, "key.revoke", key_id, need=Action.ADMIN):
-        await asyncio.to_thread(services.keys.revoke, key_id)
+    async with audited(request, "key.revoke", key_id, need=Action.ADMIN) as note:
+        revoked = await asyncio.to_thread(services.keys.revoke, key_id)
+        note.target = revoked.id
     return Response(status_code=204)
 
 
@@ -67,5 +68,6 @@ async def rotate_key(
 ) -> KeyCreated:
     async with audited(request, "key.rotate", key_id, need=Action.ADMIN) as note:
         created = await asyncio.to_thread(services.keys.rotate, key_id)
+        note.target = created.replaces or key_id
         note.details["new_id"] = created.id
     return created
