@@ -25,6 +25,11 @@ from tests.llm_models import minilm_dir, smollm2_gguf
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+#: The visible inputs, selects and text areas that neither a <label> nor aria-label names.
+_UNLABELLED = """() => [...document.querySelectorAll("input, select, textarea")]
+    .filter((el) => el.offsetParent !== null)
+    .filter((el) => !el.labels?.length && !el.getAttribute("aria-label"))
+    .map((el) => el.outerHTML.slice(0, 120))"""
 
 
 def _chromium() -> str:
@@ -61,7 +66,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[R
         tmp_path_factory.mktemp("console-home"),
         "--demo",
         env={"MAAS_DEMO_MODELS": ALL_DEMO},
-        timeout_s=300,
+        timeout_s=600,  # a first start dequantizes the chat model: minutes on a busy machine
     )
     yield running
     assert running.stop() in (0, -signal.SIGTERM), "".join(running.output)
@@ -113,6 +118,11 @@ class Guarded:
         self.page.locator("#main h1").first.wait_for()
 
     def shot(self, label: str) -> None:
+        """Save a screenshot; on the console's pages, check first that every visible
+        form control has a label a screen reader can read."""
+        if "/console" in self.page.url:
+            unlabelled = self.page.evaluate(_UNLABELLED)
+            assert not unlabelled, f"controls without a label on {label}: {unlabelled}"
         ARTIFACTS.mkdir(exist_ok=True)
         self.page.screenshot(path=str(ARTIFACTS / f"{label}.png"), full_page=True)
 

@@ -4,6 +4,7 @@ datasets and the offline ``/docs``. Each test saves screenshots of the pages it 
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from tests.integration.server import RunningServer
 ROW = [5.1, 3.5, 1.4, 0.2]
 #: The first test waits for the demo server (its first start dequantizes the chat
 #: model) and the optimize job runs a process of its own: minutes on a busy machine.
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,10 @@ def test_root_redirects_to_a_login_that_refuses_a_bad_key_and_lists_the_demo(
     page.get_by_label("API key").fill("maas_not_a_real_key")
     page.get_by_role("button", name="Log in").click()
     page.get_by_text("This key is not valid").wait_for()
-    console.log_in()
+    # By keyboard alone: the key field has the focus, Enter logs in.
+    page.keyboard.type(server.api_key or "")
+    page.keyboard.press("Enter")
+    page.locator("#main h1", has_text="Overview").wait_for()
     assert page.evaluate("sessionStorage.getItem('maas.apiKey')") == server.api_key
     page.locator("#stat-health .badge", has_text="ready").wait_for()
     page.locator("#stat-loaded", has_text=re.compile(r"[1-9]")).wait_for()
@@ -117,8 +121,19 @@ def test_push_by_upload_promote_past_the_signature_guard_and_call_from_the_v2_fo
     page.locator("#push-file").set_input_files(str(iris_files["skops"]))
     page.get_by_role("button", name="Push").click()
     page.get_by_role("heading", name="flowers:1").wait_for()
-    # The second version takes float_input (FP32): another signature.
-    page.locator("#push-file").set_input_files(str(iris_files["onnx"]))
+    # The second version, dropped on the drop zone, takes float_input (FP32): another
+    # signature.
+    page.evaluate(
+        """([name, b64]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const data = new DataTransfer();
+            data.items.add(new File([bytes], name));
+            const zone = document.getElementById("push-dropzone");
+            zone.dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true}));
+        }""",
+        ["flowers.onnx", base64.b64encode(iris_files["onnx"].read_bytes()).decode()],
+    )
+    page.get_by_text("flowers.onnx (").wait_for()
     page.get_by_role("button", name="Push").click()
     page.get_by_role("heading", name="flowers:2").wait_for()
     console.shot("model-detail")

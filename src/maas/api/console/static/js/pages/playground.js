@@ -28,7 +28,7 @@ function chatPanel(models, ctx) {
   const temperature = h("input", { id: "chat-temperature", type: "number", min: "0", max: "2", step: "0.1", value: "0.7" });
   const maxTokens = h("input", { id: "chat-max-tokens", type: "number", min: "1", value: "128" });
   const jsonMode = h("input", { id: "chat-json", type: "checkbox" });
-  const schema = h("textarea", { id: "chat-schema", rows: "3", hidden: true, placeholder: '{"type": "object", "properties": {"answer": {"type": "string"}}}' });
+  const schema = h("textarea", { id: "chat-schema", rows: "3", hidden: true, "aria-label": "JSON schema", placeholder: '{"type": "object", "properties": {"answer": {"type": "string"}}}' });
   jsonMode.addEventListener("change", () => { schema.hidden = !jsonMode.checked; });
   const log = h("div", { class: "chat", id: "chat-log", "aria-live": "polite" });
   const input = h("textarea", { id: "chat-input", rows: "2", placeholder: "Ask something…" });
