@@ -132,7 +132,7 @@ def console(
     browser: Any, server: RunningServer, request: pytest.FixtureRequest
 ) -> Iterator[Guarded]:
     context = browser.new_context(viewport={"width": 1360, "height": 900})
-    context.set_default_timeout(30_000)
+    context.set_default_timeout(120_000)  # a push loads and warms the model: slow when busy
     guarded = Guarded(context.new_page(), server, request.node.name)
     yield guarded
     context.close()
