@@ -325,8 +325,8 @@ def test_docs_render_offline_and_call_with_the_console_key(
     operation.locator(".opblock-summary").click()
     operation.get_by_role("button", name="Try it out").click()
     operation.get_by_role("button", name="Execute").click()
-    status = operation.locator(".live-responses-table .response-col_status").first
+    status = operation.locator(".live-responses-table tbody .response-col_status").first
     status.wait_for()
     assert status.inner_text().strip() == "200"
-    assert "iris" in operation.locator(".live-responses-table .microlight").first.inner_text()
+    assert "iris" in operation.locator(".live-responses-table tbody .microlight").first.inner_text()
     console.shot("docs")
