@@ -59,7 +59,9 @@ def _show_created(ctx: typer.Context, created: dict[str, Any]) -> None:
 def create_key(
     ctx: typer.Context,
     name: Annotated[str, typer.Option(help="What the key is for.")] = "key",
-    role: Annotated[str, typer.Option(help="admin, deployer or consumer.")] = "consumer",
+    role: Annotated[
+        str, typer.Option(help="admin, deployer, consumer or metrics (a Prometheus scraper).")
+    ] = "consumer",
     models: Annotated[
         str, typer.Option(help="Comma-separated model patterns, e.g. 'iris*,fraud-*'.")
     ] = "*",

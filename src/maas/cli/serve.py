@@ -10,6 +10,8 @@ import errno
 import logging
 import os
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -87,10 +89,11 @@ def _run(settings: Any) -> None:
         reset_multiprocess_dir(metrics_dir)
     import uvicorn
 
-    from maas.api.app import create_app
+    from maas.api.app import create_app, freeze_startup_objects
+    from maas.api.gateway import Gateway
     from maas.api.protocol import limited_http_protocol
     from maas.cli.drain import DrainingServer
-    from maas.services import Services
+    from maas.services import Services, open_services
     from maas.services.demo import demo_banner
 
     logging.basicConfig(
@@ -134,9 +137,16 @@ def _run(settings: Any) -> None:
 
             mark_process_dead(metrics_dir, os.getpid())
 
-    app = create_app(settings, on_started=on_started)
+    @asynccontextmanager
+    async def open_app() -> AsyncIterator[Gateway]:
+        async with open_services(settings) as services:
+            on_started(services)
+            app = create_app(services)
+            freeze_startup_objects()
+            yield app
+
     config = uvicorn.Config(
-        app,
+        _opened_by_the_server,
         loop="uvloop",
         http=limited_http_protocol(settings.limits.max_header_bytes),
         log_level=settings.log_level,
@@ -144,7 +154,9 @@ def _run(settings: Any) -> None:
         ssl_certfile=settings.server.ssl_certfile,
         ssl_keyfile=settings.server.ssl_keyfile,
     )
-    server = DrainingServer(config, settings.serving, on_drain=on_drain, on_exit=on_exit)
+    server = DrainingServer(
+        config, settings.serving, open_app=open_app, on_drain=on_drain, on_exit=on_exit
+    )
     try:
         server.run(sockets=[sock])
     finally:  # a startup failure ends here; a drain ends in on_exit (SIGTERM is re-raised)
@@ -169,6 +181,12 @@ def _bind(host: str, port: int) -> socket.socket:
         err_console.print(f"error: {host}:{port} {reason}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     return sock
+
+
+async def _opened_by_the_server(scope: Any, receive: Any, send: Any) -> None:
+    """uvicorn's config wants an app before the services exist: ``DrainingServer``
+    replaces this one with the real app once they are open."""
+    raise RuntimeError("the app is built once the services are open")
 
 
 def _announce_admin_key(notice: AdminKeyNotice | None) -> None:

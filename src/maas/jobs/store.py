@@ -160,6 +160,12 @@ class JobStore:
             )
             if not changed:
                 return False
+            if state == "succeeded":  # whatever the job last said, it is complete
+                done = {"stage": "done", "fraction": 1.0}
+                row = session.get(Job, job_id)
+                if row is not None:
+                    row.progress = {**(row.progress or {}), **done}
+                self._append(session, job_id, [("progress", done)])
             data: dict[str, Any] = {"state": state}
             if error_code:
                 data |= {"error_code": error_code, "error": error}

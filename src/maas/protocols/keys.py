@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 __all__ = ["AuditRecord", "KeyCreate", "KeyCreated", "KeyInfo", "KeyLimitsSpec"]
 
-RoleName = Literal["admin", "deployer", "consumer"]
+RoleName = Literal["admin", "deployer", "consumer", "metrics"]
 
 #: Printable text only: names, owners and patterns are shown in listings, logs and the
 #: audit trail, where a newline or a terminal escape would forge or hide a line.

@@ -39,7 +39,9 @@ async def set_deployment(
     services: Services = Depends(get_services),
 ) -> Response:
     target = f"{name}:{version}"
-    async with audited(request, "deployment.update", target, need=Action.WRITE, model=name):
+    async with audited(
+        request, services.audit, "deployment.update", target, need=Action.WRITE, model=name
+    ):
         info = await services.publisher.update_deployment(name, version, body)
     return json_response(info)
 
@@ -72,7 +74,12 @@ async def load_version(
     name: str, version: int, request: Request, services: Services = Depends(get_services)
 ) -> Response:
     async with audited(
-        request, "deployment.load", f"{name}:{version}", need=Action.WRITE, model=name
+        request,
+        services.audit,
+        "deployment.load",
+        f"{name}:{version}",
+        need=Action.WRITE,
+        model=name,
     ):
         info = await services.models.resolve(name, version)
         await services.models.deployment(info)
@@ -87,7 +94,12 @@ async def unload_version(
     name: str, version: int, request: Request, services: Services = Depends(get_services)
 ) -> Response:
     async with audited(
-        request, "deployment.unload", f"{name}:{version}", need=Action.WRITE, model=name
+        request,
+        services.audit,
+        "deployment.unload",
+        f"{name}:{version}",
+        need=Action.WRITE,
+        model=name,
     ):
         info = await services.models.resolve(name, version)
         await services.models.unload(name, version)

@@ -81,7 +81,9 @@ def _parse_spec(body: bytes, content_type: str) -> Any:
 async def submit_job(request: Request, services: Services = Depends(get_services)) -> Response:
     spec = _parse_spec(await request.body(), request.headers.get("content-type", ""))
     action = "job.submit"
-    async with audited(request, action, spec.model, need=Action.WRITE, model=spec.model) as note:
+    async with audited(
+        request, services.audit, action, spec.model, need=Action.WRITE, model=spec.model
+    ) as note:
         note.details["kind"] = spec.kind
         require_dataset(request, spec.dataset)
         job = await services.jobs.submit(spec, note.principal.name)
@@ -125,7 +127,9 @@ async def cancel_job(
     job_id: str, request: Request, services: Services = Depends(get_services)
 ) -> Response:
     job = await _visible_job(request, services, job_id)
-    async with audited(request, "job.cancel", job.id, need=Action.WRITE, model=job.model):
+    async with audited(
+        request, services.audit, "job.cancel", job.id, need=Action.WRITE, model=job.model
+    ):
         cancelled = await services.jobs.cancel(job.id)
     return json_response(cancelled)
 
