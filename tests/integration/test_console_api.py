@@ -83,7 +83,7 @@ def test_whoami_tells_each_key_its_role_patterns_and_actions(server: RunningServ
     with server.client() as admin:
         me = admin.get("/api/v1/whoami").json()
         assert me["role"] == "admin"
-        assert me["actions"] == ["read", "infer", "write", "admin"]
+        assert me["actions"] == ["read", "infer", "write", "admin", "metrics"]
         consumer = _consumer(admin, "whoami-app", ["iris*"])
         them = admin.get("/api/v1/whoami", headers=consumer).json()
     assert them["name"] == "whoami-app" and them["role"] == "consumer"

@@ -17,7 +17,7 @@ export async function render(ctx) {
         try { await navigator.clipboard.writeText(created.key); toast("Copied"); } catch { toast("Copy failed: select the text instead.", true); }
       } }, "Copy"))));
   const name = h("input", { required: true, autocomplete: "off", placeholder: "shop-frontend" });
-  const role = h("select", {}, ["consumer", "deployer", "admin"].map((r) => h("option", { value: r }, r)));
+  const role = h("select", {}, ["consumer", "deployer", "metrics", "admin"].map((r) => h("option", { value: r }, r)));
   const patterns = h("input", { value: "*", autocomplete: "off" });
   const rpm = h("input", { type: "number", min: "1", placeholder: "unlimited" });
   const form = h("form", { class: "card", "aria-labelledby": "new-key-title" },
