@@ -155,7 +155,9 @@ class AuthSettings(_Section):
         "model and version; scrape with a key of role metrics (or admin).",
     )
     docs_public: bool = Field(
-        False, description="Serve the OpenAPI page (/docs, /openapi.json) without a key."
+        True,
+        description="Serve the OpenAPI document (/openapi.json) without a key; the /docs and "
+        "/console pages are always public and call the API with the key typed into them.",
     )
     hash_secret: SecretStr | None = Field(
         None,

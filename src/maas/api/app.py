@@ -15,6 +15,7 @@ import gc
 from fastapi import FastAPI
 
 from maas import __version__
+from maas.api import console
 from maas.api.deps import get_services
 from maas.api.errors import install_error_handlers
 from maas.api.gateway import Gateway
@@ -31,6 +32,7 @@ from maas.api.routers import (
     openai,
     usage,
     v2,
+    whoami,
 )
 from maas.services import Services
 
@@ -55,7 +57,7 @@ def create_app(services: Services) -> Gateway:
         title="maas",
         version=__version__,
         description=_DESCRIPTION,
-        docs_url="/docs",
+        docs_url=None,  # console.install serves /docs from local files
         redoc_url=None,
     )
     api.dependency_overrides[get_services] = lambda: services
@@ -64,8 +66,9 @@ def create_app(services: Services) -> Gateway:
         api.include_router(router)
     for router in (keys.router, audit.router, metrics.router, openai.router):
         api.include_router(router)
-    for router in (datasets.router, jobs.router):
+    for router in (datasets.router, jobs.router, whoami.router):
         api.include_router(router)
+    console.install(api)
     # Inside FastAPI: V2 inference bodies, which skip it, have their own depth cap.
     api.add_middleware(
         JsonDepthCap,

@@ -21,12 +21,14 @@ from maas.errors import Unauthenticated
 
 __all__ = ["PUBLIC", "Authenticator", "key_from"]
 
-#: The principal of requests to public endpoints (health; metrics and docs when public):
-#: sees no model.
+#: The principal of requests to public endpoints (health, the console's and the docs'
+#: pages; metrics and the OpenAPI document when public): sees no model.
 PUBLIC = Principal(key_id=None, name="public", role=Role.CONSUMER, model_patterns=())
 
-_PUBLIC_PREFIXES = ("/v2/health/",)
-_DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json"})
+_PUBLIC_PREFIXES = ("/v2/health/", "/console/")
+#: Pages that hold no data: the console and Swagger UI call the API with the user's key.
+_PAGES = frozenset({"/", "/console", "/docs", "/docs/oauth2-redirect"})
+_OPENAPI_PATHS = frozenset({"/openapi.json"})
 _MAX_KEY_LENGTH = 512
 
 
@@ -34,8 +36,8 @@ class Authenticator:
     """Require a valid key (``Authorization: Bearer`` or ``X-API-Key``) off the public paths.
 
     With ``enabled=False`` (``maas serve --no-auth``) every request is the anonymous admin.
-    Health is always public; ``/metrics`` (for a Prometheus without a key) and the
-    OpenAPI page only when the operator says so.
+    Health and the pages (``/console``, ``/docs``) are always public; ``/metrics`` (for
+    a Prometheus without a key) and ``/openapi.json`` only when the operator says so.
     """
 
     def __init__(
@@ -46,12 +48,14 @@ class Authenticator:
         audit: AuditLog,
         enabled: bool,
         metrics_public: bool,
-        docs_public: bool = False,
+        docs_public: bool = True,
     ) -> None:
         self.app = app
         self.enabled = enabled
         self.public_paths = frozenset(
-            ({"/metrics"} if metrics_public else set()) | (_DOCS_PATHS if docs_public else set())
+            _PAGES
+            | ({"/metrics"} if metrics_public else set())
+            | (_OPENAPI_PATHS if docs_public else set())
         )
         self._resolver = resolver
         self._audit = audit

@@ -169,6 +169,16 @@ class UsageLedger:
         with self._sessions() as session:
             return [_plain(row._asdict()) for row in session.execute(query)]
 
+    def last_used(self) -> dict[str, datetime]:
+        """When each key last made a metered call; blocking (SQL)."""
+        query = (
+            select(UsageRecord.key_id, func.max(UsageRecord.at))
+            .where(UsageRecord.key_id.is_not(None))
+            .group_by(UsageRecord.key_id)
+        )
+        with self._sessions() as session:
+            return {str(key): _utc(at) for key, at in session.execute(query)}
+
 
 def _is_error() -> Any:
     return case((UsageRecord.status >= 400, 1), else_=0)

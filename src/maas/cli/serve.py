@@ -129,6 +129,11 @@ def _run(settings: Any) -> None:
         _announce_admin_key(services.admin_key)
         if settings.demo:
             console.print(demo_banner(url, services.admin_key), soft_wrap=True)
+        console.print(
+            f"web console: {url}/console (log in with an API key) · API docs: {url}/docs",
+            highlight=False,
+            soft_wrap=True,
+        )
         console.print(f"maas listening on {url}", highlight=False, soft_wrap=True)
 
     def on_drain(deadline: float) -> None:

@@ -17,8 +17,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from maas.errors import DatasetNotFound
-from maas.jobs.tabular import format_of, inspect_table
-from maas.protocols.jobs import ColumnInfo, DatasetInfo
+from maas.jobs.tabular import format_of, inspect_table, read_table
+from maas.protocols.jobs import ColumnInfo, DatasetInfo, DatasetPreview
 from maas.registry.artifacts import ArtifactStore
 from maas.registry.names import validate_name
 from maas.registry.tables import Dataset
@@ -137,3 +137,23 @@ class DatasetService:
             if row is None:
                 raise DatasetNotFound(f"dataset {ref!r} not found")
             return _info(row)
+
+    def preview(self, ref: str, limit: int) -> DatasetPreview:
+        """The first ``limit`` rows of a dataset; blocking (reads the file)."""
+        info = self.get(ref)
+        table = read_table(self.store.local_path(info.digest), info.format)
+        head = [
+            {name: _plain(value) for name, value in row.items()}
+            for row in table.slice(0, limit).to_pylist()
+        ]
+        return DatasetPreview(
+            name=info.name, digest=info.digest, rows=info.rows, columns=info.columns, head=head
+        )
+
+
+def _plain(value: Any) -> Any:
+    """A cell as JSON can carry it: numbers, text, booleans and nulls as they are,
+    anything else (dates, binary, nested values) as its text."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)

@@ -20,6 +20,7 @@ __all__ = [
     "TERMINAL_STATES",
     "ColumnInfo",
     "DatasetInfo",
+    "DatasetPreview",
     "EvaluateSpec",
     "FinetuneSpec",
     "JobEvent",
@@ -223,3 +224,15 @@ class DatasetInfo(BaseModel):
     columns: list[ColumnInfo]
     created_at: datetime
     created_by: str | None = None
+
+
+class DatasetPreview(BaseModel):
+    """The first rows of a dataset, as JSON values (the console's preview)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    digest: str
+    rows: int = Field(description="Rows in the whole dataset.")
+    columns: list[ColumnInfo]
+    head: list[dict[str, Any]] = Field(description="The first rows, column name to value.")

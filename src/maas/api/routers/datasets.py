@@ -18,7 +18,7 @@ from maas.api.deps import get_services
 from maas.api.responses import json_response
 from maas.auth.principal import Action
 from maas.errors import DatasetNotFound, Forbidden
-from maas.protocols.jobs import DatasetInfo
+from maas.protocols.jobs import DatasetInfo, DatasetPreview
 from maas.services import Services
 
 __all__ = ["require_dataset", "router"]
@@ -88,3 +88,19 @@ async def get_dataset(
     require(request, Action.READ)
     require_dataset(request, ref)
     return json_response(await asyncio.to_thread(services.datasets.get, ref))
+
+
+@router.get(
+    "/{ref}/preview",
+    summary="The first rows of a dataset (NAME or NAME@sha256:…)",
+    response_model=DatasetPreview,
+)
+async def preview_dataset(
+    ref: str,
+    request: Request,
+    limit: int = Query(20, ge=1, le=1000, description="How many rows."),
+    services: Services = Depends(get_services),
+) -> Response:
+    require(request, Action.READ)
+    require_dataset(request, ref)
+    return json_response(await asyncio.to_thread(services.datasets.preview, ref, limit))

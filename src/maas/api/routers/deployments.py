@@ -2,15 +2,19 @@
 
 ``PUT`` stores a ``DeploymentSpec`` (batching, instances, queue size) on the version
 and redeploys it if loaded; ``GET …/status`` shows the live deployment: state, worker
-process ids, queue depth.
+process ids, queue depth; ``POST …/load`` and ``…/unload`` load a version now or free
+its memory (it loads again on its next call). ``GET /api/v1/deployments`` lists what
+is loaded, for the console's overview.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from maas.api.access import audited, require
+from maas.api.access import audited, require, visible
 from maas.api.deps import get_services, parse_selector
 from maas.api.responses import json_response
 from maas.auth.principal import Action
@@ -19,11 +23,11 @@ from maas.services import Services
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1/models", tags=["deployments"])
+router = APIRouter(prefix="/api/v1", tags=["deployments"])
 
 
 @router.put(
-    "/{name}/versions/{version}/deployment",
+    "/models/{name}/versions/{version}/deployment",
     summary="Set how a version is served (batching, instances, queue)",
     response_model=VersionInfo,
 )
@@ -43,7 +47,7 @@ async def set_deployment(
 
 
 @router.get(
-    "/{name}/versions/{version}/deployment/status",
+    "/models/{name}/versions/{version}/deployment/status",
     summary="Live state of a version's deployment: workers, pids, queue depth",
 )
 async def deployment_status(
@@ -51,9 +55,61 @@ async def deployment_status(
 ) -> Response:
     require(request, Action.READ, model=name)
     info = await services.models.resolve(name, parse_selector(version))
+    return json_response(_status(services, info))
+
+
+def _status(services: Services, info: VersionInfo) -> dict[str, Any]:
     deployment = services.models.find(info.model, info.version)
     if deployment is None:
         body = {"model": info.model, "version": info.version, "state": "unloaded", "ready": False}
-        body |= {"instances": info.deployment.instances, "pids": [], "queue_depth": 0}
-        return json_response(body)
-    return json_response(deployment.status())
+        return body | {"instances": info.deployment.instances, "pids": [], "queue_depth": 0}
+    return deployment.status()
+
+
+@router.post(
+    "/models/{name}/versions/{version}/deployment/load",
+    summary="Load a version now (it otherwise loads on its first call)",
+)
+async def load_version(
+    name: str, version: int, request: Request, services: Services = Depends(get_services)
+) -> Response:
+    async with audited(
+        request,
+        services.audit,
+        "deployment.load",
+        f"{name}:{version}",
+        need=Action.WRITE,
+        model=name,
+    ):
+        info = await services.models.resolve(name, version)
+        await services.models.deployment(info)
+    return json_response(_status(services, info))
+
+
+@router.post(
+    "/models/{name}/versions/{version}/deployment/unload",
+    summary="Unload a version: in-flight calls finish; its next call loads it again",
+)
+async def unload_version(
+    name: str, version: int, request: Request, services: Services = Depends(get_services)
+) -> Response:
+    async with audited(
+        request,
+        services.audit,
+        "deployment.unload",
+        f"{name}:{version}",
+        need=Action.WRITE,
+        model=name,
+    ):
+        info = await services.models.resolve(name, version)
+        await services.models.unload(name, version)
+    return json_response(_status(services, info))
+
+
+@router.get("/deployments", summary="The loaded deployments the key may see")
+async def list_deployments(
+    request: Request, services: Services = Depends(get_services)
+) -> Response:
+    require(request, Action.READ)
+    loaded = visible(request, services.models.loaded(), lambda d: d.version.model)
+    return json_response([deployment.status() for deployment in loaded])

@@ -45,6 +45,13 @@ async def list_keys(
     return json_response(keys)
 
 
+@router.get("/last-used", summary="When each key last made a metered call (key id → time)")
+async def last_used(request: Request, services: Services = Depends(get_services)) -> Response:
+    require(request, Action.ADMIN)
+    await services.usage.flush()
+    return json_response(await asyncio.to_thread(services.usage.last_used))
+
+
 @router.delete("/{key_id}", summary="Revoke a key", status_code=204)
 async def revoke_key(
     key_id: str, request: Request, services: Services = Depends(get_services)
