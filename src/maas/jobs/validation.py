@@ -120,10 +120,10 @@ def _check_source(spec: OptimizeSpec | EvaluateSpec, version: VersionInfo) -> No
     """Jobs load a version in process from its artifact: scikit-learn (skops), ONNX, or a
     packed transformers directory of a classifier or an embedder."""
     task, fmt = version.metadata.get("task"), version.metadata.get("format")
-    if version.framework not in _JOB_FRAMEWORKS:
-        why = f"a {version.framework} artifact (jobs load {', '.join(_JOB_FRAMEWORKS)})"
-    elif fmt == "gguf":
+    if fmt == "gguf":
         why = "a GGUF file (jobs take a transformers model directory)"
+    elif version.framework not in _JOB_FRAMEWORKS:
+        why = f"a {version.framework} artifact (jobs load {', '.join(_JOB_FRAMEWORKS)})"
     elif task == TEXT_GENERATION:
         why = "a text-generation model (jobs score classifiers, regressors and embedders)"
     else:

@@ -30,6 +30,7 @@ _RUNTIMES: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
         ("onnxruntime", "tokenizers"),
     ),
     "transformers": ("maas.runtimes.hf.runtime", "TransformersRuntime", "llm", ("transformers",)),
+    "llama.cpp": ("maas.runtimes.llamacpp.runtime", "LlamaCppRuntime", "gguf", ("llama_cpp",)),
 }
 
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
@@ -92,7 +93,9 @@ def inspect_artifact(
 
     if is_onnx_text_dir(path):
         return _inspect_onnx_text(path)
-    if path.is_dir() or _is_gguf(path):
+    if path.is_file() and _is_gguf(path):
+        return _inspect_gguf(path, cache_dir)
+    if path.is_dir():
         return _inspect_transformers(path, cache_dir)
     with path.open("rb") as handle:
         head = handle.read(16)
@@ -129,6 +132,31 @@ _EMBEDDINGS_BATCHED = DeploymentSpec(max_batch_size=64, max_queue_delay_us=2000)
 def _is_gguf(path: Path) -> bool:
     with path.open("rb") as handle:
         return handle.read(4) == b"GGUF"
+
+
+#: Context of the throw-away instance that reads a pushed GGUF file's details.
+_INSPECT_KV_TOKENS = 256
+
+
+def _inspect_gguf(path: Path, cache_dir: Path | None) -> ArtifactInfo:
+    """A GGUF file is served by llama.cpp on its quantized weights; where the ``[gguf]``
+    extra is missing but ``[llm]`` is there, transformers dequantizes it as before."""
+    try:
+        runtime_class("llama.cpp")
+    except MissingExtra:
+        try:
+            runtime_class("transformers")
+        except MissingExtra:
+            raise MissingExtra("llama.cpp", "gguf") from None
+        return _inspect_transformers(path, cache_dir)
+    from maas.runtimes.llamacpp.runtime import LlamaCppRuntime
+
+    runtime = LlamaCppRuntime.load(path, options=LoadOptions(kv_cache_tokens=_INSPECT_KV_TOKENS))
+    try:
+        details = {"format": "gguf", "task": runtime.task, **runtime.details}
+        return ArtifactInfo("llama.cpp", runtime.signature, runtime.task, details)
+    finally:
+        runtime.close()
 
 
 def _inspect_transformers(path: Path, cache_dir: Path | None) -> ArtifactInfo:
