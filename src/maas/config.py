@@ -151,7 +151,11 @@ class LimitSettings(_Section):
 class AuthSettings(_Section):
     enabled: bool = Field(True, description="Require an API key on every non-health endpoint.")
     admin_key: SecretStr | None = Field(None, description="Admin key to create at start.")
-    metrics_public: bool = Field(True, description="Serve /metrics without a key.")
+    metrics_public: bool = Field(
+        False,
+        description="Serve /metrics without a key. Off by default: the metrics name every "
+        "model and version; scrape with a key of role metrics (or admin).",
+    )
     docs_public: bool = Field(
         False, description="Serve the OpenAPI page (/docs, /openapi.json) without a key."
     )

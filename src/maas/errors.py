@@ -19,7 +19,8 @@ rebuilds the same class from the code (``error_class_for``).
     │   ├── ClientDisconnected
     │   ├── InvalidSpec
     │   ├── InvalidDeployment
-    │   └── InvalidDataset
+    │   ├── InvalidDataset
+    │   └── AmbiguousId
     ├── Unauthenticated (401)
     ├── Forbidden (403)
     ├── NotFound (404)
@@ -63,6 +64,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "AliasNotFound",
+    "AmbiguousId",
     "ArtifactCorrupted",
     "ClientDisconnected",
     "ConfigInvalid",
@@ -221,6 +223,12 @@ class InvalidDataset(InvalidRequest):
 
     code = "invalid_dataset"
     default_message = "the file is not a readable CSV, Parquet or JSONL dataset"
+
+
+class AmbiguousId(InvalidRequest):
+    """An id prefix that starts more than one id: the caller must give more of it."""
+
+    code = "ambiguous_id"
 
 
 class Unauthenticated(MaasError):

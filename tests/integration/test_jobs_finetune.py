@@ -44,6 +44,16 @@ def test_minilm_finetune_reports_loss_and_registers_a_transformers_version(
                 if isinstance(e, JobEvent) and e.type == "progress" and "step" in e.data
             ]
             assert [s["step"] for s in steps] == [1, 2, 3]
+            assert final.progress["fraction"] == 1.0  # not the 0.95 of its last report
+            logged = [
+                str(e.data.get("line")) for e in seen if isinstance(e, JobEvent) and e.type == "log"
+            ]
+            noise = [
+                line
+                for line in logged
+                if "LOAD REPORT" in line or "MISSING" in line or "\x1b[" in line
+            ]
+            assert not noise, logged
             assert all(s["loss"] > 0 for s in steps) and "eval" in steps[1]
             metrics = final.result["metrics"]
             assert 0 <= metrics["accuracy"] <= 1 and "f1_macro" in metrics

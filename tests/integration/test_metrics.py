@@ -110,8 +110,8 @@ def test_a_second_scrape_counts_only_what_came_between(server: RunningServer) ->
     assert after - before == 4
 
 
-def test_metrics_can_require_an_admin_key(tmp_path: Path) -> None:
-    running = start_server(tmp_path / "home", env={"MAAS_AUTH__METRICS_PUBLIC": "false"})
+def test_metrics_require_an_admin_or_metrics_key_by_default(tmp_path: Path) -> None:
+    running = start_server(tmp_path / "home")
     try:
         with running.client() as admin, running.client(headers={}) as anonymous:
             refused = anonymous.get("/metrics")
@@ -128,8 +128,8 @@ def test_metrics_can_require_an_admin_key(tmp_path: Path) -> None:
         running.stop()
 
 
-def test_metrics_are_public_by_default_with_auth_on(tmp_path: Path) -> None:
-    running = start_server(tmp_path / "home")
+def test_metrics_can_be_public_with_auth_on(tmp_path: Path) -> None:
+    running = start_server(tmp_path / "home", env={"MAAS_AUTH__METRICS_PUBLIC": "true"})
     try:
         with running.client(headers={}) as anonymous:
             assert anonymous.post("/v2/models/iris/infer", json=_GOOD).status_code == 401

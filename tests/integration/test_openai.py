@@ -92,7 +92,7 @@ def _tokenizer() -> _Tokenizer:
 
 
 def _metric(server: RunningServer, name: str, **labels: str) -> float:
-    text = httpx.get(f"{server.url}/metrics").text
+    text = httpx.get(f"{server.url}/metrics", headers=server.auth_headers).text
     total = 0.0
     for line in text.splitlines():
         if not line.startswith(name):

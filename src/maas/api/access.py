@@ -20,9 +20,8 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 
 from maas.auth.audit import AuditEntry, AuditLog, Outcome
-from maas.auth.principal import ANONYMOUS_ADMIN, Action, Principal
-from maas.errors import Forbidden, MaasError, ModelNotFound
-from maas.registry.names import validate_name
+from maas.auth.principal import ANONYMOUS_ADMIN, Action, Principal, authorize
+from maas.errors import MaasError
 
 __all__ = ["AuditNote", "audited", "caller", "require", "visible"]
 
@@ -37,14 +36,7 @@ def caller(request: Request) -> Principal:
 def require(request: Request, action: Action, *, model: str | None = None) -> Principal:
     """The caller, if it may do ``action`` (on ``model``); else ``Forbidden``,
     ``InvalidName`` or ``ModelNotFound``."""
-    principal = caller(request)
-    if not principal.allows(action):
-        raise Forbidden(f"a {principal.role.value} key may not {action.value}")
-    if model is not None:
-        validate_name("model", model)
-        if not principal.can_see(model):
-            raise ModelNotFound(f"model {model!r} not found")
-    return principal
+    return authorize(caller(request), action, model)
 
 
 def visible(request: Request, items: Iterable[T], name: Callable[[T], str]) -> list[T]:
@@ -64,30 +56,41 @@ class AuditNote:
 
 @asynccontextmanager
 async def audited(
-    request: Request, action: str, target: str, *, need: Action, model: str | None = None
+    request: Request,
+    audit: AuditLog,
+    action: str,
+    target: str,
+    *,
+    need: Action,
+    model: str | None = None,
 ) -> AsyncIterator[AuditNote]:
-    """Check ``need`` (on ``model``), run the block, and record the outcome either way."""
+    """Check ``need`` (on ``model``), run the block, and record the outcome in
+    ``audit`` either way."""
     note = AuditNote(caller(request), target)
     try:
         require(request, need, model=model)
     except MaasError as exc:
-        _record(request, action, note, "denied", exc.code)
+        _record(request, audit, action, note, "denied", exc.code)
         raise
     try:
         yield note
     except MaasError as exc:
-        _record(request, action, note, "error", exc.code)
+        _record(request, audit, action, note, "error", exc.code)
         raise
     except Exception:
-        _record(request, action, note, "error", MaasError.code)
+        _record(request, audit, action, note, "error", MaasError.code)
         raise
-    _record(request, action, note, "ok", None)
+    _record(request, audit, action, note, "ok", None)
 
 
 def _record(
-    request: Request, action: str, note: AuditNote, outcome: Outcome, code: str | None
+    request: Request,
+    audit: AuditLog,
+    action: str,
+    note: AuditNote,
+    outcome: Outcome,
+    code: str | None,
 ) -> None:
-    audit: AuditLog = request.app.state.services.audit
     client = request.client
     audit.record(
         AuditEntry(

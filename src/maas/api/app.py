@@ -1,19 +1,21 @@
-"""``create_app(settings)``: the ASGI application; its lifespan opens the services.
+"""``create_app(services)``: the ASGI application over services opened by its caller.
 
-There is no module-level app: tests and ``maas serve`` each build their own from
-explicit settings. The application is a ``Gateway`` (``maas.api.gateway``) in front of
-the FastAPI app that holds the routers.
+There is no module-level app and no lifespan that opens anything: ``maas serve`` and
+tests open the services (``maas.services.open_services``) and hand them in, so a second
+transport (V2 gRPC) can serve the same services beside this app, and a test can talk to
+the app in process. The application is a ``Gateway`` (``maas.api.gateway``) in front of
+the FastAPI app that holds the routers; routers get the services through FastAPI's
+dependency (``maas.api.deps.get_services``), bound here, never through the ASGI scope.
 """
 
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from maas import __version__
+from maas.api.deps import get_services
 from maas.api.errors import install_error_handlers
 from maas.api.gateway import Gateway
 from maas.api.hardening import JsonDepthCap
@@ -30,10 +32,9 @@ from maas.api.routers import (
     usage,
     v2,
 )
-from maas.config import Settings
-from maas.services import Services, open_services
+from maas.services import Services
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "freeze_startup_objects"]
 
 _DESCRIPTION = """
 Self-hosted Model-as-a-Service.
@@ -47,28 +48,17 @@ Errors are `{"error": message, "code": stable_code}`.
 """
 
 
-def create_app(
-    settings: Settings, *, on_started: Callable[[Services], None] | None = None
-) -> Gateway:
-    """Build the app; ``on_started`` runs once the services are open (``maas serve``'s banner)."""
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_services(settings) as services:
-            app.state.services = services
-            if on_started is not None:
-                on_started(services)
-            _freeze_startup_objects()
-            yield
-
+def create_app(services: Services) -> Gateway:
+    """The app serving ``services``, which its caller opened and will close."""
+    settings = services.settings
     api = FastAPI(
         title="maas",
         version=__version__,
         description=_DESCRIPTION,
-        lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
     )
+    api.dependency_overrides[get_services] = lambda: services
     install_error_handlers(api)
     for router in (health.router, v2.router, models.router, usage.router, deployments.router):
         api.include_router(router)
@@ -82,10 +72,10 @@ def create_app(
         max_depth=settings.limits.max_json_depth,
         max_body_bytes=settings.limits.max_body_bytes,
     )
-    return Gateway(api, settings)
+    return Gateway(api, services)
 
 
-def _freeze_startup_objects() -> None:
+def freeze_startup_objects() -> None:
     """Move everything alive after start-up (modules, settings, the models aliases
     load) out of the garbage collector's generations.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from maas.api.errors import error_response
+from maas.auth.audit import AuditLog
 from maas.auth.principal import ANONYMOUS_ADMIN, Principal, Role
 from maas.auth.resolver import KeyResolver
 from maas.errors import Unauthenticated
@@ -36,14 +37,22 @@ class Authenticator:
     """
 
     def __init__(
-        self, app: ASGIApp, *, enabled: bool, metrics_public: bool, docs_public: bool = False
+        self,
+        app: ASGIApp,
+        *,
+        resolver: KeyResolver,
+        audit: AuditLog,
+        enabled: bool,
+        metrics_public: bool,
+        docs_public: bool = False,
     ) -> None:
         self.app = app
         self.enabled = enabled
         self.public_paths = frozenset(
             ({"/metrics"} if metrics_public else set()) | (_DOCS_PATHS if docs_public else set())
         )
-        self._resolver: KeyResolver | None = None
+        self._resolver = resolver
+        self._audit = audit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,9 +78,6 @@ class Authenticator:
     async def _resolve(self, scope: Scope, key: str) -> Principal | None:
         if len(key) > _MAX_KEY_LENGTH:
             return None
-        if self._resolver is None:
-            # The key store opens with the app's lifespan, after this middleware is built.
-            self._resolver = KeyResolver(scope["app"].state.services.keys)
         return await self._resolver.resolve(key)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, key: str | None) -> None:
@@ -80,8 +86,7 @@ class Authenticator:
         else:
             message = "the API key is not valid (unknown, expired or revoked)"
             client = scope.get("client")
-            audit = scope["app"].state.services.audit
-            audit.record_auth_failure(client[0] if client else None, "invalid key")
+            self._audit.record_auth_failure(client[0] if client else None, "invalid key")
         response = error_response(
             Unauthenticated.status,
             Unauthenticated.code,

@@ -1,8 +1,11 @@
-"""FastAPI dependencies: the services of the running app."""
+"""FastAPI dependencies: the services of the app.
+
+``get_services`` is a placeholder that ``create_app(services)`` binds through
+FastAPI's ``dependency_overrides``: the services are handed to the app by whoever
+opened them (``maas serve``, a test), never looked up through the ASGI scope.
+"""
 
 from __future__ import annotations
-
-from starlette.requests import Request
 
 from maas.registry.refs import parse_selector as _parse_selector
 from maas.services import Services
@@ -10,9 +13,8 @@ from maas.services import Services
 __all__ = ["get_services", "parse_selector"]
 
 
-def get_services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
+def get_services() -> Services:
+    raise RuntimeError("no services bound: build the app with create_app(services)")
 
 
 def parse_selector(version: str | None) -> int | str | None:

@@ -19,10 +19,19 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from maas.errors import InvalidRequest, MaasError, QuotaExceeded, RateLimited
 
-__all__ = ["error_response", "install_error_handlers", "is_openai_path", "response_for"]
+__all__ = [
+    "error_body",
+    "error_body_for",
+    "error_response",
+    "install_error_handlers",
+    "is_openai_path",
+    "request_id_of",
+    "response_for",
+]
 
 log = logging.getLogger("maas.api")
 
@@ -55,9 +64,37 @@ def _openai_type(status: int, code: str) -> str:
     return _OPENAI_TYPES.get(status, "invalid_request_error")
 
 
-def _request_id(request: Request) -> str | None:
+def request_id_of(request: Request) -> str | None:
     request_id = request.scope.get("state", {}).get("request_id")
     return str(request_id) if request_id is not None else None
+
+
+_request_id = request_id_of
+
+
+def error_body(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    details: dict[str, Any] | None = None,
+    request_id: str | None = None,
+    path: str = "",
+) -> dict[str, Any]:
+    """The error document for ``path``: OpenAI's shape under ``/v1/``, maas's elsewhere.
+    Also the last event of an OpenAI stream that fails once it has begun."""
+    body: dict[str, Any]
+    if is_openai_path(path):
+        param = (details or {}).get("param")
+        error = {"message": message, "type": _openai_type(status, code), "param": param}
+        body = {"error": {**error, "code": code}}
+    else:
+        body = {"error": message, "code": code}
+        if details:
+            body["details"] = details
+    if request_id:
+        body["request_id"] = request_id
+    return body
 
 
 def error_response(
@@ -71,18 +108,8 @@ def error_response(
     headers: dict[str, str] | None = None,
     path: str = "",
 ) -> Response:
-    """The error body for ``path``: OpenAI's shape under ``/v1/``, maas's elsewhere."""
-    body: dict[str, Any]
-    if is_openai_path(path):
-        param = (details or {}).get("param")
-        error = {"message": message, "type": _openai_type(status, code), "param": param}
-        body = {"error": {**error, "code": code}}
-    else:
-        body = {"error": message, "code": code}
-        if details:
-            body["details"] = details
-    if request_id:
-        body["request_id"] = request_id
+    """The error response for ``path`` (``error_body``), with ``Retry-After``."""
+    body = error_body(status, code, message, details=details, request_id=request_id, path=path)
     headers = dict(headers or {})
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, round(retry_after + 0.499)))
@@ -91,20 +118,48 @@ def error_response(
     )
 
 
+_INTERNAL = "internal server error; the server log has details under this request id"
+
+
+def _logged(exc: Exception, request_id: str | None) -> MaasError | None:
+    """``exc`` as a ``MaasError``, or None for anything else (a 500); logged either way
+    when it is the server's fault."""
+    if not isinstance(exc, MaasError):
+        log.exception("unhandled error (request %s)", request_id, exc_info=exc)
+        return None
+    if exc.status >= 500:
+        log.error("%s: %s (request %s)", exc.code, exc.message, request_id)
+    return exc
+
+
+def error_body_for(exc: Exception, *, path: str, request_id: str | None) -> dict[str, Any]:
+    """``response_for``'s body alone: for an error that comes after the response began
+    (an event of a stream), rendered as every other error is."""
+    error = _logged(exc, request_id)
+    if error is None:
+        return error_body(
+            HTTPStatus.INTERNAL_SERVER_ERROR, MaasError.code, _INTERNAL,
+            request_id=request_id, path=path,
+        )  # fmt: skip
+    return error_body(
+        error.status, error.code, error.message,
+        details=error.details, request_id=request_id, path=path,
+    )  # fmt: skip
+
+
 def response_for(exc: Exception, *, path: str, request_id: str | None) -> Response:
     """The answer to an exception raised while handling a request: a ``MaasError``
     with its status and code, anything else a 500 whose details go to the log only."""
-    if not isinstance(exc, MaasError):
-        log.exception("unhandled error (request %s)", request_id, exc_info=exc)
+    error = _logged(exc, request_id)
+    if error is None:
         return error_response(
             HTTPStatus.INTERNAL_SERVER_ERROR,
             MaasError.code,
-            "internal server error; the server log has details under this request id",
+            _INTERNAL,
             request_id=request_id,
             path=path,
         )
-    if exc.status >= 500:
-        log.error("%s: %s (request %s)", exc.code, exc.message, request_id)
+    exc = error
     return error_response(
         exc.status,
         exc.code,
@@ -154,13 +209,36 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     code = _STATUS_CODES.get(exc.status_code, "http_error")
+    headers = dict(exc.headers or {})
+    if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
+        headers["Allow"] = _allowed_methods(request)
     return error_response(
         exc.status_code,
         code,
         str(exc.detail),
         request_id=_request_id(request),
+        headers=headers,
         path=request.url.path,
     )
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route takes at this path (RFC 9110 requires ``Allow`` on a
+    405). Starlette names only the first route that matched the path, while FastAPI
+    declares each method of a path (``GET`` and ``POST /api/v1/keys``) as a route of
+    its own, so each method is tried against the app's routes."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+    return ", ".join(allowed)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -22,9 +22,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from maas.api.auth import Authenticator
 from maas.api.errors import response_for
 from maas.api.hardening import Deadline
-from maas.api.middleware import RequestPlumbing, on_response_start
+from maas.api.middleware import RequestPlumbing, _header, on_response_start
 from maas.api.routers.v2 import answer_infer, infer_target
-from maas.config import Settings
+from maas.protocols.v2 import check_media_type
+from maas.services import Services
 
 __all__ = ["Gateway"]
 
@@ -34,12 +35,16 @@ log = logging.getLogger("maas.api")
 class Gateway:
     """The ASGI application ``maas serve`` runs; ``api`` is the FastAPI app behind it."""
 
-    def __init__(self, api: FastAPI, settings: Settings) -> None:
+    def __init__(self, api: FastAPI, services: Services) -> None:
         self.api = api
+        self.services = services
+        settings = services.settings
         stack: ASGIApp = self._dispatch
         stack = Deadline(stack, deadline_s=settings.limits.request_deadline_s)
         stack = Authenticator(
             stack,
+            resolver=services.principals,
+            audit=services.audit,
             enabled=settings.auth.enabled,
             metrics_public=settings.auth.metrics_public,
             docs_public=settings.auth.docs_public,
@@ -55,10 +60,9 @@ class Gateway:
         self._stack = _ErrorBoundary(stack)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
+        if scope["type"] == "lifespan":  # nothing to open: the services come opened
             await self.api(scope, receive, send)
             return
-        scope["app"] = self.api  # our layers and handlers find the services through it
         await self._stack(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -66,7 +70,8 @@ class Gateway:
         if target is None:
             await self.api(scope, receive, send)
         else:
-            await answer_infer(scope, receive, send, target)
+            check_media_type(_header(scope, b"content-type"))  # 415, by the error boundary
+            await answer_infer(self.services, scope, receive, send, target)
 
 
 class _ErrorBoundary:

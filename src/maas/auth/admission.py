@@ -164,14 +164,16 @@ class Ticket:
 
     def finish(
         self, status: int, units: Mapping[str, int] | None = None, compute_s: float = 0.0
-    ) -> None:
+    ) -> bool:
         """Record the call (status, ``rows`` or ``prompt_tokens``/``completion_tokens``,
-        compute seconds) and charge its tokens. Only the first call counts."""
+        compute seconds) and charge its tokens. Only the first call counts: the
+        answer says whether this was it."""
         if self._done:
-            return
+            return False
         self._done = True
         counts = _counts(units)
         self._admission._finished(self, status, counts, compute_s)
+        return True
 
     def __enter__(self) -> Ticket:
         return self

@@ -13,6 +13,7 @@ import hmac
 import os
 import re
 import secrets
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from maas.auth.principal import KeyLimits, Principal, Role
 from maas.errors import KeyNotFound
 from maas.protocols.keys import KeyCreate, KeyCreated, KeyInfo, KeyLimitsSpec
+from maas.registry.ids import by_id_or_prefix
 from maas.registry.tables import ApiKey
 
 __all__ = ["KeyHasher", "KeyStore", "mint_key", "write_private_file"]
@@ -108,6 +110,14 @@ class KeyStore:
     def __init__(self, sessions: sessionmaker[Session], hasher: KeyHasher) -> None:
         self._sessions = sessions
         self.hasher = hasher
+        #: Counts this process's revocations (rotations too): a cache of resolved keys
+        #: (``maas.auth.resolver``) that sees it move drops what it holds at once.
+        self.revision = 0
+        self._revision_lock = threading.Lock()
+
+    def _revoked(self) -> None:
+        with self._revision_lock:
+            self.revision += 1
 
     def create(self, spec: KeyCreate, *, key: str | None = None) -> KeyCreated:
         """Store a new key (``key`` when the operator chose it) and return its secret once."""
@@ -143,7 +153,9 @@ class KeyStore:
             row = self._row(session, key_id)
             if row.revoked_at is None:
                 row.revoked_at = datetime.now(UTC)
-            return _info(row)
+            info = _info(row)
+        self._revoked()
+        return info
 
     def rotate(self, key_id: str) -> KeyCreated:
         """A new secret with the same name, role, models and limits; the old one is revoked."""
@@ -152,6 +164,7 @@ class KeyStore:
             if old.revoked_at is not None:
                 raise KeyNotFound(f"key {key_id!r} is revoked")
             old.revoked_at = datetime.now(UTC)
+            replaces = old.id
             spec = KeyCreate(
                 name=old.name,
                 role=Role(old.role).value,
@@ -160,7 +173,8 @@ class KeyStore:
                 expires_at=old.expires_at,
                 limits=KeyLimitsSpec(**old.limits),
             )
-        return self.create(spec)
+        self._revoked()
+        return self.create(spec).model_copy(update={"replaces": replaces})
 
     def find(self, key: str) -> tuple[Principal, datetime | None] | None:
         """The principal of a live key and its expiry, or ``None``; the caller checks expiry."""
@@ -179,7 +193,7 @@ class KeyStore:
         return [info for info in self.list_keys() if info.role == Role.ADMIN.value]
 
     def _row(self, session: Session, key_id: str) -> ApiKey:
-        row = session.get(ApiKey, key_id)
-        if row is None:
-            raise KeyNotFound(f"key {key_id!r} not found")
-        return row
+        """The key by its id or a unique start of it (listings cut ids)."""
+        return by_id_or_prefix(
+            session, ApiKey, key_id, lambda: KeyNotFound(f"key {key_id!r} not found")
+        )

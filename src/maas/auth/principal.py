@@ -11,13 +11,17 @@ import enum
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
-__all__ = ["Action", "KeyLimits", "Principal", "Role"]
+from maas.errors import Forbidden, ModelNotFound
+from maas.registry.names import validate_name
+
+__all__ = ["ANONYMOUS_ADMIN", "Action", "KeyLimits", "Principal", "Role", "authorize"]
 
 
 class Role(enum.StrEnum):
     ADMIN = "admin"  # everything, keys included
     DEPLOYER = "deployer"  # push, alias, delete, jobs on the models its patterns match
     CONSUMER = "consumer"  # inference and metadata on the models its patterns match
+    METRICS = "metrics"  # a Prometheus scraper: /metrics and nothing else
 
 
 class Action(enum.StrEnum):
@@ -25,12 +29,14 @@ class Action(enum.StrEnum):
     INFER = "infer"
     WRITE = "write"  # push, alias, delete, jobs
     ADMIN = "admin"  # keys, usage of others, audit
+    METRICS = "metrics"  # scrape /metrics, which names every model and version
 
 
 _ALLOWED: dict[Role, frozenset[Action]] = {
     Role.ADMIN: frozenset(Action),
     Role.DEPLOYER: frozenset({Action.READ, Action.INFER, Action.WRITE}),
     Role.CONSUMER: frozenset({Action.READ, Action.INFER}),
+    Role.METRICS: frozenset({Action.METRICS}),
 }
 
 
@@ -55,6 +61,8 @@ class Principal:
     limits: KeyLimits = field(default_factory=KeyLimits)
 
     def can_see(self, model: str) -> bool:
+        if self.role is Role.METRICS:  # a scraper's key sees no model, whatever its patterns
+            return False
         return self.role is Role.ADMIN or any(fnmatchcase(model, p) for p in self.model_patterns)
 
     def allows(self, action: Action) -> bool:
@@ -63,3 +71,22 @@ class Principal:
 
 #: The principal of every request when the server runs with ``--no-auth``.
 ANONYMOUS_ADMIN = Principal(key_id=None, name="anonymous", role=Role.ADMIN)
+
+
+def authorize(principal: Principal, action: Action, model: str | None = None) -> Principal:
+    """``principal``, if it may do ``action`` (on ``model``); else ``Forbidden``,
+    ``InvalidName`` or ``ModelNotFound``.
+
+    The role check comes first and names no model, so a consumer pushing gets 403
+    whether or not the model exists. A name that could not be registered is refused
+    before any lookup, record or metric label sees it. A model the principal may not
+    see answers exactly as a missing one, so a key learns nothing of other teams'.
+    Every transport (``maas.api``, the gRPC service) checks through this one function.
+    """
+    if not principal.allows(action):
+        raise Forbidden(f"a {principal.role.value} key may not {action.value}")
+    if model is not None:
+        validate_name("model", model)
+        if not principal.can_see(model):
+            raise ModelNotFound(f"model {model!r} not found")
+    return principal

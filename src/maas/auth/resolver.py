@@ -3,7 +3,9 @@
 The inference hot path must not query SQL per request, yet a revoked key must stop
 working within about a second on every worker. So each process keeps what a key
 resolved to (including "no such key") for ``ttl_s``: one HMAC and one dict lookup per
-request, and one indexed query per key per second.
+request, and one indexed query per key per second. A revocation made through this
+process's own ``KeyStore`` empties the cache at once (its ``revision`` moved), so the
+server that revoked a key never honours it again; other processes within ``ttl_s``.
 """
 
 from __future__ import annotations
@@ -32,18 +34,24 @@ class KeyResolver:
         self._ttl_s = ttl_s
         self._max_entries = max_entries
         self._cache: dict[str, _Entry] = {}
+        self._revision = store.revision
 
     async def resolve(self, key: str) -> Principal | None:
         """The principal of a live, unexpired key, or ``None``."""
         digest = self._store.hasher.digest(key)
         now = time.monotonic()
+        revision = self._store.revision
+        if revision != self._revision:  # a key was revoked here: forget every answer
+            self._cache.clear()
+            self._revision = revision
         entry = self._cache.get(digest)
         if entry is None or entry.fresh_until <= now:
             found = await asyncio.to_thread(self._store.find, key)
             entry = _entry(found, time.monotonic() + self._ttl_s)
             if len(self._cache) >= self._max_entries:
                 self._evict(now)
-            self._cache[digest] = entry
+            if self._store.revision == revision:  # not read across a revocation
+                self._cache[digest] = entry
         if entry.expires_epoch is not None and time.time() >= entry.expires_epoch:
             return None
         return entry.principal

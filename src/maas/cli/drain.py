@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -68,6 +69,9 @@ class DrainPlan:
 class DrainingServer(uvicorn.Server):
     """uvicorn, draining within one deadline (module docstring).
 
+    ``open_app()`` opens the services and yields the app over them; it runs inside
+    uvicorn's signal capture, so a SIGTERM while models load starts the drain too, and
+    its exit (the teardown) runs after the last connection closed.
     ``on_drain(deadline)`` runs in the signal handler, so it must only set flags.
     ``on_exit()`` runs once the teardown is over (or by the watchdog): uvicorn then
     re-raises the signal, so nothing after ``run`` is reached on SIGTERM.
@@ -78,10 +82,12 @@ class DrainingServer(uvicorn.Server):
         config: uvicorn.Config,
         settings: ServingSettings,
         *,
+        open_app: Callable[[], AbstractAsyncContextManager[Any]],
         on_drain: Callable[[float], None],
         on_exit: Callable[[], None],
     ) -> None:
         super().__init__(config)
+        self._open_app = open_app
         self._settings = settings
         self._on_drain = on_drain
         self._on_exit = on_exit
@@ -99,7 +105,16 @@ class DrainingServer(uvicorn.Server):
         self._loop = asyncio.get_running_loop()
         self._cut_grace = asyncio.Event()
         threading.Thread(target=self._watchdog, name="maas-drain-watchdog", daemon=True).start()
-        await super().serve(sockets)
+        with self.capture_signals():
+            try:
+                async with self._open_app() as app:
+                    self.config.app = app
+                    self.config.lifespan = "off"  # the services are open already
+                    # uvicorn's serve() less its own signal capture, which must span
+                    # the opening and the teardown of the services as well.
+                    await self._serve(sockets)
+            finally:
+                self._on_exit()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._plan is None:
@@ -124,7 +139,6 @@ class DrainingServer(uvicorn.Server):
         remaining_s = max(0.0, plan.requests_end - time.monotonic())
         self.config.timeout_graceful_shutdown = remaining_s  # type: ignore[assignment]
         await super().shutdown(sockets)
-        self._on_exit()
 
     def _watchdog(self) -> None:
         """Daemon thread: once draining, force the exit shortly after the deadline."""

@@ -43,10 +43,12 @@ def _show_created(ctx: typer.Context, created: dict[str, Any]) -> None:
     if remote_of(ctx).wants_json:
         print_json(created)
         return
+    replaces = f" replaces {created['replaces']} (revoked now)" if created.get("replaces") else ""
     console.print(
-        f"key [bold]{created['id']}[/] ({created['role']}, models {','.join(created['models'])}); "
-        "the secret is shown once, store it now:",
+        f"key [bold]{created['id']}[/]{replaces} ({created['role']}, models "
+        f"{','.join(created['models'])}); the secret is shown once, store it now:",
         highlight=False,
+        soft_wrap=True,
     )
     # Plain print: a secret must not be re-wrapped or styled into a broken copy.
     print(created["key"])
@@ -57,7 +59,9 @@ def _show_created(ctx: typer.Context, created: dict[str, Any]) -> None:
 def create_key(
     ctx: typer.Context,
     name: Annotated[str, typer.Option(help="What the key is for.")] = "key",
-    role: Annotated[str, typer.Option(help="admin, deployer or consumer.")] = "consumer",
+    role: Annotated[
+        str, typer.Option(help="admin, deployer, consumer or metrics (a Prometheus scraper).")
+    ] = "consumer",
     models: Annotated[
         str, typer.Option(help="Comma-separated model patterns, e.g. 'iris*,fraud-*'.")
     ] = "*",
@@ -105,7 +109,9 @@ def list_keys(
 
 @keys_app.command("revoke")
 @reports_errors
-def revoke_key(ctx: typer.Context, key_id: str) -> None:
+def revoke_key(
+    ctx: typer.Context, key_id: Annotated[str, typer.Argument(help="Id or a unique start of it.")]
+) -> None:
     """Revoke a key; every server refuses it within a second."""
     _call(ctx, "DELETE", f"/api/v1/keys/{key_id}")
     console.print(f"revoked {key_id}", highlight=False)
@@ -113,8 +119,11 @@ def revoke_key(ctx: typer.Context, key_id: str) -> None:
 
 @keys_app.command("rotate")
 @reports_errors
-def rotate_key(ctx: typer.Context, key_id: str) -> None:
-    """Replace a key's secret; the old secret stops working."""
+def rotate_key(
+    ctx: typer.Context, key_id: Annotated[str, typer.Argument(help="Id or a unique start of it.")]
+) -> None:
+    """Replace a key by a new one (new id, same name, role, models and limits); the old
+    key is revoked."""
     _show_created(ctx, _call(ctx, "POST", f"/api/v1/keys/{key_id}/rotate"))
 
 

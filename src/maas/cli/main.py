@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from maas import __version__
 from maas.cli.datasets import datasets_app
 from maas.cli.jobs import jobs_app
 from maas.cli.keys import audit_command, keys_app
@@ -21,7 +23,16 @@ app = typer.Typer(
     help="Self-hosted Model-as-a-Service: serve, manage and call models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain click help: rich markup would eat "[info]"-like defaults in help texts, and
+    # typer's rich panels label every flag "<bool>".
+    rich_markup_mode=None,
 )
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        print(f"maas {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -32,8 +43,33 @@ def root(
         str | None, typer.Option("--api-key", envvar="MAAS_API_KEY", help="API key to send.")
     ] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="table or json.")] = "table",
+    cacert: Annotated[
+        Path | None,
+        typer.Option(
+            "--cacert",
+            envvar="MAAS_CACERT",
+            exists=True,
+            dir_okay=False,
+            help="CA certificate (PEM) to trust: a self-signed server's own certificate.",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            envvar="MAAS_INSECURE",
+            help="Do not verify the server's TLS certificate (tests only).",
+        ),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version."
+        ),
+    ] = False,
 ) -> None:
-    ctx.obj = Remote(url=url, api_key=api_key, output=output)
+    verify: bool | str = False if insecure else str(cacert) if cacert else True
+    ctx.obj = Remote(url=url, api_key=api_key, output=output, verify=verify)
 
 
 app.command("serve", help="Run the server.")(serve_command)

@@ -139,7 +139,10 @@ def compare(ctx: typer.Context, name: str, first: int, second: int) -> None:
     """Show two versions side by side: metrics, evaluations and optimization reports."""
     with client_for(ctx) as client:
         a, b = client.get_version(name, first), client.get_version(name, second)
-    rows_a, rows_b = version_facts(a), version_facts(b)
+    # A version made from the other carries the other's measurements too (the
+    # "before" side of its optimization report): fill in what the source lacks.
+    rows_a = {**source_facts(b, a), **version_facts(a)}
+    rows_b = {**source_facts(a, b), **version_facts(b)}
     if remote_of(ctx).wants_json:
         print_json({"model": name, str(first): rows_a, str(second): rows_b})
         return
@@ -169,14 +172,41 @@ def version_facts(version: Any) -> dict[str, Any]:
     if isinstance(report, dict):
         facts["optimization"] = report.get("method")
         facts["quality_drop"] = _rounded(report.get("quality_drop"))
-        for batch, sides in (report.get("latency_ms") or {}).items():
-            after = (sides or {}).get("after") or {}
-            for stat in ("p50_ms", "p99_ms"):
-                if stat in after:
-                    facts[f"latency {batch} {stat}"] = _rounded(after[stat])
+        facts.update(_measured(report, "after"))
     parent = (version.lineage or {}).get("parent")
     if parent:
         facts["parent"] = f"{parent.get('model')}:{parent.get('version')}"
+    return facts
+
+
+def source_facts(derived: Any, source: Any) -> dict[str, Any]:
+    """What ``derived``'s optimization report measured of ``source``, if it was made
+    from it: latency, quality and metrics on the same data, same machine."""
+    report = derived.metadata.get("optimization")
+    if not isinstance(report, dict) or report.get("source") != {
+        "model": source.model,
+        "version": source.version,
+    }:
+        return {}
+    quality = report.get("quality") or {}
+    before = quality.get("metrics_before") or {}
+    return {key: _rounded(value) for key, value in before.items()} | _measured(report, "before")
+
+
+def _measured(report: dict[str, Any], side: str) -> dict[str, Any]:
+    """Latency and quality of one side (``before`` or ``after``) of a report."""
+    facts: dict[str, Any] = {}
+    for batch, sides in (report.get("latency_ms") or {}).items():
+        stats = (sides or {}).get(side) or {}
+        for stat in ("p50_ms", "p99_ms"):
+            if stat in stats:
+                facts[f"latency {batch} {stat}"] = _rounded(stats[stat])
+    quality = report.get("quality") or {}
+    metric = quality.get("metric")
+    if metric and side in quality:
+        facts[f"quality {metric}"] = _rounded(quality[side])
+    elif metric and side == "after" and metric in quality:  # cosine, agreement: after only
+        facts[f"quality {metric}"] = _rounded(quality[metric])
     return facts
 
 
@@ -185,9 +215,14 @@ def _rounded(value: Any) -> Any:
 
 
 def _delta(a: Any, b: Any) -> str:
-    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
-        return f"{b - a:+.4g}"
-    return ""
+    """``b - a`` as a person reads it: ``-12,454 (-61%)``, ``+0.0123``; never ``1.2e+04``."""
+    numbers = (int, float)
+    if not (isinstance(a, numbers) and isinstance(b, numbers)) or isinstance(a, bool):
+        return ""
+    change = b - a
+    text = f"{change:+,}" if isinstance(change, int) else f"{change:+,.4f}".rstrip("0")
+    text = text.removesuffix(".")
+    return f"{text} ({change / a:+.0%})" if a else text
 
 
 @models_app.command("deploy")

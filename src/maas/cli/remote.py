@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import httpx
@@ -18,10 +17,10 @@ import typer
 
 from maas.cli.output import err_console
 from maas.client import Client
-from maas.client._shared import base_url, client_headers
+from maas.client._shared import base_url, client_headers, resolve_api_key
 from maas.errors import MaasError
 
-__all__ = ["Remote", "client_for", "http_for", "local_admin_key", "reports_errors"]
+__all__ = ["Remote", "client_for", "http_for", "reports_errors"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -32,10 +31,12 @@ class Remote:
     url: str | None
     api_key: str | None
     output: str
+    #: httpx's ``verify``: ``True``, a CA bundle (``--cacert``) or ``False`` (``--insecure``).
+    verify: bool | str = True
 
     def __post_init__(self) -> None:
         if self.api_key is None:
-            object.__setattr__(self, "api_key", local_admin_key())
+            object.__setattr__(self, "api_key", resolve_api_key(None))
 
     @property
     def wants_json(self) -> bool:
@@ -50,29 +51,18 @@ def remote_of(ctx: typer.Context) -> Remote:
 
 def client_for(ctx: typer.Context) -> Client:
     remote = remote_of(ctx)
-    return Client(remote.url, api_key=remote.api_key)
+    return Client(remote.url, api_key=remote.api_key, verify=remote.verify)
 
 
 def http_for(ctx: typer.Context) -> httpx.Client:
     """A plain HTTP client with the same URL and key, for endpoints the SDK lacks."""
     remote = remote_of(ctx)
     return httpx.Client(
-        base_url=base_url(remote.url), headers=client_headers(remote.api_key), timeout=60
+        base_url=base_url(remote.url),
+        headers=client_headers(remote.api_key),
+        timeout=60,
+        verify=remote.verify,
     )
-
-
-def local_admin_key() -> str | None:
-    """The admin key a server on this machine wrote, if this user may read it."""
-    from maas.config import Settings
-
-    for home in (Settings().home_dir, Path("~/.maas").expanduser()):
-        try:
-            key = (home / "admin.key").read_text().strip()
-        except OSError:
-            continue
-        if key:
-            return key
-    return None
 
 
 def reports_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -86,7 +76,15 @@ def reports_errors(fn: Callable[P, R]) -> Callable[P, R]:
             err_console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
             raise typer.Exit(1) from None
         except httpx.TransportError as exc:
-            err_console.print(f"[red]error[/red]: cannot reach the server: {exc}")
+            hint = ""
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                hint = (
+                    " (to trust a self-signed server pass its certificate with --cacert FILE"
+                    " or MAAS_CACERT; --insecure skips the check)"
+                )
+            err_console.print(
+                f"[red]error[/red]: cannot reach the server: {exc}{hint}", highlight=False
+            )
             raise typer.Exit(1) from None
 
     return wrapper

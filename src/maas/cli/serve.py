@@ -6,15 +6,18 @@ it (tests read it back) with no bind-close-rebind race.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from maas.cli.output import console
+from maas.cli.output import console, err_console
 
 if TYPE_CHECKING:
     from maas.auth.bootstrap import AdminKeyNotice
@@ -86,18 +89,17 @@ def _run(settings: Any) -> None:
         reset_multiprocess_dir(metrics_dir)
     import uvicorn
 
-    from maas.api.app import create_app
+    from maas.api.app import create_app, freeze_startup_objects
+    from maas.api.gateway import Gateway
     from maas.api.protocol import limited_http_protocol
     from maas.cli.drain import DrainingServer
-    from maas.services import Services
+    from maas.services import Services, open_services
     from maas.services.demo import demo_banner
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
-    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
+    sock = _bind(settings.host, settings.port)
     bound_port = sock.getsockname()[1]
     tls = settings.server.ssl_certfile is not None
     url = f"{'https' if tls else 'http'}://{settings.host}:{bound_port}"
@@ -130,9 +132,16 @@ def _run(settings: Any) -> None:
 
             mark_process_dead(metrics_dir, os.getpid())
 
-    app = create_app(settings, on_started=on_started)
+    @asynccontextmanager
+    async def open_app() -> AsyncIterator[Gateway]:
+        async with open_services(settings) as services:
+            on_started(services)
+            app = create_app(services)
+            freeze_startup_objects()
+            yield app
+
     config = uvicorn.Config(
-        app,
+        _opened_by_the_server,
         loop="uvloop",
         http=limited_http_protocol(settings.limits.max_header_bytes),
         log_level=settings.log_level,
@@ -140,11 +149,39 @@ def _run(settings: Any) -> None:
         ssl_certfile=settings.server.ssl_certfile,
         ssl_keyfile=settings.server.ssl_keyfile,
     )
-    server = DrainingServer(config, settings.serving, on_drain=on_drain, on_exit=on_exit)
+    server = DrainingServer(
+        config, settings.serving, open_app=open_app, on_drain=on_drain, on_exit=on_exit
+    )
     try:
         server.run(sockets=[sock])
     finally:  # a startup failure ends here; a drain ends in on_exit (SIGTERM is re-raised)
         on_exit()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, or one line saying why not: a taken port is the commonest
+    first-run failure, and a traceback hides the fix."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            reason = "is in use by another process; stop it or pick another port with --port"
+        elif exc.errno == errno.EACCES:
+            reason = "needs privileges to bind; pick a port above 1023 with --port"
+        else:
+            reason = f"cannot be bound ({exc.strerror}); check --host and --port"
+        err_console.print(f"error: {host}:{port} {reason}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    return sock
+
+
+async def _opened_by_the_server(scope: Any, receive: Any, send: Any) -> None:
+    """uvicorn's config wants an app before the services exist: ``DrainingServer``
+    replaces this one with the real app once they are open."""
+    raise RuntimeError("the app is built once the services are open")
 
 
 def _announce_admin_key(notice: AdminKeyNotice | None) -> None:

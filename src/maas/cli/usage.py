@@ -9,9 +9,8 @@ import httpx
 import typer
 
 from maas.cli.output import print_json, print_table
-from maas.cli.remote import remote_of, reports_errors
+from maas.cli.remote import http_for, remote_of, reports_errors
 from maas.client._core import raise_for_error
-from maas.client._shared import base_url, client_headers
 
 __all__ = ["usage_command"]
 
@@ -63,9 +62,7 @@ def _cell(column: str, value: Any) -> Any:
 
 
 def _get(ctx: typer.Context, params: dict[str, str]) -> httpx.Response:
-    remote = remote_of(ctx)
-    headers = client_headers(remote.api_key)
-    with httpx.Client(base_url=base_url(remote.url), headers=headers, timeout=60) as http:
+    with http_for(ctx) as http:
         response = http.get("/api/v1/usage", params=params)
     raise_for_error(response)
     return response

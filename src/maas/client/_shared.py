@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import tarfile
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -12,12 +13,16 @@ from typing import Any
 import numpy as np
 
 from maas.client._core import DEFAULT_URL, UPLOAD_CHUNK_BYTES
+from maas.errors import InvalidInput
 
 __all__ = [
     "ProgressCallback",
+    "base_url",
     "client_headers",
     "file_chunks",
+    "local_admin_key",
     "normalise_inputs",
+    "resolve_api_key",
     "upload_file",
 ]
 
@@ -27,12 +32,47 @@ ProgressCallback = Any  # Callable[[int], None]: called with the bytes sent so f
 def client_headers(api_key: str | None) -> dict[str, str]:
     headers = {"User-Agent": "maas-client"}
     if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
+        headers["Authorization"] = f"Bearer {_checked_key(api_key)}"
     return headers
 
 
+def _checked_key(api_key: str) -> str:
+    """A key is printable ASCII; anything else (the README's ``maas_…``) would fail deep
+    in httpx as a ``UnicodeEncodeError``, so say what is wrong before sending."""
+    if api_key.isascii() and api_key.isprintable() and not any(c.isspace() for c in api_key):
+        return api_key
+    raise InvalidInput(
+        "the API key holds characters no key has: is it a placeholder such as 'maas_…'? "
+        "Pass the key the server printed, or none to use $MAAS_API_KEY or $MAAS_HOME/admin.key"
+    )
+
+
 def base_url(url: str | None) -> str:
-    return (url or DEFAULT_URL).rstrip("/")
+    """``url``, else ``$MAAS_URL``, else the local default, as the CLI finds it."""
+    return (url or os.environ.get("MAAS_URL") or DEFAULT_URL).rstrip("/")
+
+
+def resolve_api_key(api_key: str | None) -> str | None:
+    """``api_key``, else ``$MAAS_API_KEY``, else the admin key a server on this machine
+    wrote: the SDK and the CLI find the same key with no setup."""
+    if api_key is not None:
+        return api_key
+    return os.environ.get("MAAS_API_KEY") or local_admin_key()
+
+
+def local_admin_key() -> str | None:
+    """The admin key a server on this machine wrote (``$MAAS_HOME/admin.key``, then
+    ``~/.maas/admin.key``), if this user may read it."""
+    default = Path("~/.maas").expanduser()
+    homes = [Path(os.environ.get("MAAS_HOME") or default).expanduser(), default]
+    for home in homes:
+        try:
+            key = (home / "admin.key").read_text().strip()
+        except OSError:
+            continue
+        if key:
+            return key
+    return None
 
 
 def file_chunks(path: Path, progress: ProgressCallback | None = None) -> Iterator[bytes]:

@@ -11,7 +11,14 @@ import httpx
 import numpy as np
 
 from maas.client._core import Call, Endpoints, SseParser, first_input_name, raise_for_error
-from maas.client._shared import base_url, client_headers, file_chunks, normalise_inputs, upload_file
+from maas.client._shared import (
+    base_url,
+    client_headers,
+    file_chunks,
+    normalise_inputs,
+    resolve_api_key,
+    upload_file,
+)
 from maas.protocols.jobs import DatasetInfo, JobEvent, JobInfo
 from maas.protocols.management import AliasInfo, DeploymentSpec, ModelInfo, VersionInfo
 
@@ -22,6 +29,10 @@ T = TypeVar("T")
 
 class Client:
     """Talk to a maas server: registry management and inference with numpy arrays.
+
+    Without arguments it finds the server and key as the CLI does: ``$MAAS_URL``
+    (default ``http://127.0.0.1:8000``), ``$MAAS_API_KEY``, else the admin key a server
+    on this machine wrote to ``$MAAS_HOME/admin.key``.
 
     >>> with Client("http://127.0.0.1:8000", api_key=key) as client:
     ...     client.predict("iris:production", np.array([[5.1, 3.5, 1.4, 0.2]]))
@@ -36,7 +47,10 @@ class Client:
         verify: bool | str = True,
     ) -> None:
         self._http = httpx.Client(
-            base_url=base_url(url), headers=client_headers(api_key), timeout=timeout, verify=verify
+            base_url=base_url(url),
+            headers=client_headers(resolve_api_key(api_key)),
+            timeout=timeout,
+            verify=verify,
         )
         self._input_names: dict[str, str] = {}
 

@@ -34,6 +34,7 @@ from maas.jobs.backend import (
 )
 from maas.jobs.datasets import DatasetService
 from maas.jobs.inputs import job_payload
+from maas.jobs.logclean import LogCleaner
 from maas.jobs.results import register_results
 from maas.jobs.store import JobStore
 from maas.jobs.validation import AnySpec, validate_spec
@@ -79,6 +80,7 @@ class _Run:
     progress: dict[str, Any] = field(default_factory=dict)
     progress_dirty: bool = False
     logged: int = 0
+    log_cleaner: LogCleaner = field(default_factory=LogCleaner)
     task: asyncio.Task[None] | None = None
     ended: bool = False
     flushing: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -160,7 +162,7 @@ class JobManager:
     # -- the API's side ----------------------------------------------------------------
 
     async def submit(self, spec: AnySpec, created_by: str | None) -> JobInfo:
-        await asyncio.to_thread(validate_spec, spec, self.datasets, self._registry)
+        await asyncio.to_thread(validate_spec, spec, self.datasets, self._registry, self._artifacts)
         job_id = uuid.uuid4().hex
         body = spec.model_dump(mode="json")
         job = await asyncio.to_thread(
@@ -351,9 +353,12 @@ class JobManager:
             run.progress_dirty = True
             run.pending.append(("progress", data))
         elif kind == "log":
+            line = run.log_cleaner.clean(str(data.get("line", "")))
+            if line is None:
+                return
             run.logged += 1
             if run.logged < _MAX_LOG_EVENTS:
-                run.pending.append(("log", {"line": str(data.get("line", ""))}))
+                run.pending.append(("log", {"line": line}))
             elif run.logged == _MAX_LOG_EVENTS:
                 run.pending.append(("log", {"line": "… further log lines dropped"}))
 

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from maas.errors import JobNotFound
 from maas.protocols.jobs import JobEvent, JobInfo
+from maas.registry.ids import by_id_or_prefix
 from maas.registry.tables import Job
 from maas.registry.tables import JobEvent as JobEventRow
 
@@ -82,11 +83,10 @@ class JobStore:
             return _info(row)
 
     def get(self, job_id: str) -> JobInfo:
+        """The job by its id or a unique start of it (listings cut ids)."""
         with self._sessions() as session:
-            row = session.get(Job, job_id)
-            if row is None:
-                raise JobNotFound(f"job {job_id!r} not found")
-            return _info(row)
+            not_found = lambda: JobNotFound(f"job {job_id!r} not found")  # noqa: E731
+            return _info(by_id_or_prefix(session, Job, job_id, not_found))
 
     def list_jobs(
         self, *, state: str | None = None, model: str | None = None, limit: int = 100
@@ -160,6 +160,12 @@ class JobStore:
             )
             if not changed:
                 return False
+            if state == "succeeded":  # whatever the job last said, it is complete
+                done = {"stage": "done", "fraction": 1.0}
+                row = session.get(Job, job_id)
+                if row is not None:
+                    row.progress = {**(row.progress or {}), **done}
+                self._append(session, job_id, [("progress", done)])
             data: dict[str, Any] = {"state": state}
             if error_code:
                 data |= {"error_code": error_code, "error": error}

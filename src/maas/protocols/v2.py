@@ -31,7 +31,13 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from maas.errors import InvalidInput, PayloadTooLarge, RuntimeFailure, UnsupportedDatatype
+from maas.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    RuntimeFailure,
+    UnsupportedDatatype,
+    UnsupportedMediaType,
+)
 from maas.protocols.bounds import parse_digits
 from maas.protocols.tensors import (
     UNLIMITED,
@@ -51,9 +57,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HEADER_LENGTH",
+    "REQUEST_MEDIA_TYPES",
     "InferRequest",
     "InferResponse",
     "RequestedOutput",
+    "check_media_type",
     "choose_binary_outputs",
     "decode_infer_request",
     "decode_infer_response",
@@ -72,6 +80,9 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 #: Any larger header length is past the end of any body (checked by ``read_body``).
 _MAX_HEADER_LENGTH = 2**63 - 1
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+#: What an inference body may be sent as: JSON, or JSON followed by binary tensors.
+#: No type at all is taken too, because ``tritonclient`` sends none.
+REQUEST_MEDIA_TYPES = ("application/json", "application/octet-stream")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +121,21 @@ def parse_header_length(value: str | None) -> int | None:
             f"{HEADER_LENGTH} must be the JSON header's length in bytes, got {value.strip()[:40]!r}"
         )
     return length
+
+
+def check_media_type(content_type: str | None) -> None:
+    """Refuse an inference body announced as anything but ``REQUEST_MEDIA_TYPES``
+    (``UnsupportedMediaType``, 415): a form, XML or multipart body would otherwise be
+    parsed as JSON and answered 200 by luck, or fail with a misleading message."""
+    if content_type is None:
+        return
+    media_type = content_type.partition(";")[0].strip().lower()
+    if media_type and media_type not in REQUEST_MEDIA_TYPES:
+        raise UnsupportedMediaType(
+            f"V2 inference takes application/json, or application/octet-stream with "
+            f"{HEADER_LENGTH} for binary tensors; got {media_type[:80]!r}",
+            details={"content_type": media_type[:80]},
+        )
 
 
 def _json_depth(body: bytes, end: int) -> int:

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
 from maas.errors import InvalidInput, ShapeMismatch
+from maas.protocols.management import DeploymentSpec
 from maas.protocols.signature import Signature, TensorSpec
 from maas.protocols.tensors import DATATYPES
 
-__all__ = ["LoadOptions", "Runtime", "check_request", "texts_of"]
+__all__ = ["ArtifactInfo", "LoadOptions", "Runtime", "check_request", "texts_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,14 +36,54 @@ class LoadOptions:
     kv_cache_tokens: int | None = None
 
 
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """What the registry records of an uploaded artifact once a runtime recognised it."""
+
+    framework: str
+    signature: Signature
+    task: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    #: How the version is served until an owner says otherwise; ``None``: the default.
+    deployment: DeploymentSpec | None = None
+
+
 class Runtime(abc.ABC):
+    """One framework's adapter, and its description: what files it recognises, what
+    V2 platform its models report, what jobs can do with them. Adding a runtime is
+    its own module plus one line of ``maas.runtimes.catalog``'s table."""
+
     framework: ClassVar[str]
     #: Whether ``predict`` releases the GIL (threads then scale; otherwise processes do).
     releases_gil: ClassVar[bool] = False
     #: Whether it must run in the serving process (its scheduler drives it directly).
     in_process_only: ClassVar[bool] = False
+    #: The V2 metadata ``platform`` of its models; empty: the framework's name.
+    v2_platform: ClassVar[str] = ""
+    #: Whether its files can run code, so that only a server trusting them accepts them.
+    needs_trust: ClassVar[bool] = False
+    #: What an ``optimize`` job can do to its models (``maas.jobs.kinds.optimize``).
+    optimize_methods: ClassVar[tuple[str, ...]] = ()
+    #: Whether a job (evaluate, optimize's measurements) can load its models in process.
+    job_loadable: ClassVar[bool] = False
 
     signature: Signature
+
+    @classmethod
+    def recognises(cls, path: Path, filename: str, head: bytes) -> bool:
+        """Whether an upload is this runtime's: by content (``head``: its first bytes,
+        empty for a directory), the name only breaking ties. Cheap: loads nothing and
+        needs none of the runtime's optional dependencies."""
+        return False
+
+    @classmethod
+    def inspect(cls, path: Path, *, options: LoadOptions) -> ArtifactInfo:
+        """Load a recognised upload safely and describe it for the registry."""
+        runtime = cls.load(path, options=options)
+        try:
+            return ArtifactInfo(cls.framework, runtime.signature)
+        finally:
+            runtime.close()
 
     @classmethod
     @abc.abstractmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from maas.errors import InvalidInput, RuntimeFailure, UnsupportedArtifact
 from maas.protocols.signature import Signature, TensorSpec
-from maas.runtimes.base import LoadOptions, Runtime
+from maas.runtimes.base import ArtifactInfo, LoadOptions, Runtime
 
 __all__ = ["OnnxRuntime", "onnx_signature"]
 
@@ -82,6 +83,9 @@ def _to_onnx(value: np.ndarray) -> np.ndarray:
 class OnnxRuntime(Runtime):
     framework: ClassVar[str] = "onnx"
     releases_gil: ClassVar[bool] = True
+    v2_platform: ClassVar[str] = "onnxruntime_onnx"
+    optimize_methods: ClassVar[tuple[str, ...]] = ("quantize_int8", "prune")
+    job_loadable: ClassVar[bool] = True
 
     def __init__(self, session: Any) -> None:
         self._session = session
@@ -92,6 +96,15 @@ class OnnxRuntime(Runtime):
     @classmethod
     def load(cls, path: Path, *, options: LoadOptions) -> Self:
         return cls(open_session(path, options.threads))
+
+    @classmethod
+    def recognises(cls, path: Path, filename: str, head: bytes) -> bool:
+        return path.is_file() and (filename.lower().endswith(".onnx") or _is_onnx(path))
+
+    @classmethod
+    def inspect(cls, path: Path, *, options: LoadOptions) -> ArtifactInfo:
+        runtime = cls.load(path, options=replace(options, threads=1))
+        return ArtifactInfo(cls.framework, runtime.signature, None, {})
 
     def _run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         feed = {name: _to_onnx(value) for name, value in inputs.items()}
@@ -111,3 +124,16 @@ class OnnxRuntime(Runtime):
                 )
             result[name] = array
         return result
+
+
+def _is_onnx(path: Path) -> bool:
+    """An ONNX file is a protobuf ModelProto; parse it without external data."""
+    try:
+        import onnx
+    except ImportError:
+        return False
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return False
+    return bool(model.graph.node)

@@ -17,10 +17,12 @@ import numpy as np
 
 from maas.errors import RuntimeFailure, UnsupportedArtifact, UntrustedArtifact
 from maas.protocols.signature import Signature, TensorSpec
-from maas.runtimes.base import LoadOptions, Runtime
+from maas.runtimes.base import ArtifactInfo, LoadOptions, Runtime
 from maas.runtimes.skops_trust import REVIEWED_TYPES, check_structures
 
 __all__ = ["SklearnRuntime", "estimator_signature", "load_estimator"]
+
+_PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 
 
 def _load_skops(path: Path) -> Any:
@@ -126,6 +128,9 @@ def estimator_task(estimator: Any) -> str | None:
 class SklearnRuntime(Runtime):
     framework: ClassVar[str] = "sklearn"
     releases_gil: ClassVar[bool] = False
+    v2_platform: ClassVar[str] = "sklearn"
+    optimize_methods: ClassVar[tuple[str, ...]] = ("onnx", "prune")
+    job_loadable: ClassVar[bool] = True
 
     def __init__(self, estimator: Any) -> None:
         self.estimator = estimator
@@ -134,6 +139,17 @@ class SklearnRuntime(Runtime):
     @classmethod
     def load(cls, path: Path, *, options: LoadOptions) -> Self:
         return cls(load_estimator(path, trust_pickle=options.trust_pickle))
+
+    @classmethod
+    def recognises(cls, path: Path, filename: str, head: bytes) -> bool:
+        return path.is_file() and is_skops(path)
+
+    @classmethod
+    def inspect(cls, path: Path, *, options: LoadOptions) -> ArtifactInfo:
+        runtime = cls.load(path, options=options)
+        estimator = runtime.estimator
+        details = {"estimator": type(estimator).__name__}
+        return ArtifactInfo(cls.framework, runtime.signature, estimator_task(estimator), details)
 
     def _run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         features: Any = inputs["input"]
@@ -162,3 +178,17 @@ class PickleRuntime(SklearnRuntime):
     """The same adapter, named apart so registries show which versions are pickles."""
 
     framework: ClassVar[str] = "pickle"
+    needs_trust: ClassVar[bool] = True
+    optimize_methods: ClassVar[tuple[str, ...]] = ()
+    job_loadable: ClassVar[bool] = False
+
+    @classmethod
+    def recognises(cls, path: Path, filename: str, head: bytes) -> bool:
+        # Protocol 2+ pickles start with 0x80; joblib's compressed files with zlib/gzip/xz
+        # magic; the extension catches the rest.
+        return path.is_file() and (
+            filename.lower().endswith(_PICKLE_SUFFIXES)
+            or head[:1] == b"\x80"
+            or head[:2] in (b"\x78\x9c", b"\x78\x01", b"\x78\xda", b"\x1f\x8b")
+            or head[:6] == b"\xfd7zXZ\x00"
+        )

@@ -8,7 +8,8 @@ import multiprocessing
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -17,6 +18,7 @@ from maas.auth.audit import AuditLog
 from maas.auth.bootstrap import AdminKeyNotice, ensure_admin_key
 from maas.auth.keys import KeyHasher, KeyStore
 from maas.auth.ratelimit import MemoryRateLimiter, RateLimitBackend, RedisRateLimiter
+from maas.auth.resolver import KeyResolver
 from maas.auth.usage import UsageLedger
 from maas.config import Settings
 from maas.jobs.datasets import DatasetService
@@ -29,6 +31,7 @@ from maas.registry.db import create_engine_for, session_factory, upgrade_to_head
 from maas.registry.service import RegistryService
 from maas.services.completions import TextService
 from maas.services.demo import register_demo_models
+from maas.services.inference import InferenceService
 from maas.services.job_results import PublisherSink
 from maas.services.publishing import Publisher
 from maas.serving.manager import ModelManager
@@ -50,13 +53,20 @@ class Services:
     usage: UsageLedger
     admission: Admission
     keys: KeyStore
+    #: API key -> principal, cached a second; shared by every transport.
+    principals: KeyResolver
     audit: AuditLog
     admin_key: AdminKeyNotice | None  # None when auth is off
     text: TextService
     datasets: DatasetService
     jobs: JobManager
+    #: What every transport calls to run inference (``maas.services.inference``).
+    inference: InferenceService
     #: ``time.monotonic()`` by which the process must have exited; set by ``begin_drain``.
     drain_deadline: float | None = None
+    #: What an operator must know about this server's setup (``/v2/health/ready`` shows
+    #: it; empty when there is nothing to say), e.g. rate limits that are not shared.
+    health_details: dict[str, Any] = field(default_factory=dict)
 
     def begin_drain(self, deadline: float) -> None:
         """SIGTERM: readiness and new inference answer 503 from now on, and the teardown
@@ -99,6 +109,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         settings.jobs,
         settings.home_dir / "jobs",
     )
+    text = TextService(models, settings.generation)
+    keys = _key_store(settings, engine)
     services = Services(
         settings,
         engine,
@@ -109,12 +121,15 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         limits,
         usage,
         admission,
-        keys=_key_store(settings, engine),
+        keys=keys,
+        principals=KeyResolver(keys),
         audit=AuditLog(session_factory(engine)),
         admin_key=None,
-        text=TextService(models, settings.generation),
+        text=text,
         datasets=datasets,
         jobs=jobs,
+        inference=InferenceService(models, registry, admission, text),
+        health_details=_health_details(settings),
     )
     try:
         if settings.auth.enabled:
@@ -173,6 +188,24 @@ def _rate_limiter(settings: Settings) -> RateLimitBackend:
     if settings.redis_url:
         return RedisRateLimiter.from_url(settings.redis_url)
     return MemoryRateLimiter()
+
+
+#: Said at start and in the health details when limits cannot be shared: a second
+#: server on the same database would otherwise let every key through twice, silently.
+PER_SERVER_LIMITS = (
+    "rate limits are per server: the database is shared (PostgreSQL) but MAAS_REDIS_URL "
+    "is not set, so each server on it enforces every key's full limit; set MAAS_REDIS_URL "
+    "to share them"
+)
+
+
+def _health_details(settings: Settings) -> dict[str, Any]:
+    """What ``/v2/health/ready`` adds to its answer, logged once here as a warning."""
+    shared_database = settings.resolved_database_url.startswith("postgresql")
+    if not shared_database or settings.redis_url:
+        return {}
+    log.warning(PER_SERVER_LIMITS)
+    return {"rate_limits": "per_server", "warnings": [PER_SERVER_LIMITS]}
 
 
 def _key_store(settings: Settings, engine: Engine) -> KeyStore:

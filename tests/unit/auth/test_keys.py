@@ -61,19 +61,39 @@ def test_revoke_and_rotate(store: KeyStore) -> None:
         store.revoke("missing")
 
 
-def test_resolver_caches_for_its_ttl_and_honours_expiry(store: KeyStore) -> None:
+def test_resolver_caches_for_its_ttl_and_honours_expiry(
+    store: KeyStore, engine: Engine, tmp_path: Path
+) -> None:
     live = store.create(KeyCreate(name="live"))
     past = datetime.now(UTC) - timedelta(seconds=1)
     expired = store.create(KeyCreate(name="old", expires_at=past))
     resolver = KeyResolver(store, ttl_s=60)
+    # Another replica: same database and secret, a store (and revision) of its own.
+    replica = KeyStore(session_factory(engine), KeyHasher.from_file(tmp_path / "auth.secret"))
 
     async def scenario() -> None:
         assert (await resolver.resolve(live.key)) is not None
         assert (await resolver.resolve(expired.key)) is None
-        store.revoke(live.id)
+        replica.revoke(live.id)
         assert (await resolver.resolve(live.key)) is not None  # cached for the TTL
         fresh = KeyResolver(store, ttl_s=0)
         assert (await fresh.resolve(live.key)) is None
+
+    asyncio.run(scenario())
+
+
+def test_a_revocation_through_the_resolvers_own_store_drops_the_cache(store: KeyStore) -> None:
+    revoked, rotated = store.create(KeyCreate(name="a")), store.create(KeyCreate(name="b"))
+    resolver = KeyResolver(store, ttl_s=60)
+
+    async def scenario() -> None:
+        assert (await resolver.resolve(revoked.key)) is not None
+        assert (await resolver.resolve(rotated.key)) is not None
+        store.revoke(revoked.id)
+        assert (await resolver.resolve(revoked.key)) is None
+        new = store.rotate(rotated.id)
+        assert (await resolver.resolve(rotated.key)) is None
+        assert (await resolver.resolve(new.key)) is not None
 
     asyncio.run(scenario())
 

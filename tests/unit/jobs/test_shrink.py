@@ -48,6 +48,35 @@ def test_int8_quantization_shrinks_an_onnx_mlp(mlp_onnx: Path, tmp_path: Path) -
     assert out.stat().st_size < 0.5 * mlp_onnx.stat().st_size
 
 
+def test_int8_quantizes_what_it_can_beside_ml_operators(mlp_onnx: Path, tmp_path: Path) -> None:
+    """A graph of default and ai.onnx.ml operators, importing the default opset twice
+    as skl2onnx sometimes writes it: the MatMuls are quantized, the rest kept."""
+    import onnx
+
+    model = onnx.load(str(mlp_onnx))
+    assert any(n.domain == "ai.onnx.ml" for n in model.graph.node)
+    default = next(o for o in model.opset_import if o.domain == "")
+    model.opset_import.add(domain="", version=default.version)
+    twice = tmp_path / "twice.onnx"
+    onnx.save(model, str(twice))
+    out = tmp_path / "int8.onnx"
+    shrink.onnx_quantize_int8(twice, out)
+    quantized = onnx.load(str(out))
+    assert any(n.op_type == "MatMulInteger" for n in quantized.graph.node)
+    assert out.stat().st_size < 0.5 * twice.stat().st_size
+
+
+def test_int8_refuses_a_graph_of_ml_operators_only(
+    digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    linear = LogisticRegression(max_iter=200).fit(*digits)
+    path = tmp_path / "linear.onnx"
+    assert sklearn_to_onnx(linear, digits[0], path) is None
+    with pytest.raises(InvalidSpec, match="nothing to quantize") as refused:
+        shrink.onnx_quantize_int8(path, tmp_path / "int8.onnx")
+    assert "LinearClassifier" in refused.value.details["operators"]
+
+
 def test_onnx_pruning_reaches_the_target_sparsity(mlp_onnx: Path, tmp_path: Path) -> None:
     out = tmp_path / "pruned.onnx"
     assert shrink.onnx_prune(mlp_onnx, 0.8, out)["sparsity"]["achieved"] >= 0.79

@@ -10,6 +10,8 @@ from maas.errors import InvalidInput, PayloadTooLarge, UnsupportedDatatype
 from maas.protocols.signature import V2_DATATYPES
 from maas.protocols.tensors import (
     DATATYPES,
+    MAX_DIMENSIONS,
+    MAX_EXTENT,
     DecodeLimits,
     datatype_of,
     deserialize_bytes,
@@ -84,3 +86,16 @@ def test_bytes_decoding_checks_every_boundary() -> None:
         deserialize_bytes(body, 0, len(body) - 1, count=2, label="input 's'", max_element=10)
     with pytest.raises(PayloadTooLarge, match="input 's': BYTES element 0 is 3 bytes"):
         deserialize_bytes(body, 0, len(body), count=2, label="input 's'", max_element=2)
+
+
+@pytest.mark.parametrize(
+    "shape", [[2**32, 2**32, 0], [2**31, 2**31, 0], [1] * (MAX_DIMENSIONS + 1), [2**57, 0]]
+)
+def test_shapes_numpy_cannot_build_are_invalid_input(shape: list[int]) -> None:
+    with pytest.raises(InvalidInput):
+        validate_shape(shape, "input 'x'")
+
+
+def test_every_shape_that_passes_can_be_built() -> None:
+    for shape in ([1] * (MAX_DIMENSIONS - 1) + [0], [2**28, 2**28, 0], [MAX_EXTENT, 0]):
+        assert np.empty(0).reshape(validate_shape(shape, "x")).size == 0

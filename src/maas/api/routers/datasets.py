@@ -54,7 +54,7 @@ async def push_dataset(
     format: str | None = Query(None, description="csv, parquet or jsonl (else from filename)."),
     services: Services = Depends(get_services),
 ) -> Response:
-    async with audited(request, "dataset.push", name, need=Action.WRITE) as note:
+    async with audited(request, services.audit, "dataset.push", name, need=Action.WRITE) as note:
         if not note.principal.can_see(name):
             raise Forbidden(
                 f"this key may not push a dataset named {name!r} (outside its patterns)"

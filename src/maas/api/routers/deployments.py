@@ -35,7 +35,9 @@ async def set_deployment(
     services: Services = Depends(get_services),
 ) -> Response:
     target = f"{name}:{version}"
-    async with audited(request, "deployment.update", target, need=Action.WRITE, model=name):
+    async with audited(
+        request, services.audit, "deployment.update", target, need=Action.WRITE, model=name
+    ):
         info = await services.publisher.update_deployment(name, version, body)
     return json_response(info)
 

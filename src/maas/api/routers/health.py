@@ -28,7 +28,10 @@ async def live() -> Response:
 )
 async def ready(services: Services = Depends(get_services)) -> Response:
     is_ready = services.models.is_ready()
-    return json_response({"ready": is_ready}, status_code=200 if is_ready else 503)
+    body: dict[str, object] = {"ready": is_ready}
+    if services.health_details:  # e.g. rate limits that are per server (not shared)
+        body["details"] = services.health_details
+    return json_response(body, status_code=200 if is_ready else 503)
 
 
 @router.get("/v2", summary="Server metadata", tags=["v2"])

@@ -81,7 +81,9 @@ def _parse_spec(body: bytes, content_type: str) -> Any:
 async def submit_job(request: Request, services: Services = Depends(get_services)) -> Response:
     spec = _parse_spec(await request.body(), request.headers.get("content-type", ""))
     action = "job.submit"
-    async with audited(request, action, spec.model, need=Action.WRITE, model=spec.model) as note:
+    async with audited(
+        request, services.audit, action, spec.model, need=Action.WRITE, model=spec.model
+    ) as note:
         note.details["kind"] = spec.kind
         require_dataset(request, spec.dataset)
         job = await services.jobs.submit(spec, note.principal.name)
@@ -125,8 +127,10 @@ async def cancel_job(
     job_id: str, request: Request, services: Services = Depends(get_services)
 ) -> Response:
     job = await _visible_job(request, services, job_id)
-    async with audited(request, "job.cancel", job_id, need=Action.WRITE, model=job.model):
-        cancelled = await services.jobs.cancel(job_id)
+    async with audited(
+        request, services.audit, "job.cancel", job.id, need=Action.WRITE, model=job.model
+    ):
+        cancelled = await services.jobs.cancel(job.id)
     return json_response(cancelled)
 
 
@@ -142,9 +146,9 @@ async def job_logs(
     type: str | None = Query(None, pattern="^(log|progress|state)$"),
     services: Services = Depends(get_services),
 ) -> Response:
-    await _visible_job(request, services, job_id)
+    job = await _visible_job(request, services, job_id)
     types = (type,) if type else None
-    return json_response(await services.jobs.events(job_id, after, types))
+    return json_response(await services.jobs.events(job.id, after, types))
 
 
 def _sse(event: str, data: Any, event_id: int | None = None) -> bytes:
@@ -159,10 +163,10 @@ async def job_events(
     after: int = Query(0, ge=0, le=MAX_SEQ, description="Resume after this sequence number."),
     services: Services = Depends(get_services),
 ) -> StreamingResponse:
-    await _visible_job(request, services, job_id)
+    job = await _visible_job(request, services, job_id)
     start = _resume_after(request.headers.get("last-event-id"), after)
     return StreamingResponse(
-        _stream(services, request, job_id, start),
+        _stream(services, request, job.id, start),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -27,7 +27,7 @@ router = APIRouter(prefix="/api/v1/keys", tags=["keys"])
 async def create_key(
     body: KeyCreate, request: Request, services: Services = Depends(get_services)
 ) -> KeyCreated:
-    async with audited(request, "key.create", body.name, need=Action.ADMIN) as note:
+    async with audited(request, services.audit, "key.create", body.name, need=Action.ADMIN) as note:
         created = await asyncio.to_thread(services.keys.create, body)
         note.target = created.id
         note.details.update(name=created.name, role=created.role, models=created.models)
@@ -49,8 +49,9 @@ async def list_keys(
 async def revoke_key(
     key_id: str, request: Request, services: Services = Depends(get_services)
 ) -> Response:
-    async with audited(request, "key.revoke", key_id, need=Action.ADMIN):
-        await asyncio.to_thread(services.keys.revoke, key_id)
+    async with audited(request, services.audit, "key.revoke", key_id, need=Action.ADMIN) as note:
+        revoked = await asyncio.to_thread(services.keys.revoke, key_id)
+        note.target = revoked.id
     return Response(status_code=204)
 
 
@@ -58,7 +59,8 @@ async def revoke_key(
 async def rotate_key(
     key_id: str, request: Request, services: Services = Depends(get_services)
 ) -> KeyCreated:
-    async with audited(request, "key.rotate", key_id, need=Action.ADMIN) as note:
+    async with audited(request, services.audit, "key.rotate", key_id, need=Action.ADMIN) as note:
         created = await asyncio.to_thread(services.keys.rotate, key_id)
+        note.target = created.replaces or key_id
         note.details["new_id"] = created.id
     return created

@@ -46,7 +46,9 @@ async def list_models(request: Request, services: Services = Depends(get_service
 async def create_model(
     body: ModelCreate, request: Request, services: Services = Depends(get_services)
 ) -> Response:
-    async with audited(request, "model.create", body.name, need=Action.WRITE, model=body.name):
+    async with audited(
+        request, services.audit, "model.create", body.name, need=Action.WRITE, model=body.name
+    ):
         info = await asyncio.to_thread(
             services.registry.create_model, body.name, body.description, body.task
         )
@@ -65,7 +67,9 @@ async def get_model(
 async def delete_model(
     name: str, request: Request, services: Services = Depends(get_services)
 ) -> Response:
-    async with audited(request, "model.delete", name, need=Action.WRITE, model=name):
+    async with audited(
+        request, services.audit, "model.delete", name, need=Action.WRITE, model=name
+    ):
         await services.publisher.delete_model(name)
     return Response(status_code=204)
 
@@ -111,7 +115,9 @@ async def push_version(
     metadata: str | None = Query(None, description="Free metadata as a JSON object."),
     services: Services = Depends(get_services),
 ) -> Response:
-    async with audited(request, "model.push", name, need=Action.WRITE, model=name) as note:
+    async with audited(
+        request, services.audit, "model.push", name, need=Action.WRITE, model=name
+    ) as note:
         info = await services.publisher.push(
             name,
             request.stream(),
@@ -139,7 +145,9 @@ async def delete_version(
     name: str, version: int, request: Request, services: Services = Depends(get_services)
 ) -> Response:
     target = f"{name}:{version}"
-    async with audited(request, "version.delete", target, need=Action.WRITE, model=name):
+    async with audited(
+        request, services.audit, "version.delete", target, need=Action.WRITE, model=name
+    ):
         await services.publisher.delete_version(name, version)
     return Response(status_code=204)
 
@@ -167,7 +175,9 @@ async def set_alias(
     services: Services = Depends(get_services),
 ) -> Response:
     target = f"{name}:{alias}"
-    async with audited(request, "alias.set", target, need=Action.WRITE, model=name) as note:
+    async with audited(
+        request, services.audit, "alias.set", target, need=Action.WRITE, model=name
+    ) as note:
         note.details["version"] = body.version
         if force:
             note.details["force"] = True
@@ -180,6 +190,8 @@ async def delete_alias(
     name: str, alias: str, request: Request, services: Services = Depends(get_services)
 ) -> Response:
     target = f"{name}:{alias}"
-    async with audited(request, "alias.delete", target, need=Action.WRITE, model=name):
+    async with audited(
+        request, services.audit, "alias.delete", target, need=Action.WRITE, model=name
+    ):
         await services.publisher.delete_alias(name, alias)
     return Response(status_code=204)

@@ -15,26 +15,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import aclosing, contextmanager
+from typing import Annotated, Any, TypeVar
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response, StreamingResponse
 
-from maas.api.access import require, visible
+from maas.api.access import caller, require, visible
 from maas.api.deps import get_services
+from maas.api.errors import error_body_for, request_id_of
 from maas.api.lifetime import disconnect_of, requested_timeout
 from maas.api.responses import json_response
-from maas.auth.admission import Ticket, principal_of
 from maas.auth.principal import Action
-from maas.errors import AliasNotFound, InvalidRequest, MaasError, ModelNotFound, VersionNotFound
-from maas.observability.metrics import UNRESOLVED, RequestMetrics
+from maas.errors import AliasNotFound, InvalidRequest, ModelNotFound, VersionNotFound
 from maas.protocols import openai as oa
-from maas.registry.refs import ModelRef, parse_ref
+from maas.services import Services
 from maas.services.completions import Generation
+from maas.services.inference import CLIENT_CLOSED, GenerationCall
 from maas.serving.generation import Completion, TextDelta
 from maas.serving.sampling import SamplingParams
 
@@ -42,11 +42,7 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
-_METRICS = RequestMetrics("openai")
-_CLIENT_CLOSED = 499
-#: Version numbers are 32-bit in the registry's tables: a larger one names no version
-#: (and must not reach the database, which would fail on it).
-_MAX_VERSION = 2**31 - 1
+_Services = Annotated[Services, Depends(get_services)]
 R = TypeVar("R", bound=BaseModel)
 
 
@@ -81,16 +77,6 @@ async def _parse(request: Request, schema: type[R]) -> R:
         ) from None
 
 
-def _model_ref(request: Request, model: str, action: Action) -> ModelRef:
-    """``model`` parsed, once the caller may ``action`` on it. The access check comes
-    first, so a hidden model answers exactly as a missing one, whatever its selector."""
-    ref = parse_ref(model)
-    require(request, action, model=ref.name)
-    if isinstance(ref.selector, int) and ref.selector > _MAX_VERSION:
-        raise ModelNotFound(f"model {ref.name!r} has no version {ref.selector}")
-    return ref
-
-
 @contextmanager
 def _model_not_found() -> Iterator[None]:
     """A missing version or alias is, to an OpenAI client, a missing model."""
@@ -121,127 +107,54 @@ def _sse(data: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
-async def _merged(generation: Generation) -> AsyncIterator[tuple[int, TextDelta]]:
-    """The pieces of every choice as they come, tagged with the choice's index."""
-    if len(generation.streams) == 1:
-        async for delta in generation.streams[0]:
-            yield 0, delta
-        return
-    queue: asyncio.Queue[tuple[int, TextDelta] | BaseException | None] = asyncio.Queue()
-
-    async def pump(index: int) -> None:
-        try:
-            async for delta in generation.streams[index]:
-                await queue.put((index, delta))
-        except BaseException as exc:
-            await queue.put(exc)
-            raise
-        finally:
-            await queue.put(None)
-
-    tasks = [asyncio.create_task(pump(i)) for i in range(len(generation.streams))]
-    try:
-        remaining = len(tasks)
-        while remaining:
-            item = await queue.get()
-            if item is None:
-                remaining -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield item
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-class _Call:
-    """One admitted generation call: its ticket, its metrics, and how it ended."""
-
-    def __init__(self, request: Request, ticket: Ticket, model: str) -> None:
-        self.request = request
-        self.ticket = ticket
-        self.model = model
-        self.started = time.perf_counter()
-        self.version = ""
-
-    def finish(self, status: int, generation: Generation | None) -> None:
-        units = None
-        if generation is not None:
-            units = {
-                "prompt_tokens": generation.prompt_tokens,
-                "completion_tokens": generation.completion_tokens,
-            }
-        elapsed = time.perf_counter() - self.started
-        self.ticket.finish(status, units, elapsed)
-        model, version = (self.model, self.version) if self.version else UNRESOLVED
-        _METRICS.observe(model, version, status, elapsed)
-
-
 async def _generate(
+    services: Services,
     request: Request,
     endpoint: str,
     body: oa.ChatCompletionRequest | oa.CompletionRequest,
-    start: Callable[[], Any],
+    start: Callable[[], Awaitable[Generation]],
     render: Callable[[Generation, list[Completion]], dict[str, Any]],
     chunk: Callable[[str, int, int, TextDelta, bool], dict[str, Any]],
     id_prefix: str,
 ) -> Response:
-    """The shared life of a chat or completions call: admit, start, then either wait
-    for every choice (JSON) or stream them (SSE); meter it whichever way it ends."""
-    services = get_services(request)
-    ref = _model_ref(request, body.model, Action.INFER)
-    ticket = await services.admission.admit(principal_of(request.state), ref.name, endpoint)
-    call = _Call(request, ticket, ref.name)
-    try:
+    """The shared life of a chat or completions call (admitted, started and metered
+    by ``InferenceService.generate``): wait for every choice (JSON) or stream them."""
+
+    async def started() -> Generation:
         with _model_not_found():
-            generation: Generation = await start()
-    except MaasError as exc:
-        call.finish(exc.status, None)
-        raise
-    call.version = str(generation.version.version)
-    headers = {"X-Model-Version": call.version, **ticket.headers}
+            return await start()
+
+    call = await services.inference.generate(caller(request), body.model, endpoint, started)
+    assert call.generation is not None
     if body.stream:
-        stream = _stream(call, generation, body, chunk, id_prefix)
-        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
-    try:
-        work = asyncio.gather(*(s.collect() for s in generation.streams))
-        completions = await services.models.bounded(
-            work,
-            timeout_s=requested_timeout({}, request.headers),
-            disconnected=disconnect_of(request),
-        )
-    except MaasError as exc:
-        generation.cancel()
-        call.finish(exc.status, generation)
-        raise
-    except asyncio.CancelledError:
-        generation.cancel()
-        call.finish(_CLIENT_CLOSED, generation)
-        raise
-    call.finish(200, generation)
-    return json_response(render(generation, list(completions)), headers=headers)
+        stream = _stream(call, request, body, chunk, id_prefix)
+        return StreamingResponse(stream, media_type="text/event-stream", headers=call.headers)
+    completions = await call.collect(
+        timeout_s=requested_timeout({}, request.headers), disconnected=disconnect_of(request)
+    )
+    return json_response(render(call.generation, completions), headers=call.headers)
 
 
 async def _stream(
-    call: _Call,
-    generation: Generation,
+    call: GenerationCall,
+    request: Request,
     body: oa.ChatCompletionRequest | oa.CompletionRequest,
     chunk: Callable[[str, int, int, TextDelta, bool], dict[str, Any]],
     id_prefix: str,
 ) -> AsyncIterator[bytes]:
+    generation = call.generation
+    assert generation is not None
     id_, created = oa.new_id(id_prefix), int(time.time())
     with_usage = body.include_usage
-    status = _CLIENT_CLOSED
     try:
         if isinstance(body, oa.ChatCompletionRequest):
             for index in range(len(generation.streams)):
                 role = {"role": "assistant", "content": ""}
                 yield _sse(oa.chat_chunk(id_, body.model, created, index, role, None,
                                          with_usage_field=with_usage))  # fmt: skip
-        async for index, delta in _merged(generation):
-            yield _sse(chunk(id_, created, index, delta, with_usage))
+        async with aclosing(call.stream()) as pieces:
+            async for index, delta in pieces:
+                yield _sse(chunk(id_, created, index, delta, with_usage))
         if with_usage:
             usage = _usage(generation)
             yield _sse(
@@ -249,13 +162,12 @@ async def _stream(
                  "model": body.model, "choices": [], "usage": usage}
             )  # fmt: skip
         yield b"data: [DONE]\n\n"
-        status = 200
-    except MaasError as exc:  # the stream has begun: the error is its last event
-        status = int(exc.status)
-        yield _sse({"error": {"message": exc.message, "type": "server_error", "code": exc.code}})
-    finally:
+    except Exception as exc:  # the stream has begun: the error is its last event
+        path = request.url.path
+        yield _sse(error_body_for(exc, path=path, request_id=request_id_of(request)))
+    finally:  # a no-op unless the caller hung up before the pieces began
         generation.cancel()
-        call.finish(status, generation)
+        call.finish(CLIENT_CLOSED)
 
 
 def _chunk_object(body: oa.ChatCompletionRequest | oa.CompletionRequest) -> str:
@@ -269,9 +181,8 @@ def _usage(generation: Generation) -> dict[str, int]:
 
 
 @router.get("/models", summary="Models this key may call (OpenAI)")
-async def list_models(request: Request) -> Response:
+async def list_models(request: Request, services: _Services) -> Response:
     require(request, Action.READ)
-    services = get_services(request)
     models = await asyncio.to_thread(services.registry.list_models)
     cards = [
         oa.model_card(m.name, m.created_at.timestamp())
@@ -281,10 +192,10 @@ async def list_models(request: Request) -> Response:
 
 
 @router.get("/models/{model}", summary="One model (OpenAI)")
-async def get_model(model: str, request: Request) -> Response:
+async def get_model(model: str, request: Request, services: _Services) -> Response:
     """``name`` is the model; ``name:version`` or ``name:alias`` must resolve too."""
-    ref = _model_ref(request, model, Action.READ)
-    registry = get_services(request).registry
+    ref = services.inference.text_ref(caller(request), model, Action.READ)
+    registry = services.registry
     with _model_not_found():
         if ref.selector is None:
             found = await asyncio.to_thread(registry.get_model, ref.name)
@@ -308,12 +219,11 @@ _CHAT_EXAMPLE = {
     summary="Chat completion, streamed with stream=true (OpenAI)",
     openapi_extra=_body_example(_CHAT_EXAMPLE),
 )
-async def chat_completions(request: Request) -> Response:
+async def chat_completions(request: Request, services: _Services) -> Response:
     body = await _parse(request, oa.ChatCompletionRequest)
-    services = get_services(request)
     messages = body.template_messages
 
-    def start() -> Any:
+    def start() -> Awaitable[Generation]:
         return services.text.chat(body.model, messages, _sampling(body), body.n, body.output)
 
     def render(generation: Generation, done: list[Completion]) -> dict[str, Any]:
@@ -334,7 +244,7 @@ async def chat_completions(request: Request) -> Response:
             with_usage_field=usage, logprobs=logprobs,
         )  # fmt: skip
 
-    return await _generate(request, "openai.chat", body, start, render, chunk, "chatcmpl")
+    return await _generate(services, request, "openai.chat", body, start, render, chunk, "chatcmpl")
 
 
 @router.post(
@@ -342,11 +252,10 @@ async def chat_completions(request: Request) -> Response:
     summary="Text completion (OpenAI legacy)",
     openapi_extra=_body_example({"model": "smollm2", "prompt": "Paris is", "max_tokens": 16}),
 )
-async def completions(request: Request) -> Response:
+async def completions(request: Request, services: _Services) -> Response:
     body = await _parse(request, oa.CompletionRequest)
-    services = get_services(request)
 
-    def start() -> Any:
+    def start() -> Awaitable[Generation]:
         return services.text.complete(body.model, body.prompts, _sampling(body), body.n)
 
     wants_logprobs = body.logprobs is not None
@@ -365,7 +274,9 @@ async def completions(request: Request) -> Response:
             with_usage_field=usage, logprobs=logprobs,
         )  # fmt: skip
 
-    return await _generate(request, "openai.completions", body, start, render, chunk, "cmpl")
+    return await _generate(
+        services, request, "openai.completions", body, start, render, chunk, "cmpl"
+    )
 
 
 @router.post(
@@ -373,48 +284,18 @@ async def completions(request: Request) -> Response:
     summary="Embeddings (OpenAI)",
     openapi_extra=_body_example({"model": "minilm", "input": ["a sentence", "another"]}),
 )
-async def embeddings(request: Request) -> Response:
+async def embeddings(request: Request, services: _Services) -> Response:
     body = await _parse(request, oa.EmbeddingRequest)
-    services = get_services(request)
-    ref = _model_ref(request, body.model, Action.INFER)
-    ticket = await services.admission.admit(
-        principal_of(request.state), ref.name, "openai.embeddings"
-    )
-    started = time.perf_counter()
-    version = ""
-    try:
-        with ticket, _model_not_found():
-            result = await services.text.embed(
-                body.model, body.texts, timeout_s=requested_timeout({}, request.headers)
-            )
-            version = str(result.version.version)
-            ticket.version = result.version.version
-            vectors = _dimensions(result.vectors, body.dimensions)
-            payload = oa.embedding_response(
-                body.model, vectors, body.encoding_format, result.prompt_tokens
-            )
-            ticket.finish(
-                200, {"prompt_tokens": result.prompt_tokens}, time.perf_counter() - started
-            )
-    except MaasError as exc:
-        labels = (ref.name, version) if version else UNRESOLVED
-        _METRICS.observe(*labels, int(exc.status), time.perf_counter() - started)
-        raise
-    _METRICS.observe(ref.name, version, 200, time.perf_counter() - started)
-    return json_response(payload, headers={"X-Model-Version": version, **ticket.headers})
-
-
-def _dimensions(vectors: Any, dimensions: int | None) -> Any:
-    """OpenAI's ``dimensions``: the first ``dimensions`` components, renormalised."""
-    import numpy as np
-
-    if dimensions is None:
-        return vectors
-    if dimensions > vectors.shape[1]:
-        raise InvalidRequest(
-            f"dimensions: this model gives {vectors.shape[1]} dimensions at most",
-            details={"param": "dimensions"},
+    with _model_not_found():
+        result = await services.inference.embed(
+            caller(request),
+            body.model,
+            body.texts,
+            dimensions=body.dimensions,
+            timeout_s=requested_timeout({}, request.headers),
         )
-    cut = vectors[:, :dimensions]
-    norms = np.linalg.norm(cut, axis=1, keepdims=True)
-    return cut / np.where(norms == 0, 1, norms)
+    payload = oa.embedding_response(
+        body.model, result.vectors, body.encoding_format, result.prompt_tokens
+    )
+    version = str(result.version.version)
+    return json_response(payload, headers={"X-Model-Version": version, **result.headers})

@@ -11,7 +11,7 @@ import csv
 import io
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from maas.api.deps import get_services
@@ -21,6 +21,7 @@ from maas.auth.principal import Action, Principal
 from maas.auth.usage import parse_group_by
 from maas.errors import Forbidden, InvalidRequest
 from maas.protocols.bounds import UtcDatetime
+from maas.services import Services
 
 __all__ = ["router"]
 
@@ -47,12 +48,12 @@ async def usage(
     ),
     key: str | None = Query(None, description="One key's usage (admins only for other keys)."),
     format: str = Query("json", pattern="^(json|csv)$", description="json or csv."),
+    services: Services = Depends(get_services),
 ) -> Response:
     groups = parse_group_by(group_by)
     if since is not None and until is not None and until <= since:
         raise InvalidRequest("until must be after since")
     key_id = _visible_key(principal_of(request.state), key)
-    services = get_services(request)
     await services.usage.flush()  # this server's calls so far are counted
     rows = await asyncio.to_thread(
         services.usage.summarize, groups, since=since, until=until, key_id=key_id

@@ -15,7 +15,13 @@ import numpy as np
 
 from maas.errors import InvalidSpec
 
-__all__ = ["onnx_prune", "onnx_quantize_int8", "sklearn_prune", "sklearn_to_onnx_file"]
+__all__ = [
+    "check_quantizable",
+    "onnx_prune",
+    "onnx_quantize_int8",
+    "sklearn_prune",
+    "sklearn_to_onnx_file",
+]
 
 
 def _threshold(weights: list[np.ndarray], sparsity: float) -> float:
@@ -67,11 +73,59 @@ def sklearn_prune(source: Path, sparsity: float, out: Path) -> dict[str, Any]:
     return {"sparsity": {"target": sparsity, "achieved": round(_achieved(pruned), 4)}}
 
 
+def check_quantizable(source: Path) -> None:
+    """Refuse a graph in which onnxruntime's dynamic quantizer has nothing to do.
+
+    It quantizes default-domain operators (MatMul, Conv, Gather, …) and skips the
+    ``ai.onnx.ml`` ones skl2onnx writes for linear models and trees (LinearClassifier,
+    TreeEnsemble…), whose weights are attributes. A graph of those only would come out
+    unchanged, so the job is refused with the reason instead.
+    """
+    try:
+        import onnx
+        from onnxruntime.quantization.registry import IntegerOpsRegistry
+    except ImportError:  # the job itself will say what is missing
+        return
+    graph = onnx.load(str(source), load_external_data=False).graph
+    default = {n.op_type for n in graph.node if n.domain in ("", "ai.onnx")}
+    if default & set(IntegerOpsRegistry):
+        return
+    others = sorted({n.op_type for n in graph.node if n.domain not in ("", "ai.onnx")})
+    raise InvalidSpec(
+        "quantize_int8 has nothing to quantize in this model: onnxruntime quantizes "
+        f"{', '.join(sorted(IntegerOpsRegistry))} weights, and this graph has "
+        f"{', '.join(others[:8]) or 'none of them'} (ai.onnx.ml operators keep their "
+        "weights as attributes). Use method prune on the scikit-learn version, or serve "
+        "this one as it is",
+        details={"operators": others[:20]},
+    )
+
+
+def _one_opset_per_domain(model: Any) -> bool:
+    """skl2onnx may import the default opset twice; onnxruntime's quantizer then fails
+    ('Failed to find proper ai.onnx domain'). Keep the highest version of each domain."""
+    versions: dict[str, int] = {}
+    for opset in model.opset_import:
+        domain = "" if opset.domain == "ai.onnx" else opset.domain
+        versions[domain] = max(versions.get(domain, 0), opset.version)
+    if len(versions) == len(model.opset_import):
+        return False
+    del model.opset_import[:]
+    for domain, version in versions.items():
+        model.opset_import.add(domain=domain, version=version)
+    return True
+
+
 def onnx_quantize_int8(source: Path, out: Path) -> dict[str, Any]:
+    """int8 weights for the operators onnxruntime quantizes; ai.onnx.ml ones are kept."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    check_quantizable(source)
+    model = onnx.load(str(source))
+    model_input: Any = model if _one_opset_per_domain(model) else str(source)
     try:
-        quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8)
+        quantize_dynamic(model_input, str(out), weight_type=QuantType.QInt8)
     except Exception as exc:
         raise InvalidSpec(
             f"onnxruntime could not quantize this model ({type(exc).__name__}: {str(exc)[:160]})"

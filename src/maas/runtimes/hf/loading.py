@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from maas.errors import UnsupportedArtifact
+from maas.protocols.management import DeploymentSpec
 
 __all__ = [
     "EMBEDDINGS",
+    "EMBEDDINGS_BATCHED",
     "TEXT_CLASSIFICATION",
     "TEXT_GENERATION",
     "detect_task",
@@ -40,6 +42,9 @@ log = logging.getLogger("maas.runtimes")
 TEXT_GENERATION = "text-generation"
 TEXT_CLASSIFICATION = "text-classification"
 EMBEDDINGS = "embeddings"
+
+#: Embedding calls are many small batches of texts: batch them by default.
+EMBEDDINGS_BATCHED = DeploymentSpec(max_batch_size=64, max_queue_delay_us=2000)
 
 _GGUF_MAGIC = b"GGUF"
 

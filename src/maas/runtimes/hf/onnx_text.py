@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -30,14 +30,19 @@ import numpy as np
 
 from maas.errors import RuntimeFailure, UnsupportedArtifact
 from maas.protocols.signature import Signature, TensorSpec
-from maas.runtimes.base import LoadOptions, Runtime, texts_of
+from maas.runtimes.base import ArtifactInfo, LoadOptions, Runtime, texts_of
 from maas.runtimes.hf.contract import (
     check_token_limit,
     classifier_signature,
     embedding_signature,
 )
 from maas.runtimes.hf.embedder import POOLING_MODES, Pooling
-from maas.runtimes.hf.loading import EMBEDDINGS, TEXT_CLASSIFICATION, read_json
+from maas.runtimes.hf.loading import (
+    EMBEDDINGS,
+    EMBEDDINGS_BATCHED,
+    TEXT_CLASSIFICATION,
+    read_json,
+)
 
 __all__ = [
     "MANIFEST",
@@ -131,6 +136,20 @@ def is_onnx_text_dir(path: Path) -> bool:
 class OnnxTextRuntime(Runtime):
     framework: ClassVar[str] = "onnx-text"
     releases_gil: ClassVar[bool] = True
+    optimize_methods: ClassVar[tuple[str, ...]] = ("quantize_int8", "prune")
+
+    @classmethod
+    def recognises(cls, path: Path, filename: str, head: bytes) -> bool:
+        return is_onnx_text_dir(path)
+
+    @classmethod
+    def inspect(cls, path: Path, *, options: LoadOptions) -> ArtifactInfo:
+        """The same task, signature and default batching as the transformers runtime
+        gives the model it was exported from."""
+        runtime = cls.load(path, options=replace(options, threads=1))
+        details = {"format": "onnx", "task": runtime.task, **runtime.details}
+        deployment = EMBEDDINGS_BATCHED if runtime.task == EMBEDDINGS else None
+        return ArtifactInfo(cls.framework, runtime.signature, runtime.task, details, deployment)
 
     def __init__(self, session: Any, tokenizer: Any, manifest: TextManifest) -> None:
         self._session = session

@@ -10,9 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-from maas.runtimes.base import LoadOptions, Runtime
+from maas.errors import UnsupportedArtifact
+from maas.runtimes.base import ArtifactInfo, LoadOptions, Runtime
 from maas.runtimes.hf.loading import (
     EMBEDDINGS,
+    EMBEDDINGS_BATCHED,
     TEXT_CLASSIFICATION,
     TEXT_GENERATION,
     detect_task,
@@ -37,6 +39,8 @@ class TransformersRuntime(Runtime):
     framework: ClassVar[str] = "transformers"
     releases_gil: ClassVar[bool] = True
     in_process_only: ClassVar[bool] = True
+    optimize_methods: ClassVar[tuple[str, ...]] = ("onnx", "quantize_int8", "prune")
+    job_loadable: ClassVar[bool] = True
     #: Whether the runtime generates text token by token (serving then schedules it).
     generates: ClassVar[bool] = False
 
@@ -65,6 +69,28 @@ class TransformersRuntime(Runtime):
 
             runtime = EmbeddingRuntime._load_dir(model_dir, options)
         return runtime  # type: ignore[return-value]  # a subclass of cls
+
+    @classmethod
+    def recognises(cls, path: Path, filename: str, head: bytes) -> bool:
+        """A directory (a packed model) or a GGUF file; a directory that is not a
+        transformers model is refused by ``inspect``, with the reason."""
+        return path.is_dir() or head[:4] == b"GGUF"
+
+    @classmethod
+    def inspect(cls, path: Path, *, options: LoadOptions) -> ArtifactInfo:
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise UnsupportedArtifact(
+                "the archive holds no config.json at its root: pack a transformers model "
+                "directory (save_pretrained) or upload a single model file"
+            )
+        runtime = TransformersRuntime.load(path, options=options)
+        try:
+            details = {"format": "gguf" if path.is_file() else "directory", "task": runtime.task}
+            details.update(runtime.details)
+            deployment = EMBEDDINGS_BATCHED if runtime.task == EMBEDDINGS else None
+            return ArtifactInfo(cls.framework, runtime.signature, runtime.task, details, deployment)
+        finally:
+            runtime.close()
 
     @property
     def details(self) -> dict[str, Any]:

@@ -13,10 +13,12 @@ threads spin at each barrier, and two of them sharing a core slow it down severa
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import logging
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -24,7 +26,7 @@ import numpy as np
 
 from maas.errors import InvalidInput, UnsupportedArtifact
 from maas.protocols.signature import Signature, TensorSpec
-from maas.runtimes.base import LoadOptions, Runtime, texts_of
+from maas.runtimes.base import ArtifactInfo, LoadOptions, Runtime, texts_of
 from maas.runtimes.generation import (
     ChatMessage,
     OutputFormat,
@@ -47,6 +49,8 @@ PREDICT_MAX_TOKENS = 64
 N_BATCH = 512
 #: KV cache of a deployment when the operator sets none (all its sequences together).
 DEFAULT_KV_TOKENS = 8192
+#: KV cache of the throw-away instance that reads a pushed file's details.
+_INSPECT_KV_TOKENS = 256
 
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -112,6 +116,21 @@ class LlamaCppRuntime(Runtime):
         self._template = template.decode() if template else None
         self._formatter: Any = None
         self._batch: LlamaDecodeBatch | None = None
+
+    @classmethod
+    def recognises(cls, path: Path, filename: str, head: bytes) -> bool:
+        """A GGUF file, where llama.cpp is installed (else transformers takes it)."""
+        return head[:4] == b"GGUF" and importlib.util.find_spec("llama_cpp") is not None
+
+    @classmethod
+    def inspect(cls, path: Path, *, options: LoadOptions) -> ArtifactInfo:
+        # A small context: inspecting needs the model's description, not its cache.
+        runtime = cls.load(path, options=replace(options, kv_cache_tokens=_INSPECT_KV_TOKENS))
+        try:
+            details = {"format": "gguf", "task": runtime.task, **runtime.details}
+            return ArtifactInfo(cls.framework, runtime.signature, runtime.task, details)
+        finally:
+            runtime.close()
 
     @classmethod
     def load(cls, path: Path, *, options: LoadOptions) -> Self:
