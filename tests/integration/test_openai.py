@@ -71,19 +71,33 @@ class _Tokenizer:
     jinja2 as transformers renders it, tokenized by llama.cpp's vocabulary alone."""
 
     def __init__(self) -> None:
+        import ctypes
+
         import jinja2
         import llama_cpp
 
-        self._vocab = llama_cpp.Llama(str(smollm2_gguf()), vocab_only=True, verbose=False)
-        template = self._vocab.metadata["tokenizer.chat_template"]
+        self._lib, self._ctypes = llama_cpp, ctypes
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        model = llama_cpp.llama_model_load_from_file(str(smollm2_gguf()).encode(), params)
+        self._vocab = llama_cpp.llama_model_get_vocab(model)
+        template = llama_cpp.llama_model_chat_template(model, None).decode()
         self._template = jinja2.Environment().from_string(template)
+
+    def _tokens(self, text: str, special: bool) -> list[int]:
+        data = text.encode()
+        buffer = (self._ctypes.c_int32 * (len(data) + 8))()
+        count = self._lib.llama_tokenize(
+            self._vocab, data, len(data), buffer, len(buffer), False, special
+        )
+        return list(buffer[:count])
 
     def chat(self, messages: list[dict[str, str]]) -> list[int]:
         text = self._template.render(messages=messages, add_generation_prompt=True)
-        return list(self._vocab.tokenize(text.encode(), add_bos=False, special=True))
+        return self._tokens(text, special=True)
 
     def text(self, text: str) -> list[int]:
-        return list(self._vocab.tokenize(text.encode(), add_bos=False, special=False))
+        return self._tokens(text, special=False)
 
 
 @functools.cache
