@@ -531,8 +531,9 @@ def test_sequences_past_the_running_batch_wait_and_leave_with_their_caller(
     _wait_for_metric(llm, "maas_sequences_running", 0, model="smollm2")
     itl_before = _metric(llm, "maas_inter_token_latency_seconds_count", model="smollm2")
     count = [{"role": "user", "content": "Count from one to one thousand."}]
-    # 16 choices fill the demo's running batch (max_running 16); 2 more must wait.
-    body = {"model": "smollm2", "messages": count, "max_tokens": 500, "ignore_eos": True,
+    # 16 choices fill the demo's running batch (max_running 16); 2 more must wait. (16
+    # budgets of prompt + 400 tokens fit the default KV cache of 8192: all 16 run.)
+    body = {"model": "smollm2", "messages": count, "max_tokens": 400, "ignore_eos": True,
             "stream": True, "temperature": 0}  # fmt: skip
     with (
         llm.client() as http,
