@@ -322,8 +322,9 @@ class ChatCompletionRequest(_Sampling):
         )
         choice = self.tool_choice
         if tools and choice != "none":
-            name = choice.function.name if isinstance(choice, _NamedToolChoice) else None
-            return OutputRequest(tools=tools, tool_choice=name or choice or "auto")
+            if isinstance(choice, _NamedToolChoice):
+                return OutputRequest(tools=tools, tool_choice=choice.function.name)
+            return OutputRequest(tools=tools, tool_choice=choice or "auto")
         response = self.response_format
         if response is None or response.type == "text":
             return None

@@ -158,7 +158,9 @@ class GenerationStream:
             self.cancel()  # a no-op once finished; frees the slot if the caller left
 
     async def collect(self) -> Completion:
-        pieces, logprobs, calls = [], [], []
+        pieces: list[str] = []
+        logprobs: list[TokenLogprob] = []
+        calls: list[ToolCall] = []
         finish = None
         async for delta in self:
             pieces.append(delta.text)
