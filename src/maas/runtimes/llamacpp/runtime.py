@@ -158,6 +158,10 @@ class LlamaCppRuntime(Runtime):
         params.n_seq_max = slots
         params.n_threads = params.n_threads_batch = self.threads
         params.kv_unified = True  # shared prefixes share cells; one pool for all slots
+        # Flash attention off: with several sequences in the unified cache, llama.cpp's
+        # CPU flash-attention kernel let them change each other's logits (by up to 0.8;
+        # different greedy answers), and the plain path gives each exactly its own.
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.no_perf = True
         ctx = lib.llama_init_from_model(self._model, params)
         if not ctx:
