@@ -1,1 +1,0 @@
-"""llama.cpp runtime: GGUF language models on their quantized weights (``[gguf]`` extra)."""
