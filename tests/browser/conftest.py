@@ -46,8 +46,11 @@ def _chromium() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
+    """Package-scoped, not session-scoped: Playwright's sync API runs an event loop in
+    this thread until it stops, and every asyncio test collected after the browser tests
+    would fail with "Cannot run the event loop while another loop is running"."""
     executable = _chromium()
     from playwright.sync_api import sync_playwright
 
@@ -58,7 +61,7 @@ def browser() -> Iterator[Any]:
         launched.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[RunningServer]:
     """The demo with its chat and embedding models, as README command 1 starts it."""
     smollm2_gguf(), minilm_dir()  # skip (or fail in CI) without the model packages
