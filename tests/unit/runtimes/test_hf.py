@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import save_file
 from tests.llm_models import minilm_dir, smollm2_gguf
 
 from maas.errors import ContextLengthExceeded, UnsupportedArtifact
@@ -68,7 +69,8 @@ def test_pickled_weights_are_refused(tmp_path: Path) -> None:
 
 def test_an_unknown_architecture_is_refused(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Florp"]}))
-    (tmp_path / "model.safetensors").write_bytes(b"")  # detection comes before weights load
+    # Valid weights, so that only the architecture is left to refuse.
+    save_file({"w": np.zeros(1, dtype=np.float32)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(UnsupportedArtifact, match="causal LMs"):
         inspect_artifact(tmp_path, "model.tar", trust_pickle=False)
 
