@@ -73,17 +73,7 @@ def _status(services: Services, info: VersionInfo) -> dict[str, Any]:
 async def load_version(
     name: str, version: int, request: Request, services: Services = Depends(get_services)
 ) -> Response:
-    async with audited(
-        request,
-        services.audit,
-        "deployment.load",
-        f"{name}:{version}",
-        need=Action.WRITE,
-        model=name,
-    ):
-        info = await services.models.resolve(name, version)
-        await services.models.deployment(info)
-    return json_response(_status(services, info))
+    return await _change_loading(request, services, name, version, load=True)
 
 
 @router.post(
@@ -93,16 +83,23 @@ async def load_version(
 async def unload_version(
     name: str, version: int, request: Request, services: Services = Depends(get_services)
 ) -> Response:
+    return await _change_loading(request, services, name, version, load=False)
+
+
+async def _change_loading(
+    request: Request, services: Services, name: str, version: int, *, load: bool
+) -> Response:
+    """Load or unload one version, audited as ``deployment.load``/``deployment.unload``;
+    answers the version's status after the change."""
+    action = "deployment.load" if load else "deployment.unload"
     async with audited(
-        request,
-        services.audit,
-        "deployment.unload",
-        f"{name}:{version}",
-        need=Action.WRITE,
-        model=name,
+        request, services.audit, action, f"{name}:{version}", need=Action.WRITE, model=name
     ):
         info = await services.models.resolve(name, version)
-        await services.models.unload(name, version)
+        if load:
+            await services.models.deployment(info)
+        else:
+            await services.models.unload(name, version)
     return json_response(_status(services, info))
 
 
