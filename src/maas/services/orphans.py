@@ -12,8 +12,13 @@ unreferenced *and* unchanged for ``storage.gc_grace_s``: a push stores its blob 
 it inspects and records it, and refreshes the blob's time when the bytes were there
 already, so the grace window covers every push in progress. Right before each delete
 the references are read again and the time checked again (``ArtifactStore.collect``).
-Derived directories in the cache (unpacked archives, dequantized GGUF weights) go when
-their blob is gone. One pass runs at a time among every server of the database
+Derived directories in the cache (unpacked archives, dequantized GGUF weights) go with
+their blob: those of the blobs a pass deletes and, when the cache is the server's own
+(``MAAS_HOME/cache``), those whose blob is no longer in the store (a version deleted,
+a crash before its directory went). Cache entries are keyed by content, so a
+``MAAS_CACHE_DIR`` set on purpose may be shared with servers of other stores, whose
+blobs this store lacks: there only the first kind goes. One pass runs at a time among
+every server of the database
 (``maas.registry.locks``); a deletion is idempotent, so even racing passes would only
 repeat each other.
 """
@@ -77,11 +82,14 @@ class OrphanCollector:
         stores: Mapping[StoreName, ArtifactStore],
         cache_root: Path,
         settings: StorageSettings,
+        *,
+        private_cache: bool,
     ) -> None:
         self._engine = engine
         self._sessions = sessions
         self._stores = stores
         self._cache_root = cache_root
+        self._private_cache = private_cache
         self._settings = settings
         self._periodic: asyncio.Task[None] | None = None
 
@@ -136,7 +144,7 @@ class OrphanCollector:
                 CollectedBlob(store=name, digest=blob.digest, size_bytes=size, age_s=age)
             )
         going = {blob.digest for blob in collected if blob.store == "models"}
-        caches = self._caches(cutoff, going if dry_run else set(), dry_run)
+        caches = self._caches(cutoff, going, dry_run)
         freed = sum(blob.size_bytes for blob in collected) + sum(c.size_bytes for c in caches)
         return GcReport(
             dry_run=dry_run,
@@ -157,8 +165,9 @@ class OrphanCollector:
         return self._stores[store].collect(digest, older_than=cutoff, in_use=in_use)
 
     def _caches(self, cutoff: float, going: set[str], dry_run: bool) -> list[CollectedCache]:
-        """Derived directories whose blob is gone (or, in a dry run, would go), and the
-        temp directories of builds that died (older than the grace window)."""
+        """Derived directories of the blobs in ``going`` (deleted, or in a dry run to be),
+        of blobs gone from the store (a private cache only), and the temp directories
+        of builds that died (older than the grace window)."""
         models = self._stores["models"]
         found: list[CollectedCache] = []
         for kind, source_of in _DERIVED:
@@ -172,7 +181,9 @@ class OrphanCollector:
                         continue
                 else:
                     digest = source_of(path.name)
-                    stale = digest is not None and (digest in going or not models.exists(digest))
+                    stale = digest is not None and (
+                        digest in going or (self._private_cache and not models.exists(digest))
+                    )
                 if not stale or not path.is_dir():
                     continue
                 size = _tree_bytes(path)

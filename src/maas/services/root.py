@@ -166,8 +166,10 @@ def _collector(
     settings: Settings, engine: Engine, store: ArtifactStore, dataset_store: ArtifactStore
 ) -> OrphanCollector:
     stores: dict[StoreName, ArtifactStore] = {"models": store, "datasets": dataset_store}
+    cache = settings.cache_path
+    private = cache == settings.home_dir / "cache"  # else maybe shared: see OrphanCollector
     return OrphanCollector(
-        engine, session_factory(engine), stores, settings.cache_path, settings.storage
+        engine, session_factory(engine), stores, cache, settings.storage, private_cache=private
     )
 
 

@@ -49,11 +49,12 @@ class Install:
     dataset_service: DatasetService
     tmp: Path
 
-    def collector(self, grace_s: float = HOUR) -> OrphanCollector:
+    def collector(self, grace_s: float = HOUR, *, private_cache: bool = True) -> OrphanCollector:
         stores = {"models": self.models, "datasets": self.datasets}
         settings = StorageSettings(gc_grace_s=grace_s)
+        sessions = session_factory(self.engine)
         return OrphanCollector(
-            self.engine, session_factory(self.engine), stores, self.cache, settings
+            self.engine, sessions, stores, self.cache, settings, private_cache=private_cache
         )
 
     def version(self, content: bytes, lineage: dict[str, object] | None = None) -> str:
@@ -267,6 +268,22 @@ def test_derived_directories_go_with_their_blob_and_stay_with_a_live_one(
     for path in (keep_unpacked, keep_gguf, live_build, by_path):
         assert (path / "weights.bin").is_file(), path
     assert [p.name for p in (install.cache / "unpacked").iterdir() if "gc-" in p.name] == []
+
+
+def test_a_shared_cache_loses_only_the_directories_of_blobs_the_pass_deleted(
+    install: Install,
+) -> None:
+    """A cache set with MAAS_CACHE_DIR may serve servers of other stores too: a
+    directory whose blob this store never had may be theirs."""
+    lost = orphan(install.models, b"an archive nobody uses")
+    lost_unpacked = derived(install.cache, "unpacked", hex_of(lost))
+    theirs = hashlib.sha256(b"a GGUF file of another store").hexdigest()
+    others = derived(install.cache, "gguf", theirs[:2] + theirs)
+
+    report = install.collector(private_cache=False).collect()
+
+    assert [c.path for c in report.caches] == [f"unpacked/{hex_of(lost)}"]
+    assert not lost_unpacked.exists() and (others / "weights.bin").is_file()
 
 
 # -- one pass at a time ---------------------------------------------------------------------
