@@ -111,7 +111,8 @@ class OrphanCollector:
         now = time.time()
         cutoff = now - grace
         listed = [(name, blob) for name, store in self._stores.items() for blob in store.blobs()]
-        referenced = referenced_digests(self._sessions)  # after the listing: see the module
+        # Read after the listing: every record made before a blob was listed is seen.
+        referenced = referenced_digests(self._sessions)
         candidates: list[tuple[StoreName, StoredBlob]] = []
         skipped: list[SkippedBlob] = []
         young = in_use = 0
@@ -125,8 +126,8 @@ class OrphanCollector:
                 young += 1
             else:
                 candidates.append((name, blob))
-        for skip in skipped:
-            log.warning("gc: %s blob %s skipped: %s", skip.store, skip.digest, skip.reason)
+        if skipped:  # one line a pass, not one a blob
+            log.warning("gc: %d remote blobs not judged: %s", len(skipped), skipped[0].reason)
         collected: list[CollectedBlob] = []
         for name, blob in candidates:
             try:
