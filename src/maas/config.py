@@ -104,6 +104,20 @@ class StorageSettings(_Section):
     artifact_url: str | None = Field(
         None, description="fsspec URL of the artifact store; default MAAS_HOME/artifacts."
     )
+    gc_grace_s: float = Field(
+        3600.0,
+        ge=0,
+        description="Blobs no version, dataset or job references are deleted by the garbage "
+        "collector only once unchanged this long: a push writes its blob before it inspects "
+        "and records it. Keep it longer than the slowest push's inspection.",
+    )
+    gc_interval_s: float = Field(
+        6 * 3600.0,
+        ge=0,
+        description="How often the server collects unreferenced blobs and their derived "
+        "cache directories (0: never; `maas gc` still does). The first pass runs a minute "
+        "after start; one server of a shared database acts at a time.",
+    )
 
 
 class LimitSettings(_Section):

@@ -36,7 +36,8 @@ rebuilds the same class from the code (``error_class_for``).
     │   ├── RolloutFailed
     │   ├── JobFinished
     │   ├── QualityDropTooLarge
-    │   └── SignatureChanged
+    │   ├── SignatureChanged
+    │   └── GcInProgress
     ├── PayloadTooLarge (413)
     ├── UnsupportedMediaType (415)
     ├── UntrustedArtifact (422)
@@ -72,6 +73,7 @@ __all__ = [
     "ContextLengthExceeded",
     "DatasetNotFound",
     "Forbidden",
+    "GcInProgress",
     "GenerationQueueFull",
     "InvalidDataset",
     "InvalidDeployment",
@@ -316,6 +318,14 @@ class SignatureChanged(Conflict):
 
     code = "signature_changed"
     default_message = "the version's signature differs from the one the alias serves now"
+
+
+class GcInProgress(Conflict):
+    """Another garbage collection pass holds the store (this or another server, or
+    ``maas gc --local``); passes take turns rather than race each other."""
+
+    code = "gc_in_progress"
+    default_message = "another garbage collection pass is running; try again when it ends"
 
 
 class PayloadTooLarge(MaasError):

@@ -21,6 +21,7 @@ from maas.api.errors import install_error_handlers
 from maas.api.gateway import Gateway
 from maas.api.hardening import JsonDepthCap
 from maas.api.routers import (
+    admin,
     audit,
     datasets,
     deployments,
@@ -64,7 +65,7 @@ def create_app(services: Services) -> Gateway:
     install_error_handlers(api)
     for router in (health.router, v2.router, models.router, usage.router, deployments.router):
         api.include_router(router)
-    for router in (keys.router, audit.router, metrics.router, openai.router):
+    for router in (keys.router, audit.router, admin.router, metrics.router, openai.router):
         api.include_router(router)
     for router in (datasets.router, jobs.router, whoami.router):
         api.include_router(router)

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import httpx
 import typer
 
+from maas.cli.durations import parse_duration
 from maas.cli.output import console, print_json, print_table
 from maas.cli.remote import http_for, remote_of, reports_errors
 from maas.client._core import raise_for_error
-from maas.errors import InvalidInput
 
 __all__ = ["audit_command", "keys_app"]
 
 keys_app = typer.Typer(no_args_is_help=True)
 
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _KEY_COLUMNS = ("id", "prefix", "name", "role", "models", "owner", "expires_at", "revoked_at")
 
 
@@ -32,10 +31,7 @@ def _expiry(expires_in: str | None) -> str | None:
     """``30d``, ``12h``, ``90m``, ``2w`` → an ISO time that far from now."""
     if expires_in is None:
         return None
-    amount, unit = expires_in[:-1], expires_in[-1:]
-    if unit not in _UNITS or not amount.isdigit():
-        raise InvalidInput(f"--expires-in takes a number and one of m, h, d, w: {expires_in!r}")
-    delta = timedelta(**{_UNITS[unit]: int(amount)})
+    delta = parse_duration(expires_in, "--expires-in", units="mhdw")
     return (datetime.now(UTC) + delta).isoformat()
 
 

@@ -9,6 +9,7 @@ import typer
 
 from maas import __version__
 from maas.cli.datasets import datasets_app
+from maas.cli.gc import gc_command
 from maas.cli.jobs import jobs_app
 from maas.cli.keys import audit_command, keys_app
 from maas.cli.models import models_app, predict_command
@@ -85,6 +86,9 @@ app.add_typer(
 )
 app.add_typer(keys_app, name="keys", help="Create, list, revoke and rotate API keys (admin).")
 app.command("audit", help="Show the audit log (admin).")(audit_command)
+app.command("gc", help="Delete artifacts nothing references (admin); --dry-run lists them first.")(
+    gc_command
+)
 
 
 def main() -> None:

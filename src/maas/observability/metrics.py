@@ -32,6 +32,8 @@ from prometheus_client import (
 
 __all__ = [
     "BATCH_SIZE",
+    "GC_COLLECTED",
+    "GC_COLLECTED_BYTES",
     "INFERENCE_SECONDS",
     "INTER_TOKEN_SECONDS",
     "LOADED_MODELS",
@@ -143,6 +145,17 @@ SEQUENCES_WAITING = Gauge(
     "Sequences waiting to join the generation batch.",
     ["model"],
     multiprocess_mode="livesum",
+)
+GC_COLLECTED = Counter(
+    "maas_gc_collected_total",
+    "Unreferenced blobs (store models or datasets) and derived cache directories (store "
+    "cache) deleted by the garbage collector.",
+    ["store"],
+)
+GC_COLLECTED_BYTES = Counter(
+    "maas_gc_collected_bytes_total",
+    "Bytes the garbage collector freed, by store (models, datasets, cache).",
+    ["store"],
 )
 
 

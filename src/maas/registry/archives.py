@@ -42,6 +42,7 @@ __all__ = [
     "is_archive",
     "safe_extract",
     "unpacked",
+    "unpacked_source",
 ]
 
 _COPY_CHUNK = 1024 * 1024
@@ -146,6 +147,14 @@ def discard_unpacked(archive_name: str, cache_root: Path) -> None:
     artifact store, its digest's hex): the archive is being deleted."""
     if archive_name and "/" not in archive_name and archive_name not in (".", ".."):
         shutil.rmtree(cache_root / "unpacked" / archive_name, ignore_errors=True)
+
+
+def unpacked_source(name: str) -> str | None:
+    """The digest of the blob the directory ``unpacked/<name>`` was made from (the store
+    names a blob by its digest's hex), or ``None`` for a name no blob gives."""
+    if len(name) == 64 and all(c in "0123456789abcdef" for c in name):
+        return f"sha256:{name}"
+    return None
 
 
 def _root_of(tree: Path) -> Path:

@@ -10,6 +10,15 @@ holds. Each write holds an exclusive ``flock`` on its temp file until the file i
 renamed into place, and the kernel drops the lock when its process dies (kill -9
 included), so "unlocked" means "abandoned", whatever the file's age, while another
 process's upload in progress is never touched.
+
+Blobs nothing references any more (a crash between a write and its registry record)
+are deleted by the garbage collector (``maas.services.orphans``) through ``blobs`` and
+``collect``. A blob may be unreferenced for a while legitimately: a push writes it,
+then inspects it, and only then records it. So the collector spares blobs modified
+within its grace window, and every push refreshes that time, a push of bytes the store
+already holds included (``_adopt``). ``collect`` first renames the blob aside, then
+checks its time again: a push that refreshed it before the rename is seen and the blob
+put back, one that comes after finds no blob and stores its own copy.
 """
 
 from __future__ import annotations
@@ -23,18 +32,23 @@ import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from maas.errors import ArtifactCorrupted, InvalidInput, PayloadTooLarge, StorageFailure
 
-__all__ = ["ArtifactStore", "ArtifactWriter", "StoredArtifact"]
+__all__ = ["ArtifactStore", "ArtifactWriter", "StoredArtifact", "StoredBlob"]
 
 log = logging.getLogger("maas.registry")
 
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+_HEX = re.compile(r"[0-9a-f]{64}")
+#: Prefix of a blob the collector has renamed aside while it makes sure of it.
+_ASIDE = ".gc-"
 _READ_CHUNK = 1024 * 1024
 
 
@@ -42,6 +56,16 @@ _READ_CHUNK = 1024 * 1024
 class StoredArtifact:
     digest: str
     size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBlob:
+    """A blob as the garbage collector sees it: ``modified`` is seconds since the epoch,
+    ``None`` when a remote store cannot say (such a blob is never collected)."""
+
+    digest: str
+    size_bytes: int
+    modified: float | None
 
 
 def _hex_of(digest: str) -> str:
@@ -66,6 +90,21 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _put_back(aside: Path, final: Path) -> None:
+    """Undo a collector's rename: the blob is in use after all (or the collector died)."""
+    try:
+        os.link(aside, final)
+    except FileExistsError:  # a push stored the same bytes again meanwhile
+        pass
+    except FileNotFoundError:  # already put back, by another pass
+        return
+    except OSError:  # a file system without hard links
+        if not final.exists():
+            os.replace(aside, final)
+            return
+    aside.unlink(missing_ok=True)
 
 
 def _remove_if_abandoned(path: str) -> bool:
@@ -192,14 +231,24 @@ class ArtifactStore:
             return writer.commit()
 
     def _adopt(self, temp: Path, digest: str) -> None:
-        """Move a complete, fsynced temp file under its digest (or drop it if known)."""
+        """Move a complete, fsynced temp file under its digest (or drop it if known).
+
+        Either way the blob is young afterwards, so a garbage collector spares it until
+        the push that is about to reference it has recorded its version."""
         try:
-            if self._fs is not None and not self._fs.exists(self._remote(digest)):
+            if self._fs is not None:
+                # Uploaded again even when present: an object store cannot refresh a
+                # modification time in place, and the collector goes by that time.
                 self._fs.put_file(str(temp), self._remote(digest))
             final = self._local(digest)
             if final.exists():
-                temp.unlink()
-                return
+                try:
+                    os.utime(final)
+                except FileNotFoundError:  # collected this instant: store this copy
+                    pass
+                else:
+                    temp.unlink()
+                    return
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(temp, final)
             _fsync_dir(final.parent)
@@ -263,6 +312,105 @@ class ArtifactStore:
             self._verified.pop(path, None)
         if self._fs is not None and self._fs.exists(self._remote(digest)):
             self._fs.rm(self._remote(digest))
+
+    # -- garbage collection ----------------------------------------------------------
+
+    def blobs(self) -> Iterator[StoredBlob]:
+        """Every blob of the store (of the remote, for an fsspec store), in no order.
+        A blob a collector left renamed aside (it died) is put back first."""
+        if self._fs is not None:
+            yield from self._remote_blobs()
+            return
+        top = self.root / "sha256"
+        shards = [p for p in top.iterdir() if p.is_dir()] if top.is_dir() else []
+        for shard in shards:
+            for entry in os.scandir(shard):
+                name = entry.name
+                if name.startswith(_ASIDE):
+                    name = name.removeprefix(_ASIDE)
+                    _put_back(Path(entry.path), shard / name)
+                if not _HEX.fullmatch(name) or name[:2] != shard.name:
+                    continue  # not a blob: left alone
+                try:
+                    stat = (shard / name).stat(follow_symlinks=False)
+                except FileNotFoundError:  # deleted meanwhile
+                    continue
+                yield StoredBlob(f"sha256:{name}", stat.st_size, stat.st_mtime)
+
+    def _remote_blobs(self) -> Iterator[StoredBlob]:
+        top = f"{self._remote_root.rstrip('/')}/sha256"
+        try:
+            found: dict[str, dict[str, Any]] = self._fs.find(top, detail=True)
+        except FileNotFoundError:
+            return
+        for path, info in found.items():
+            shard, _, name = path.rstrip("/").rpartition("/")
+            if not _HEX.fullmatch(name) or shard.rpartition("/")[2] != name[:2]:
+                continue
+            yield StoredBlob(f"sha256:{name}", int(info["size"]), self._remote_modified(path))
+
+    def _remote_modified(self, path: str) -> float | None:
+        """The remote's modification time of ``path``; ``None`` if its fsspec
+        implementation gives none."""
+        try:
+            modified = self._fs.modified(path)
+        except (NotImplementedError, KeyError):  # not implemented, or not in its listing
+            return None
+        if not isinstance(modified, datetime):
+            return None
+        if modified.tzinfo is None:  # fsspec's naive times are UTC
+            modified = modified.replace(tzinfo=UTC)
+        return modified.timestamp()
+
+    def collect(
+        self, digest: str, *, older_than: float, in_use: Callable[[str], bool]
+    ) -> int | None:
+        """Delete an unreferenced blob unless it was modified at or after ``older_than``
+        (a push wrote or reused it) or ``in_use(digest)`` now says it is referenced.
+        Returns the bytes freed, ``None`` when it stays (or was gone already)."""
+        if self._fs is not None:
+            return self._collect_remote(digest, older_than, in_use)
+        final = self._local(digest)
+        try:
+            if final.stat().st_mtime >= older_than or in_use(digest):
+                return None
+            aside = final.with_name(_ASIDE + final.name)
+            os.rename(final, aside)
+        except FileNotFoundError:
+            return None
+        try:  # a push that refreshed it before the rename shows here: put it back
+            stat = aside.stat()
+            keep = stat.st_mtime >= older_than
+        except BaseException:
+            _put_back(aside, final)
+            raise
+        if keep:
+            _put_back(aside, final)
+            return None
+        aside.unlink(missing_ok=True)
+        with self._lock:
+            self._verified.pop(final, None)
+        return stat.st_size
+
+    def _collect_remote(
+        self, digest: str, older_than: float, in_use: Callable[[str], bool]
+    ) -> int | None:
+        """An object store has no atomic rename: the time and references are checked
+        just before the delete, which leaves a push a moment to slip in between."""
+        remote = self._remote(digest)
+        try:
+            modified = self._remote_modified(remote)
+            if modified is None or modified >= older_than or in_use(digest):
+                return None
+            size = int(self._fs.size(remote))
+            self._fs.rm(remote)
+        except FileNotFoundError:
+            return None
+        path = self._local(digest)
+        path.unlink(missing_ok=True)
+        with self._lock:
+            self._verified.pop(path, None)
+        return size
 
     def clear_cache(self) -> None:
         """Drop the local cache of a remote store (never the data of a local one)."""

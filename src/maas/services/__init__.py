@@ -4,6 +4,6 @@ Only this package and ``maas.api.app`` wire objects together. May import every l
 below the API (registry, runtimes, serving, auth, jobs).
 """
 
-from maas.services.root import Services, open_services
+from maas.services.root import Services, open_collector, open_services
 
-__all__ = ["Services", "open_services"]
+__all__ = ["Services", "open_collector", "open_services"]

@@ -6,8 +6,8 @@ import asyncio
 import logging
 import multiprocessing
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ from maas.config import Settings
 from maas.jobs.datasets import DatasetService
 from maas.jobs.manager import JobManager
 from maas.jobs.store import JobStore
+from maas.protocols.gc import StoreName
 from maas.protocols.tensors import DecodeLimits
 from maas.registry.archives import ExtractLimits
 from maas.registry.artifacts import ArtifactStore
@@ -33,10 +34,11 @@ from maas.services.completions import TextService
 from maas.services.demo import register_demo_models
 from maas.services.inference import InferenceService
 from maas.services.job_results import PublisherSink
+from maas.services.orphans import OrphanCollector
 from maas.services.publishing import Publisher
 from maas.serving.manager import ModelManager
 
-__all__ = ["Services", "open_services"]
+__all__ = ["Services", "open_collector", "open_services"]
 
 log = logging.getLogger("maas")
 
@@ -62,6 +64,8 @@ class Services:
     jobs: JobManager
     #: What every transport calls to run inference (``maas.services.inference``).
     inference: InferenceService
+    #: Deletes unreferenced artifacts: ``POST /api/v1/admin/gc`` and a periodic pass.
+    orphans: OrphanCollector
     #: ``time.monotonic()`` by which the process must have exited; set by ``begin_drain``.
     drain_deadline: float | None = None
     #: What an operator must know about this server's setup (``/v2/health/ready`` shows
@@ -81,7 +85,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     settings.home_dir.mkdir(parents=True, exist_ok=True)
     engine = create_engine_for(settings.resolved_database_url)
     upgrade_to_head(engine)
-    store = ArtifactStore(settings.resolved_artifact_url)
+    store, dataset_store = _stores(settings)
     registry = RegistryService(session_factory(engine), store)
     models = ModelManager(
         registry,
@@ -97,7 +101,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     admission = Admission(_rate_limiter(settings), usage, prefix=settings.redis_prefix)
     datasets = DatasetService(
         session_factory(engine),
-        ArtifactStore(settings.resolved_artifact_url.rstrip("/") + "/datasets"),
+        dataset_store,
         max_bytes=settings.jobs.max_dataset_bytes,
     )
     jobs = JobManager(
@@ -129,6 +133,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         datasets=datasets,
         jobs=jobs,
         inference=InferenceService(models, registry, admission, text),
+        orphans=_collector(settings, engine, store, dataset_store),
         health_details=_health_details(settings),
     )
     try:
@@ -145,9 +150,39 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         await models.start()
         await usage.start()
         await jobs.start()
+        services.orphans.start()
         yield services
     finally:
         await _close(services)
+
+
+def _stores(settings: Settings) -> tuple[ArtifactStore, ArtifactStore]:
+    """The model versions' store and the datasets' (a store of its own beside it)."""
+    url = settings.resolved_artifact_url
+    return ArtifactStore(url), ArtifactStore(url.rstrip("/") + "/datasets")
+
+
+def _collector(
+    settings: Settings, engine: Engine, store: ArtifactStore, dataset_store: ArtifactStore
+) -> OrphanCollector:
+    stores: dict[StoreName, ArtifactStore] = {"models": store, "datasets": dataset_store}
+    cache = settings.cache_path
+    private = cache == settings.home_dir / "cache"  # else maybe shared: see OrphanCollector
+    return OrphanCollector(
+        engine, session_factory(engine), stores, cache, settings.storage, private_cache=private
+    )
+
+
+@contextmanager
+def open_collector(settings: Settings) -> Iterator[OrphanCollector]:
+    """The garbage collector alone, over the database and stores of ``settings``: what
+    ``maas gc --local`` runs, with no server (and no model) loaded."""
+    engine = create_engine_for(settings.resolved_database_url)
+    try:
+        upgrade_to_head(engine)
+        yield _collector(settings, engine, *_stores(settings))
+    finally:
+        engine.dispose()
 
 
 async def _close(services: Services) -> None:
@@ -158,6 +193,7 @@ async def _close(services: Services) -> None:
         deadline = time.monotonic() + services.settings.serving.drain_timeout_s
     loop = asyncio.get_running_loop()
     parts = {
+        "gc": services.orphans.aclose(),
         "jobs": services.jobs.close(),  # running jobs stop and are queued again
         "records": _flush_records(services),
         "models": services.models.close(),  # deployments unload concurrently

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import tracemalloc
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -176,3 +178,118 @@ def test_fsspec_memory_store_round_trip(tmp_path: Path) -> None:
     store.delete(artifact.digest)
     assert not store.exists(artifact.digest)
     assert not reopened.exists(artifact.digest)
+
+
+# -- garbage collection: listing, collecting, pushes in progress --------------------------
+
+LONG_AGO = 1_000_000_000.0  # 2001: outside any grace window
+
+
+def _age(store: ArtifactStore, digest: str) -> None:
+    os.utime(store.local_path(digest, verify=False), (LONG_AGO, LONG_AGO))
+
+
+def _unused(digest: str) -> bool:
+    return False
+
+
+def test_blobs_lists_each_blob_with_its_size_and_time(store: ArtifactStore) -> None:
+    first = store_chunks(store, [b"first"])
+    second = store_chunks(store, [b"second!"])
+    _age(store, first.digest)
+    (store.root / "sha256" / "README").write_text("not a blob")  # left alone, not listed
+    listed = {blob.digest: blob for blob in store.blobs()}
+    assert set(listed) == {first.digest, second.digest}
+    assert listed[first.digest].size_bytes == 5 and listed[first.digest].modified == LONG_AGO
+    assert listed[second.digest].modified is not None
+    assert listed[second.digest].modified > LONG_AGO
+
+
+def test_a_push_of_bytes_already_stored_makes_them_young_again(store: ArtifactStore) -> None:
+    """A dedup push writes nothing, yet a collector must see its blob as in use from now
+    until the push records its version: the push refreshes the blob's time."""
+    artifact = store_chunks(store, [b"the same bytes"])
+    _age(store, artifact.digest)
+    assert store_chunks(store, [b"the same bytes"]) == artifact
+    (blob,) = store.blobs()
+    assert blob.modified is not None and blob.modified > LONG_AGO
+    assert store.collect(artifact.digest, older_than=blob.modified, in_use=_unused) is None
+    assert store.local_path(artifact.digest).read_bytes() == b"the same bytes"
+
+
+def test_collect_deletes_an_old_blob_and_keeps_a_young_or_used_one(store: ArtifactStore) -> None:
+    old = store_chunks(store, [b"old orphan"])
+    used = store_chunks(store, [b"old, used again"])
+    young = store_chunks(store, [b"young orphan"])
+    _age(store, old.digest)
+    _age(store, used.digest)
+    cutoff = LONG_AGO + 1
+
+    assert store.collect(young.digest, older_than=cutoff, in_use=_unused) is None
+    assert store.collect(used.digest, older_than=cutoff, in_use=lambda d: True) is None
+    assert store.collect(old.digest, older_than=cutoff, in_use=_unused) == len(b"old orphan")
+    assert store.collect(old.digest, older_than=cutoff, in_use=_unused) is None  # gone already
+
+    assert not store.exists(old.digest)
+    assert store.exists(used.digest) and store.exists(young.digest)
+    assert sorted(p.name for p in files_under(store.root / "sha256")) == sorted(
+        [used.digest[7:], young.digest[7:]]
+    )
+
+
+def test_a_push_that_reuses_a_blob_during_its_collection_keeps_it(store: ArtifactStore) -> None:
+    """The push refreshes the blob between the collector's first look and its rename:
+    the collector sees the new time on the renamed file and puts the blob back."""
+    artifact = store_chunks(store, [b"reused mid-collection"])
+    _age(store, artifact.digest)
+
+    def push_meanwhile(digest: str) -> bool:
+        store_chunks(store, [b"reused mid-collection"])
+        return False
+
+    assert store.collect(artifact.digest, older_than=LONG_AGO + 1, in_use=push_meanwhile) is None
+    assert store.local_path(artifact.digest).read_bytes() == b"reused mid-collection"
+    assert [p.name for p in files_under(store.root / "sha256")] == [artifact.digest[7:]]
+
+
+def test_a_blob_a_dead_collector_left_aside_is_put_back(store: ArtifactStore) -> None:
+    kept = store_chunks(store, [b"renamed aside, then the collector died"])
+    pushed = store_chunks(store, [b"renamed aside, then pushed again"])
+    for artifact in (kept, pushed):
+        path = store.local_path(artifact.digest)
+        path.rename(path.with_name(".gc-" + path.name))
+    assert store_chunks(store, [b"renamed aside, then pushed again"]) == pushed  # a new copy
+
+    assert {blob.digest for blob in store.blobs()} == {kept.digest, pushed.digest}
+    assert store.local_path(kept.digest).read_bytes() == b"renamed aside, then the collector died"
+    assert store.local_path(pushed.digest).read_bytes() == b"renamed aside, then pushed again"
+    assert not [p for p in files_under(store.root / "sha256") if p.name.startswith(".gc-")]
+
+
+def _set_remote_time(store: ArtifactStore, digest: str, when: datetime) -> None:
+    """What ``os.utime`` is to a local blob: the memory file system keeps its time as an
+    attribute of the stored file."""
+    store._fs.store[store._remote(digest)].modified = when
+
+
+def test_a_remote_store_collects_by_the_remotes_own_time(tmp_path: Path) -> None:
+    store = ArtifactStore(f"memory://maas-unit-{uuid.uuid4().hex}", cache_dir=tmp_path / "cache")
+    old = store_chunks(store, [b"old remote orphan"])
+    young = store_chunks(store, [b"young remote orphan"])
+    reused = store_chunks(store, [b"old, pushed again"])
+    long_ago = datetime(2001, 9, 9, tzinfo=UTC)
+    for artifact in (old, reused):
+        _set_remote_time(store, artifact.digest, long_ago)
+    store_chunks(store, [b"old, pushed again"])  # a dedup push: uploaded again, young
+
+    listed = {blob.digest: blob.modified for blob in store.blobs()}
+    assert listed[old.digest] == long_ago.timestamp()
+    cutoff = long_ago.timestamp() + 1
+    assert listed[young.digest] > cutoff and listed[reused.digest] > cutoff
+
+    for artifact in (young, reused):
+        assert store.collect(artifact.digest, older_than=cutoff, in_use=_unused) is None
+    assert store.collect(old.digest, older_than=cutoff, in_use=_unused) == old.size_bytes
+    assert not store.exists(old.digest)
+    assert not (tmp_path / "cache" / "sha256" / old.digest[7:9] / old.digest[7:]).exists()
+    assert store.exists(young.digest) and store.exists(reused.digest)

@@ -31,6 +31,7 @@ __all__ = [
     "TEXT_CLASSIFICATION",
     "TEXT_GENERATION",
     "detect_task",
+    "gguf_cache_source",
     "is_gguf",
     "is_model_dir",
     "model_dir_for",
@@ -133,6 +134,20 @@ def _gguf_key(path: Path) -> str:
     return hashlib.sha256(
         f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
     ).hexdigest()
+
+
+def gguf_cache_source(key: str) -> str | None:
+    """The digest of the store blob the cache entry ``gguf/<key>`` was converted from
+    (``_gguf_key`` of ``sha256/ab/<hex>`` is ``ab<hex>``), or ``None`` for one keyed by
+    a path outside the store."""
+    hex_digest = key[2:]
+    if len(key) == 66 and key[:2] == hex_digest[:2] and _is_hex(hex_digest):
+        return f"sha256:{hex_digest}"
+    return None
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
 
 
 def model_dir_for(path: Path, cache_dir: Path | None) -> Path:
