@@ -98,6 +98,14 @@ class GenerationSettings(_Section):
     default_max_tokens: int = Field(
         512, ge=1, description="Completion tokens when the caller sets no max_tokens."
     )
+    kv_cache_tokens: int | None = Field(
+        None,
+        ge=64,
+        description="KV cache of a GGUF model on llama.cpp, in tokens, shared by all its "
+        "running sequences (each holds its prompt and completion; shared prompt prefixes "
+        "count once); sequences wait while it is full. Default 8192 (the model's context, "
+        "if at least 1024 and smaller).",
+    )
 
 
 class StorageSettings(_Section):

@@ -30,6 +30,10 @@ class LoadOptions:
     threads: int | None = None
     #: Where a runtime may keep derived files (a GGUF file's dequantized weights).
     cache_dir: Path | None = None
+    #: Sequences a language model decodes together (llama.cpp sizes its context for them).
+    sequences: int = 1
+    #: Tokens of KV cache a llama.cpp model holds for all its sequences; ``None``: default.
+    kv_cache_tokens: int | None = None
 
 
 @dataclass(frozen=True)

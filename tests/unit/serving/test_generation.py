@@ -29,10 +29,13 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def lm() -> TextGenerator:
+@pytest.fixture(scope="module", params=["llama.cpp", "transformers"])
+def lm(request: pytest.FixtureRequest) -> TextGenerator:
+    """Both engines of the GGUF model: the schedule must hold on either."""
     cache = Path(os.environ["MAAS_CACHE_DIR"])
-    runtime = load_runtime("transformers", smollm2_gguf(), LoadOptions(cache_dir=cache))
+    engine = {"llama.cpp": "llama_cpp", "transformers": "transformers"}[request.param]
+    options = LoadOptions(cache_dir=cache, sequences=8, kv_cache_tokens=4096)
+    runtime = load_runtime(request.param, smollm2_gguf(engine), options)
     assert isinstance(runtime, TextGenerator)
     return runtime
 
