@@ -101,10 +101,11 @@ class GenerationSettings(_Section):
     kv_cache_tokens: int | None = Field(
         None,
         ge=64,
-        description="KV cache of a GGUF model on llama.cpp, in tokens, shared by all its "
-        "running sequences (each holds its prompt and completion; shared prompt prefixes "
-        "count once); sequences wait while it is full. Default 8192 (the model's context, "
-        "if at least 1024 and smaller).",
+        description="KV cache of a GGUF model on llama.cpp, in tokens, split evenly among "
+        "its max_running sequences: each sequence's prompt plus completion must fit in its "
+        "share (a longer one is a 400 context_length_exceeded). Default 8192 (the model's "
+        "context, if at least 1024 and smaller); raise it, or lower max_running, for longer "
+        "conversations.",
     )
 
 

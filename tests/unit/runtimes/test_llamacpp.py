@@ -20,13 +20,13 @@ from maas.runtimes.generation import ChunkedBatch, ConstrainedGenerator, OutputF
 from maas.runtimes.llamacpp.runtime import LlamaCppRuntime, available_cpus
 
 SYSTEM = "You are a helpful assistant who answers in one short sentence. " * 3
-QUESTIONS = ["What is the capital of France?", "Name three colours.", "What is two plus two?"]
+QUESTIONS = ["What is the capital of Germany?", "Name three colours.", "What is two plus two?"]
 
 
 @pytest.fixture(scope="module")
 def lm() -> Iterator[LlamaCppRuntime]:
     runtime = load_runtime(
-        "llama.cpp", smollm2_gguf(), LoadOptions(sequences=4, kv_cache_tokens=4096)
+        "llama.cpp", smollm2_gguf(), LoadOptions(sequences=4, kv_cache_tokens=8192)
     )
     assert isinstance(runtime, LlamaCppRuntime)
     yield runtime
@@ -65,7 +65,7 @@ def test_greedy_answer_and_tokens(lm: LlamaCppRuntime) -> None:
     assert "Paris" in out["text"][0].decode()
     assert lm.decode(lm.encode_text("Hello world")) == "Hello world"
     assert lm.threads == available_cpus()
-    assert lm.context_length == 4096 and lm.stop_token_ids
+    assert lm.context_length == 2048 and lm.stop_token_ids
 
 
 def test_sequences_sharing_steps_get_what_each_gets_alone(lm: LlamaCppRuntime) -> None:
@@ -73,7 +73,7 @@ def test_sequences_sharing_steps_get_what_each_gets_alone(lm: LlamaCppRuntime) -
     alone = {key: _greedy(lm.new_batch(), {key: p}, 12)[key] for key, p in prompts.items()}
     together = _greedy(lm.new_batch(), prompts, 12)
     assert together == alone
-    assert "Paris" in lm.decode(together[0])
+    assert "Berlin" in lm.decode(together[0])
 
 
 def test_a_long_prompt_is_evaluated_in_chunks_beside_a_running_sequence(

@@ -22,7 +22,7 @@ from maas.serving.sampling import Sampler, SamplingParams
 pytestmark = pytest.mark.anyio
 
 QUESTIONS = [
-    "What is the capital of France?",
+    "What is the capital of Germany?",
     "Name three colours.",
     "Write one sentence about the sea.",
     "What is two plus two?",
@@ -74,7 +74,7 @@ async def test_concurrent_sequences_get_what_each_would_get_alone(
     prompts = [_chat(lm, q) for q in QUESTIONS]
     streams = [scheduler.submit(p, GREEDY) for p in prompts]
     done = await asyncio.gather(*(s.collect() for s in streams))
-    assert "Paris" in done[0].text
+    assert "Berlin" in done[0].text
     for prompt, completion in zip(prompts, done, strict=True):
         assert completion.text == _alone(lm, prompt, 24)
         assert completion.prompt_tokens == len(prompt)
@@ -115,10 +115,10 @@ async def test_a_stop_string_cuts_the_text_and_is_never_streamed(
 ) -> None:
     prompt = _chat(lm, QUESTIONS[0])
     full = _alone(lm, prompt, 24)
-    assert "Paris" in full
-    params = SamplingParams(24, temperature=0.0, stop=("Paris",))
+    assert "Berlin" in full
+    params = SamplingParams(24, temperature=0.0, stop=("Berlin",))
     pieces = [d.text async for d in scheduler.submit(prompt, params)]
-    assert "".join(pieces) == full[: full.index("Paris")]
+    assert "".join(pieces) == full[: full.index("Berlin")]
     assert all("Par" not in piece for piece in pieces[-1:])
 
 

@@ -1,16 +1,16 @@
 """``LlamaDecodeBatch``: every running sequence of a GGUF model in one llama.cpp context.
 
-The context holds one KV cache shared by ``slots`` sequence ids (llama.cpp's unified
-cache, as ``llama-server`` uses it). A request takes a slot for its life; each ``step``
+The context holds a KV cache for each of ``slots`` sequence ids (llama.cpp's per-sequence
+streams, as ``llama-server -np N`` has them; see the runtime for why not the unified
+cache). A request takes a slot for its life; each ``step``
 is one ``llama_decode`` of a batch that carries every running sequence's last token and,
 in the room left (``n_batch``), the next chunk of any prompt still being evaluated, so a
 long prompt is spread over several steps instead of stalling the running streams.
 
 Slots keep what they cached when their sequence leaves. A new prompt starts from the
-longest prefix some slot already holds: in place if that slot is free, or shared from a
-running one with ``llama_memory_seq_cp`` (in the unified cache the cells are shared, not
-copied), so a system prompt that many requests repeat is evaluated once. Cached
-prefixes of free slots are the first thing given up when the cache runs short.
+longest prefix some slot already holds: in place if that slot is free, or copied from a
+running one (``llama_memory_seq_cp`` of its whole cache, cut back to the prefix), so a
+system prompt that many requests repeat is evaluated once.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ class LlamaContext:
         self.n_batch = n_batch
         self.slots = slots
         self.n_ctx = int(lib.llama_n_ctx(ctx))
+        #: Tokens each sequence's own cache holds.
+        self.n_ctx_seq = int(lib.llama_n_ctx_seq(ctx))
         self.n_vocab = n_vocab
         self.batch = lib.llama_batch_init(n_batch, 0, 1)
         #: The batch whose sequences the cache holds now (one at a time).
@@ -127,7 +129,10 @@ class LlamaDecodeBatch:
             target = min(free, key=lambda slot: (bool(slot.cached), slot.last_used))
             memory.llama_memory_seq_rm(self._context.memory, target.seq, -1, -1)
             if best is not None and shared > 0:
-                memory.llama_memory_seq_cp(self._context.memory, best.seq, target.seq, 0, shared)
+                # Sequences have a cache each: copy the running one's whole, then cut it
+                # back to the prefix (llama.cpp copies between caches only whole).
+                memory.llama_memory_seq_cp(self._context.memory, best.seq, target.seq, -1, -1)
+                memory.llama_memory_seq_rm(self._context.memory, target.seq, shared, -1)
             else:
                 shared = 0
         self.prompt_tokens_reused += shared
@@ -207,25 +212,13 @@ class LlamaDecodeBatch:
 
     def _decode(self, batch: Any) -> None:
         status = self._lib.llama_decode(self._context.ctx, batch)
-        if status == 1 and self._evict_free():
-            status = self._lib.llama_decode(self._context.ctx, batch)
-        if status != 0:
+        if status != 0:  # the scheduler keeps each sequence within its cache: a fault
             raise RuntimeFailure(
-                f"llama_decode failed ({status}): the KV cache of {self.token_capacity} "
-                "tokens is full"
+                f"llama_decode failed ({status}): a sequence's cache of "
+                f"{self._context.n_ctx_seq} tokens is full"
                 if status == 1
                 else f"llama_decode failed ({status})"
             )
-
-    def _evict_free(self) -> bool:
-        """Drop the cached prefixes of free slots; whether there was any."""
-        evicted = False
-        for slot in self._slots:
-            if slot.key is None and slot.cached:
-                self._lib.llama_memory_seq_rm(self._context.memory, slot.seq, -1, -1)
-                slot.cached = []
-                evicted = True
-        return evicted
 
     # -- DecodeBatch, for callers without a scheduler ----------------------------------
 

@@ -106,7 +106,7 @@ class LlamaCppRuntime(Runtime):
         capacity = options.kv_cache_tokens or min(DEFAULT_KV_TOKENS, max(trained, 1024))
         self.threads = options.threads or available_cpus()
         self._context = self._new_context(capacity, max(1, options.sequences))
-        self.context_length = min(trained, self._context.n_ctx)
+        self.context_length = min(trained, self._context.n_ctx_seq)
         self.stop_token_ids = frozenset(
             token for token in range(self.n_vocab) if lib.llama_vocab_is_eog(self._vocab, token)
         )
@@ -157,10 +157,16 @@ class LlamaCppRuntime(Runtime):
         params.n_batch = params.n_ubatch = N_BATCH
         params.n_seq_max = slots
         params.n_threads = params.n_threads_batch = self.threads
-        params.kv_unified = True  # shared prefixes share cells; one pool for all slots
-        # Flash attention off: with several sequences in the unified cache, llama.cpp's
-        # CPU flash-attention kernel let them change each other's logits (by up to 0.8;
-        # different greedy answers), and the plain path gives each exactly its own.
+        # A cache per sequence, not llama.cpp's unified one. In a unified cache a
+        # sequence's cells land wherever others left room, so the order of the sums over
+        # them changes with the load, and a Q4 model's quantized activations turn those
+        # last-bit changes into logits up to 1.0 apart: the same greedy request answered
+        # differently when others ran. With a cache each, a sequence gets exactly the
+        # logits it gets alone, whoever shares its steps (the price: each sequence has
+        # ``n_ctx / slots`` tokens, as in llama-server with ``-np``).
+        params.kv_unified = False
+        # Flash attention off: measured with several sequences, llama.cpp's CPU
+        # flash-attention kernel let them change each other's logits (by up to 0.8).
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.no_perf = True
         ctx = lib.llama_init_from_model(self._model, params)
