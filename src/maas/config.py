@@ -103,8 +103,8 @@ class GenerationSettings(_Section):
         ge=64,
         description="KV cache of a GGUF model on llama.cpp, in tokens, split evenly among "
         "its max_running sequences: each sequence's prompt plus completion must fit in its "
-        "share (a longer one is a 400 context_length_exceeded). Default 8192 (the model's "
-        "context, if at least 1024 and smaller); raise it, or lower max_running, for longer "
+        "share (a longer one is a 400 context_length_exceeded). Default 16384 (1,024 "
+        "tokens each for the default 16 sequences); raise it, or lower max_running, for longer "
         "conversations.",
     )
 

@@ -31,7 +31,7 @@ from tests.integration.server import RunningServer, start_server
 from tests.integration.serving_helpers import push
 from tests.llm_models import minilm_dir, smollm2_gguf
 
-CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
+CAPITAL = [{"role": "user", "content": "What is the capital of Germany?"}]
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_greedy_chat_answers_paris_with_exact_usage(llm: RunningServer) -> None:
         model="smollm2", messages=CAPITAL, temperature=0, max_tokens=32
     )
     choice = answer.choices[0]
-    assert "Paris" in (choice.message.content or "")
+    assert "Berlin" in (choice.message.content or "")
     assert choice.message.role == "assistant" and choice.finish_reason == "stop"
     assert answer.object == "chat.completion" and answer.model == "smollm2"
     tokenizer = _tokenizer()
@@ -197,11 +197,11 @@ def test_length_stop_n_and_seed(llm: RunningServer) -> None:
         model="smollm2", messages=CAPITAL, temperature=0, max_tokens=32
     ).choices[0]
     whole = unstopped.message.content or ""
-    assert "Paris" in whole  # else the stop below could not take effect
+    assert "Berlin" in whole  # else the stop below could not take effect
     stopped = sdk.chat.completions.create(
-        model="smollm2", messages=CAPITAL, temperature=0, stop=["Paris"], max_tokens=32
+        model="smollm2", messages=CAPITAL, temperature=0, stop=["Berlin"], max_tokens=32
     ).choices[0]
-    assert stopped.message.content == whole[: whole.index("Paris")]  # cut right before it
+    assert stopped.message.content == whole[: whole.index("Berlin")]  # cut right before it
     assert stopped.finish_reason == "stop"
     story = [{"role": "user", "content": "Tell me a story about a dragon."}]
 
@@ -509,9 +509,10 @@ def test_n_choices_stream_each_index_with_usage(llm: RunningServer) -> None:
 
 def test_a_non_streaming_client_that_hangs_up_frees_its_sequence(llm: RunningServer) -> None:
     _wait_for_metric(llm, "maas_sequences_running", 0, model="smollm2")
+    generated = _metric(llm, "maas_tokens_generated_total", model="smollm2")
     count = [{"role": "user", "content": "Count from one to one thousand."}]
-    # ignore_eos: only the hang-up can end it within the wait (2000 tokens take minutes)
-    body = json.dumps({"model": "smollm2", "messages": count, "max_tokens": 2000,
+    # ignore_eos: only the hang-up can end it before max_tokens
+    body = json.dumps({"model": "smollm2", "messages": count, "max_tokens": 900,
                        "ignore_eos": True}).encode()  # fmt: skip
     host, port = llm.hostport.rsplit(":", 1)
     head = (
@@ -523,6 +524,8 @@ def test_a_non_streaming_client_that_hangs_up_frees_its_sequence(llm: RunningSer
         raw.sendall(head.encode() + body)
         _wait_for_metric(llm, "maas_sequences_running", 1, model="smollm2")
     _wait_for_metric(llm, "maas_sequences_running", 0, model="smollm2")
+    # It ended because the caller left, not because it ran out of tokens.
+    assert _metric(llm, "maas_tokens_generated_total", model="smollm2") - generated < 900
 
 
 def test_sequences_past_the_running_batch_wait_and_leave_with_their_caller(
@@ -689,7 +692,7 @@ def test_pushing_a_gguf_and_a_model_directory_with_the_cli(fresh_server: Running
                                      "--alias", "production"))  # fmt: skip
     sdk = _sdk(fresh_server)
     answer = sdk.chat.completions.create(model="chat", messages=CAPITAL, temperature=0)
-    assert "Paris" in (answer.choices[0].message.content or "")
+    assert "Berlin" in (answer.choices[0].message.content or "")
     vectors = sdk.embeddings.create(model="embed:production", input=["a", "b"]).data
     assert len(vectors) == 2 and len(vectors[0].embedding) == 384
     with fresh_server.client() as http:
@@ -939,3 +942,23 @@ def test_structured_output_needs_a_grammar_engine(
         assert refused.value.body["param"] == param  # type: ignore[index]
     answer = sdk.completions.create(model="tiny", prompt="a b", max_tokens=2, logprobs=1)
     assert answer.choices[0].logprobs is not None
+    # int8 linear layers: a deployment setting of transformers models; the model is
+    # redeployed and answers; a llama.cpp model (quantized already) refuses it.
+    with fresh_server.client() as http:
+        version = http.get("/api/v1/models/tiny/versions/1").json()
+        spec = {**version["deployment"], "quantize": "int8"}
+        changed = http.put("/api/v1/models/tiny/versions/1/deployment", json=spec)
+        assert changed.status_code == 200, changed.text
+        assert changed.json()["deployment"]["quantize"] == "int8"
+    again = sdk.completions.create(model="tiny", prompt="a b", max_tokens=2)
+    assert again.usage is not None and again.usage.completion_tokens == 2
+    push(fresh_server, smollm2_gguf(), "gguf")
+    with fresh_server.client() as http:
+        spec = {**http.get("/api/v1/models/gguf/versions/1").json()["deployment"]}
+        refused = http.put(
+            "/api/v1/models/gguf/versions/1/deployment", json={**spec, "quantize": "int8"}
+        )
+        assert refused.status_code == 400, refused.text
+        body = refused.json()
+        assert body["code"] == "invalid_deployment" and "llama.cpp" in body["error"]
+        assert http.get("/api/v1/models/gguf/versions/1").json()["deployment"]["quantize"] is None

@@ -34,6 +34,9 @@ class LoadOptions:
     sequences: int = 1
     #: Tokens of KV cache a llama.cpp model holds for all its sequences; ``None``: default.
     kv_cache_tokens: int | None = None
+    #: A deployment's ``quantize`` (``"int8"``): only runtimes that name it in
+    #: ``Runtime.quantizations`` are given one.
+    quantize: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class Runtime(abc.ABC):
     optimize_methods: ClassVar[tuple[str, ...]] = ()
     #: Whether a job (evaluate, optimize's measurements) can load its models in process.
     job_loadable: ClassVar[bool] = False
+    #: What a deployment's ``quantize`` may ask of its models at load (``"int8"``).
+    quantizations: ClassVar[tuple[str, ...]] = ()
 
     signature: Signature
 

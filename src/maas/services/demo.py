@@ -153,7 +153,7 @@ def demo_banner(url: str, admin_key: AdminKeyNotice | None = None) -> str:
 
   python -c "from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key={openai_key}); \\
 print(c.chat.completions.create(model='smollm2', messages=[{{'role': 'user', \\
-'content': 'What is the capital of France?'}}], temperature=0).choices[0].message.content)"
+'content': 'What is the capital of Germany?'}}], temperature=0).choices[0].message.content)"
 """
     return banner
 

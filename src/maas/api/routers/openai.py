@@ -208,7 +208,7 @@ async def get_model(model: str, request: Request, services: _Services) -> Respon
 
 _CHAT_EXAMPLE = {
     "model": "smollm2",
-    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    "messages": [{"role": "user", "content": "What is the capital of Germany?"}],
     "max_tokens": 32,
     "temperature": 0,
 }

@@ -51,7 +51,7 @@ class CausalLMRuntime(TransformersRuntime):
 
     @classmethod
     def _load_dir(cls, model_dir: Path, options: LoadOptions) -> Self:
-        model, tokenizer = cls._pretrained(model_dir, "AutoModelForCausalLM")
+        model, tokenizer = cls._pretrained(model_dir, "AutoModelForCausalLM", options)
         return cls(model, tokenizer, model_dir)
 
     @property

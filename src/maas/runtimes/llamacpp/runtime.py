@@ -47,8 +47,9 @@ SIGNATURE = Signature(
 PREDICT_MAX_TOKENS = 64
 #: Tokens one ``llama_decode`` takes: decode tokens plus a chunk of prompt.
 N_BATCH = 512
-#: KV cache of a deployment when the operator sets none (all its sequences together).
-DEFAULT_KV_TOKENS = 8192
+#: KV cache of a deployment when the operator sets none, all its sequences together
+#: (1,024 tokens each of the default 16 sequences; 377 MiB for SmolLM2-135M).
+DEFAULT_KV_TOKENS = 16384
 #: KV cache of the throw-away instance that reads a pushed file's details.
 _INSPECT_KV_TOKENS = 256
 
@@ -103,9 +104,10 @@ class LlamaCppRuntime(Runtime):
         self._vocab = lib.llama_model_get_vocab(model)
         self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
         trained = int(lib.llama_model_n_ctx_train(model))
-        capacity = options.kv_cache_tokens or min(DEFAULT_KV_TOKENS, max(trained, 1024))
+        slots = max(1, options.sequences)
+        capacity = options.kv_cache_tokens or min(DEFAULT_KV_TOKENS, trained * slots)
         self.threads = options.threads or available_cpus()
-        self._context = self._new_context(capacity, max(1, options.sequences))
+        self._context = self._new_context(capacity, slots)
         self.context_length = min(trained, self._context.n_ctx_seq)
         self.stop_token_ids = frozenset(
             token for token in range(self.n_vocab) if lib.llama_vocab_is_eog(self._vocab, token)
@@ -125,7 +127,9 @@ class LlamaCppRuntime(Runtime):
     @classmethod
     def inspect(cls, path: Path, *, options: LoadOptions) -> ArtifactInfo:
         # A small context: inspecting needs the model's description, not its cache.
-        runtime = cls.load(path, options=replace(options, kv_cache_tokens=_INSPECT_KV_TOKENS))
+        runtime = cls.load(
+            path, options=replace(options, kv_cache_tokens=_INSPECT_KV_TOKENS, sequences=1)
+        )
         try:
             details = {"format": "gguf", "task": runtime.task, **runtime.details}
             return ArtifactInfo(cls.framework, runtime.signature, runtime.task, details)
@@ -165,9 +169,10 @@ class LlamaCppRuntime(Runtime):
         # logits it gets alone, whoever shares its steps (the price: each sequence has
         # ``n_ctx / slots`` tokens, as in llama-server with ``-np``).
         params.kv_unified = False
-        # Flash attention off: measured with several sequences, llama.cpp's CPU
-        # flash-attention kernel let them change each other's logits (by up to 0.8).
-        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        # Flash attention: with a cache per sequence it, too, gives each sequence exactly
+        # its own logits (measured: identical alone and beside others), and it decodes
+        # 12-17% faster here. (Beside the unified cache it did not: up to 0.8 apart.)
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
         params.no_perf = True
         ctx = lib.llama_init_from_model(self._model, params)
         if not ctx:
