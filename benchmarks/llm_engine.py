@@ -3,6 +3,7 @@
     python benchmarks/llm_engine.py                      # 1 and 2 cores, 1/4/16 streams
     python benchmarks/llm_engine.py --cores 1 --streams 1 4 --rounds 1
     python benchmarks/llm_engine.py --llama-server /path/to/llama-server
+    python benchmarks/llm_engine.py --peer-python /path/to/venv/bin/python  # its llama_cpp.server
 
 Servers, each pinned with ``taskset`` to the same cores and started from nothing:
 maas (``maas serve --demo``, the demo's SmolLM2-135M-Instruct Q4_1 on llama.cpp),
@@ -213,7 +214,9 @@ async def _structured(url: str, count: int) -> tuple[int, int]:
     return sum(valid), count
 
 
-def servers(gguf: Path, home: Path, threads: int, llama_server: str | None) -> list[Server]:
+def servers(
+    gguf: Path, home: Path, threads: int, llama_server: str | None, peer_python: str
+) -> list[Server]:
     found = [
         Server(
             "maas",
@@ -225,7 +228,7 @@ def servers(gguf: Path, home: Path, threads: int, llama_server: str | None) -> l
         ),
         Server(
             "llama_cpp.server",
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--port", "{port}",
+            [peer_python, "-m", "llama_cpp.server", "--model", str(gguf), "--port", "{port}",
              "--n_threads", str(threads), "--n_threads_batch", str(threads),
              "--n_ctx", str(KV_TOKENS), "--model_alias", "smollm2"],
             "smollm2",
@@ -257,17 +260,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--structured", type=int, default=50)
     parser.add_argument("--llama-server", default=shutil.which("llama-server"))
+    parser.add_argument(
+        "--peer-python",
+        default=sys.executable,
+        help="a Python with llama-cpp-python[server] installed (its llama_cpp.server)",
+    )
     args = parser.parse_args(argv)
     gguf = gguf_path()
     lines = [f"# {gguf.name}, {args.tokens} greedy tokens per stream, rounds alternate\n"]
     with _home() as home:
         # Register the demo once, so cold starts below measure a start, not a push.
-        first = servers(gguf, home, 1, None)[0]
+        first = servers(gguf, home, 1, None, args.peer_python)[0]
         first.start("0")
         first.stop()
         for cores in args.cores:
             cpus = "0" if cores == 1 else f"0-{cores - 1}"
-            fleet = servers(gguf, home, cores, args.llama_server)
+            fleet = servers(gguf, home, cores, args.llama_server, args.peer_python)
             results: dict[str, dict[int, list[Round]]] = {s.name: {} for s in fleet}
             for server in fleet:
                 server.start(cpus)

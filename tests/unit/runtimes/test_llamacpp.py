@@ -7,6 +7,8 @@ chunks beside it, or on a prefix taken from the cache; grammars hold the output.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -153,3 +155,26 @@ def test_a_schema_that_cannot_be_a_grammar_is_refused(lm: LlamaCppRuntime) -> No
     with pytest.raises(InvalidRequest) as refused:
         lm.constraint(OutputFormat({"$ref": "https://example.com/elsewhere.json"}))
     assert refused.value.details["param"] == "response_format"
+
+
+def test_serving_a_gguf_imports_neither_torch_nor_transformers() -> None:
+    """The small install (``.[onnx,gguf]``) serves chat: loading and running a GGUF model
+    through the catalog and the scheduler's seam must not need torch."""
+    script = f"""
+import sys
+from pathlib import Path
+from maas.runtimes.base import LoadOptions
+from maas.runtimes.catalog import inspect_artifact, load_runtime
+path = Path({str(smollm2_gguf())!r})
+assert inspect_artifact(path, path.name, trust_pickle=False).framework == "llama.cpp"
+lm = load_runtime("llama.cpp", path, LoadOptions(kv_cache_tokens=512))
+batch = lm.new_batch()
+batch.join(0, lm.encode_chat([{{"role": "user", "content": "Hi"}}]))
+import maas.serving.generation, maas.services.completions  # the serving path itself
+print(sorted(m for m in ("torch", "transformers", "accelerate") if m in sys.modules))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
