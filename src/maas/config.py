@@ -98,6 +98,15 @@ class GenerationSettings(_Section):
     default_max_tokens: int = Field(
         512, ge=1, description="Completion tokens when the caller sets no max_tokens."
     )
+    kv_cache_tokens: int | None = Field(
+        None,
+        ge=64,
+        description="KV cache of a GGUF model on llama.cpp, in tokens, split evenly among "
+        "its max_running sequences: each sequence's prompt plus completion must fit in its "
+        "share (a longer one is a 400 context_length_exceeded). Default 16384 (1,024 "
+        "tokens each for the default 16 sequences); raise it, or lower max_running, for longer "
+        "conversations.",
+    )
 
 
 class StorageSettings(_Section):

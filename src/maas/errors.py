@@ -214,7 +214,8 @@ class InvalidSpec(InvalidRequest):
 
 class InvalidDeployment(InvalidRequest):
     """A deployment spec that cannot serve its version: preferred batch sizes past
-    ``max_batch_size``, or batching on a model whose inputs have a fixed first dimension."""
+    ``max_batch_size``, batching on a model whose inputs have a fixed first dimension,
+    or a ``quantize`` its runtime cannot do."""
 
     code = "invalid_deployment"
     default_message = "invalid deployment spec"

@@ -171,7 +171,7 @@ def test_chat_streams_tokens_and_embeddings_compare_two_texts(console: Guarded) 
                 .observe(log, {subtree: true, characterData: true, childList: true});
         }"""
     )
-    page.get_by_label("Message").fill("What is the capital of France?")
+    page.get_by_label("Message").fill("What is the capital of Germany?")
     page.get_by_role("button", name="Send").click()
     page.locator("#chat-stats", has_text="tokens/s").wait_for(timeout=120_000)
     answer = page.locator(".msg.assistant").inner_text()

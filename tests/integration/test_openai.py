@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import functools
 import json
 import os
 import re
@@ -27,9 +28,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from tests.integration.server import RunningServer, start_server
+from tests.integration.serving_helpers import push
 from tests.llm_models import minilm_dir, smollm2_gguf
 
-CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
+CAPITAL = [{"role": "user", "content": "What is the capital of Germany?"}]
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +66,43 @@ def _key(server: RunningServer, **spec: Any) -> str:
     return key
 
 
-def _tokenizer() -> Any:
-    """The tokenizer the servers use: a dequantized copy in the session's shared cache
-    (SmolLM2 is the only GGUF the tests use; a copy of it dequantized in process has
-    another cache key, and the same tokenizer)."""
-    root = Path(os.environ["MAAS_CACHE_DIR"]) / "gguf"
-    copies = sorted(p for p in root.iterdir() if not p.name.startswith("."))
-    return AutoTokenizer.from_pretrained(copies[0])
+class _Tokenizer:
+    """SmolLM2's tokens counted apart from maas's code: the chat template rendered with
+    jinja2 as transformers renders it, tokenized by llama.cpp's vocabulary alone."""
+
+    def __init__(self) -> None:
+        import ctypes
+
+        import jinja2
+        import llama_cpp
+
+        self._lib, self._ctypes = llama_cpp, ctypes
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        model = llama_cpp.llama_model_load_from_file(str(smollm2_gguf()).encode(), params)
+        self._vocab = llama_cpp.llama_model_get_vocab(model)
+        template = llama_cpp.llama_model_chat_template(model, None).decode()
+        self._template = jinja2.Environment().from_string(template)
+
+    def _tokens(self, text: str, special: bool) -> list[int]:
+        data = text.encode()
+        buffer = (self._ctypes.c_int32 * (len(data) + 8))()
+        count = self._lib.llama_tokenize(
+            self._vocab, data, len(data), buffer, len(buffer), False, special
+        )
+        return list(buffer[:count])
+
+    def chat(self, messages: list[dict[str, str]]) -> list[int]:
+        text = self._template.render(messages=messages, add_generation_prompt=True)
+        return self._tokens(text, special=True)
+
+    def text(self, text: str) -> list[int]:
+        return self._tokens(text, special=False)
+
+
+@functools.cache
+def _tokenizer() -> _Tokenizer:
+    return _Tokenizer()
 
 
 def _metric(server: RunningServer, name: str, **labels: str) -> float:
@@ -102,8 +134,7 @@ def _wait_for_metric(server: RunningServer, name: str, value: float, **labels: s
 
 
 def _prompt_tokens(messages: list[dict[str, str]]) -> int:
-    ids = _tokenizer().apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    return len(ids["input_ids"] if not isinstance(ids, list) else ids)
+    return len(_tokenizer().chat(messages))
 
 
 def test_greedy_chat_answers_paris_with_exact_usage(llm: RunningServer) -> None:
@@ -111,13 +142,12 @@ def test_greedy_chat_answers_paris_with_exact_usage(llm: RunningServer) -> None:
         model="smollm2", messages=CAPITAL, temperature=0, max_tokens=32
     )
     choice = answer.choices[0]
-    assert "Paris" in (choice.message.content or "")
+    assert "Berlin" in (choice.message.content or "")
     assert choice.message.role == "assistant" and choice.finish_reason == "stop"
     assert answer.object == "chat.completion" and answer.model == "smollm2"
     tokenizer = _tokenizer()
-    prompt = tokenizer.apply_chat_template(CAPITAL, add_generation_prompt=True, tokenize=True)
-    prompt_ids = prompt["input_ids"] if not isinstance(prompt, list) else prompt
-    completion_ids = tokenizer(choice.message.content, add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenizer.chat(CAPITAL)
+    completion_ids = tokenizer.text(choice.message.content or "")
     assert answer.usage is not None
     assert answer.usage.prompt_tokens == len(prompt_ids)
     assert answer.usage.completion_tokens == len(completion_ids)
@@ -167,11 +197,11 @@ def test_length_stop_n_and_seed(llm: RunningServer) -> None:
         model="smollm2", messages=CAPITAL, temperature=0, max_tokens=32
     ).choices[0]
     whole = unstopped.message.content or ""
-    assert "Paris" in whole  # else the stop below could not take effect
+    assert "Berlin" in whole  # else the stop below could not take effect
     stopped = sdk.chat.completions.create(
-        model="smollm2", messages=CAPITAL, temperature=0, stop=["Paris"], max_tokens=32
+        model="smollm2", messages=CAPITAL, temperature=0, stop=["Berlin"], max_tokens=32
     ).choices[0]
-    assert stopped.message.content == whole[: whole.index("Paris")]  # cut right before it
+    assert stopped.message.content == whole[: whole.index("Berlin")]  # cut right before it
     assert stopped.finish_reason == "stop"
     story = [{"role": "user", "content": "Tell me a story about a dragon."}]
 
@@ -479,9 +509,10 @@ def test_n_choices_stream_each_index_with_usage(llm: RunningServer) -> None:
 
 def test_a_non_streaming_client_that_hangs_up_frees_its_sequence(llm: RunningServer) -> None:
     _wait_for_metric(llm, "maas_sequences_running", 0, model="smollm2")
+    generated = _metric(llm, "maas_tokens_generated_total", model="smollm2")
     count = [{"role": "user", "content": "Count from one to one thousand."}]
-    # ignore_eos: only the hang-up can end it within the wait (2000 tokens take minutes)
-    body = json.dumps({"model": "smollm2", "messages": count, "max_tokens": 2000,
+    # ignore_eos: only the hang-up can end it before max_tokens
+    body = json.dumps({"model": "smollm2", "messages": count, "max_tokens": 900,
                        "ignore_eos": True}).encode()  # fmt: skip
     host, port = llm.hostport.rsplit(":", 1)
     head = (
@@ -493,6 +524,8 @@ def test_a_non_streaming_client_that_hangs_up_frees_its_sequence(llm: RunningSer
         raw.sendall(head.encode() + body)
         _wait_for_metric(llm, "maas_sequences_running", 1, model="smollm2")
     _wait_for_metric(llm, "maas_sequences_running", 0, model="smollm2")
+    # It ended because the caller left, not because it ran out of tokens.
+    assert _metric(llm, "maas_tokens_generated_total", model="smollm2") - generated < 900
 
 
 def test_sequences_past_the_running_batch_wait_and_leave_with_their_caller(
@@ -501,8 +534,9 @@ def test_sequences_past_the_running_batch_wait_and_leave_with_their_caller(
     _wait_for_metric(llm, "maas_sequences_running", 0, model="smollm2")
     itl_before = _metric(llm, "maas_inter_token_latency_seconds_count", model="smollm2")
     count = [{"role": "user", "content": "Count from one to one thousand."}]
-    # 16 choices fill the demo's running batch (max_running 16); 2 more must wait.
-    body = {"model": "smollm2", "messages": count, "max_tokens": 500, "ignore_eos": True,
+    # 16 choices fill the demo's running batch (max_running 16); 2 more must wait. (16
+    # budgets of prompt + 400 tokens fit the default KV cache of 8192: all 16 run.)
+    body = {"model": "smollm2", "messages": count, "max_tokens": 400, "ignore_eos": True,
             "stream": True, "temperature": 0}  # fmt: skip
     with (
         llm.client() as http,
@@ -658,7 +692,7 @@ def test_pushing_a_gguf_and_a_model_directory_with_the_cli(fresh_server: Running
                                      "--alias", "production"))  # fmt: skip
     sdk = _sdk(fresh_server)
     answer = sdk.chat.completions.create(model="chat", messages=CAPITAL, temperature=0)
-    assert "Paris" in (answer.choices[0].message.content or "")
+    assert "Berlin" in (answer.choices[0].message.content or "")
     vectors = sdk.embeddings.create(model="embed:production", input=["a", "b"]).data
     assert len(vectors) == 2 and len(vectors[0].embedding) == 384
     with fresh_server.client() as http:
@@ -666,3 +700,265 @@ def test_pushing_a_gguf_and_a_model_directory_with_the_cli(fresh_server: Running
     assert version["framework"] == "transformers"
     assert version["metadata"]["task"] == "embeddings"
     assert version["deployment"]["max_batch_size"] > 1  # embedders batch by default
+
+
+# -- structured output, tools, logprobs, stops (llama.cpp) -----------------------------
+
+CITY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 40},
+        "country": {"type": "string", "maxLength": 40},
+        "population": {"type": "integer", "minimum": 0},
+        "coastal": {"type": "boolean"},
+    },
+    "required": ["city", "country", "population", "coastal"],
+    "additionalProperties": False,
+}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 40}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+WEATHER_QUESTION = [{"role": "user", "content": "What is the weather like in Paris?"}]
+
+
+def test_json_schema_answers_always_parse_and_validate(llm: RunningServer) -> None:
+    import jsonschema
+
+    sdk = _sdk(llm)
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "city", "schema": CITY_SCHEMA, "strict": True},
+    }
+    cities = ["Paris", "Tokyo", "Lima", "Oslo", "Cairo"]
+    for index, city in enumerate(cities):
+        answer = sdk.chat.completions.create(
+            model="smollm2",
+            messages=[{"role": "user", "content": f"Describe {city} as JSON."}],
+            response_format=response_format,  # type: ignore[arg-type]
+            temperature=0.8,
+            seed=index,
+            n=2,
+            max_tokens=120,
+        )
+        for choice in answer.choices:
+            assert choice.finish_reason == "stop", choice
+            jsonschema.validate(json.loads(choice.message.content or ""), CITY_SCHEMA)
+    streamed = sdk.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Describe Rome."}],
+        response_format=response_format, max_tokens=120, stream=True,  # type: ignore[arg-type]
+    )  # fmt: skip
+    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    jsonschema.validate(json.loads(text), CITY_SCHEMA)
+    any_object = sdk.chat.completions.create(
+        model="smollm2", messages=CAPITAL, response_format={"type": "json_object"},
+        max_tokens=120, temperature=0,
+    )  # fmt: skip
+    assert isinstance(json.loads(any_object.choices[0].message.content or ""), dict)
+
+
+def test_a_tool_call_round_trip(llm: RunningServer) -> None:
+    sdk = _sdk(llm)
+    asked = sdk.chat.completions.create(
+        model="smollm2", messages=WEATHER_QUESTION, tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tool_choice="required", temperature=0, max_tokens=60,
+    )  # fmt: skip
+    choice = asked.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls or []
+    assert call.type == "function" and call.function.name == "get_weather"  # type: ignore[union-attr]
+    arguments = json.loads(call.function.arguments)  # type: ignore[union-attr]
+    assert isinstance(arguments["city"], str)
+    conversation: list[Any] = [
+        *WEATHER_QUESTION,
+        choice.message.model_dump(exclude_none=True),
+        {
+            "role": "tool",
+            "tool_call_id": call.id,
+            "content": '{"temperature_c": 21, "sky": "sunny"}',
+        },
+    ]
+    answered = sdk.chat.completions.create(
+        model="smollm2", messages=conversation, tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tool_choice="none", temperature=0, max_tokens=60,
+    )  # fmt: skip
+    reply = answered.choices[0]
+    assert reply.finish_reason in ("stop", "length") and not reply.message.tool_calls
+    assert reply.message.content
+    # The usage counts the conversation with the tool's answer in it.
+    assert answered.usage is not None and asked.usage is not None
+    assert answered.usage.prompt_tokens > 0
+    # Streamed: the call arrives as tool_calls deltas, and the reason is tool_calls.
+    chunks = list(
+        sdk.chat.completions.create(
+            model="smollm2", messages=WEATHER_QUESTION, tools=[WEATHER_TOOL],  # type: ignore[list-item]
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            temperature=0, max_tokens=60, stream=True,
+        )
+    )  # fmt: skip
+    deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert deltas and deltas[0].function is not None
+    assert deltas[0].function.name == "get_weather" and deltas[0].id
+    streamed_args = "".join(d.function.arguments or "" for d in deltas if d.function)
+    assert json.loads(streamed_args) == arguments
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+
+
+def test_tool_choice_auto_may_answer_in_text(llm: RunningServer) -> None:
+    answer = _sdk(llm).chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Say hello."}],
+        tools=[WEATHER_TOOL], temperature=0, max_tokens=30,  # type: ignore[list-item]
+    )  # fmt: skip
+    choice = answer.choices[0]
+    if choice.message.tool_calls:  # the model chose to call: then it is a whole call
+        assert choice.finish_reason == "tool_calls"
+        json.loads(choice.message.tool_calls[0].function.arguments)  # type: ignore[union-attr]
+    else:
+        assert choice.message.content and not choice.message.content.startswith("{")
+
+
+def test_logprobs_have_openai_shape(llm: RunningServer) -> None:
+    sdk = _sdk(llm)
+    answer = sdk.chat.completions.create(
+        model="smollm2", messages=CAPITAL, temperature=0, max_tokens=12,
+        logprobs=True, top_logprobs=3,
+    )  # fmt: skip
+    choice = answer.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    entries = choice.logprobs.content
+    assert answer.usage is not None and len(entries) == answer.usage.completion_tokens
+    assert "".join(e.token for e in entries) == choice.message.content
+    for entry in entries:
+        assert entry.logprob <= 0 and bytes(entry.bytes or []) == entry.token.encode()
+        values = [top.logprob for top in entry.top_logprobs]
+        assert len(values) == 3 and values == sorted(values, reverse=True)
+        assert entry.top_logprobs[0].token == entry.token  # greedy: the likeliest
+        assert entry.logprob == pytest.approx(values[0])
+    chunks = list(
+        sdk.chat.completions.create(
+            model="smollm2", messages=CAPITAL, temperature=0, max_tokens=12,
+            logprobs=True, stream=True,
+        )
+    )  # fmt: skip
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs
+                for e in c.choices[0].logprobs.content or []]  # fmt: skip
+    assert [e.token for e in streamed] == [e.token for e in entries]
+    legacy = sdk.completions.create(
+        model="smollm2", prompt="The capital of France is", max_tokens=4, temperature=0,
+        logprobs=2,
+    )  # fmt: skip
+    logprobs = legacy.choices[0].logprobs
+    assert logprobs is not None and logprobs.tokens and logprobs.top_logprobs
+    assert "".join(logprobs.tokens) == legacy.choices[0].text
+    assert all(len(top) == 2 for top in logprobs.top_logprobs)
+
+
+def test_a_stop_sequence_split_across_tokens_never_leaks(llm: RunningServer) -> None:
+    sdk = _sdk(llm)
+    story = [{"role": "user", "content": "Write two sentences about the sea."}]
+    whole = sdk.chat.completions.create(
+        model="smollm2", messages=story, temperature=0, max_tokens=40, logprobs=True
+    ).choices[0]
+    tokens = [e.token for e in (whole.logprobs.content or [])]  # type: ignore[union-attr]
+    # A stop string made of the end of one token and the start of the next.
+    index = next(
+        i for i in range(3, len(tokens) - 1)
+        if len(tokens[i].strip()) >= 3 and len(tokens[i + 1].strip()) >= 2
+    )  # fmt: skip
+    stop = tokens[i := index][-2:] + tokens[i + 1][:2]
+    text = whole.message.content or ""
+    expected = text[: text.index(stop)]
+    answer = sdk.chat.completions.create(
+        model="smollm2", messages=story, temperature=0, max_tokens=40, stop=[stop]
+    ).choices[0]
+    assert (answer.message.content, answer.finish_reason) == (expected, "stop")
+    pieces = [
+        c.choices[0].delta.content or ""
+        for c in sdk.chat.completions.create(
+            model="smollm2", messages=story, temperature=0, max_tokens=40, stop=[stop],
+            stream=True,
+        )
+        if c.choices
+    ]  # fmt: skip
+    assert "".join(pieces) == expected and stop[:2] not in "".join(pieces)[len(expected) - 1 :]
+
+
+def test_concurrent_greedy_streams_match_the_same_requests_alone(llm: RunningServer) -> None:
+    sdk = _sdk(llm)
+    questions = [f"Name {n} things that are {c}." for n, c in
+                 [("two", "red"), ("three", "blue"), ("four", "green"), ("two", "cold"),
+                  ("three", "loud"), ("four", "soft")]]  # fmt: skip
+
+    def ask(question: str) -> str:
+        chunks = sdk.chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": question}],
+            temperature=0, max_tokens=30, stream=True,
+        )  # fmt: skip
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    alone = [ask(q) for q in questions]
+    with concurrent.futures.ThreadPoolExecutor(len(questions)) as pool:
+        together = list(pool.map(ask, questions))
+    assert together == alone
+
+
+def test_structured_output_needs_a_grammar_engine(
+    fresh_server: RunningServer, tmp_path: Path
+) -> None:
+    """A transformers chat model cannot hold its output to a grammar: 400 naming the
+    parameter; logprobs work on it too."""
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    directory = tmp_path / "tiny"
+    vocab = {"<|endoftext|>": 0, **{chr(97 + i): i + 1 for i in range(26)}, " ": 27}
+    from tokenizers import Tokenizer, models
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>")),
+        eos_token="<|endoftext|>",
+    )
+    tokenizer.save_pretrained(directory)
+    config = LlamaConfig(vocab_size=28, hidden_size=16, intermediate_size=32,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=64, eos_token_id=0)  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(directory, safe_serialization=True)
+    push(fresh_server, directory, "tiny", alias="production")
+    sdk = _sdk(fresh_server)
+    for extra, param in (
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"tools": [WEATHER_TOOL]}, "tools"),
+    ):
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk.chat.completions.create(model="tiny", messages=CAPITAL, max_tokens=2, **extra)
+        assert refused.value.body["param"] == param  # type: ignore[index]
+    answer = sdk.completions.create(model="tiny", prompt="a b", max_tokens=2, logprobs=1)
+    assert answer.choices[0].logprobs is not None
+    # int8 linear layers: a deployment setting of transformers models; the model is
+    # redeployed and answers; a llama.cpp model (quantized already) refuses it.
+    with fresh_server.client() as http:
+        version = http.get("/api/v1/models/tiny/versions/1").json()
+        spec = {**version["deployment"], "quantize": "int8"}
+        changed = http.put("/api/v1/models/tiny/versions/1/deployment", json=spec)
+        assert changed.status_code == 200, changed.text
+        assert changed.json()["deployment"]["quantize"] == "int8"
+    again = sdk.completions.create(model="tiny", prompt="a b", max_tokens=2)
+    assert again.usage is not None and again.usage.completion_tokens == 2
+    push(fresh_server, smollm2_gguf(), "gguf")
+    with fresh_server.client() as http:
+        spec = {**http.get("/api/v1/models/gguf/versions/1").json()["deployment"]}
+        refused = http.put(
+            "/api/v1/models/gguf/versions/1/deployment", json={**spec, "quantize": "int8"}
+        )
+        assert refused.status_code == 400, refused.text
+        body = refused.json()
+        assert body["code"] == "invalid_deployment" and "llama.cpp" in body["error"]
+        assert http.get("/api/v1/models/gguf/versions/1").json()["deployment"]["quantize"] is None

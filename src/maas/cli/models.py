@@ -241,6 +241,10 @@ def deploy(
     ] = None,
     instances: Annotated[int | None, typer.Option(help="Parallel instances of the model.")] = None,
     max_queue_size: Annotated[int | None, typer.Option(help="Queued requests before 503.")] = None,
+    quantize: Annotated[
+        str | None,
+        typer.Option(help="int8: dynamic int8 linear layers (transformers models); none: off."),
+    ] = None,
 ) -> None:
     """Set how a version is served; options not given keep their current value."""
     name, selector = split_ref(ref)
@@ -263,6 +267,10 @@ def deploy(
                 "a comma-separated list of integers", param_hint="--preferred-batch-sizes"
             )
         changes["preferred_batch_sizes"] = [int(size) for size in sizes]
+    if quantize is not None:
+        if quantize not in ("int8", "none"):
+            raise typer.BadParameter("int8 or none", param_hint="--quantize")
+        changes["quantize"] = None if quantize == "none" else quantize
     with client_for(ctx) as client:
         current = client.get_version(name, int(selector)).deployment
         spec = DeploymentSpec.model_validate({**current.model_dump(), **changes})

@@ -144,7 +144,7 @@ class AsyncClient:
         return await self._do(Endpoints.set_alias(name, alias, version, force))
 
     async def set_deployment(self, name: str, version: int, spec: DeploymentSpec) -> VersionInfo:
-        """Set how a version is served (batching, instances, queue size)."""
+        """Set how a version is served (batching, instances, queue size, int8)."""
         return await self._do(Endpoints.set_deployment(name, version, spec))
 
     async def deployment_status(self, name: str, version: int | str) -> dict[str, Any]:

@@ -133,7 +133,7 @@ class Client:
         return self._do(Endpoints.set_alias(name, alias, version, force))
 
     def set_deployment(self, name: str, version: int, spec: DeploymentSpec) -> VersionInfo:
-        """Set how a version is served (batching, instances, queue size)."""
+        """Set how a version is served (batching, instances, queue size, int8)."""
         return self._do(Endpoints.set_deployment(name, version, spec))
 
     def deployment_status(self, name: str, version: int | str) -> dict[str, Any]:

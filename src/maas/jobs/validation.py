@@ -140,10 +140,10 @@ def _check_source(spec: OptimizeSpec | EvaluateSpec, version: VersionInfo) -> No
     packed transformers directory of a classifier or an embedder."""
     task, fmt = version.metadata.get("task"), version.metadata.get("format")
     loadable = _job_frameworks()
-    if version.framework not in loadable:
-        why = f"a {version.framework} artifact (jobs load {', '.join(loadable)})"
-    elif fmt == "gguf":
+    if fmt == "gguf":
         why = "a GGUF file (jobs take a transformers model directory)"
+    elif version.framework not in loadable:
+        why = f"a {version.framework} artifact (jobs load {', '.join(loadable)})"
     elif task == TEXT_GENERATION:
         why = "a text-generation model (jobs score classifiers, regressors and embedders)"
     else:

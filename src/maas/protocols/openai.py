@@ -4,19 +4,26 @@ Requests are validated with pydantic (they are small; tensors never pass through
 here), with OpenAI's own bounds, so a bad field answers 400 with the field named in
 ``param`` as OpenAI does. Fields the official SDK may send that do not change an answer
 (``user``, ``metadata``, ``store`` …) are accepted and ignored. Fields maas does not
-implement and that would change an answer (``logprobs``, ``tools``, ``echo``,
-``presence_penalty``, ``frequency_penalty``, ``logit_bias`` …) are refused with a 400
-naming them when set, and accepted at their neutral value (``0``, ``null``, ``false``),
-which the SDK and many clients send by default.
+implement and that would change an answer (``echo``, ``presence_penalty``,
+``frequency_penalty``, ``logit_bias``, ``functions`` …) are refused with a 400 naming
+them when set, and accepted at their neutral value (``0``, ``null``, ``false``), which
+the SDK and many clients send by default.
+
+Structured output (``response_format``) and tools (``tools``, ``tool_choice``) are
+parsed into ``OutputRequest``; a tool call is written into prompts and answers as one
+JSON object, ``{"name": …, "arguments": {…}}`` (``tool_call_json``).
 Responses are plain dicts, encoded with orjson by the router.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import time
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -26,13 +33,20 @@ __all__ = [
     "ChatMessageIn",
     "CompletionRequest",
     "EmbeddingRequest",
+    "OutputRequest",
+    "ToolCall",
+    "ToolSpec",
     "chat_chunk",
+    "chat_logprobs",
     "chat_response",
     "completion_chunk",
+    "completion_logprobs",
     "completion_response",
     "embedding_response",
     "model_card",
     "new_id",
+    "tool_call_json",
+    "tool_calls_body",
     "usage_body",
 ]
 
@@ -42,17 +56,19 @@ MAX_STOPS = 4
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 #: Refused when set: each would change the answer, and maas does not implement it.
 _UNSUPPORTED = (
-    "logprobs",
-    "top_logprobs",
-    "tools",
     "functions",
+    "function_call",
     "echo",
     "suffix",
     "logit_bias",
     "presence_penalty",
     "frequency_penalty",
-    "response_format",
 )
+MAX_TOP_LOGPROBS = 20
+#: OpenAI's legacy completions take ``logprobs`` 0..5 (the alternatives per token).
+MAX_COMPLETION_LOGPROBS = 5
+#: What OpenAI reports for a token whose probability is zero (JSON has no -infinity).
+LOGPROB_FLOOR = -9999.0
 
 
 class _Request(BaseModel):
@@ -70,8 +86,6 @@ class _Unsupported(BaseModel):
         if isinstance(data, dict):
             for name in _UNSUPPORTED:
                 value = data.get(name)
-                if name == "response_format" and value in ({"type": "text"}, None):
-                    continue  # the default: plain text
                 if value not in (None, False, [], {}, 0, ""):
                     raise ValueError(f"'{name}' is not supported by this server")
         return data
@@ -120,11 +134,44 @@ class _TextPart(BaseModel):
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call the model asks the caller to make: ``arguments`` is a JSON object's text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+def tool_call_json(name: str, arguments: Any) -> str:
+    """How a tool call reads in prompts and in what the model writes (one format, so the
+    model sees its earlier calls as it was asked to write them)."""
+    return json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+
+
+class _FunctionCallIn(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str
+    arguments: str = "{}"
+
+
+class _ToolCallIn(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: _FunctionCallIn
+
+
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[_TextPart] | None = None
+    #: An assistant turn's calls; a ``tool`` turn answers one by its id.
+    tool_calls: list[_ToolCallIn] | None = None
+    tool_call_id: str | None = None
 
     @property
     def text(self) -> str:
@@ -134,16 +181,157 @@ class ChatMessageIn(BaseModel):
             return self.content
         return "".join(part.text for part in self.content)
 
-    def as_template_message(self) -> dict[str, str]:
-        """What a chat template takes; ``developer`` is OpenAI's newer name for system."""
+    def as_template_message(self, calls: Mapping[str, str] | None = None) -> dict[str, str]:
+        """What a chat template takes; ``developer`` is OpenAI's newer name for system.
+
+        An assistant turn's tool calls are written as the model writes them
+        (``tool_call_json``); a tool's answer becomes a user turn naming the tool (from
+        ``calls``: tool call id -> name), which every chat template accepts.
+        """
         role = "system" if self.role == "developer" else self.role
+        if self.role == "assistant" and self.tool_calls:
+            written = [
+                tool_call_json(call.function.name, _arguments(call.function.arguments))
+                for call in self.tool_calls
+            ]
+            return {"role": "assistant", "content": "\n".join([self.text, *written]).strip()}
+        if self.role == "tool":
+            name = (calls or {}).get(self.tool_call_id or "", "the tool")
+            return {"role": "user", "content": f"Result of {name}: {self.text}"}
         return {"role": role, "content": self.text}
+
+
+def _arguments(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+class _JsonSchemaIn(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    name: str = Field("response", max_length=64)
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: _JsonSchemaIn | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("json_schema is required when type is 'json_schema'")
+        return self
+
+
+class _FunctionIn(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class _ToolIn(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: Literal["function"]
+    function: _FunctionIn
+
+
+class _NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str
+
+
+class _NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: Literal["function"]
+    function: _NamedFunction
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRequest:
+    """What the caller asked the output to be, beyond text.
+
+    ``json_schema``: the answer is JSON valid against it (``{}``: any JSON object).
+    ``tools``: the model may (``tool_choice`` ``auto``) or must (``required``, or one
+    function by name) answer with a tool call instead of text.
+    """
+
+    json_schema: Mapping[str, Any] | None = None
+    tools: Sequence[ToolSpec] = field(default_factory=tuple)
+    tool_choice: str = "auto"  # auto | required | the name of the one function to call
 
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    response_format: ResponseFormat | None = None
+    tools: list[_ToolIn] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | _NamedToolChoice | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        names = [tool.function.name for tool in self.tools or ()]
+        choice = self.tool_choice
+        if isinstance(choice, _NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"tool_choice names {choice.function.name!r}, which is not in tools")
+        if choice == "required" and not names:
+            raise ValueError("tool_choice 'required' needs tools")
+        structured = self.response_format is not None and self.response_format.type != "text"
+        if structured and names and choice != "none":
+            raise ValueError("response_format cannot be combined with tools")
+        return self
+
+    @property
+    def template_messages(self) -> list[dict[str, str]]:
+        """The conversation as a chat template takes it (tool turns written as text)."""
+        calls = {
+            call.id: call.function.name
+            for message in self.messages
+            for call in message.tool_calls or ()
+        }
+        return [message.as_template_message(calls) for message in self.messages]
+
+    @property
+    def output(self) -> OutputRequest | None:
+        """The structured output asked for; ``None``: free text."""
+        tools = tuple(
+            ToolSpec(t.function.name, t.function.description, t.function.parameters)
+            for t in self.tools or ()
+        )
+        choice = self.tool_choice
+        if tools and choice != "none":
+            if isinstance(choice, _NamedToolChoice):
+                return OutputRequest(tools=tools, tool_choice=choice.function.name)
+            return OutputRequest(tools=tools, tool_choice=choice or "auto")
+        response = self.response_format
+        if response is None or response.type == "text":
+            return None
+        if response.type == "json_object":
+            return OutputRequest(json_schema={})
+        assert response.json_schema is not None
+        return OutputRequest(json_schema=response.json_schema.schema_ or {"type": "object"})
 
     @property
     def token_limit(self) -> int | None:
@@ -154,6 +342,8 @@ class ChatCompletionRequest(_Sampling):
 class CompletionRequest(_Sampling):
     prompt: str | list[str] = Field(min_length=1)
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
+    #: Legacy: the alternatives to report per token (0: the chosen token's only).
+    logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
 
     @property
     def prompts(self) -> list[str]:
@@ -203,27 +393,95 @@ def model_card(name: str, created: float, owner: str = "maas") -> dict[str, Any]
     return {"id": name, "object": "model", "created": int(created), "owned_by": owner}
 
 
+class LoggedToken(Protocol):
+    """A generated token with its log-probability and the likeliest alternatives."""
+
+    @property
+    def token(self) -> str: ...
+    @property
+    def logprob(self) -> float: ...
+    @property
+    def top(self) -> Sequence[tuple[str, float]]: ...
+
+
+def _floor(value: float) -> float:
+    return max(value, LOGPROB_FLOOR)
+
+
+def _token_entry(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": _floor(logprob), "bytes": list(token.encode())}
+
+
+def chat_logprobs(tokens: Sequence[LoggedToken]) -> dict[str, Any]:
+    """The ``logprobs`` of a chat choice (or chunk): one entry per token."""
+    return {
+        "content": [
+            _token_entry(t.token, t.logprob)
+            | {"top_logprobs": [_token_entry(alt, value) for alt, value in t.top]}
+            for t in tokens
+        ],
+        "refusal": None,
+    }
+
+
+def completion_logprobs(tokens: Sequence[LoggedToken], offset: int = 0) -> dict[str, Any]:
+    """The legacy completions ``logprobs``: parallel lists, offsets into the text."""
+    offsets, position = [], offset
+    for t in tokens:
+        offsets.append(position)
+        position += len(t.token)
+    return {
+        "tokens": [t.token for t in tokens],
+        "token_logprobs": [_floor(t.logprob) for t in tokens],
+        "top_logprobs": [{alt: _floor(value) for alt, value in t.top} for t in tokens],
+        "text_offset": offsets,
+    }
+
+
+def tool_calls_body(calls: Sequence[ToolCall], *, indexed: bool = False) -> list[dict[str, Any]]:
+    """OpenAI's ``tool_calls``; a streamed delta numbers them (``index``)."""
+    return [
+        ({"index": index} if indexed else {})
+        | {
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments},
+        }
+        for index, call in enumerate(calls)
+    ]
+
+
 def chat_response(
     id_: str,
     model: str,
     choices: list[tuple[str, str]],
     usage: dict[str, int],
+    *,
+    tool_calls: Sequence[Sequence[ToolCall]] | None = None,
+    logprobs: Sequence[dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
-    """``choices``: (text, finish_reason) per choice, in index order."""
+    """``choices``: (text, finish_reason) per choice, in index order; ``tool_calls`` and
+    ``logprobs``: per choice too, where asked for. A choice with tool calls has no text."""
+    body = []
+    for index, (text, finish) in enumerate(choices):
+        calls = tool_calls[index] if tool_calls else ()
+        message: dict[str, Any] = {"role": "assistant", "content": None if calls else text}
+        if calls:
+            message["tool_calls"] = tool_calls_body(calls)
+        body.append(
+            {
+                "index": index,
+                "message": message,
+                "finish_reason": finish,
+                "logprobs": logprobs[index] if logprobs else None,
+            }
+        )
     return {
         "id": id_,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {
-                "index": index,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": finish,
-                "logprobs": None,
-            }
-            for index, (text, finish) in enumerate(choices)
-        ],
+        "choices": body,
         "usage": usage,
     }
 
@@ -233,10 +491,11 @@ def chat_chunk(
     model: str,
     created: int,
     index: int,
-    delta: dict[str, str],
+    delta: dict[str, Any],
     finish_reason: str | None,
     *,
     with_usage_field: bool,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     chunk: dict[str, Any] = {
         "id": id_,
@@ -244,7 +503,7 @@ def chat_chunk(
         "created": created,
         "model": model,
         "choices": [
-            {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+            {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}
         ],
     }
     if with_usage_field:  # OpenAI sends "usage": null on every chunk but the last
@@ -253,7 +512,12 @@ def chat_chunk(
 
 
 def completion_response(
-    id_: str, model: str, choices: list[tuple[str, str]], usage: dict[str, int]
+    id_: str,
+    model: str,
+    choices: list[tuple[str, str]],
+    usage: dict[str, int],
+    *,
+    logprobs: Sequence[dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
     return {
         "id": id_,
@@ -261,7 +525,12 @@ def completion_response(
         "created": int(time.time()),
         "model": model,
         "choices": [
-            {"index": index, "text": text, "finish_reason": finish, "logprobs": None}
+            {
+                "index": index,
+                "text": text,
+                "finish_reason": finish,
+                "logprobs": logprobs[index] if logprobs else None,
+            }
             for index, (text, finish) in enumerate(choices)
         ],
         "usage": usage,
@@ -277,6 +546,7 @@ def completion_chunk(
     finish_reason: str | None,
     *,
     with_usage_field: bool,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     chunk: dict[str, Any] = {
         "id": id_,
@@ -284,7 +554,7 @@ def completion_chunk(
         "created": created,
         "model": model,
         "choices": [
-            {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": None}
+            {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": logprobs}
         ],
     }
     if with_usage_field:

@@ -30,6 +30,13 @@ class LoadOptions:
     threads: int | None = None
     #: Where a runtime may keep derived files (a GGUF file's dequantized weights).
     cache_dir: Path | None = None
+    #: Sequences a language model decodes together (llama.cpp sizes its context for them).
+    sequences: int = 1
+    #: Tokens of KV cache a llama.cpp model holds for all its sequences; ``None``: default.
+    kv_cache_tokens: int | None = None
+    #: A deployment's ``quantize`` (``"int8"``): only runtimes that name it in
+    #: ``Runtime.quantizations`` are given one.
+    quantize: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,8 @@ class Runtime(abc.ABC):
     optimize_methods: ClassVar[tuple[str, ...]] = ()
     #: Whether a job (evaluate, optimize's measurements) can load its models in process.
     job_loadable: ClassVar[bool] = False
+    #: What a deployment's ``quantize`` may ask of its models at load (``"int8"``).
+    quantizations: ClassVar[tuple[str, ...]] = ()
 
     signature: Signature
 

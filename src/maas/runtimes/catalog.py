@@ -42,6 +42,10 @@ _RUNTIMES: dict[str, _Entry] = {
     "onnx-text": _Entry(
         "maas.runtimes.hf.onnx_text", "OnnxTextRuntime", "onnx", ("onnxruntime", "tokenizers")
     ),
+    # A GGUF file is llama.cpp's where its extra is installed, else transformers'.
+    "llama.cpp": _Entry(
+        "maas.runtimes.llamacpp.runtime", "LlamaCppRuntime", "gguf", ("llama_cpp",)
+    ),
     "transformers": _Entry(
         "maas.runtimes.hf.runtime", "TransformersRuntime", "llm", ("transformers",)
     ),

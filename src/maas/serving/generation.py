@@ -13,6 +13,13 @@ and past both ``submit`` refuses at once with ``GenerationQueueFull`` (429,
 ``Retry-After``). A prompt that leaves no room in the context is refused before it
 queues (``ContextLengthExceeded``).
 
+A runtime whose batch evaluates prompts in chunks (``ChunkedBatch``, llama.cpp) gets
+each admitted prompt at once and the scheduler only steps: prompts are evaluated in
+chunks inside the decode steps, so a long one does not stall the running streams. Such
+a batch has a fixed KV cache, so sequences are admitted only while the prompt and
+completion budgets of those running fit in it (they wait otherwise, as past
+``max_running``).
+
 Tokens reach the caller through an ``asyncio.Queue`` per sequence, fed from the thread
 with ``call_soon_threadsafe``. Text is detokenised incrementally: a piece is released
 only once it cannot be the start of a stop string or half of a UTF-8 character, so the
@@ -47,10 +54,11 @@ from maas.observability.metrics import (
     TIME_TO_FIRST_TOKEN_SECONDS,
     TOKENS_GENERATED,
 )
-from maas.runtimes.generation import DecodeBatch, TextGenerator
-from maas.serving.sampling import Sampler, SamplingParams
+from maas.protocols.openai import ToolCall
+from maas.runtimes.generation import ChunkedBatch, DecodeBatch, TextGenerator, TokenConstraint
+from maas.serving.sampling import Sampler, SamplingParams, log_probabilities
 
-__all__ = ["Completion", "GenerationScheduler", "GenerationStream", "TextDelta"]
+__all__ = ["Completion", "GenerationScheduler", "GenerationStream", "TextDelta", "TokenLogprob"]
 
 log = logging.getLogger("maas.serving")
 
@@ -58,11 +66,24 @@ _REPLACEMENT = "\ufffd"  # what a tokenizer decodes half a UTF-8 character to
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token with its log-probability and the likeliest alternatives."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TextDelta:
-    """A piece of generated text; ``finish_reason`` is set on a sequence's last piece."""
+    """A piece of generated text; ``finish_reason`` is set on a sequence's last piece.
+    ``logprobs``: the tokens generated since the previous piece, when asked for."""
 
     text: str
     finish_reason: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+    #: The tool calls the text was (``maas.services.tools``); the text is then empty.
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +92,8 @@ class Completion:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    logprobs: tuple[TokenLogprob, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(eq=False)
@@ -88,6 +111,13 @@ class _Sequence:
     sent_chars: int = 0
     finish_reason: str | None = None
     cancelled: bool = False
+    #: Token log-probabilities not yet sent with a piece.
+    unsent_logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    @property
+    def budget(self) -> int:
+        """KV cache tokens it may come to hold: its prompt and its whole completion."""
+        return len(self.prompt) + self.max_new
 
     def send(self, item: TextDelta | MaasError) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
@@ -128,12 +158,22 @@ class GenerationStream:
             self.cancel()  # a no-op once finished; frees the slot if the caller left
 
     async def collect(self) -> Completion:
-        pieces = [delta.text async for delta in self]
+        pieces: list[str] = []
+        logprobs: list[TokenLogprob] = []
+        calls: list[ToolCall] = []
+        finish = None
+        async for delta in self:
+            pieces.append(delta.text)
+            logprobs.extend(delta.logprobs)
+            calls.extend(delta.tool_calls)
+            finish = delta.finish_reason or finish
         return Completion(
             "".join(pieces),
-            self.finish_reason or "stop",
+            finish or self.finish_reason or "stop",
             self.prompt_tokens,
             self.completion_tokens,
+            tuple(logprobs),
+            tuple(calls),
         )
 
     def cancel(self) -> None:
@@ -169,6 +209,8 @@ class GenerationScheduler:
         # rather than one per sequence (each wake-up takes the GIL from the model).
         self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[_Sequence, TextDelta]]] = {}
         self._thread: threading.Thread | None = None
+        #: KV cache tokens the running sequences may share (a ``ChunkedBatch``'s).
+        self._token_capacity: int | None = None
         self._running_gauge = SEQUENCES_RUNNING.labels(model)
         self._waiting_gauge = SEQUENCES_WAITING.labels(model)
         self._ttft = TIME_TO_FIRST_TOKEN_SECONDS.labels(model)
@@ -211,8 +253,14 @@ class GenerationScheduler:
             )
         return max_tokens if max_tokens is not None else min(room, self._default_max_tokens)
 
-    def submit(self, prompt: Sequence[int], params: SamplingParams) -> GenerationStream:
-        """Queue one sequence; its tokens arrive on the returned stream."""
+    def submit(
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        constraint: TokenConstraint | None = None,
+    ) -> GenerationStream:
+        """Queue one sequence; its tokens arrive on the returned stream. With a
+        ``constraint``, every token is one its grammar allows."""
         max_new = self.check_prompt(prompt, params.max_tokens)
         with self._wake:
             if self._closed or self._draining:
@@ -234,7 +282,7 @@ class GenerationScheduler:
                 loop=asyncio.get_running_loop(),
                 queue=asyncio.Queue(),
                 max_new=max_new,
-                sampler=Sampler(params),
+                sampler=Sampler(params, constraint),
             )
             self._waiting.append(sequence)
             self._waiting_gauge.set(len(self._waiting))
@@ -281,6 +329,8 @@ class GenerationScheduler:
 
     def _loop(self) -> None:
         batch = self._generator.new_batch()
+        if isinstance(batch, ChunkedBatch):
+            self._token_capacity = batch.token_capacity
         while True:
             with self._wake:
                 idle = not (self._waiting or self._running)
@@ -292,15 +342,18 @@ class GenerationScheduler:
                 self._drop_cancelled(batch)
                 admitted = self._admissions()
             try:
-                for group in _prefill_groups(admitted):
-                    first = batch.join_many({seq.key: seq.prompt for seq in group})
-                    for sequence in group:
-                        self._emit(batch, sequence, first[sequence.key])
-                if self._running:
-                    last = {key: seq.tokens[-1] for key, seq in self._running.items()}
-                    self._batch_size.observe(len(last))
-                    for key, logits in batch.step(last).items():
-                        self._emit(batch, self._running[key], logits)
+                if isinstance(batch, ChunkedBatch):
+                    self._step_chunked(batch, admitted)
+                else:
+                    for group in _prefill_groups(admitted):
+                        first = batch.join_many({seq.key: seq.prompt for seq in group})
+                        for sequence in group:
+                            self._emit(batch, sequence, first[sequence.key])
+                    if self._running:
+                        last = {key: seq.tokens[-1] for key, seq in self._running.items()}
+                        self._batch_size.observe(len(last))
+                        for key, logits in batch.step(last).items():
+                            self._emit(batch, self._running[key], logits)
             except Exception as exc:  # a framework failure: fail what ran, start afresh
                 log.exception("generation step of %s failed", self._model)
                 self._fail_running(RuntimeFailure(f"generation failed: {type(exc).__name__}"))
@@ -310,6 +363,20 @@ class GenerationScheduler:
         self._flush()
         self._fail_all(ShuttingDown(retry_after=1.0))
 
+    def _step_chunked(self, batch: ChunkedBatch, admitted: list[_Sequence]) -> None:
+        """Admitted prompts join at once; one step then decodes the running sequences and
+        evaluates the next chunk of prompts (a sequence without tokens is still in its
+        prompt: its first logits come from the step that finishes it)."""
+        for sequence in admitted:
+            batch.begin(sequence.key, sequence.prompt)
+        if not self._running:
+            return
+        last = {key: seq.tokens[-1] for key, seq in self._running.items() if seq.tokens}
+        if last:
+            self._batch_size.observe(len(last))
+        for key, logits in batch.step(last).items():
+            self._emit(batch, self._running[key], logits)
+
     def _flush(self) -> None:
         outbox, self._outbox = self._outbox, {}
         for loop, items in outbox.items():
@@ -318,10 +385,17 @@ class GenerationScheduler:
     def _admissions(self) -> list[_Sequence]:
         """Waiting sequences that fit in the batch now; called under the lock."""
         admitted = []
+        capacity = self._token_capacity
+        held = sum(s.budget for s in self._running.values()) if capacity is not None else 0
         while self._waiting and len(self._running) < self._max_running:
-            sequence = self._waiting.popleft()
+            sequence = self._waiting[0]
             if sequence.cancelled:
+                self._waiting.popleft()
                 continue
+            if capacity is not None and self._running and held + sequence.budget > capacity:
+                break  # it waits until running sequences free enough of the cache
+            self._waiting.popleft()
+            held += sequence.budget
             self._running[sequence.key] = sequence
             admitted.append(sequence)
         self._waiting_gauge.set(len(self._waiting))
@@ -334,7 +408,9 @@ class GenerationScheduler:
         if any(s.cancelled for s in self._waiting):
             self._waiting = collections.deque(s for s in self._waiting if not s.cancelled)
 
-    def _emit(self, batch: DecodeBatch, sequence: _Sequence, logits: np.ndarray) -> None:
+    def _emit(
+        self, batch: DecodeBatch | ChunkedBatch, sequence: _Sequence, logits: np.ndarray
+    ) -> None:
         """Sample the next token of ``sequence``, send what text is safe, finish it if due."""
         now = time.perf_counter()
         if sequence.tokens:
@@ -348,6 +424,8 @@ class GenerationScheduler:
             finish = "stop"
         else:
             sequence.tokens.append(token)
+            if sequence.params.logprobs:
+                self._note_logprob(sequence, token)
             self._generated.inc()
             total = len(sequence.prompt) + len(sequence.tokens)
             if len(sequence.tokens) >= sequence.max_new or total >= self.context_length:
@@ -361,9 +439,19 @@ class GenerationScheduler:
             del self._running[sequence.key]
             batch.leave(sequence.key)
         if end > sequence.sent_chars or finish is not None:
-            piece = TextDelta(text[sequence.sent_chars : end], finish)
+            logprobs = tuple(sequence.unsent_logprobs)
+            sequence.unsent_logprobs.clear()
+            piece = TextDelta(text[sequence.sent_chars : end], finish, logprobs)
             self._outbox.setdefault(sequence.loop, []).append((sequence, piece))
             sequence.sent_chars = max(end, sequence.sent_chars)
+
+    def _note_logprob(self, sequence: _Sequence, token: int) -> None:
+        logits = sequence.sampler.last_logits
+        assert logits is not None
+        chosen, top = log_probabilities(logits, token, sequence.params.top_logprobs)
+        decode = self._generator.decode
+        alternatives = tuple((decode([t]), value) for t, value in top)
+        sequence.unsent_logprobs.append(TokenLogprob(decode([token]), chosen, alternatives))
 
     def _fail_running(self, error: MaasError) -> None:
         self._flush()  # pieces already made go first

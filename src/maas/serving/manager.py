@@ -69,7 +69,12 @@ class ModelManager:
         self._settings = settings
         self._workers = workers or ThreadWorkers(settings.inference_threads)
         self._generation = generation or GenerationSettings()
-        self._options = LoadOptions(trust_pickle=settings.trust_pickle, cache_dir=cache_dir)
+        self._options = LoadOptions(
+            trust_pickle=settings.trust_pickle,
+            cache_dir=cache_dir,
+            sequences=self._generation.max_running,
+            kv_cache_tokens=self._generation.kv_cache_tokens,
+        )
         self._deployments: dict[tuple[str, int], Deployment] = {}
         self._resolved: dict[tuple[str, Selector], tuple[float, VersionInfo]] = {}
         self._expected: set[tuple[str, int]] = set()

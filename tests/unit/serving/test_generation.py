@@ -22,19 +22,33 @@ from maas.serving.sampling import Sampler, SamplingParams
 pytestmark = pytest.mark.anyio
 
 QUESTIONS = [
-    "What is the capital of France?",
+    "What is the capital of Germany?",
     "Name three colours.",
     "Write one sentence about the sea.",
     "What is two plus two?",
 ]
 
 
-@pytest.fixture(scope="module")
-def lm() -> TextGenerator:
+def _load(engine: str) -> TextGenerator:
     cache = Path(os.environ["MAAS_CACHE_DIR"])
-    runtime = load_runtime("transformers", smollm2_gguf(), LoadOptions(cache_dir=cache))
+    module = {"llama.cpp": "llama_cpp", "transformers": "transformers"}[engine]
+    options = LoadOptions(cache_dir=cache, sequences=8, kv_cache_tokens=4096)
+    runtime = load_runtime(engine, smollm2_gguf(module), options)
     assert isinstance(runtime, TextGenerator)
     return runtime
+
+
+@pytest.fixture(scope="module", params=["llama.cpp", "transformers"])
+def lm(request: pytest.FixtureRequest) -> TextGenerator:
+    """Both engines of the GGUF model: the schedule must hold on either."""
+    return _load(request.param)
+
+
+@pytest.fixture(scope="module")
+def reference(lm: TextGenerator) -> TextGenerator:
+    """A second instance of ``lm``'s engine for the references decoded alone: a llama.cpp
+    model's batches share its one context, which the scheduler's batch holds."""
+    return _load(type(lm).framework)  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -50,7 +64,8 @@ def _chat(lm: TextGenerator, question: str) -> list[int]:
 
 
 def _alone(lm: TextGenerator, prompt: list[int], max_tokens: int) -> str:
-    """Greedy decoding of one sequence with a batch of its own: the reference."""
+    """Greedy decoding of one sequence with a batch of its own (of ``reference``, never
+    of a model a scheduler is running)."""
     batch = lm.new_batch()
     logits, tokens = batch.join(0, prompt), []
     while len(tokens) < max_tokens:
@@ -66,37 +81,37 @@ GREEDY = SamplingParams(max_tokens=24, temperature=0.0)
 
 
 async def test_concurrent_sequences_get_what_each_would_get_alone(
-    lm: TextGenerator, scheduler: GenerationScheduler
+    lm: TextGenerator, scheduler: GenerationScheduler, reference: TextGenerator
 ) -> None:
     prompts = [_chat(lm, q) for q in QUESTIONS]
     streams = [scheduler.submit(p, GREEDY) for p in prompts]
     done = await asyncio.gather(*(s.collect() for s in streams))
-    assert "Paris" in done[0].text
+    assert "Berlin" in done[0].text
     for prompt, completion in zip(prompts, done, strict=True):
-        assert completion.text == _alone(lm, prompt, 24)
+        assert completion.text == _alone(reference, prompt, 24)
         assert completion.prompt_tokens == len(prompt)
         assert completion.finish_reason in ("stop", "length")
 
 
 async def test_a_sequence_joining_mid_batch_is_unaffected(
-    lm: TextGenerator, scheduler: GenerationScheduler
+    lm: TextGenerator, scheduler: GenerationScheduler, reference: TextGenerator
 ) -> None:
     first = scheduler.submit(_chat(lm, QUESTIONS[2]), SamplingParams(40, temperature=0.0))
     pieces = first.__aiter__()
     await pieces.__anext__()  # the first sequence is running: the next one joins it
     late = await scheduler.submit(_chat(lm, QUESTIONS[0]), GREEDY).collect()
     rest = [delta.text async for delta in pieces]
-    assert late.text == _alone(lm, _chat(lm, QUESTIONS[0]), 24)
+    assert late.text == _alone(reference, _chat(lm, QUESTIONS[0]), 24)
     assert rest and first.finish_reason is not None
 
 
 async def test_streamed_pieces_concatenate_to_the_text(
-    lm: TextGenerator, scheduler: GenerationScheduler
+    lm: TextGenerator, scheduler: GenerationScheduler, reference: TextGenerator
 ) -> None:
     prompt = _chat(lm, QUESTIONS[2])
     pieces = [d.text async for d in scheduler.submit(prompt, GREEDY)]
     assert len(pieces) > 3
-    assert "".join(pieces) == _alone(lm, prompt, 24)
+    assert "".join(pieces) == _alone(reference, prompt, 24)
 
 
 async def test_max_tokens_ends_with_length(
@@ -108,14 +123,14 @@ async def test_max_tokens_ends_with_length(
 
 
 async def test_a_stop_string_cuts_the_text_and_is_never_streamed(
-    lm: TextGenerator, scheduler: GenerationScheduler
+    lm: TextGenerator, scheduler: GenerationScheduler, reference: TextGenerator
 ) -> None:
     prompt = _chat(lm, QUESTIONS[0])
-    full = _alone(lm, prompt, 24)
-    assert "Paris" in full
-    params = SamplingParams(24, temperature=0.0, stop=("Paris",))
+    full = _alone(reference, prompt, 24)
+    assert "Berlin" in full
+    params = SamplingParams(24, temperature=0.0, stop=("Berlin",))
     pieces = [d.text async for d in scheduler.submit(prompt, params)]
-    assert "".join(pieces) == full[: full.index("Paris")]
+    assert "".join(pieces) == full[: full.index("Berlin")]
     assert all("Par" not in piece for piece in pieces[-1:])
 
 

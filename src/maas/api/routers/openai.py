@@ -87,6 +87,10 @@ def _model_not_found() -> Iterator[None]:
 
 
 def _sampling(body: oa.ChatCompletionRequest | oa.CompletionRequest) -> SamplingParams:
+    if isinstance(body, oa.ChatCompletionRequest):
+        logprobs, top = body.logprobs, body.top_logprobs or 0
+    else:
+        logprobs, top = body.logprobs is not None, body.logprobs or 0
     return SamplingParams(
         max_tokens=body.token_limit,
         temperature=body.temperature,
@@ -94,6 +98,8 @@ def _sampling(body: oa.ChatCompletionRequest | oa.CompletionRequest) -> Sampling
         stop=body.stops,
         seed=body.seed,
         ignore_eos=body.ignore_eos,
+        logprobs=logprobs,
+        top_logprobs=top,
     )
 
 
@@ -202,7 +208,7 @@ async def get_model(model: str, request: Request, services: _Services) -> Respon
 
 _CHAT_EXAMPLE = {
     "model": "smollm2",
-    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    "messages": [{"role": "user", "content": "What is the capital of Germany?"}],
     "max_tokens": 32,
     "temperature": 0,
 }
@@ -215,20 +221,28 @@ _CHAT_EXAMPLE = {
 )
 async def chat_completions(request: Request, services: _Services) -> Response:
     body = await _parse(request, oa.ChatCompletionRequest)
-    messages = [message.as_template_message() for message in body.messages]
+    messages = body.template_messages
 
     def start() -> Awaitable[Generation]:
-        return services.text.chat(body.model, messages, _sampling(body), body.n)
+        return services.text.chat(body.model, messages, _sampling(body), body.n, body.output)
 
     def render(generation: Generation, done: list[Completion]) -> dict[str, Any]:
         choices = [(c.text, c.finish_reason) for c in done]
-        return oa.chat_response(oa.new_id("chatcmpl"), body.model, choices, _usage(generation))
+        logprobs = [oa.chat_logprobs(c.logprobs) for c in done] if body.logprobs else None
+        return oa.chat_response(
+            oa.new_id("chatcmpl"), body.model, choices, _usage(generation),
+            tool_calls=[c.tool_calls for c in done], logprobs=logprobs,
+        )  # fmt: skip
 
     def chunk(id_: str, created: int, index: int, delta: TextDelta, usage: bool) -> dict[str, Any]:
-        content = {"content": delta.text} if delta.text else {}
+        content: dict[str, Any] = {"content": delta.text} if delta.text else {}
+        if delta.tool_calls:
+            content["tool_calls"] = oa.tool_calls_body(delta.tool_calls, indexed=True)
+        logprobs = oa.chat_logprobs(delta.logprobs) if body.logprobs else None
         return oa.chat_chunk(
-            id_, body.model, created, index, content, delta.finish_reason, with_usage_field=usage
-        )
+            id_, body.model, created, index, content, delta.finish_reason,
+            with_usage_field=usage, logprobs=logprobs,
+        )  # fmt: skip
 
     return await _generate(services, request, "openai.chat", body, start, render, chunk, "chatcmpl")
 
@@ -244,14 +258,20 @@ async def completions(request: Request, services: _Services) -> Response:
     def start() -> Awaitable[Generation]:
         return services.text.complete(body.model, body.prompts, _sampling(body), body.n)
 
+    wants_logprobs = body.logprobs is not None
+
     def render(generation: Generation, done: list[Completion]) -> dict[str, Any]:
         choices = [(c.text, c.finish_reason) for c in done]
-        return oa.completion_response(oa.new_id("cmpl"), body.model, choices, _usage(generation))
+        logprobs = [oa.completion_logprobs(c.logprobs) for c in done] if wants_logprobs else None
+        return oa.completion_response(
+            oa.new_id("cmpl"), body.model, choices, _usage(generation), logprobs=logprobs
+        )
 
     def chunk(id_: str, created: int, index: int, delta: TextDelta, usage: bool) -> dict[str, Any]:
+        logprobs = oa.completion_logprobs(delta.logprobs) if wants_logprobs else None
         return oa.completion_chunk(
             id_, body.model, created, index, delta.text, delta.finish_reason,
-            with_usage_field=usage,
+            with_usage_field=usage, logprobs=logprobs,
         )  # fmt: skip
 
     return await _generate(

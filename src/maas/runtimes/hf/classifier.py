@@ -32,7 +32,7 @@ class TextClassifierRuntime(TransformersRuntime):
 
     @classmethod
     def _load_dir(cls, model_dir: Path, options: LoadOptions) -> Self:
-        model, tokenizer = cls._pretrained(model_dir, "AutoModelForSequenceClassification")
+        model, tokenizer = cls._pretrained(model_dir, "AutoModelForSequenceClassification", options)
         return cls(model, tokenizer, model_dir)
 
     @property

@@ -151,7 +151,7 @@ class EmbeddingRuntime(TransformersRuntime):
 
     @classmethod
     def _load_dir(cls, model_dir: Path, options: LoadOptions) -> Self:
-        model, tokenizer = cls._pretrained(model_dir, "AutoModel")
+        model, tokenizer = cls._pretrained(model_dir, "AutoModel", options)
         limit = int(getattr(model.config, "max_position_embeddings", 512))
         return cls(model, tokenizer, model_dir, Pooling.of(model_dir, limit))
 

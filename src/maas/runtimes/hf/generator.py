@@ -17,7 +17,7 @@ import numpy as np
 from maas.errors import InvalidInput
 from maas.protocols.signature import Signature, TensorSpec
 from maas.runtimes.base import LoadOptions, texts_of
-from maas.runtimes.generation import ChatMessage
+from maas.runtimes.generation import ChatMessage, greedy_completion
 from maas.runtimes.hf.kv_batch import TorchDecodeBatch
 from maas.runtimes.hf.loading import TEXT_GENERATION, read_json
 from maas.runtimes.hf.runtime import TransformersRuntime
@@ -51,7 +51,7 @@ class CausalLMRuntime(TransformersRuntime):
 
     @classmethod
     def _load_dir(cls, model_dir: Path, options: LoadOptions) -> Self:
-        model, tokenizer = cls._pretrained(model_dir, "AutoModelForCausalLM")
+        model, tokenizer = cls._pretrained(model_dir, "AutoModelForCausalLM", options)
         return cls(model, tokenizer, model_dir)
 
     @property
@@ -91,22 +91,10 @@ class CausalLMRuntime(TransformersRuntime):
 
     def _run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         texts = texts_of(inputs["text"])
-        answers = [self._greedy(self.encode_text(text)) for text in texts]
+        answers = [
+            greedy_completion(self, self.encode_text(text), PREDICT_MAX_TOKENS) for text in texts
+        ]
         return {"text": np.array([a.encode() for a in answers], dtype=object)}
-
-    def _greedy(self, prompt: list[int]) -> str:
-        batch = self.new_batch()
-        generated: list[int] = []
-        logits = batch.join(0, prompt)
-        while len(generated) < PREDICT_MAX_TOKENS:
-            token = int(np.argmax(logits))
-            if token in self.stop_token_ids:
-                break
-            generated.append(token)
-            if len(prompt) + len(generated) >= self.context_length:
-                break
-            logits = batch.step({0: token})[0]
-        return self.decode(generated)
 
 
 def _stop_tokens(model: Any, tokenizer: Any) -> set[int]:

@@ -1,0 +1,1 @@
+"""llama.cpp runtime: GGUF language models on their quantized weights (``[gguf]`` extra)."""
