@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from maas.errors import DatasetNotFound
 from maas.jobs.tabular import format_of, inspect_table, read_table
 from maas.protocols.jobs import ColumnInfo, DatasetInfo, DatasetPreview
-from maas.registry.artifacts import ArtifactStore
+from maas.registry.artifacts import ArtifactStore, StoredArtifact
 from maas.registry.names import validate_name
 from maas.registry.tables import Dataset
 
@@ -77,7 +77,7 @@ class DatasetService:
         try:
             rows, columns = await asyncio.to_thread(inspect_table, path, fmt)
         except Exception:
-            await asyncio.to_thread(self._discard_if_unused, artifact.digest)
+            await asyncio.to_thread(self._discard_if_unused, artifact)
             raise
         return await asyncio.to_thread(
             self._record, name, artifact.digest, fmt, artifact.size_bytes, rows, columns, created_by
@@ -112,11 +112,15 @@ class DatasetService:
             session.flush()
             return _info(row)
 
-    def _discard_if_unused(self, digest: str) -> None:
+    def _discard_if_unused(self, artifact: StoredArtifact) -> None:
+        """A refused upload leaves its blob only to a dataset or an upload under way of
+        the same bytes (``ArtifactStore.discard``)."""
         with self._sessions() as session:
-            used = session.scalars(select(Dataset.id).where(Dataset.digest == digest)).first()
+            used = session.scalars(
+                select(Dataset.id).where(Dataset.digest == artifact.digest)
+            ).first()
         if used is None:
-            self.store.delete(digest)
+            self.store.discard(artifact)
 
     def list_datasets(self, name: str | None = None) -> list[DatasetInfo]:
         """Every dataset upload, newest first (one name may have several)."""

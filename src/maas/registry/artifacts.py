@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -56,6 +56,9 @@ _READ_CHUNK = 1024 * 1024
 class StoredArtifact:
     digest: str
     size_bytes: int
+    #: The blob's modification time (ns) right after this write stored or refreshed it:
+    #: a later time means another push has stored the same bytes since.
+    stored_ns: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,13 @@ def _hash_file(path: Path) -> str:
         while chunk := handle.read(_READ_CHUNK):
             sha.update(chunk)
     return f"sha256:{sha.hexdigest()}"
+
+
+def _mtime_ns(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -152,13 +162,13 @@ class ArtifactWriter:
             raise InvalidInput("the upload is empty")
         self._file.flush()
         os.fsync(self._file.fileno())
-        artifact = StoredArtifact(f"sha256:{self._sha.hexdigest()}", self._size)
+        digest = f"sha256:{self._sha.hexdigest()}"
         try:  # renamed while still locked: no sweep sees it unlocked in between
-            self._store._adopt(self.path, artifact.digest)
+            stored_ns = self._store._adopt(self.path, digest)
         finally:
             self._file.close()
         self._committed = True
-        return artifact
+        return StoredArtifact(digest, self._size, stored_ns)
 
     def discard(self) -> None:
         if not self._file.closed:
@@ -230,8 +240,9 @@ class ArtifactStore:
                 writer.write(chunk)
             return writer.commit()
 
-    def _adopt(self, temp: Path, digest: str) -> None:
-        """Move a complete, fsynced temp file under its digest (or drop it if known).
+    def _adopt(self, temp: Path, digest: str) -> int | None:
+        """Move a complete, fsynced temp file under its digest (or drop it if known);
+        the blob's modification time after it (ns).
 
         Either way the blob is young afterwards, so a garbage collector spares it until
         the push that is about to reference it has recorded its version."""
@@ -248,10 +259,11 @@ class ArtifactStore:
                     pass
                 else:
                     temp.unlink()
-                    return
+                    return _mtime_ns(final)
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(temp, final)
             _fsync_dir(final.parent)
+            return _mtime_ns(final)
         except OSError as exc:
             temp.unlink(missing_ok=True)
             raise StorageFailure(f"could not store the artifact ({exc.strerror})") from exc
@@ -304,6 +316,20 @@ class ArtifactStore:
             )
         with self._lock:
             self._verified[path] = state
+
+    def discard(self, artifact: StoredArtifact) -> bool:
+        """Delete the blob of a write that was refused, unless another push stored the
+        same bytes since (it refreshed the blob: ``stored_ns`` is then older than the
+        blob), which may be inspecting it now; the garbage collector takes it later if
+        nothing comes to reference it. Whether it was deleted. The caller has checked
+        that no version or dataset references it."""
+        if artifact.stored_ns is not None and _mtime_ns(self._local(artifact.digest)) not in (
+            artifact.stored_ns,
+            None,
+        ):
+            return False
+        self.delete(artifact.digest)
+        return True
 
     def delete(self, digest: str) -> None:
         path = self._local(digest)

@@ -160,7 +160,7 @@ class Publisher:
             if alias is not None:  # refused before a version exists, not after
                 await self._check_alias_signature(model, alias, info.signature)
         except Exception:  # refused, or a bug: either way the bytes must not stay behind
-            await asyncio.to_thread(self._discard_if_unused, artifact.digest)
+            await asyncio.to_thread(self._discard_if_unused, artifact)
             raise
         version = await asyncio.to_thread(
             lambda: self._registry.create_version(
@@ -195,11 +195,11 @@ class Publisher:
             path, filename, trust_pickle=self._settings.serving.trust_pickle, cache_dir=cache
         )
 
-    def _discard_if_unused(self, digest: str) -> None:
-        """A refused push leaves nothing: its blob, and what its archive unpacked to."""
-        if not self._registry.digest_in_use(digest):
-            discard_unpacked(digest.removeprefix("sha256:"), self._settings.cache_path)
-            self._store.delete(digest)
+    def _discard_if_unused(self, artifact: StoredArtifact) -> None:
+        """A refused push leaves nothing: its blob, and what its archive unpacked to;
+        unless a version uses the bytes, or a push of the same bytes is under way."""
+        if not self._registry.digest_in_use(artifact.digest) and self._store.discard(artifact):
+            discard_unpacked(artifact.digest.removeprefix("sha256:"), self._settings.cache_path)
 
     async def set_alias(
         self, model: str, alias: str, version: int, *, force: bool = False

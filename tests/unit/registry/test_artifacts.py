@@ -293,3 +293,28 @@ def test_a_remote_store_collects_by_the_remotes_own_time(tmp_path: Path) -> None
     assert not store.exists(old.digest)
     assert not (tmp_path / "cache" / "sha256" / old.digest[7:9] / old.digest[7:]).exists()
     assert store.exists(young.digest) and store.exists(reused.digest)
+
+
+def _write(store: ArtifactStore, data: bytes) -> StoredArtifact:
+    with store.writer() as writer:
+        writer.write(data)
+        return writer.commit()
+
+
+def test_a_refused_push_discards_its_blob(store: ArtifactStore) -> None:
+    artifact = _write(store, b"refused alone")
+    assert store.discard(artifact) and not store.exists(artifact.digest)
+
+
+def test_a_refused_push_keeps_a_blob_another_push_stored_since(store: ArtifactStore) -> None:
+    """Two pushes of the same bytes: the first is refused while the second inspects the
+    blob; deleting it then would pull the file from under the second."""
+    first = _write(store, b"the same model twice")
+    path = store.local_path(first.digest, verify=False)
+    old = path.stat().st_mtime_ns - 5_000_000_000
+    os.utime(path, ns=(old, old))  # the first push stored it a while ago
+    first = StoredArtifact(first.digest, first.size_bytes, old)
+    second = _write(store, b"the same model twice")  # refreshes the blob
+    assert second.stored_ns is not None and second.stored_ns > old
+    assert not store.discard(first) and store.exists(first.digest)
+    assert store.discard(second) and not store.exists(first.digest)  # the last one out
