@@ -50,5 +50,6 @@ async def in_process(home: Path, **settings: Any) -> AsyncIterator[InProcess]:
     settings.setdefault("admin_key", TEST_ADMIN_KEY)
     built = Settings(_env_file=None, home=home, **settings)  # type: ignore[call-arg]
     async with open_services(built) as services:
+        await services.models.wait_loaded()  # as a started server is once it is ready
         key = TEST_ADMIN_KEY if built.auth.enabled else None
         yield InProcess(services, create_app(services), key)

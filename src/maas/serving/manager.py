@@ -80,6 +80,8 @@ class ModelManager:
         self._expected: set[tuple[str, int]] = set()
         self._epoch = 0  # bumped by every invalidation: a resolve racing one retries
         self._started = False
+        #: The first load of every aliased version, under way in the background.
+        self._initial_load: asyncio.Task[None] | None = None
         self._shutting_down = False
 
     async def _registry_call(self, fn: Callable[[], T]) -> T:
@@ -301,21 +303,47 @@ class ModelManager:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load every aliased version; a version that fails to load is logged, not fatal."""
-        await self.sync_expected()
+        """Read which versions aliases point to, and start loading them in the
+        background: a restart answers health and serves each model as soon as it is
+        loaded (any other at once, loaded on first use), not after the slowest;
+        readiness waits for them all. A version that fails to load is logged, not fatal."""
+        versions = await self._expect()
         self._started = True
+        self._initial_load = asyncio.create_task(
+            self._load_at_start(versions), name="load aliased versions"
+        )
+
+    async def _load_at_start(self, versions: list[VersionInfo]) -> None:
+        started = time.monotonic()
+        await self._load_all(versions)
+        if versions:
+            log.info(
+                "%d aliased versions loaded in %.1f s", len(versions), time.monotonic() - started
+            )
+
+    async def wait_loaded(self) -> None:
+        """Until the load at start has finished (for callers that need every aliased
+        version in memory: benchmarks, tests)."""
+        if self._initial_load is not None:
+            await asyncio.shield(self._initial_load)
 
     async def sync_expected(self) -> None:
         """Re-read which versions aliases point to and load those not loaded yet.
 
-        Called at start and after every alias change, so that readiness keeps meaning
-        "everything aliases point to is loaded".
+        Called after every alias change, so that readiness keeps meaning "everything
+        aliases point to is loaded".
         """
+        await self._load_all(await self._expect())
+
+    async def _expect(self) -> list[VersionInfo]:
         if not self._settings.load_at_start:
-            return
+            return []
         versions = await self._registry_call(self._registry.aliased_versions)
         # Known before loading: each load evicts past the limit, and must spare these.
         self._expected = {(v.model, v.version) for v in versions}
+        return versions
+
+    async def _load_all(self, versions: list[VersionInfo]) -> None:
         await asyncio.gather(*(self._load_logged(v) for v in versions))
 
     async def _load_logged(self, version: VersionInfo) -> None:
@@ -329,6 +357,8 @@ class ModelManager:
         expected is ready, one expecting models with none loaded is not."""
         if not self._started or self._shutting_down:
             return False
+        if self._initial_load is None or not self._initial_load.done():
+            return False
         return all(
             (d := self._deployments.get(key)) is not None and d.is_ready for key in self._expected
         )
@@ -336,9 +366,21 @@ class ModelManager:
     def loaded(self) -> list[Deployment]:
         return [d for d in self._deployments.values() if d.is_ready]
 
+    def loading(self) -> list[str]:
+        """``model:version`` of every aliased version not serving yet (readiness's
+        details while it is false)."""
+        return sorted(
+            f"{model}:{version}"
+            for model, version in self._expected
+            if not ((d := self._deployments.get((model, version))) is not None and d.is_ready)
+        )
+
     async def close(self) -> None:
         """Unload every deployment at once (each drains its own calls first), then stop
         the thread pool; the caller bounds how long this may take."""
+        if self._initial_load is not None and not self._initial_load.done():
+            self._initial_load.cancel()
+            await asyncio.gather(self._initial_load, return_exceptions=True)
         deployments = list(self._deployments.values())
         self._deployments.clear()
         results = await asyncio.gather(

@@ -71,6 +71,7 @@ async def test_eviction_never_unloads_an_aliased_version(
     registry.set_alias("iris", "production", 1)
     manager = managers(max_loaded_models=1)
     await manager.start()
+    await manager.wait_loaded()
     await manager.get("iris", 2)
     assert loaded_keys(manager) == {("iris", 1), ("iris", 2)}  # over the limit, not evicted
     await manager.get("iris", 3)
@@ -87,8 +88,28 @@ async def test_start_loads_every_aliased_version_past_the_limit(
     registry.set_alias("wine", "production", 1)
     manager = managers(max_loaded_models=1)
     await manager.start()
+    await manager.wait_loaded()
     assert loaded_keys(manager) == {("iris", 1), ("wine", 1)}
-    assert manager.is_ready()
+    assert manager.is_ready() and manager.loading() == []
+
+
+async def test_start_returns_before_the_aliased_versions_load(
+    managers: ManagerFactory, publish: Publish, registry: RegistryService
+) -> None:
+    """A restart answers at once: loading runs in the background, readiness waits for
+    it, and a call meanwhile loads what it needs itself."""
+    publish("iris")
+    publish("wine")
+    registry.set_alias("iris", "production", 1)
+    registry.set_alias("wine", "production", 1)
+    manager = managers()
+    await manager.start()  # returns with nothing loaded yet
+    assert loaded_keys(manager) == set() and not manager.is_ready()
+    assert manager.loading() == ["iris:1", "wine:1"]  # what readiness reports
+    deployment = await manager.get("iris", "production")  # served before readiness
+    assert deployment.is_ready
+    await manager.wait_loaded()
+    assert loaded_keys(manager) == {("iris", 1), ("wine", 1)} and manager.is_ready()
 
 
 async def test_readiness_before_and_after_start_with_nothing_aliased(
@@ -98,6 +119,7 @@ async def test_readiness_before_and_after_start_with_nothing_aliased(
     manager = managers()
     assert not manager.is_ready()
     await manager.start()
+    await manager.wait_loaded()
     assert manager.is_ready()
 
 
@@ -119,6 +141,7 @@ async def test_readiness_waits_for_every_aliased_version(
     path.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))
     manager = managers()
     await manager.start()
+    await manager.wait_loaded()
     assert not manager.is_ready()
     assert loaded_keys(manager) == {("wine", 1)}
     failed = manager.find("iris", 1)
@@ -211,6 +234,7 @@ async def test_prepare_loads_the_target_even_on_a_lazy_server(
     path.write_bytes(b"corrupted after upload")
     manager = managers(load_at_start=load_at_start)
     await manager.start()
+    await manager.wait_loaded()
     with pytest.raises(RolloutFailed) as refused:
         await manager.prepare(broken)
     assert refused.value.details["cause"] == "artifact_corrupted"

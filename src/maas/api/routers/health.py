@@ -29,6 +29,8 @@ async def live() -> Response:
 async def ready(services: Services = Depends(get_services)) -> Response:
     is_ready = services.models.is_ready()
     body: dict[str, object] = {"ready": is_ready}
+    if not is_ready and (loading := services.models.loading()):
+        body["loading"] = loading  # aliased versions not serving yet
     if services.health_details:  # e.g. rate limits that are per server (not shared)
         body["details"] = services.health_details
     return json_response(body, status_code=200 if is_ready else 503)
