@@ -216,7 +216,7 @@ class Deployment:
         runtime = runtime_class(self.version.framework)
         if runtime.in_process_only:
             return False
-        mode = self.version.deployment.workers
+        mode: str = self.version.deployment.workers
         if mode == "auto":
             mode = self._mode  # the server's default
         if mode != "auto":
