@@ -6,6 +6,8 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -201,3 +203,38 @@ def _check_failed_rollout(server: RunningServer, good: Path, other: Path) -> Non
         served = http.post("/v2/models/flowers/infer", json=ROW)
         assert served.status_code == 200 and served.headers["x-model-version"] == "1"
         assert http.get("/v2/health/ready").status_code == 200
+
+
+def test_a_deployment_can_run_a_scikit_learn_model_in_the_server_process(
+    fresh_server: RunningServer, iris_skops: Path, iris: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """``workers: threads`` per deployment: in the server's own process, no pipe, same answers;
+    ``processes`` puts it back in a worker. The server's default stays processes."""
+    push(fresh_server, iris_skops, "tiny", alias="production")
+    push(fresh_server, iris_skops, "other", alias="production")
+    features, _ = iris
+    body = {"inputs": [{"name": "input", "datatype": "FP64", "shape": [3, 4],
+                        "data": features[:3].ravel().tolist()}]}  # fmt: skip
+    with fresh_server.client() as http:
+        by_process = http.post("/v2/models/tiny/infer", json=body).json()["outputs"]
+        result = subprocess.run(
+            [sys.executable, "-m", "maas", "models", "deploy", "tiny:1", "--workers", "threads"],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "MAAS_URL": fresh_server.url, "MAAS_API_KEY": fresh_server.api_key},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        wait_until(lambda: status(http, "tiny", "production")["workers"] == "threads")
+        inline = status(http, "tiny", "production")
+        assert inline["pids"] == [fresh_server.process.pid] and inline["ready"] is True
+        assert http.post("/v2/models/tiny/infer", json=body).json()["outputs"] == by_process
+        assert status(http, "other", "production")["workers"] == "processes"
+        back = http.put(
+            "/api/v1/models/tiny/versions/1/deployment",
+            json={**inline["spec"], "workers": "processes"},  # type: ignore[dict-item]
+        )
+        assert back.status_code == 200, back.text
+        wait_until(lambda: status(http, "tiny", "production")["workers"] == "processes")
+        assert len(status(http, "tiny", "production")["pids"]) == 1  # type: ignore[arg-type]
+        bad = http.put("/api/v1/models/tiny/versions/1/deployment",
+                       json={**inline["spec"], "workers": "fibres"})  # fmt: skip
+        assert bad.status_code in (400, 422) and "workers" in bad.text

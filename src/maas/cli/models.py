@@ -241,6 +241,10 @@ def deploy(
     ] = None,
     instances: Annotated[int | None, typer.Option(help="Parallel instances of the model.")] = None,
     max_queue_size: Annotated[int | None, typer.Option(help="Queued requests before 503.")] = None,
+    workers: Annotated[
+        str | None,
+        typer.Option(help="auto, threads (in the server process) or processes."),
+    ] = None,
     quantize: Annotated[
         str | None,
         typer.Option(help="int8: dynamic int8 linear layers (transformers models); none: off."),
@@ -267,6 +271,10 @@ def deploy(
                 "a comma-separated list of integers", param_hint="--preferred-batch-sizes"
             )
         changes["preferred_batch_sizes"] = [int(size) for size in sizes]
+    if workers is not None:
+        if workers not in ("auto", "threads", "processes"):
+            raise typer.BadParameter("auto, threads or processes", param_hint="--workers")
+        changes["workers"] = workers
     if quantize is not None:
         if quantize not in ("int8", "none"):
             raise typer.BadParameter("int8 or none", param_hint="--quantize")

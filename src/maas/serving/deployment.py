@@ -216,8 +216,11 @@ class Deployment:
         runtime = runtime_class(self.version.framework)
         if runtime.in_process_only:
             return False
-        if self._mode != "auto":
-            return self._mode == "processes"
+        mode: str = self.version.deployment.workers
+        if mode == "auto":
+            mode = self._mode  # the server's default
+        if mode != "auto":
+            return mode == "processes"
         return not runtime.releases_gil
 
     def _scheduler_for(self, instances: ModelInstances) -> GenerationScheduler | None:
