@@ -24,6 +24,13 @@ __all__ = ["GrammarConstraint", "gbnf_of"]
 
 #: ``llama_token_data``: (id, logit, p) packed as llama.cpp lays it out.
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+#: A string character as JSON has it: llama-cpp-python's converter lets raw control
+#: characters (a newline) into strings, which strict JSON parsers refuse (llama.cpp's own
+#: converter excludes them, as here).
+_JSON_CHAR = (
+    r"""char ::= [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" """
+    r"""[0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])"""
+)
 #: Free text that cannot be mistaken for the start of a JSON object.
 _TEXT_RULES = "root ::= json-root | free-text\nfree-text ::= [^{ \\t\\n] [^\\x00]*\n"
 
@@ -40,6 +47,7 @@ def gbnf_of(output: OutputFormat) -> str:
             f"response_format: the JSON schema cannot be enforced: {exc}",
             details={"param": "response_format"},
         ) from None
+    grammar = re.sub(r"^char ::= .*$", lambda _: _JSON_CHAR, grammar, count=1, flags=re.M)
     if output.allow_text:
         grammar = re.sub(r"^root ::=", "json-root ::=", grammar, count=1, flags=re.M)
         grammar += "\n" + _TEXT_RULES
