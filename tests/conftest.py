@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -43,14 +44,46 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+@pytest.fixture
+def postgres_schema_url(postgres_url: str) -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a schema of its own, dropped afterwards."""
+    from tests.databases import postgres_schema
+
+    with postgres_schema(postgres_url, "it") as url:
+        yield url
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shared_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """One cache of derived model files (a GGUF file's dequantized weights) for every
     server and runtime of the session, so the dequantization runs once, not per server."""
     previous = os.environ.get("MAAS_CACHE_DIR")
-    os.environ["MAAS_CACHE_DIR"] = str(tmp_path_factory.mktemp("model-cache"))
+    os.environ["MAAS_CACHE_DIR"] = str(_model_cache(tmp_path_factory))
     yield
     if previous is None:
         os.environ.pop("MAAS_CACHE_DIR", None)
     else:
         os.environ["MAAS_CACHE_DIR"] = previous
+
+
+def _model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's cache, or under pytest-xdist the one every worker of the run
+    shares (their base temp folders have one parent): a conversion writes to a temp
+    folder and renames it into place, so workers racing on one file are safe."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return tmp_path_factory.mktemp("model-cache")
+    shared = tmp_path_factory.getbasetemp().parent / "model-cache"
+    shared.mkdir(exist_ok=True)
+    return shared
+
+
+#: The admin key of every test server, in process or not (``MAAS_ADMIN_KEY``).
+TEST_ADMIN_KEY = "maas_testtest_" + "0123456789abcdef" * 2
+
+
+@pytest.fixture(scope="session")
+def demo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home with the iris demo registered (``tests/demo_home.py``), built once."""
+    from tests.demo_home import build_demo_home
+
+    return build_demo_home(tmp_path_factory.mktemp("demo-template"), TEST_ADMIN_KEY)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,20 +71,3 @@ def iris_onnx(
     )
     path.write_bytes(onnx_model.SerializeToString())
     return path
-
-
-@pytest.fixture
-def postgres_schema_url(postgres_url: str) -> Iterator[str]:
-    """A PostgreSQL URL whose search_path is a schema of its own, dropped afterwards."""
-    import sqlalchemy
-
-    schema = f"it_{uuid.uuid4().hex[:12]}"
-    engine = sqlalchemy.create_engine(
-        postgres_url.replace("postgresql://", "postgresql+psycopg://")
-    )
-    with engine.begin() as conn:
-        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
-    yield f"{postgres_url}?options=-csearch_path%3D{schema}"
-    with engine.begin() as conn:
-        conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
-    engine.dispose()
