@@ -12,6 +12,7 @@ import skops.io
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
+from tests.demo_home import copy_home
 from tests.integration.server import ALL_DEMO, RunningServer, start_server
 
 
@@ -25,6 +26,18 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSer
         env={"MAAS_DEMO_MODELS": ALL_DEMO},
         timeout_s=300,
     )
+    yield server
+    assert server.stop() in (0, -signal.SIGTERM), "".join(server.output)
+
+
+@pytest.fixture(scope="session")
+def iris_server(
+    tmp_path_factory: pytest.TempPathFactory, demo_template: Path
+) -> Iterator[RunningServer]:
+    """A demo server of the iris models only, for tests that change nothing: the
+    language models are loaded only where a test uses them (``demo_server``)."""
+    home = copy_home(demo_template, tmp_path_factory.mktemp("iris-home"))
+    server = start_server(home, "--demo")
     yield server
     assert server.stop() in (0, -signal.SIGTERM), "".join(server.output)
 
