@@ -1,5 +1,5 @@
 """The security suite over a real socket: the SDK and CLI, raw HTTP heads, TLS, and what
-a first start writes. Keys, roles, audit and hardened bodies are checked in process
+a first start writes, the CLI's keys. Keys, roles, audit and hardened bodies are checked in process
 (``tests/inprocess/test_security.py``)."""
 
 from __future__ import annotations
@@ -300,3 +300,35 @@ def _retry(call: object) -> httpx.Response:
                 raise
             time.sleep(0.1)
     raise AssertionError("server never accepted a connection")
+
+
+def test_the_cli_creates_a_metrics_key(server: RunningServer) -> None:
+    """The README's command for a Prometheus key works as written."""
+    env = {"MAAS_URL": server.url, "MAAS_API_KEY": server.api_key or ""}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "maas",
+            "keys",
+            "create",
+            "--name",
+            "prometheus",
+            "--role",
+            "metrics",
+        ],
+        capture_output=True,
+        text=True,
+        env={**_environ(), **env},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    secret = next(word for word in done.stdout.split() if word.startswith("maas_"))
+    with server.client(headers={"Authorization": f"Bearer {secret}"}) as scraper:
+        assert scraper.get("/metrics").status_code == 200
+
+
+def _environ() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "COLUMNS": "200"}
