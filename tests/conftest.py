@@ -87,3 +87,19 @@ def demo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.demo_home import build_demo_home
 
     return build_demo_home(tmp_path_factory.mktemp("demo-template"), TEST_ADMIN_KEY)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``--dist loadgroup``), one worker runs each module, so a
+    module's servers start once; and the tests that use ``demo_server`` (the demo with
+    its language models, in ``tests/integration``) share one worker, so it starts once."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        uses_llm_demo = (
+            "demo_server" in item.fixturenames and item.path.parent.name == "integration"
+        )
+        group = "llm-demo" if uses_llm_demo else item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))
