@@ -89,17 +89,41 @@ def demo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_demo_home(tmp_path_factory.mktemp("demo-template"), TEST_ADMIN_KEY)
 
 
+#: Where each part of the suite runs in the order of a run, first to last: xdist
+#: hands the groups out in this order (``--no-loadscope-reorder``), so the longest
+#: (a server with language models, a browser, servers in subprocesses, the LLM and
+#: type-check units) start first and the short ones fill in behind them.
+_ORDER = (
+    "llm-demo",
+    "tests/browser/",
+    "tests/integration/",
+    "tests/unit/serving/",
+    "tests/unit/runtimes/",
+    "tests/unit/test_quality.py",
+    "tests/inprocess/",
+    "tests/",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``--dist loadgroup``), one worker runs each module, so a
     module's servers start once; and the tests that use ``demo_server`` (the demo with
-    its language models, in ``tests/integration``) share one worker, so it starts once."""
+    its language models, in ``tests/integration``) share one worker, so it starts once.
+    Modules keep their tests together, in the order of ``_ORDER``."""
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:
         if item.get_closest_marker("xdist_group") is not None:
             continue
-        uses_llm_demo = (
-            "demo_server" in item.fixturenames and item.path.parent.name == "integration"
-        )
+        fixtures = getattr(item, "fixturenames", ())
+        uses_llm_demo = "demo_server" in fixtures and item.path.parent.name == "integration"
         group = "llm-demo" if uses_llm_demo else item.nodeid.split("::", 1)[0]
         item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=_rank)
+
+
+def _rank(item: pytest.Item) -> int:
+    marker = item.get_closest_marker("xdist_group")
+    group = str(marker.kwargs.get("name", marker.args[0] if marker.args else "")) if marker else ""
+    ranks = (i for i, prefix in enumerate(_ORDER) if group.startswith(prefix))
+    return next(ranks, len(_ORDER))

@@ -17,11 +17,14 @@ from tests.integration.server import ALL_DEMO, RunningServer, start_server
 
 
 @pytest.fixture(scope="session")
-def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """One demo server (SQLite, embedded defaults) shared by read-mostly tests."""
+def demo_server(
+    tmp_path_factory: pytest.TempPathFactory, demo_template: Path
+) -> Iterator[RunningServer]:
+    """One demo server with the language models (SQLite, embedded defaults) shared by
+    read-mostly tests; it registers them on a copy of the session's iris demo."""
     # The first start dequantizes the demo's GGUF chat model: give it time.
     server = start_server(
-        tmp_path_factory.mktemp("demo-home"),
+        copy_home(demo_template, tmp_path_factory.mktemp("demo-home")),
         "--demo",
         env={"MAAS_DEMO_MODELS": ALL_DEMO},
         timeout_s=300,
