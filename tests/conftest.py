@@ -6,6 +6,7 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,6 +80,16 @@ def _model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 #: The admin key of every test server, in process or not (``MAAS_ADMIN_KEY``).
 TEST_ADMIN_KEY = "maas_testtest_" + "0123456789abcdef" * 2
+
+
+@pytest.fixture(scope="module")
+def skops_bytes(iris_model: Any, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The iris classifier of the tier's ``iris_model`` fixture as ``.skops`` bytes."""
+    import skops.io
+
+    path = tmp_path_factory.mktemp("skops") / "iris.skops"
+    skops.io.dump(iris_model, path)
+    return path.read_bytes()
 
 
 @pytest.fixture(scope="session")

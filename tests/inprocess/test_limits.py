@@ -4,11 +4,9 @@ SIGTERM and two servers sharing Redis are in ``tests/integration/test_limits.py`
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import httpx
@@ -17,6 +15,7 @@ import pytest
 from tests.conftest import TEST_ADMIN_KEY
 from tests.demo_home import IRIS_MODELS, copy_home
 from tests.inprocess.app import InProcessServer, serving
+from tests.keys import bearer, limited_key, usage
 
 ADMIN_KEY = TEST_ADMIN_KEY
 _ROW = {"name": "input", "datatype": "FP64", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}
@@ -32,26 +31,12 @@ def demo(tmp_path: Path, demo_template: Path) -> Iterator[InProcessServer]:
         yield served
 
 
-def _bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def _create_key(server: InProcessServer, **limits: Any) -> tuple[str, str]:
-    """A consumer key with these limits: (its id, its secret)."""
-    spec = {"name": f"it-{uuid.uuid4().hex[:8]}", "role": "consumer", "limits": limits}
-    with server.client(headers=_bearer(ADMIN_KEY)) as http:
-        response = http.post("/api/v1/keys", json=spec)
-    assert response.status_code == 201, response.text
-    body = response.json()
-    return body["id"], body["key"]
-
-
 def _infer_many(server: InProcessServer, key: str, count: int) -> list[httpx.Response]:
     """``count`` V2 calls, all in flight at once on the server's loop."""
 
     async def run() -> list[httpx.Response]:
         answers: list[httpx.Response] = []
-        async with server.served.client(headers=_bearer(key)) as http:
+        async with server.served.client(headers=bearer(key)) as http:
 
             async def one() -> None:
                 answers.append(await http.post("/v2/models/iris/infer", json=IRIS))
@@ -65,17 +50,9 @@ def _infer_many(server: InProcessServer, key: str, count: int) -> list[httpx.Res
     return answers
 
 
-def _usage(server: InProcessServer, caller: str, **params: str) -> list[dict[str, Any]]:
-    with server.client(headers=_bearer(caller)) as http:
-        response = http.get("/api/v1/usage", params=params)
-    assert response.status_code == 200, response.text
-    rows: list[dict[str, Any]] = response.json()["rows"]
-    return rows
-
-
 def test_fifty_concurrent_calls_against_ten_per_minute(demo: InProcessServer) -> None:
     server = demo
-    _, key = _create_key(server, requests_per_minute=10)
+    _, key = limited_key(server, ADMIN_KEY, requests_per_minute=10)
     responses = _infer_many(server, key, 50)
     assert Counter(r.status_code for r in responses) == {200: 10, 429: 40}
     for response in responses:
@@ -91,8 +68,8 @@ def test_fifty_concurrent_calls_against_ten_per_minute(demo: InProcessServer) ->
 
 def test_request_budget_refuses_the_sixth_call(demo: InProcessServer) -> None:
     server = demo
-    _, key = _create_key(server, request_budget=5, budget_period="day")
-    with server.client(headers=_bearer(key)) as http:
+    _, key = limited_key(server, ADMIN_KEY, request_budget=5, budget_period="day")
+    with server.client(headers=bearer(key)) as http:
         statuses = [http.post("/v2/models/iris/infer", json=IRIS) for _ in range(6)]
     assert [r.status_code for r in statuses] == [200] * 5 + [429]
     refused = statuses[-1]
@@ -112,18 +89,18 @@ def test_names_no_model_can_have_never_stop_usage_or_audit_writes(
 
 
 def _names_never_stop_usage_or_audit_writes(server: InProcessServer) -> None:
-    key_id, key = _create_key(server)
-    with server.client(headers=_bearer(key)) as http:
+    key_id, key = limited_key(server, ADMIN_KEY)
+    with server.client(headers=bearer(key)) as http:
         # A NUL anywhere in a URL is refused before routing; a long name by the route.
         for name, code in [("%00", "invalid_input"), ("a%00b", "invalid_input"),
                            ("m" * 300, "invalid_name")]:  # fmt: skip
             bad = http.post(f"/v2/models/{name}/infer", json=IRIS)
             assert (bad.status_code, bad.json()["code"]) == (400, code), bad.text
         assert http.post("/v2/models/iris/infer", json=IRIS).status_code == 200
-    rows = _usage(server, ADMIN_KEY, key=key_id, group_by="model")
+    rows = usage(server, ADMIN_KEY, key=key_id, group_by="model")
     assert [(r["model"], r["requests"]) for r in rows] == [("iris", 1)]
 
-    with server.client(headers=_bearer(ADMIN_KEY)) as http:
+    with server.client(headers=bearer(ADMIN_KEY)) as http:
         refused = http.delete("/api/v1/models/" + "m" * 300)
         assert (refused.status_code, refused.json()["code"]) == (400, "invalid_name")
         assert http.delete(f"/api/v1/keys/{key_id}").status_code == 204

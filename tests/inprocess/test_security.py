@@ -20,18 +20,12 @@ from sklearn.preprocessing import FunctionTransformer
 
 from tests.demo_home import IRIS_MODELS, copy_home
 from tests.inprocess.app import InProcessServer, serving
+from tests.keys import as_key, make_key
 
 ROW = {
     "inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]
 }
 ORIGIN = "https://app.example"
-
-
-@pytest.fixture(scope="module")
-def skops_bytes(iris_model: LogisticRegression, tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    path = tmp_path_factory.mktemp("skops") / "iris.skops"
-    skops.io.dump(iris_model, path)
-    return path.read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -55,18 +49,6 @@ def server(
             )
         assert pushed.status_code == 201, pushed.text
         yield running
-
-
-def _key(server: InProcessServer, **spec: object) -> dict[str, object]:
-    with server.client() as http:
-        response = http.post("/api/v1/keys", json={"name": "test", **spec})
-    assert response.status_code == 201, response.text
-    created: dict[str, object] = response.json()
-    return created
-
-
-def _as(server: InProcessServer, key: object) -> httpx.Client:
-    return server.client(headers={"Authorization": f"Bearer {key}"})
 
 
 def _without_request_id(response: httpx.Response) -> dict[str, object]:
@@ -126,7 +108,7 @@ def test_a_failing_key_store_answers_a_json_500_with_the_request_id(
         schema = options.rpartition("%3D")[2]
         with psycopg.connect(base, autocommit=True) as conn:
             conn.execute(f'DROP TABLE "{schema}".api_keys CASCADE')
-        with _as(server, "maas_unknownkey_" + "0" * 32) as http:
+        with as_key(server, "maas_unknownkey_" + "0" * 32) as http:
             answer = http.get("/api/v1/models", headers={"X-Request-ID": "boundary-1"})
         assert answer.status_code == 500, answer.text
         body = answer.json()
@@ -136,7 +118,7 @@ def test_a_failing_key_store_answers_a_json_500_with_the_request_id(
 
 def test_bad_key_is_refused_and_never_echoed_or_logged(server: InProcessServer) -> None:
     bad = "maas_deadbeef_" + "f00d" * 10
-    with _as(server, bad) as http:
+    with as_key(server, bad) as http:
         response = http.post("/v2/models/iris/infer", json=ROW)
     with server.client(headers={"X-API-Key": bad + "x"}) as http:
         other = http.get("/api/v1/models")
@@ -148,17 +130,17 @@ def test_bad_key_is_refused_and_never_echoed_or_logged(server: InProcessServer) 
 def test_expired_key_is_refused(server: InProcessServer) -> None:
     past = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)).isoformat()
     future = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
-    expired = _key(server, role="consumer", expires_at=past)
-    live = _key(server, role="consumer", expires_at=future)
-    with _as(server, expired["key"]) as http:
+    expired = make_key(server, role="consumer", expires_at=past)
+    live = make_key(server, role="consumer", expires_at=future)
+    with as_key(server, expired["key"]) as http:
         assert http.post("/v2/models/iris/infer", json=ROW).status_code == 401
-    with _as(server, live["key"]) as http:
+    with as_key(server, live["key"]) as http:
         assert http.post("/v2/models/iris/infer", json=ROW).status_code == 200
 
 
 def test_revoked_key_stops_within_a_second(server: InProcessServer) -> None:
-    created = _key(server, role="consumer")
-    with _as(server, created["key"]) as http:
+    created = make_key(server, role="consumer")
+    with as_key(server, created["key"]) as http:
         assert http.post("/v2/models/iris/infer", json=ROW).status_code == 200
         with server.client() as admin:
             assert admin.delete(f"/api/v1/keys/{created['id']}").status_code == 204
@@ -167,18 +149,18 @@ def test_revoked_key_stops_within_a_second(server: InProcessServer) -> None:
 
 
 def test_rotation_gives_a_new_secret_and_revokes_the_old(server: InProcessServer) -> None:
-    created = _key(server, role="consumer", models=["iris"])
+    created = make_key(server, role="consumer", models=["iris"])
     with server.client() as admin:
         rotated = admin.post(f"/api/v1/keys/{created['id']}/rotate").json()
     assert rotated["key"] != created["key"] and rotated["models"] == ["iris"]
     time.sleep(1.1)
-    with _as(server, created["key"]) as old, _as(server, rotated["key"]) as new:
+    with as_key(server, created["key"]) as old, as_key(server, rotated["key"]) as new:
         assert old.post("/v2/models/iris/infer", json=ROW).status_code == 401
         assert new.post("/v2/models/iris/infer", json=ROW).status_code == 200
 
 
 def test_key_secret_is_shown_once_and_listed_by_prefix(server: InProcessServer) -> None:
-    created = _key(server, role="consumer", name="shown-once")
+    created = make_key(server, role="consumer", name="shown-once")
     assert str(created["key"]).startswith(f"maas_{created['prefix']}_")
     with server.client() as http:
         listed = http.get("/api/v1/keys")
@@ -189,8 +171,8 @@ def test_key_secret_is_shown_once_and_listed_by_prefix(server: InProcessServer) 
 
 
 def test_consumer_may_infer_but_not_push_or_manage_keys(server: InProcessServer) -> None:
-    consumer = _key(server, role="consumer", models=["iris*"])
-    with _as(server, consumer["key"]) as http:
+    consumer = make_key(server, role="consumer", models=["iris*"])
+    with as_key(server, consumer["key"]) as http:
         pushed = http.post(
             "/api/v1/models/iris/versions", params={"filename": "x.skops"}, content=b"x"
         )
@@ -218,7 +200,7 @@ def test_consumer_may_infer_but_not_push_or_manage_keys(server: InProcessServer)
 
 
 def test_hidden_model_looks_exactly_like_a_missing_one(server: InProcessServer) -> None:
-    consumer = _key(server, role="consumer", models=["iris*"])
+    consumer = make_key(server, role="consumer", models=["iris*"])
     paths = [
         ("GET", "/v2/models/{m}"),
         ("GET", "/v2/models/{m}/ready"),
@@ -230,7 +212,7 @@ def test_hidden_model_looks_exactly_like_a_missing_one(server: InProcessServer) 
         ("GET", "/api/v1/models/{m}/versions/1"),
         ("GET", "/api/v1/models/{m}/aliases"),
     ]
-    with _as(server, consumer["key"]) as http:
+    with as_key(server, consumer["key"]) as http:
         for method, path in paths:
             body = ROW if method == "POST" else None
             hidden = http.request(method, path.format(m="secret-model"), json=body)
@@ -248,8 +230,8 @@ def test_hidden_model_looks_exactly_like_a_missing_one(server: InProcessServer) 
 def test_deployer_writes_only_inside_its_patterns(
     server: InProcessServer, skops_bytes: bytes
 ) -> None:
-    deployer = _key(server, role="deployer", models=["team-a-*"])
-    with _as(server, deployer["key"]) as http:
+    deployer = make_key(server, role="deployer", models=["team-a-*"])
+    with as_key(server, deployer["key"]) as http:
         ok = http.post(
             "/api/v1/models/team-a-iris/versions",
             params={"filename": "iris.skops"},

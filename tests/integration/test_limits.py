@@ -16,7 +16,6 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -24,6 +23,7 @@ import redis
 
 from tests.demo_home import copy_home
 from tests.integration.server import RunningServer, start_server
+from tests.keys import bearer, limited_key, usage
 
 ADMIN_KEY = f"maas-it-admin-{secrets.token_hex(16)}"
 _ROW = {"name": "input", "datatype": "FP64", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}
@@ -43,27 +43,13 @@ def servers() -> Iterator[list[RunningServer]]:
         assert server.stop() in (0, -signal.SIGTERM), "".join(server.output)
 
 
-def _bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def _create_key(server: RunningServer, **limits: Any) -> tuple[str, str]:
-    """A consumer key with these limits: (its id, its secret)."""
-    spec = {"name": f"it-{uuid.uuid4().hex[:8]}", "role": "consumer", "limits": limits}
-    with server.client(headers=_bearer(ADMIN_KEY)) as http:
-        response = http.post("/api/v1/keys", json=spec)
-    assert response.status_code == 201, response.text
-    body = response.json()
-    return body["id"], body["key"]
-
-
 async def _infer_many(
     urls: list[str], key: str, count: int, *, model: str = "iris", concurrency: int = 50
 ) -> list[httpx.Response]:
     """``count`` V2 calls spread over ``urls``, at most ``concurrency`` in flight."""
     gate = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(headers=_bearer(key), timeout=60, limits=limits) as http:
+    async with httpx.AsyncClient(headers=bearer(key), timeout=60, limits=limits) as http:
 
         async def one(i: int) -> httpx.Response:
             async with gate:
@@ -73,31 +59,23 @@ async def _infer_many(
         return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
-def _usage(server: RunningServer, caller: str, **params: str) -> list[dict[str, Any]]:
-    with server.client(headers=_bearer(caller)) as http:
-        response = http.get("/api/v1/usage", params=params)
-    assert response.status_code == 200, response.text
-    rows: list[dict[str, Any]] = response.json()["rows"]
-    return rows
-
-
 def test_every_call_is_metered_and_survives_sigterm(
     tmp_path: Path, servers: list[RunningServer], demo_template: Path
 ) -> None:
     home = copy_home(demo_template, tmp_path / "home")
     servers.append(server := _start(home, "--demo"))
-    key_id, key = _create_key(server)
+    key_id, key = limited_key(server, ADMIN_KEY)
     asyncio.run(_infer_many([server.url], key, 900))
     missing = asyncio.run(_infer_many([server.url], key, 100, model="no-such-model"))
     assert {r.status_code for r in missing} == {404}
 
-    by_model = _usage(server, ADMIN_KEY, key=key_id, group_by="key,model")
+    by_model = usage(server, ADMIN_KEY, key=key_id, group_by="key,model")
     counts = {(r["key"], r["model"]): (r["requests"], r["errors"], r["rows"]) for r in by_model}
     assert counts == {(key_id, "iris"): (900, 0, 900), (key_id, "no-such-model"): (100, 100, 0)}
-    assert _usage(server, key, group_by="model") == [
+    assert usage(server, key, group_by="model") == [
         {k: v for k, v in row.items() if k != "key"} for row in by_model
     ]  # a key sees its own usage without asking
-    with server.client(headers=_bearer(key)) as http:
+    with server.client(headers=bearer(key)) as http:
         assert http.get("/api/v1/usage", params={"key": "someone-else"}).status_code == 403
 
     cli = subprocess.run(
@@ -118,7 +96,7 @@ def test_every_call_is_metered_and_survives_sigterm(
     asyncio.run(_infer_many([server.url], key, 250))
     assert server.stop() in (0, -signal.SIGTERM), "".join(server.output)
     servers.append(restarted := _start(home))
-    rows = _usage(restarted, ADMIN_KEY, key=key_id, group_by="key")
+    rows = usage(restarted, ADMIN_KEY, key=key_id, group_by="key")
     assert [(r["key"], r["requests"]) for r in rows] == [(key_id, 1250)]
 
 
@@ -148,7 +126,7 @@ def test_two_servers_share_one_limit_through_redis(
     home = tmp_path / "home"
     servers.append(first := _start(home, "--demo", env=env))
     servers.append(second := _start(home, env=env))
-    key_id, key = _create_key(first, requests_per_minute=10)
+    key_id, key = limited_key(first, ADMIN_KEY, requests_per_minute=10)
     responses = asyncio.run(_infer_many([first.url, second.url], key, 60))
     assert Counter(r.status_code for r in responses) == {200: 10, 429: 50}
     served_by = Counter(str(r.url).rsplit("/v2/", 1)[0] for r in responses if r.is_success)

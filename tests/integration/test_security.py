@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import skops.io
 from sklearn.linear_model import LogisticRegression
 
 import maas.errors
@@ -26,17 +25,11 @@ from maas.client import Client
 from tests.demo_home import copy_home
 from tests.integration.server import RunningServer, start_server
 from tests.integration.tls import self_signed as _self_signed
+from tests.keys import as_key, make_key
 
 ROW = {
     "inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]
 }
-
-
-@pytest.fixture(scope="module")
-def skops_bytes(iris_model: LogisticRegression, tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    path = tmp_path_factory.mktemp("skops") / "iris.skops"
-    skops.io.dump(iris_model, path)
-    return path.read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -58,18 +51,6 @@ def server(
         yield running
     finally:
         running.stop()
-
-
-def _key(server: RunningServer, **spec: object) -> dict[str, object]:
-    with server.client() as http:
-        response = http.post("/api/v1/keys", json={"name": "test", **spec})
-    assert response.status_code == 201, response.text
-    created: dict[str, object] = response.json()
-    return created
-
-
-def _as(server: RunningServer, key: object) -> httpx.Client:
-    return server.client(headers={"Authorization": f"Bearer {key}"})
 
 
 def _cli(
@@ -121,11 +102,11 @@ def test_management_actions_and_failed_logins_are_audited(
         assert admin.delete("/api/v1/models/audited").status_code == 204
         created = admin.post("/api/v1/keys", json={"name": "audited-key"}).json()
         assert admin.delete(f"/api/v1/keys/{created['id']}").status_code == 204
-    with _as(server, "maas_00000000_" + "0" * 40) as stranger:
+    with as_key(server, "maas_00000000_" + "0" * 40) as stranger:
         for _ in range(5):
             assert stranger.get("/api/v1/models").status_code == 401
-    consumer = _key(server, role="consumer", name="pusher")
-    with _as(server, consumer["key"]) as http:
+    consumer = make_key(server, role="consumer", name="pusher")
+    with as_key(server, consumer["key"]) as http:
         assert http.delete("/api/v1/models/iris").status_code == 403
 
     with server.client() as admin:
