@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.demo_home import copy_home
 from tests.integration.server import ALL_DEMO, RunningServer, start_server
 from tests.llm_models import minilm_dir, smollm2_gguf
 
@@ -62,11 +63,14 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="package")
-def server(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[RunningServer]:
-    """The demo with its chat and embedding models, as README command 1 starts it."""
+def server(
+    tmp_path_factory: pytest.TempPathFactory, browser: Any, demo_template: Path
+) -> Iterator[RunningServer]:
+    """The demo with its chat and embedding models, as README command 1 starts it (on
+    a copy of the session's iris demo: the language models register at this start)."""
     smollm2_gguf(), minilm_dir()  # skip (or fail in CI) without the model packages
     running = start_server(
-        tmp_path_factory.mktemp("console-home"),
+        copy_home(demo_template, tmp_path_factory.mktemp("console-home")),
         "--demo",
         env={"MAAS_DEMO_MODELS": ALL_DEMO},
         timeout_s=600,  # a first start dequantizes the chat model: minutes on a busy machine

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,19 +12,35 @@ import skops.io
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
+from tests.demo_home import copy_home
 from tests.integration.server import ALL_DEMO, RunningServer, start_server
 
 
 @pytest.fixture(scope="session")
-def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """One demo server (SQLite, embedded defaults) shared by read-mostly tests."""
+def demo_server(
+    tmp_path_factory: pytest.TempPathFactory, demo_template: Path
+) -> Iterator[RunningServer]:
+    """One demo server with the language models (SQLite, embedded defaults) shared by
+    read-mostly tests; it registers them on a copy of the session's iris demo."""
     # The first start dequantizes the demo's GGUF chat model: give it time.
     server = start_server(
-        tmp_path_factory.mktemp("demo-home"),
+        copy_home(demo_template, tmp_path_factory.mktemp("demo-home")),
         "--demo",
         env={"MAAS_DEMO_MODELS": ALL_DEMO},
         timeout_s=300,
     )
+    yield server
+    assert server.stop() in (0, -signal.SIGTERM), "".join(server.output)
+
+
+@pytest.fixture(scope="session")
+def iris_server(
+    tmp_path_factory: pytest.TempPathFactory, demo_template: Path
+) -> Iterator[RunningServer]:
+    """A demo server of the iris models only, for tests that change nothing: the
+    language models are loaded only where a test uses them (``demo_server``)."""
+    home = copy_home(demo_template, tmp_path_factory.mktemp("iris-home"))
+    server = start_server(home, "--demo")
     yield server
     assert server.stop() in (0, -signal.SIGTERM), "".join(server.output)
 
@@ -72,20 +87,3 @@ def iris_onnx(
     )
     path.write_bytes(onnx_model.SerializeToString())
     return path
-
-
-@pytest.fixture
-def postgres_schema_url(postgres_url: str) -> Iterator[str]:
-    """A PostgreSQL URL whose search_path is a schema of its own, dropped afterwards."""
-    import sqlalchemy
-
-    schema = f"it_{uuid.uuid4().hex[:12]}"
-    engine = sqlalchemy.create_engine(
-        postgres_url.replace("postgresql://", "postgresql+psycopg://")
-    )
-    with engine.begin() as conn:
-        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
-    yield f"{postgres_url}?options=-csearch_path%3D{schema}"
-    with engine.begin() as conn:
-        conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
-    engine.dispose()

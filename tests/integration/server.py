@@ -16,12 +16,12 @@ from typing import Any
 import httpx
 import tritonclient.http as triton_http
 
+from tests.conftest import TEST_ADMIN_KEY
+
 __all__ = ["ALL_DEMO", "IRIS_DEMO", "TEST_ADMIN_KEY", "RunningServer", "start_server"]
 
 _LISTENING = "maas listening on "
 
-#: The admin key every test server is started with (``MAAS_ADMIN_KEY``).
-TEST_ADMIN_KEY = "maas_testtest_" + "0123456789abcdef" * 2
 #: The demo models a test server registers unless a test asks for others: the language
 #: models cost seconds and hundreds of MB per server, so only their own tests load them.
 IRIS_DEMO = '["iris", "iris-onnx"]'

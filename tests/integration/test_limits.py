@@ -1,4 +1,6 @@
-"""Rate limits, quotas and usage metering against the real server, keys made over HTTP."""
+"""Usage metering across a SIGTERM, and limits shared by two servers through Redis,
+against real servers; limits and quotas behind one server are checked in process
+(``tests/inprocess/test_limits.py``)."""
 
 from __future__ import annotations
 
@@ -14,13 +16,14 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import redis
 
+from tests.demo_home import copy_home
 from tests.integration.server import RunningServer, start_server
+from tests.keys import bearer, limited_key, usage
 
 ADMIN_KEY = f"maas-it-admin-{secrets.token_hex(16)}"
 _ROW = {"name": "input", "datatype": "FP64", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}
@@ -40,27 +43,13 @@ def servers() -> Iterator[list[RunningServer]]:
         assert server.stop() in (0, -signal.SIGTERM), "".join(server.output)
 
 
-def _bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def _create_key(server: RunningServer, **limits: Any) -> tuple[str, str]:
-    """A consumer key with these limits: (its id, its secret)."""
-    spec = {"name": f"it-{uuid.uuid4().hex[:8]}", "role": "consumer", "limits": limits}
-    with server.client(headers=_bearer(ADMIN_KEY)) as http:
-        response = http.post("/api/v1/keys", json=spec)
-    assert response.status_code == 201, response.text
-    body = response.json()
-    return body["id"], body["key"]
-
-
 async def _infer_many(
     urls: list[str], key: str, count: int, *, model: str = "iris", concurrency: int = 50
 ) -> list[httpx.Response]:
     """``count`` V2 calls spread over ``urls``, at most ``concurrency`` in flight."""
     gate = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(headers=_bearer(key), timeout=60, limits=limits) as http:
+    async with httpx.AsyncClient(headers=bearer(key), timeout=60, limits=limits) as http:
 
         async def one(i: int) -> httpx.Response:
             async with gate:
@@ -70,63 +59,23 @@ async def _infer_many(
         return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
-def _usage(server: RunningServer, caller: str, **params: str) -> list[dict[str, Any]]:
-    with server.client(headers=_bearer(caller)) as http:
-        response = http.get("/api/v1/usage", params=params)
-    assert response.status_code == 200, response.text
-    rows: list[dict[str, Any]] = response.json()["rows"]
-    return rows
-
-
-def test_fifty_concurrent_calls_against_ten_per_minute(
-    tmp_path: Path, servers: list[RunningServer]
-) -> None:
-    servers.append(server := _start(tmp_path / "home", "--demo"))
-    _, key = _create_key(server, requests_per_minute=10)
-    responses = asyncio.run(_infer_many([server.url], key, 50))
-    assert Counter(r.status_code for r in responses) == {200: 10, 429: 40}
-    for response in responses:
-        assert response.headers["X-RateLimit-Limit"] == "10"
-        assert int(response.headers["X-RateLimit-Reset"]) > 0
-        if response.status_code == 429:
-            assert response.json()["code"] == "rate_limited"
-            assert int(response.headers["Retry-After"]) >= 1
-            assert response.headers["X-RateLimit-Remaining"] == "0"
-    remaining = sorted(int(r.headers["X-RateLimit-Remaining"]) for r in responses if r.is_success)
-    assert remaining == list(range(10))
-
-
-def test_request_budget_refuses_the_sixth_call(
-    tmp_path: Path, servers: list[RunningServer]
-) -> None:
-    servers.append(server := _start(tmp_path / "home", "--demo"))
-    _, key = _create_key(server, request_budget=5, budget_period="day")
-    with server.client(headers=_bearer(key)) as http:
-        statuses = [http.post("/v2/models/iris/infer", json=IRIS) for _ in range(6)]
-    assert [r.status_code for r in statuses] == [200] * 5 + [429]
-    refused = statuses[-1]
-    assert refused.json()["code"] == "quota_exceeded"
-    assert refused.headers["X-RateLimit-Limit"] == "5"
-    assert int(refused.headers["Retry-After"]) <= 86_400
-
-
 def test_every_call_is_metered_and_survives_sigterm(
-    tmp_path: Path, servers: list[RunningServer]
+    tmp_path: Path, servers: list[RunningServer], demo_template: Path
 ) -> None:
-    home = tmp_path / "home"
+    home = copy_home(demo_template, tmp_path / "home")
     servers.append(server := _start(home, "--demo"))
-    key_id, key = _create_key(server)
+    key_id, key = limited_key(server, ADMIN_KEY)
     asyncio.run(_infer_many([server.url], key, 900))
     missing = asyncio.run(_infer_many([server.url], key, 100, model="no-such-model"))
     assert {r.status_code for r in missing} == {404}
 
-    by_model = _usage(server, ADMIN_KEY, key=key_id, group_by="key,model")
+    by_model = usage(server, ADMIN_KEY, key=key_id, group_by="key,model")
     counts = {(r["key"], r["model"]): (r["requests"], r["errors"], r["rows"]) for r in by_model}
     assert counts == {(key_id, "iris"): (900, 0, 900), (key_id, "no-such-model"): (100, 100, 0)}
-    assert _usage(server, key, group_by="model") == [
+    assert usage(server, key, group_by="model") == [
         {k: v for k, v in row.items() if k != "key"} for row in by_model
     ]  # a key sees its own usage without asking
-    with server.client(headers=_bearer(key)) as http:
+    with server.client(headers=bearer(key)) as http:
         assert http.get("/api/v1/usage", params={"key": "someone-else"}).status_code == 403
 
     cli = subprocess.run(
@@ -147,7 +96,7 @@ def test_every_call_is_metered_and_survives_sigterm(
     asyncio.run(_infer_many([server.url], key, 250))
     assert server.stop() in (0, -signal.SIGTERM), "".join(server.output)
     servers.append(restarted := _start(home))
-    rows = _usage(restarted, ADMIN_KEY, key=key_id, group_by="key")
+    rows = usage(restarted, ADMIN_KEY, key=key_id, group_by="key")
     assert [(r["key"], r["requests"]) for r in rows] == [(key_id, 1250)]
 
 
@@ -177,7 +126,7 @@ def test_two_servers_share_one_limit_through_redis(
     home = tmp_path / "home"
     servers.append(first := _start(home, "--demo", env=env))
     servers.append(second := _start(home, env=env))
-    key_id, key = _create_key(first, requests_per_minute=10)
+    key_id, key = limited_key(first, ADMIN_KEY, requests_per_minute=10)
     responses = asyncio.run(_infer_many([first.url, second.url], key, 60))
     assert Counter(r.status_code for r in responses) == {200: 10, 429: 50}
     served_by = Counter(str(r.url).rsplit("/v2/", 1)[0] for r in responses if r.is_success)
@@ -187,34 +136,3 @@ def test_two_servers_share_one_limit_through_redis(
         assert client.exists(f"{redis_prefix}:{{{key_id}}}:rpm") == 1
     finally:
         client.close()
-
-
-def test_names_no_model_can_have_never_stop_usage_or_audit_writes(
-    tmp_path: Path, servers: list[RunningServer], postgres_schema_url: str
-) -> None:
-    """A NUL byte or 300 characters in a URL's model name: refused 400 before metering,
-    and on PostgreSQL (which refuses both in a row) the next calls are still written."""
-    env = {"MAAS_DATABASE_URL": postgres_schema_url}
-    servers.append(server := _start(tmp_path / "home", "--demo", env=env))
-    key_id, key = _create_key(server)
-    with server.client(headers=_bearer(key)) as http:
-        # A NUL anywhere in a URL is refused before routing; a long name by the route.
-        for name, code in [("%00", "invalid_input"), ("a%00b", "invalid_input"),
-                           ("m" * 300, "invalid_name")]:  # fmt: skip
-            bad = http.post(f"/v2/models/{name}/infer", json=IRIS)
-            assert (bad.status_code, bad.json()["code"]) == (400, code), bad.text
-        assert http.post("/v2/models/iris/infer", json=IRIS).status_code == 200
-    rows = _usage(server, ADMIN_KEY, key=key_id, group_by="model")
-    assert [(r["model"], r["requests"]) for r in rows] == [("iris", 1)]
-
-    with server.client(headers=_bearer(ADMIN_KEY)) as http:
-        refused = http.delete("/api/v1/models/" + "m" * 300)
-        assert (refused.status_code, refused.json()["code"]) == (400, "invalid_name")
-        assert http.delete(f"/api/v1/keys/{key_id}").status_code == 204
-        audit = http.get("/api/v1/audit", params={"limit": 50})
-    assert audit.status_code == 200, audit.text
-    records = [(r["action"], r["target"], r["outcome"]) for r in audit.json()]
-    assert ("key.revoke", key_id, "ok") in records
-    denied = [target for action, target, outcome in records
-              if (action, outcome) == ("model.delete", "denied")]  # fmt: skip
-    assert denied and denied[0].startswith("mmmm") and len(denied[0]) < 300  # cut to fit

@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from tests.demo_home import copy_home
 from tests.integration.server import RunningServer, start_server
 
 _ROW = [5.1, 3.5, 1.4, 0.2]
@@ -35,12 +36,15 @@ _DEFINED = (
 
 
 @pytest.fixture(params=["one-process", "multiprocess"])
-def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningServer]:
+def server(
+    request: pytest.FixtureRequest, tmp_path: Path, demo_template: Path
+) -> Iterator[RunningServer]:
     env = {}
     if request.param == "multiprocess":
         (tmp_path / "prom").mkdir()
         env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "prom")
-    running = start_server(tmp_path / "home", "--demo", "--no-auth", env=env)
+    home = copy_home(demo_template, tmp_path / "home")
+    running = start_server(home, "--demo", "--no-auth", env=env)
     yield running
     running.stop()
 
@@ -139,8 +143,10 @@ def test_metrics_can_be_public_with_auth_on(tmp_path: Path) -> None:
     assert "maas_requests" in families
 
 
-def test_live_gauges_count_only_live_processes_across_restarts(tmp_path: Path) -> None:
-    prom, home = tmp_path / "prom", tmp_path / "home"
+def test_live_gauges_count_only_live_processes_across_restarts(
+    tmp_path: Path, demo_template: Path
+) -> None:
+    prom, home = tmp_path / "prom", copy_home(demo_template, tmp_path / "home")
     env = {"PROMETHEUS_MULTIPROC_DIR": str(prom)}
     clean = start_server(home, "--demo", "--no-auth", env=env)
     assert clean.stop() in (0, -signal.SIGTERM), "".join(clean.output)

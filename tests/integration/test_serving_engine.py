@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -48,13 +47,14 @@ def test_a_killed_worker_is_restarted_and_its_call_fails_fast(
     fresh_server: RunningServer, slow_skops: Path
 ) -> None:
     push(fresh_server, slow_skops, "knn", alias="production")
-    with fresh_server.client() as http:
+    with fresh_server.client() as http, fresh_server.client() as watcher:
         before = status(http, "knn", "production")
         assert before["workers"] == "processes" and before["ready"] is True
         [pid] = before["pids"]  # type: ignore[misc]
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(http.post, "/v2/models/knn/infer", json=_big_request())
-            time.sleep(0.5)
+            # The call is decoded and in the deployment (queued or with the worker).
+            wait_until(lambda: status(watcher, "knn", "production")["in_flight"] == 1)
             os.kill(pid, signal.SIGKILL)
             response = in_flight.result(timeout=60)
         assert response.status_code == 503, response.text

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.demo_home import copy_home
 from tests.integration.server import start_server
 from tests.integration.serving_helpers import ROW, deploy, metric, scrape, status, wait_until
 
@@ -23,10 +24,11 @@ def _error_lines(output: list[str], needle: str) -> list[str]:
 # -- item 10: log the event once, count the requests ----------------------------------------
 
 
-def test_a_worker_crash_logs_once_and_counts_each_failed_request(tmp_path: Path) -> None:
-    server = start_server(
-        tmp_path / "home", "--demo", timeout_s=300
-    )  # iris: scikit-learn, in processes
+def test_a_worker_crash_logs_once_and_counts_each_failed_request(
+    tmp_path: Path, demo_template: Path
+) -> None:
+    home = copy_home(demo_template, tmp_path / "home")
+    server = start_server(home, "--demo", timeout_s=300)  # iris: scikit-learn, in processes
     try:
         deploy(server, "iris", 1, instances=1, max_batch_size=1)
         with server.client() as http, concurrent.futures.ThreadPoolExecutor(6) as pool:
@@ -49,10 +51,11 @@ def test_a_worker_crash_logs_once_and_counts_each_failed_request(tmp_path: Path)
     assert len([line for line in server.output if f"worker process {pid} died" in line]) == 1
 
 
-def test_a_drain_logs_once_and_counts_each_refused_request(tmp_path: Path) -> None:
-    server = start_server(
-        tmp_path / "home", "--demo", env={"MAAS_SERVING__DRAIN_GRACE_S": "3"}, timeout_s=300
-    )
+def test_a_drain_logs_once_and_counts_each_refused_request(
+    tmp_path: Path, demo_template: Path
+) -> None:
+    home = copy_home(demo_template, tmp_path / "home")
+    server = start_server(home, "--demo", env={"MAAS_SERVING__DRAIN_GRACE_S": "3"}, timeout_s=300)
     try:
         with server.client() as http:
             assert http.get("/v2/health/ready").status_code == 200  # a connection before
@@ -72,11 +75,13 @@ def test_a_drain_logs_once_and_counts_each_refused_request(tmp_path: Path) -> No
 
 
 def test_requests_cut_by_the_drain_deadline_get_503_and_the_teardown_completes(
-    tmp_path: Path,
+    tmp_path: Path, demo_template: Path
 ) -> None:
     drain_timeout_s = 4.0
     env = {"MAAS_SERVING__DRAIN_TIMEOUT_S": str(drain_timeout_s)}
-    server = start_server(tmp_path / "home", "--demo", env=env, timeout_s=300)
+    server = start_server(
+        copy_home(demo_template, tmp_path / "home"), "--demo", env=env, timeout_s=300
+    )
     try:
         version = 1
         # A batch that waits a minute for company: the request is in flight, in the queue.

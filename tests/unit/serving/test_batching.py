@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -52,14 +53,22 @@ def rows(*values: float) -> dict[str, np.ndarray]:
     return {"x": np.array([[v, v] for v in values])}
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the loop run until ``condition`` holds: the state a handoff waits for (a
+    request in the model, requests in the queue), not a guess at how long it takes."""
+    async with asyncio.timeout(10):
+        while not condition():  # noqa: ASYNC110 (the batcher has no event for its queue)
+            await asyncio.sleep(0)
+
+
 async def test_requests_of_different_sizes_batch_and_split_in_order() -> None:
     gate = asyncio.Event()
     model = Model(gate)
     b = batcher(model, max_batch_size=16, instances=1)
     first = asyncio.ensure_future(b.submit(rows(0)))  # occupies the only instance
-    await asyncio.sleep(0.01)
+    await until(lambda: model.batches == [1])
     tasks = [asyncio.ensure_future(b.submit(rows(*range(i, i + i)))) for i in (1, 2, 3)]
-    await asyncio.sleep(0.01)
+    await until(lambda: b.queue_depth == 3)
     gate.set()
     await first
     results = await asyncio.gather(*tasks)
@@ -76,10 +85,10 @@ async def test_requested_outputs_are_honoured_per_caller() -> None:
     model = Model(gate)
     b = batcher(model, max_batch_size=8, instances=1)
     blocker = asyncio.ensure_future(b.submit(rows(0)))
-    await asyncio.sleep(0.01)
+    await until(lambda: model.batches == [1])
     only_total = asyncio.ensure_future(b.submit(rows(1), ["total"]))
     only_double = asyncio.ensure_future(b.submit(rows(2), ["double"]))
-    await asyncio.sleep(0.01)
+    await until(lambda: b.queue_depth == 2)
     gate.set()
     await blocker
     assert set(await only_total) == {"total"}
@@ -93,11 +102,11 @@ async def test_one_bad_request_fails_alone() -> None:
     model = Model(gate)
     b = batcher(model, max_batch_size=8, instances=1)
     blocker = asyncio.ensure_future(b.submit(rows(0)))
-    await asyncio.sleep(0.01)
+    await until(lambda: model.batches == [1])
     good = asyncio.ensure_future(b.submit(rows(1, 2)))
     bad = asyncio.ensure_future(b.submit(rows(-1)))  # passes the signature, fails in the model
     also_good = asyncio.ensure_future(b.submit(rows(3)))
-    await asyncio.sleep(0.01)
+    await until(lambda: b.queue_depth == 3)
     gate.set()
     await blocker
     with pytest.raises(InvalidInput):
@@ -120,9 +129,9 @@ async def test_wrong_result_count_fails_the_whole_batch() -> None:
     model = Model(gate, drop_row=True)
     b = batcher(model, max_batch_size=8, instances=1)
     blocker = asyncio.ensure_future(b.submit(rows(0, 1)))
-    await asyncio.sleep(0.01)
+    await until(lambda: model.batches == [2])
     tasks = [asyncio.ensure_future(b.submit(rows(i))) for i in range(3)]
-    await asyncio.sleep(0.01)
+    await until(lambda: b.queue_depth == 3)
     gate.set()
     for task in [blocker, *tasks]:
         with pytest.raises(RuntimeFailure, match="rows"):
@@ -135,27 +144,29 @@ async def test_a_cancelled_queued_request_leaves_the_queue() -> None:
     model = Model(gate)
     b = batcher(model, max_batch_size=1, instances=1)
     blocker = asyncio.ensure_future(b.submit(rows(0)))
-    await asyncio.sleep(0.01)
+    await until(lambda: model.batches == [1])
     queued = asyncio.ensure_future(b.submit(rows(5)))
-    await asyncio.sleep(0.01)
+    await until(lambda: b.queue_depth == 1)
     assert b.queue_depth == 1
     queued.cancel()
     await asyncio.gather(queued, return_exceptions=True)
     assert b.queue_depth == 0
     gate.set()
     await blocker
-    await asyncio.sleep(0.01)
-    assert model.batches == [1]  # the cancelled request never reached the model
+    # A request queued after it runs after anything still queued before it.
+    await b.submit(rows(7))
+    assert model.batches == [1, 1]  # the cancelled request never reached the model
     await b.close()
 
 
 async def test_a_full_queue_raises_overloaded_at_once() -> None:
     gate = asyncio.Event()
-    b = batcher(Model(gate), max_batch_size=1, instances=1, max_queue_size=2)
+    model = Model(gate)
+    b = batcher(model, max_batch_size=1, instances=1, max_queue_size=2)
     blocker = asyncio.ensure_future(b.submit(rows(0)))
-    await asyncio.sleep(0.01)
+    await until(lambda: model.batches == [1])
     queued = [asyncio.ensure_future(b.submit(rows(i))) for i in (1, 2)]
-    await asyncio.sleep(0.01)
+    await until(lambda: b.queue_depth == 2)
     with pytest.raises(Overloaded) as caught:
         await b.submit(rows(3))
     assert caught.value.retry_after is not None

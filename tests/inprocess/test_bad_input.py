@@ -1,14 +1,13 @@
 """Bad input found by trying maas as a new user and as an attacker: each gets a clear
-4xx with a stable code from the real server, never a 500 or a silent acceptance."""
+4xx with a stable code from the app (in process), never a 500 or a silent acceptance."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.server import RunningServer, start_server
+from tests.inprocess.app import InProcessServer
 
 ROW = {
     "inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]
@@ -16,10 +15,8 @@ ROW = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(tmp_path_factory.mktemp("bad-input-home"), "--demo")
-    yield running
-    running.stop()
+def server(demo_server: InProcessServer) -> InProcessServer:
+    return demo_server
 
 
 # -- item 1: shapes numpy cannot build ----------------------------------------------------
@@ -34,7 +31,7 @@ _UNBUILDABLE = [
 
 @pytest.mark.parametrize("shape", _UNBUILDABLE)
 def test_a_json_tensor_of_a_shape_numpy_cannot_build_is_a_400(
-    server: RunningServer, shape: list[int]
+    server: InProcessServer, shape: list[int]
 ) -> None:
     body = {"inputs": [{"name": "input", "datatype": "FP64", "shape": shape, "data": []}]}
     with server.client() as http:
@@ -46,7 +43,7 @@ def test_a_json_tensor_of_a_shape_numpy_cannot_build_is_a_400(
 
 @pytest.mark.parametrize("shape", _UNBUILDABLE)
 def test_a_binary_tensor_of_a_shape_numpy_cannot_build_is_a_400(
-    server: RunningServer, shape: list[int]
+    server: InProcessServer, shape: list[int]
 ) -> None:
     entry = {
         "name": "input",
@@ -69,7 +66,7 @@ def test_a_binary_tensor_of_a_shape_numpy_cannot_build_is_a_400(
 
 
 def test_an_empty_tensor_of_a_reasonable_shape_still_reaches_the_model(
-    server: RunningServer,
+    server: InProcessServer,
 ) -> None:
     body = {"inputs": [{"name": "input", "datatype": "FP64", "shape": [0, 4], "data": []}]}
     with server.client() as http:
@@ -87,7 +84,7 @@ def test_an_empty_tensor_of_a_reasonable_shape_still_reaches_the_model(
     ["text/plain", "application/xml", "multipart/form-data; boundary=x", "text/html"],
 )
 def test_v2_inference_refuses_other_content_types_with_415(
-    server: RunningServer, content_type: str
+    server: InProcessServer, content_type: str
 ) -> None:
     with server.client() as http:
         response = http.post(
@@ -104,7 +101,7 @@ def test_v2_inference_refuses_other_content_types_with_415(
     "content_type", [None, "application/json", "application/json; charset=utf-8"]
 )
 def test_v2_inference_takes_json_with_or_without_a_content_type(
-    server: RunningServer, content_type: str | None
+    server: InProcessServer, content_type: str | None
 ) -> None:
     headers = {"Content-Type": content_type} if content_type else {}
     with server.client() as http:
@@ -112,17 +109,6 @@ def test_v2_inference_takes_json_with_or_without_a_content_type(
             "/v2/models/iris/infer", content=json.dumps(ROW).encode(), headers=headers
         )
     assert response.status_code == 200, response.text
-
-
-def test_tritonclient_binary_inference_still_works(server: RunningServer) -> None:
-    import numpy as np
-    import tritonclient.http as triton_http
-
-    data = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float64)
-    tensor = triton_http.InferInput("input", list(data.shape), "FP64")
-    tensor.set_data_from_numpy(data, binary_data=True)
-    result = server.triton().infer("iris", [tensor])
-    assert result.as_numpy("predict") is not None
 
 
 # -- item 6: key fields ------------------------------------------------------------------
@@ -141,7 +127,7 @@ def test_tritonclient_binary_inference_still_works(server: RunningServer) -> Non
     ],
 )
 def test_key_fields_refuse_booleans_and_control_characters(
-    server: RunningServer, field: dict[str, object]
+    server: InProcessServer, field: dict[str, object]
 ) -> None:
     with server.client() as http:
         response = http.post("/api/v1/keys", json={"name": "bad-fields", **field})
@@ -158,7 +144,7 @@ def test_key_fields_refuse_booleans_and_control_characters(
     ],
 )
 def test_a_405_names_the_allowed_methods(
-    server: RunningServer, method: str, path: str, allowed: set[str]
+    server: InProcessServer, method: str, path: str, allowed: set[str]
 ) -> None:
     with server.client() as http:
         response = http.request(method, path)

@@ -1,12 +1,10 @@
 """What the console stands on: its pages and /docs are public and local-only, and the
 small endpoints it added (whoami, dataset preview, load/unload, loaded deployments, key
-last use) answer over a real server, with the same key checks as everything else."""
+last use) answer over the app in process, with the same key checks as everything else."""
 
 from __future__ import annotations
 
 import re
-import signal
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
@@ -14,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.server import RunningServer, start_server
+from tests.inprocess.app import InProcessServer
 
 ROW = {
     "inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]
@@ -22,10 +20,8 @@ ROW = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(tmp_path_factory.mktemp("console-api"), "--demo")
-    yield running
-    assert running.stop() in (0, -signal.SIGTERM), "".join(running.output)
+def server(demo_server: InProcessServer) -> InProcessServer:
+    return demo_server
 
 
 def _consumer(http: httpx.Client, name: str, models: list[str]) -> dict[str, str]:
@@ -45,7 +41,7 @@ class _Links(HTMLParser):
                 self.links.append(value)
 
 
-def test_pages_are_public_and_load_only_files_of_this_server(server: RunningServer) -> None:
+def test_pages_are_public_and_load_only_files_of_this_server(server: InProcessServer) -> None:
     with server.client(headers={}) as anonymous:
         root = anonymous.get("/", follow_redirects=False)
         assert root.status_code == 307 and root.headers["location"].endswith("/console")
@@ -79,7 +75,7 @@ def test_no_console_or_docs_file_names_another_host() -> None:
         assert not re.search(r"https?://", path.read_text()), path
 
 
-def test_whoami_tells_each_key_its_role_patterns_and_actions(server: RunningServer) -> None:
+def test_whoami_tells_each_key_its_role_patterns_and_actions(server: InProcessServer) -> None:
     with server.client() as admin:
         me = admin.get("/api/v1/whoami").json()
         assert me["role"] == "admin"
@@ -92,7 +88,7 @@ def test_whoami_tells_each_key_its_role_patterns_and_actions(server: RunningServ
 
 
 def test_dataset_preview_shows_the_first_rows_to_keys_that_may_see_it(
-    server: RunningServer,
+    server: InProcessServer,
 ) -> None:
     csv = b"x,y,label\n1,2.5,a\n3,4.5,b\n5,6.5,c\n"
     with server.client() as admin:
@@ -113,7 +109,7 @@ def test_dataset_preview_shows_the_first_rows_to_keys_that_may_see_it(
 
 
 def test_a_version_unloads_and_loads_on_demand_and_only_writers_may(
-    server: RunningServer,
+    server: InProcessServer,
 ) -> None:
     base = "/api/v1/models/iris-onnx/versions/1/deployment"
     with server.client() as admin:
@@ -135,7 +131,7 @@ def test_a_version_unloads_and_loads_on_demand_and_only_writers_may(
     assert "deployment.unload" in actions and "deployment.load" in actions
 
 
-def test_keys_show_when_they_were_last_used(server: RunningServer) -> None:
+def test_keys_show_when_they_were_last_used(server: InProcessServer) -> None:
     with server.client() as admin:
         consumer = _consumer(admin, "last-used-app", ["iris"])
         key_id = admin.get("/api/v1/whoami", headers=consumer).json()["key_id"]

@@ -1,17 +1,14 @@
-"""Secure defaults, against real servers: metrics need a key, a revoked key stops at
-once where it was revoked, and a shared database without Redis says its limits are
-per server."""
+"""Secure defaults, in process: metrics need a key, a revoked key stops at once where
+it was revoked, and a shared database without Redis says its limits are per server.
+(The CLI's metrics key is made over a socket, in ``tests/integration/test_security.py``.)"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.server import RunningServer, start_server
+from tests.inprocess.app import InProcessServer, serving
 
 ROW = {
     "inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]
@@ -19,13 +16,11 @@ ROW = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(tmp_path_factory.mktemp("secure-defaults-home"), "--demo")
-    yield running
-    running.stop()
+def server(demo_server: InProcessServer) -> InProcessServer:
+    return demo_server
 
 
-def _key(server: RunningServer, role: str, models: list[str] | None = None) -> tuple[str, str]:
+def _key(server: InProcessServer, role: str, models: list[str] | None = None) -> tuple[str, str]:
     spec: dict[str, object] = {"name": f"{role}-key", "role": role}
     if models is not None:
         spec["models"] = models
@@ -42,7 +37,7 @@ def _bearer(key: str) -> dict[str, str]:
 # -- item 7: /metrics needs a key by default ------------------------------------------------
 
 
-def test_metrics_need_a_key_by_default(server: RunningServer) -> None:
+def test_metrics_need_a_key_by_default(server: InProcessServer) -> None:
     with server.client(headers={}) as anonymous:
         assert anonymous.post("/v2/models/iris/infer", json=ROW).status_code == 401
         refused = anonymous.get("/metrics")
@@ -51,7 +46,7 @@ def test_metrics_need_a_key_by_default(server: RunningServer) -> None:
     assert "iris" not in refused.text
 
 
-def test_a_metrics_key_scrapes_and_does_nothing_else(server: RunningServer) -> None:
+def test_a_metrics_key_scrapes_and_does_nothing_else(server: InProcessServer) -> None:
     _, key = _key(server, "metrics")
     with server.client(headers=_bearer(key)) as scraper:
         scraped = scraper.get("/metrics")
@@ -63,7 +58,7 @@ def test_a_metrics_key_scrapes_and_does_nothing_else(server: RunningServer) -> N
     assert models.status_code == 403 or models.json() in ([], {"models": []}), models.text
 
 
-def test_a_consumer_key_may_not_scrape(server: RunningServer) -> None:
+def test_a_consumer_key_may_not_scrape(server: InProcessServer) -> None:
     _, key = _key(server, "consumer")
     with server.client(headers=_bearer(key)) as consumer:
         response = consumer.get("/metrics")
@@ -72,52 +67,21 @@ def test_a_consumer_key_may_not_scrape(server: RunningServer) -> None:
 
 
 def test_the_operator_can_open_metrics(tmp_path: Path) -> None:
-    running = start_server(tmp_path / "home", env={"MAAS_AUTH__METRICS_PUBLIC": "true"})
-    try:
-        with running.client(headers={}) as anonymous:
-            response = anonymous.get("/metrics")
-    finally:
-        running.stop()
+    with (
+        serving(tmp_path / "home", auth={"metrics_public": True}) as running,
+        running.client(headers={}) as anonymous,
+    ):
+        response = anonymous.get("/metrics")
     assert response.status_code == 200, response.text
-
-
-def test_the_cli_creates_a_metrics_key(server: RunningServer) -> None:
-    """The README's command for a Prometheus key works as written."""
-    env = {"MAAS_URL": server.url, "MAAS_API_KEY": server.api_key or ""}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "maas",
-            "keys",
-            "create",
-            "--name",
-            "prometheus",
-            "--role",
-            "metrics",
-        ],
-        capture_output=True,
-        text=True,
-        env={**_environ(), **env},
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    secret = next(word for word in done.stdout.split() if word.startswith("maas_"))
-    with server.client(headers=_bearer(secret)) as scraper:
-        assert scraper.get("/metrics").status_code == 200
-
-
-def _environ() -> dict[str, str]:
-    import os
-
-    return {**os.environ, "COLUMNS": "200"}
 
 
 # -- item 8: a revoked key stops at once on the server that revoked it ---------------------
 
 
 @pytest.mark.parametrize("how", ["revoke", "rotate"])
-def test_a_revoked_key_stops_at_once_where_it_was_revoked(server: RunningServer, how: str) -> None:
+def test_a_revoked_key_stops_at_once_where_it_was_revoked(
+    server: InProcessServer, how: str
+) -> None:
     key_id, key = _key(server, "consumer", ["iris*"])
     with server.client(headers=_bearer(key)) as caller, server.client() as admin:
         assert caller.post("/v2/models/iris/infer", json=ROW).status_code == 200  # cached now
@@ -138,13 +102,12 @@ _PER_SERVER = "rate limits are per server"
 def test_postgresql_without_redis_warns_that_limits_are_per_server(
     tmp_path: Path, postgres_schema_url: str
 ) -> None:
-    env = {"MAAS_DATABASE_URL": postgres_schema_url, "MAAS_REDIS_URL": ""}
-    running = start_server(tmp_path / "home", env=env)
-    try:
-        with running.client(headers={}) as anonymous:
-            ready = anonymous.get("/v2/health/ready")
-    finally:
-        running.stop()
+    settings = {"database_url": postgres_schema_url, "redis_url": None}
+    with (
+        serving(tmp_path / "home", **settings) as running,
+        running.client(headers={}) as anonymous,
+    ):
+        ready = anonymous.get("/v2/health/ready")
     assert ready.status_code == 200, ready.text
     assert ready.json()["details"]["rate_limits"] == "per_server"
     assert any(_PER_SERVER in warning for warning in ready.json()["details"]["warnings"])
@@ -155,12 +118,12 @@ def test_postgresql_without_redis_warns_that_limits_are_per_server(
 def test_postgresql_with_redis_says_nothing(
     tmp_path: Path, postgres_schema_url: str, redis_url: str
 ) -> None:
-    env = {"MAAS_DATABASE_URL": postgres_schema_url, "MAAS_REDIS_URL": redis_url}
-    running = start_server(tmp_path / "home", env=env)
-    try:
-        with running.client(headers={}) as anonymous:
-            ready = anonymous.get("/v2/health/ready")
-    finally:
-        running.stop()
+    with (
+        serving(
+            tmp_path / "home", database_url=postgres_schema_url, redis_url=redis_url
+        ) as running,
+        running.client(headers={}) as anonymous,
+    ):
+        ready = anonymous.get("/v2/health/ready")
     assert ready.json() == {"ready": True}, ready.text
     assert not any(_PER_SERVER in line for line in running.output)
