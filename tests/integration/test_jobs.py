@@ -192,8 +192,17 @@ def test_regression_reports_r2_and_mae(
     assert set(metrics) == {"r2", "mae"} and metrics["r2"] > 0.3 and metrics["mae"] < 60
 
 
-def test_sse_resumes_after_a_sequence_number(jobs_server: RunningServer, client: Client) -> None:
-    job = client.list_jobs(model="tickets")[0]
+def test_sse_resumes_after_a_sequence_number(
+    jobs_server: RunningServer, client: Client, tmp_path: Path
+) -> None:
+    # A job of its own: the test must not depend on which tests ran before it.
+    path = tmp_path / "line.csv"
+    path.write_text("x,y\n" + "".join(f"{i},{2 * i + 1}\n" for i in range(40)))
+    client.push_dataset(path, "line")
+    job = client.submit_job({"kind": "train", "model": "line", "dataset": "line",
+                             "task": "tabular_regression", "target": "y",
+                             "estimator": "ridge", "onnx": False})  # fmt: skip
+    assert client.wait_job(job.id).state == "succeeded"
     everything = [e for e in client.follow_job(job.id) if isinstance(e, JobEvent)]
     later = [e for e in client.follow_job(job.id, after=2) if isinstance(e, JobEvent)]
     assert [e.seq for e in later] == [e.seq for e in everything if e.seq > 2]

@@ -46,7 +46,7 @@ from maas.registry.locks import exclusive
 from maas.registry.references import digest_referenced, referenced_digests
 from maas.runtimes.hf.loading import gguf_cache_source
 
-__all__ = ["OrphanCollector"]
+__all__ = ["OrphanCollector", "gc_lock_name"]
 
 log = logging.getLogger("maas.gc")
 
@@ -74,6 +74,13 @@ def _tree_bytes(path: Path) -> int:
     return total
 
 
+def gc_lock_name(models: ArtifactStore) -> str:
+    """The lock a pass holds: one per store, as the servers of one registry share its
+    store, and two registries in one PostgreSQL database (schemas) must not block
+    each other."""
+    return f"maas.gc {models.url}"
+
+
 class OrphanCollector:
     def __init__(
         self,
@@ -98,8 +105,9 @@ class OrphanCollector:
     def collect(self, *, dry_run: bool = False, grace_s: float | None = None) -> GcReport:
         """One pass (blocking). Raises ``GcInProgress`` while another pass runs."""
         grace = self._settings.gc_grace_s if grace_s is None else grace_s
-        lock_file = self._stores["models"].root / "gc.lock"
-        with exclusive(self._engine, "maas.gc", lock_file) as held:
+        models = self._stores["models"]
+        lock_file = models.root / "gc.lock"
+        with exclusive(self._engine, gc_lock_name(models), lock_file) as held:
             if not held:
                 raise GcInProgress()
             report = self._pass(dry_run, grace)

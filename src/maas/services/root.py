@@ -84,6 +84,52 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     """Open the registry (migrating it), the store and the model manager; close on exit."""
     settings.home_dir.mkdir(parents=True, exist_ok=True)
     engine = create_engine_for(settings.resolved_database_url)
+    try:  # a start that fails before the services exist must not leak the engine
+        services = _assemble(settings, engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    try:
+        if settings.auth.enabled:
+            admin_key = settings.auth.admin_key
+            services.admin_key = await asyncio.to_thread(
+                ensure_admin_key,
+                services.keys,
+                settings.home_dir,
+                admin_key.get_secret_value() if admin_key else None,
+            )
+        if settings.demo:
+            await register_demo_models(
+                services.publisher, services.registry, settings.home_dir, settings.demo_models
+            )
+        await services.models.start()
+        await services.usage.start()
+        await services.jobs.start()
+        services.orphans.start()
+        yield services
+    finally:
+        await _close(services)
+
+
+def _stores(settings: Settings) -> tuple[ArtifactStore, ArtifactStore]:
+    """The model versions' store and the datasets' (a store of its own beside it)."""
+    url = settings.resolved_artifact_url
+    return ArtifactStore(url), ArtifactStore(url.rstrip("/") + "/datasets")
+
+
+def _collector(
+    settings: Settings, engine: Engine, store: ArtifactStore, dataset_store: ArtifactStore
+) -> OrphanCollector:
+    stores: dict[StoreName, ArtifactStore] = {"models": store, "datasets": dataset_store}
+    cache = settings.cache_path
+    private = cache == settings.home_dir / "cache"  # else maybe shared: see OrphanCollector
+    return OrphanCollector(
+        engine, session_factory(engine), stores, cache, settings.storage, private_cache=private
+    )
+
+
+def _assemble(settings: Settings, engine: Engine) -> Services:
+    """The services over ``engine``, the schema migrated; nothing started yet."""
     upgrade_to_head(engine)
     store, dataset_store = _stores(settings)
     registry = RegistryService(session_factory(engine), store)
@@ -115,7 +161,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     )
     text = TextService(models, settings.generation)
     keys = _key_store(settings, engine)
-    services = Services(
+    return Services(
         settings,
         engine,
         registry,
@@ -135,41 +181,6 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         inference=InferenceService(models, registry, admission, text),
         orphans=_collector(settings, engine, store, dataset_store),
         health_details=_health_details(settings),
-    )
-    try:
-        if settings.auth.enabled:
-            admin_key = settings.auth.admin_key
-            services.admin_key = await asyncio.to_thread(
-                ensure_admin_key,
-                services.keys,
-                settings.home_dir,
-                admin_key.get_secret_value() if admin_key else None,
-            )
-        if settings.demo:
-            await register_demo_models(publisher, registry, settings.home_dir, settings.demo_models)
-        await models.start()
-        await usage.start()
-        await jobs.start()
-        services.orphans.start()
-        yield services
-    finally:
-        await _close(services)
-
-
-def _stores(settings: Settings) -> tuple[ArtifactStore, ArtifactStore]:
-    """The model versions' store and the datasets' (a store of its own beside it)."""
-    url = settings.resolved_artifact_url
-    return ArtifactStore(url), ArtifactStore(url.rstrip("/") + "/datasets")
-
-
-def _collector(
-    settings: Settings, engine: Engine, store: ArtifactStore, dataset_store: ArtifactStore
-) -> OrphanCollector:
-    stores: dict[StoreName, ArtifactStore] = {"models": store, "datasets": dataset_store}
-    cache = settings.cache_path
-    private = cache == settings.home_dir / "cache"  # else maybe shared: see OrphanCollector
-    return OrphanCollector(
-        engine, session_factory(engine), stores, cache, settings.storage, private_cache=private
     )
 
 

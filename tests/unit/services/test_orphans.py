@@ -30,7 +30,7 @@ from maas.registry.artifacts import ArtifactStore, StoredArtifact
 from maas.registry.db import session_factory
 from maas.registry.locks import exclusive
 from maas.registry.service import RegistryService
-from maas.services.orphans import OrphanCollector
+from maas.services.orphans import OrphanCollector, gc_lock_name
 
 HOUR = 3600.0
 #: A modification time far outside any grace window.
@@ -292,7 +292,7 @@ def test_a_shared_cache_loses_only_the_directories_of_blobs_the_pass_deleted(
 def test_a_second_pass_while_one_runs_is_refused(install: Install) -> None:
     lost = orphan(install.models, b"orphan bytes")
     lock_file = install.models.root / "gc.lock"
-    with exclusive(install.engine, "maas.gc", lock_file) as held:
+    with exclusive(install.engine, gc_lock_name(install.models), lock_file) as held:
         assert held
         with pytest.raises(GcInProgress) as caught:
             install.collector().collect()
