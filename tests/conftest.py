@@ -82,9 +82,37 @@ def _model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 TEST_ADMIN_KEY = "maas_testtest_" + "0123456789abcdef" * 2
 
 
+@pytest.fixture(scope="session")
+def iris() -> tuple[Any, Any]:
+    """Iris features and labels (scikit-learn imported only where a test asks)."""
+    from sklearn.datasets import load_iris
+
+    features, labels = load_iris(return_X_y=True)
+    return features, labels
+
+
+@pytest.fixture(scope="session")
+def iris_model(iris: tuple[Any, Any]) -> Any:
+    """What the demo trains: the same data and estimator, so the same classes."""
+    from sklearn.linear_model import LogisticRegression
+
+    features, labels = iris
+    return LogisticRegression(max_iter=1000).fit(features, labels)
+
+
+@pytest.fixture
+def iris_skops(tmp_path: Path, iris_model: Any) -> Path:
+    """``iris_model`` as a ``.skops`` file to push."""
+    import skops.io
+
+    path = tmp_path / "iris.skops"
+    skops.io.dump(iris_model, path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def skops_bytes(iris_model: Any, tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    """The iris classifier of the tier's ``iris_model`` fixture as ``.skops`` bytes."""
+    """The iris classifier of the ``iris_model`` fixture as ``.skops`` bytes."""
     import skops.io
 
     path = tmp_path_factory.mktemp("skops") / "iris.skops"

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import httpx
 
-__all__ = ["Served", "as_key", "bearer", "limited_key", "make_key", "usage"]
+__all__ = ["Served", "as_key", "bearer", "limited_key", "make_key", "push_secret_model", "usage"]
 
 
 class Served(Protocol):
@@ -17,6 +17,18 @@ class Served(Protocol):
 
 def bearer(key: object) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+def push_secret_model(server: Served, skops_bytes: bytes) -> None:
+    """``secret-model`` (iris, aliased production): a model that only keys allowed
+    every model, or this one, may see."""
+    with server.client() as http:
+        pushed = http.post(
+            "/api/v1/models/secret-model/versions",
+            params={"filename": "iris.skops", "alias": "production"},
+            content=skops_bytes,
+        )
+    assert pushed.status_code == 201, pushed.text
 
 
 def make_key(server: Served, **spec: object) -> dict[str, object]:

@@ -6,10 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from sklearn.datasets import load_iris
-from sklearn.linear_model import LogisticRegression
 
 from tests.demo_home import IRIS_MODELS, copy_home
 from tests.inprocess.app import InProcess, InProcessServer, in_process, serving
@@ -36,16 +33,3 @@ def demo_server(
     home = copy_home(demo_template, tmp_path_factory.mktemp("inprocess-demo"))
     with serving(home, demo=True, demo_models=IRIS_MODELS) as served:
         yield served
-
-
-@pytest.fixture(scope="session")
-def iris() -> tuple[np.ndarray, np.ndarray]:
-    features, labels = load_iris(return_X_y=True)
-    return features, labels
-
-
-@pytest.fixture(scope="session")
-def iris_model(iris: tuple[np.ndarray, np.ndarray]) -> LogisticRegression:
-    """What the demo trains: the same data and estimator, so the same classes."""
-    features, labels = iris
-    return LogisticRegression(max_iter=1000).fit(features, labels)

@@ -11,8 +11,6 @@ from typing import Any
 
 import psycopg
 import pytest
-import skops.io
-from sklearn.linear_model import LogisticRegression
 
 from tests.conftest import POSTGRES_URL, require_service
 from tests.demo_home import IRIS_MODELS, copy_home
@@ -56,13 +54,6 @@ def demo_on(
     finally:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
-@pytest.fixture
-def iris_skops(tmp_path: Path, iris_model: LogisticRegression) -> Path:
-    path = tmp_path / "iris.skops"
-    skops.io.dump(iris_model, path)
-    return path
 
 
 @pytest.mark.parametrize("name", ["../etc", "a/b", "Upper", "..", "x..y", "-lead"])

@@ -20,7 +20,7 @@ from sklearn.preprocessing import FunctionTransformer
 
 from tests.demo_home import IRIS_MODELS, copy_home
 from tests.inprocess.app import InProcessServer, serving
-from tests.keys import as_key, make_key
+from tests.keys import as_key, make_key, push_secret_model
 
 ROW = {
     "inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]
@@ -41,13 +41,7 @@ def server(
         server={"cors_origins": [ORIGIN]},
         limits={"max_body_bytes": 65536},
     ) as running:
-        with running.client() as http:
-            pushed = http.post(
-                "/api/v1/models/secret-model/versions",
-                params={"filename": "iris.skops", "alias": "production"},
-                content=skops_bytes,
-            )
-        assert pushed.status_code == 201, pushed.text
+        push_secret_model(running, skops_bytes)
         yield running
 
 

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import skops.io
-from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 from tests.demo_home import copy_home
@@ -51,25 +49,6 @@ def fresh_server(tmp_path: Path) -> Iterator[RunningServer]:
     server = start_server(tmp_path / "home")
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="session")
-def iris() -> tuple[np.ndarray, np.ndarray]:
-    features, labels = load_iris(return_X_y=True)
-    return features, labels
-
-
-@pytest.fixture(scope="session")
-def iris_model(iris: tuple[np.ndarray, np.ndarray]) -> LogisticRegression:
-    features, labels = iris
-    return LogisticRegression(max_iter=1000).fit(features, labels)
-
-
-@pytest.fixture
-def iris_skops(tmp_path: Path, iris_model: LogisticRegression) -> Path:
-    path = tmp_path / "iris.skops"
-    skops.io.dump(iris_model, path)
-    return path
 
 
 @pytest.fixture

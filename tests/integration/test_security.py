@@ -25,7 +25,7 @@ from maas.client import Client
 from tests.demo_home import copy_home
 from tests.integration.server import RunningServer, start_server
 from tests.integration.tls import self_signed as _self_signed
-from tests.keys import as_key, make_key
+from tests.keys import as_key, make_key, push_secret_model
 
 ROW = {
     "inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]
@@ -41,13 +41,7 @@ def server(
     env = {"MAAS_LIMITS__MAX_BODY_BYTES": "65536"}
     running = start_server(home, "--demo", env=env)
     try:
-        with running.client() as http:
-            pushed = http.post(
-                "/api/v1/models/secret-model/versions",
-                params={"filename": "iris.skops", "alias": "production"},
-                content=skops_bytes,
-            )
-        assert pushed.status_code == 201, pushed.text
+        push_secret_model(running, skops_bytes)
         yield running
     finally:
         running.stop()
