@@ -359,9 +359,7 @@ class ModelManager:
             return False
         if self._initial_load is None or not self._initial_load.done():
             return False
-        return all(
-            (d := self._deployments.get(key)) is not None and d.is_ready for key in self._expected
-        )
+        return not self._pending()
 
     def loaded(self) -> list[Deployment]:
         return [d for d in self._deployments.values() if d.is_ready]
@@ -369,11 +367,15 @@ class ModelManager:
     def loading(self) -> list[str]:
         """``model:version`` of every aliased version not serving yet (readiness's
         details while it is false)."""
-        return sorted(
-            f"{model}:{version}"
-            for model, version in self._expected
-            if not ((d := self._deployments.get((model, version))) is not None and d.is_ready)
-        )
+        return sorted(f"{model}:{version}" for model, version in self._pending())
+
+    def _pending(self) -> list[tuple[str, int]]:
+        """The aliased versions without a ready deployment."""
+        return [
+            key
+            for key in self._expected
+            if (d := self._deployments.get(key)) is None or not d.is_ready
+        ]
 
     async def close(self) -> None:
         """Unload every deployment at once (each drains its own calls first), then stop
