@@ -4,6 +4,7 @@ which needs a socket, is in ``tests/integration/test_v2.py``."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -184,3 +185,34 @@ def test_health_endpoints(demo_server: InProcessServer) -> None:
         assert http.get("/v2/models/iris/ready").status_code == 200
         assert http.get("/v2/models/iris/versions/1/ready").json()["ready"] is True
         assert http.get("/v2/models/nope/ready").status_code == 404
+
+
+def test_readiness_names_the_aliased_versions_not_serving(
+    tmp_path: Path, iris_skops: Path, iris: tuple[Any, Any]
+) -> None:
+    """A start whose aliased version cannot load (its blob damaged on disk) is live but
+    not ready, and readiness says which version it is waiting for; the others serve."""
+    import skops.io
+    from sklearn.tree import DecisionTreeClassifier
+
+    other = tmp_path / "tree.skops"
+    skops.io.dump(DecisionTreeClassifier(random_state=0).fit(*iris), other)
+    home = tmp_path / "home"
+    with serving(home) as first, first.client() as http:
+        for name, path in (("broken", iris_skops), ("fine", other)):
+            pushed = http.post(
+                f"/api/v1/models/{name}/versions",
+                params={"filename": path.name, "alias": "production"},
+                content=path.read_bytes(),
+            )
+            assert pushed.status_code == 201, pushed.text
+        digest = http.get("/api/v1/models/broken/versions/1").json()["digest"]
+    hex_digest = digest.removeprefix("sha256:")
+    (home / "artifacts" / "sha256" / hex_digest[:2] / hex_digest).write_bytes(b"damaged")
+    with serving(home) as restarted, restarted.client() as http:
+        assert http.get("/v2/health/live").status_code == 200
+        ready = http.get("/v2/health/ready")
+        assert ready.status_code == 503
+        assert ready.json() == {"ready": False, "loading": ["broken:1"]}
+        assert http.get("/v2/models/fine/ready").status_code == 200
+        assert http.post("/v2/models/fine/infer", json={"inputs": [IRIS_ROW]}).status_code == 200

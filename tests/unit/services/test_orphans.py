@@ -301,6 +301,27 @@ def test_a_second_pass_while_one_runs_is_refused(install: Install) -> None:
     assert [b.digest for b in install.collector().collect().collected] == [lost]
 
 
+def test_a_pass_over_another_store_of_the_same_database_is_not_blocked(
+    install: Install,
+) -> None:
+    """One pass at a time per store: a registry whose store is elsewhere (another
+    schema of the same PostgreSQL database, say) collects while this one's pass runs."""
+    other = ArtifactStore(str(install.tmp / "elsewhere"))
+    lost = orphan(other, b"orphan elsewhere")
+    lock_file = install.models.root / "gc.lock"
+    with exclusive(install.engine, gc_lock_name(install.models), lock_file) as held:
+        assert held
+        collector = OrphanCollector(
+            install.engine,
+            session_factory(install.engine),
+            {"models": other, "datasets": install.datasets},
+            install.cache,
+            StorageSettings(gc_grace_s=HOUR),
+            private_cache=True,
+        )
+        assert [b.digest for b in collector.collect().collected] == [lost]
+
+
 # -- remote stores ------------------------------------------------------------------------
 
 
