@@ -2,6 +2,10 @@
 
     python benchmarks/idle_memory.py             # one fresh home, 5 s settle
     python benchmarks/idle_memory.py --runs 3 --settle 10
+    MAAS_DEMO_MODELS='["iris"]' python benchmarks/idle_memory.py --restart  # iris only
+
+``--restart`` measures a second start on the same home: a restart finds the demo
+registered and trains nothing, which is what a server spends its life as.
 
 Starts ``python -m maas serve --demo --home <fresh temp dir> --port <free>``, waits until
 ``/v2/health/ready`` answers 200, waits ``--settle`` seconds more, then reads from
@@ -81,33 +85,40 @@ def usage(pid: int) -> Usage:
     return Usage(pid, command, _kib(proc / "status", "VmRSS"), _kib(proc / "smaps_rollup", "Pss"))
 
 
-def measure(settle: float, extra: list[str]) -> list[Usage]:
-    """One fresh server: the usage of its process tree once idle, the server first."""
+def measure(settle: float, extra: list[str], *, restart: bool) -> list[Usage]:
+    """A server on a fresh home (started twice with ``restart``): the usage of its
+    process tree once idle, the server first."""
+    with tempfile.TemporaryDirectory(prefix="maas-idle-") as home:
+        if restart:
+            _measure_once(home, 0.0, extra)
+        return _measure_once(home, settle, extra)
+
+
+def _measure_once(home: str, settle: float, extra: list[str]) -> list[Usage]:
     port = free_port()
     url = f"http://127.0.0.1:{port}/v2/health/ready"
-    with tempfile.TemporaryDirectory(prefix="maas-idle-") as home:
-        command = [sys.executable, "-m", "maas", "serve", "--demo", "--home", home]
-        command += ["--port", str(port), "--log-level", "warning", *extra]
-        log = Path(home) / "server.log"
-        with log.open("w") as out:
-            process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
+    command = [sys.executable, "-m", "maas", "serve", "--demo", "--home", home]
+    command += ["--port", str(port), "--log-level", "warning", *extra]
+    log = Path(home) / "server.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_ready(process, url, log)
+        time.sleep(settle)
+        found = []
+        for pid in descendants(process.pid):
+            with contextlib.suppress(OSError):  # gone meanwhile
+                found.append(usage(pid))
+        return found
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
         try:
-            wait_ready(process, url, log)
-            time.sleep(settle)
-            found = []
-            for pid in descendants(process.pid):
-                with contextlib.suppress(OSError):  # gone meanwhile
-                    found.append(usage(pid))
-            return found
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def main() -> None:
@@ -115,10 +126,11 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=5.0, help="seconds idle after ready")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--no-auth", action="store_true", help="pass --no-auth to the server")
+    parser.add_argument("--restart", action="store_true", help="measure a second start")
     args = parser.parse_args()
     extra = ["--no-auth"] if args.no_auth else []
     for run in range(1, args.runs + 1):
-        found = measure(args.settle, extra)
+        found = measure(args.settle, extra, restart=args.restart)
         print(f"run {run}: {len(found)} processes, {args.settle:g} s idle after ready")
         print("| pid | role | RSS MiB | PSS MiB | command |")
         print("| ---: | --- | ---: | ---: | --- |")

@@ -10,6 +10,7 @@ without the optional extras; a missing one raises ``MissingExtra`` naming the ex
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ class _Entry:
     module: str
     cls: str
     extra: str  # the extra that provides its dependencies
-    probes: tuple[str, ...]  # modules that must import for it to work
+    probes: tuple[str, ...]  # modules that must be installed for it to work
 
 
 #: framework -> where its runtime lives. The order is the order uploads are matched
@@ -77,15 +78,14 @@ def describe(framework: str) -> type[Runtime] | None:
 
 
 def runtime_class(framework: str) -> type[Runtime]:
-    """The runtime class of ``framework``, once its optional dependencies import."""
+    """The runtime class of ``framework``, once its optional dependencies are found."""
     entry = _RUNTIMES.get(framework)
     if entry is None:
         raise UnsupportedArtifact(f"no runtime for framework {framework!r}")
-    try:
-        for probe in entry.probes:
-            importlib.import_module(probe)
-    except ImportError:
-        raise MissingExtra(framework, entry.extra) from None
+    # Found, not imported: a server whose scikit-learn models run in worker processes
+    # never needs scikit-learn (and what it drags in, 150 MB) in its own process.
+    if any(importlib.util.find_spec(probe) is None for probe in entry.probes):
+        raise MissingExtra(framework, entry.extra)
     runtime = describe(framework)
     assert runtime is not None
     return runtime

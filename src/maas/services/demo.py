@@ -67,16 +67,22 @@ def _pack_directory(directory: Path, archive: Path) -> Path:
     return archive
 
 
-def _train_iris(directory: Path) -> dict[str, Path]:
-    """Fit the iris classifier and save it as .skops and, when skl2onnx is there, .onnx."""
-    import skops.io
+def _train_iris(directory: Path, *, onnx: bool) -> dict[str, Path]:
+    """Fit the iris classifier and save it as .skops and, when ``onnx`` is asked for and
+    skl2onnx is there, .onnx. skops comes without torch and pandas, which this server
+    process would otherwise keep for nothing (``import_skops``, before scikit-learn)."""
+    from maas.runtimes.sklearn import import_skops
+
+    skops_io = import_skops()
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
 
     features, labels = load_iris(return_X_y=True)
     model = LogisticRegression(max_iter=1000).fit(features, labels)
     files = {"iris": directory / "iris.skops"}
-    skops.io.dump(model, files["iris"])
+    skops_io.dump(model, files["iris"])
+    if not onnx:
+        return files
     try:
         from skl2onnx import convert_sklearn
         from skl2onnx.common.data_types import FloatTensorType
@@ -116,7 +122,10 @@ async def register_demo_models(
     if not missing:
         return
     with tempfile.TemporaryDirectory(dir=home) as tmp:
-        files = await asyncio.to_thread(_train_iris, Path(tmp))
+        files: dict[str, Path] = {}
+        if {"iris", "iris-onnx"} & set(missing):
+            onnx = "iris-onnx" in missing
+            files = await asyncio.to_thread(lambda: _train_iris(Path(tmp), onnx=onnx))
         lineage = {name: {"dataset": "sklearn.datasets.load_iris"} for name in files}
         for name in set(missing) & set(_PACKAGED):
             source = packaged_model(name)
