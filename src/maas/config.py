@@ -44,10 +44,22 @@ class ServingSettings(_Section):
     trust_pickle: bool = Field(
         False, description="Accept pickle/joblib artifacts, which run code when loaded."
     )
-    worker_mode: Literal["auto", "threads", "processes"] = Field(
+    worker_mode: Literal["auto", "threads", "processes", "shared"] = Field(
         "auto",
         description="Where models run: auto picks threads for runtimes that release the GIL "
-        "(ONNX) and worker processes for the rest (scikit-learn).",
+        "(ONNX), the shared worker pool for small models of the rest (scikit-learn, up to "
+        "shared_max_bytes, one instance) and worker processes of their own for larger ones.",
+    )
+    shared_workers: int = Field(
+        1,
+        ge=0,
+        description="Worker processes of the pool that small scikit-learn models share (each "
+        "holds every such model); 0: every model gets processes of its own.",
+    )
+    shared_max_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=0,
+        description="Largest artifact that auto places in the shared worker pool.",
     )
     request_timeout_s: float = Field(
         60.0, gt=0, description="Inference timeout when the caller sets none (504 past it)."
