@@ -2,55 +2,17 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
-from PIL import Image
+from tests.image_models import colour_model, png
 
 from maas.errors import InvalidImage, UnsupportedArtifact
 from maas.runtimes.base import ImageLimits, LoadOptions
 from maas.runtimes.catalog import inspect_artifact
-from maas.runtimes.images import Preprocessing
-from maas.runtimes.onnx_image import ImageManifest, OnnxImageRuntime
-
-COLOURS = ["red", "green", "blue"]
-
-
-def colour_model(directory: Path, *, size: int = 8, layout: str = "NCHW") -> Path:
-    """A classifier whose logits are each channel's mean (scaled to 0-10): a red image
-    is ``red``. Written as an ``onnx-image`` directory."""
-    axes = [2, 3] if layout == "NCHW" else [1, 2]
-    shape = [None, 3, size, size] if layout == "NCHW" else [None, size, size, 3]
-    graph = helper.make_graph(
-        [
-            helper.make_node("ReduceMean", ["input", "axes"], ["mean"], keepdims=0),
-            helper.make_node("Mul", ["mean", "ten"], ["logits"]),
-        ],
-        "colours",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 3])],
-        [
-            helper.make_tensor("axes", TensorProto.INT64, [2], axes),
-            helper.make_tensor("ten", TensorProto.FLOAT, [], [10.0]),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    directory.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(directory / "model.onnx"))
-    spec = Preprocessing(crop=(size, size), resize=None, scale=1 / 255, layout=layout)
-    ImageManifest(spec, COLOURS, top_k=2).write(directory)
-    return directory
-
-
-def png(colour: tuple[int, int, int], size: tuple[int, int] = (20, 10)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, "PNG")
-    return buffer.getvalue()
+from maas.runtimes.onnx_image import OnnxImageRuntime
 
 
 def _images(*items: bytes) -> np.ndarray:
