@@ -143,7 +143,21 @@ class OnnxImageRuntime(Runtime):
         manifest = ImageManifest.read(path)
         if not (path / MODEL_FILE).is_file():
             raise UnsupportedArtifact(f"the ONNX image model has no {MODEL_FILE}")
-        return cls(open_session(path / MODEL_FILE, options.threads), manifest, options.images)
+        runtime = cls(open_session(path / MODEL_FILE, options.threads), manifest, options.images)
+        runtime._warm()
+        return runtime
+
+    def _warm(self) -> None:
+        """One batch of zeros through the graph: serving's own warm-up sends an empty
+        BYTES element, which is no image, so the first caller would pay for
+        onnxruntime's lazy initialisation."""
+        zeros = np.zeros([1, *self.manifest.preprocessing.input_shape[1:]], dtype=np.float32)
+        try:
+            self._session.run([self._output], {self._input: zeros})
+        except Exception as exc:
+            raise UnsupportedArtifact(
+                f"the ONNX image model fails on a zero image ({type(exc).__name__})"
+            ) from None
 
     @classmethod
     def inspect(cls, path: Path, *, options: LoadOptions) -> ArtifactInfo:

@@ -23,7 +23,7 @@ from maas.auth.bootstrap import AdminKeyNotice
 from maas.errors import ModelNotFound
 from maas.registry.service import RegistryService
 from maas.services.publishing import Publisher
-from maas.services.vision_demo import export_efficientnet
+from maas.services.vision_demo import efficientnet_available, export_efficientnet
 
 __all__ = ["DEMO_MODELS", "demo_banner", "register_demo_models"]
 
@@ -162,6 +162,12 @@ def demo_banner(url: str, admin_key: AdminKeyNotice | None = None) -> str:
     header = f' -H "Authorization: Bearer {key}"' if key else ""
     api_key = f", api_key={key_expr}" if key_expr else ""
     banner = _iris_banner(url, header, api_key)
+    if efficientnet_available():
+        banner += f"""
+[bold]efficientnet[/bold] (image classes; a JPEG, PNG or WebP of yours as IMAGE):
+
+  curl -s {url}/v2/models/efficientnet/classify{header} -F image=@IMAGE
+"""
     if packaged_model("smollm2") is not None:
         openai_key = key_expr or "'none'"
         banner += f"""
