@@ -84,6 +84,9 @@ async def test_wrong_requests_are_4xx_with_codes(served: InProcess) -> None:
     async with served.client() as http:
         wrong_type = await http.post("/v2/models/colours/classify", json={"image": "x"})
         missing = await http.post("/v2/models/nothing/classify", files={"image": RED})
+        anonymous = await http.post(
+            "/v2/models/colours/classify", files={"image": RED}, headers={"Authorization": ""}
+        )
         chat = await http.post(
             "/v1/chat/completions",
             json={
@@ -95,5 +98,6 @@ async def test_wrong_requests_are_4xx_with_codes(served: InProcess) -> None:
         )
     assert (wrong_type.status_code, wrong_type.json()["code"]) == (415, "unsupported_media_type")
     assert missing.status_code == 404
+    assert anonymous.status_code == 401
     assert chat.status_code == 400
     assert chat.json()["error"]["code"] == "unsupported_content"
