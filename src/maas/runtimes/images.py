@@ -156,8 +156,8 @@ def image_bytes(item: Any, limits: ImageLimits) -> bytes:
     if not data.startswith(_MAGIC) and not _is_webp(data):
         if data.startswith(b"data:"):
             data = data.partition(b",")[2]
-        try:
-            data = base64.b64decode(data, validate=True)
+        try:  # line breaks (``base64`` wraps at 76 columns) are not data
+            data = base64.b64decode(b"".join(data.split()), validate=True)
         except (binascii.Error, ValueError):
             raise InvalidImage(
                 "the image is neither JPEG, PNG or WebP bytes nor base64 text of them"

@@ -141,6 +141,7 @@ def test_base64_text_and_data_urls_decode_like_the_raw_bytes() -> None:
     assert image_bytes(text, LIMITS) == raw
     assert image_bytes(text.decode(), LIMITS) == raw
     assert image_bytes(b"data:image/webp;base64," + text, LIMITS) == raw
+    assert image_bytes(base64.encodebytes(raw), LIMITS) == raw  # wrapped at 76 columns
     assert decode_image(raw, LIMITS, SPEC).size == (7, 5)
 
 
