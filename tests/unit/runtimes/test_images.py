@@ -135,12 +135,14 @@ def test_bytes_that_are_not_an_image_are_invalid_image(data: bytes) -> None:
 
 
 def test_base64_text_and_data_urls_decode_like_the_raw_bytes() -> None:
-    raw = _encoded(np.full((5, 7, 3), 200, np.uint8), "WEBP", lossless=True)
+    noise = np.random.default_rng(3).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    raw = _encoded(noise, "WEBP", lossless=True)  # over 57 bytes: base64 wraps it
     text = base64.b64encode(raw)
     assert image_bytes(raw, LIMITS) == raw
     assert image_bytes(text, LIMITS) == raw
     assert image_bytes(text.decode(), LIMITS) == raw
     assert image_bytes(b"data:image/webp;base64," + text, LIMITS) == raw
+    assert base64.encodebytes(raw).count(b"\n") > 1
     assert image_bytes(base64.encodebytes(raw), LIMITS) == raw  # wrapped at 76 columns
     assert decode_image(raw, LIMITS, SPEC).size == (7, 5)
 
