@@ -9,7 +9,8 @@ Decoding is bounded before it starts: the encoded size is checked first, then th
 count the header declares (Pillow reads only the header on ``open``), so a small file
 that declares a huge image (a decompression bomb) is refused without allocating it. A
 JPEG is decoded at the smallest DCT scale that still covers the resize (``draft``): a
-12-megapixel photo shrunk to 256 pixels decodes at an eighth of its size.
+12-megapixel photo shrunk to 256 pixels decodes at an eighth of its size. A photo's
+EXIF orientation is applied, as image viewers do (phones store pictures sideways).
 
 Pillow is imported on first use: the core server runs without the ``[vision]`` extra.
 """
@@ -36,6 +37,9 @@ __all__ = ["FORMATS", "Preprocessing", "decode_image", "image_bytes", "preproces
 FORMATS = ("JPEG", "PNG", "WEBP")
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
 _RESAMPLING = ("bilinear", "bicubic", "nearest")
+_ORIENTATION = 0x0112  # the EXIF tag
+#: EXIF orientation -> the ``Image.Transpose`` value that makes the picture upright.
+_TRANSPOSE = {2: 0, 3: 3, 4: 1, 5: 5, 6: 4, 7: 6, 8: 2}
 
 
 @dataclass(frozen=True)
@@ -197,9 +201,13 @@ def decode_image(data: bytes, limits: ImageLimits, spec: Preprocessing) -> Image
     if image.format == "JPEG":
         image.draft("RGB", spec.resized_size(width, height))
     try:
-        return image.convert("RGB")
+        rgb = image.convert("RGB")
+        orientation = image.getexif().get(_ORIENTATION, 1)
     except Exception:  # a truncated or corrupt body only fails here
         raise InvalidImage() from None
+    if orientation in _TRANSPOSE:  # a phone's photo, upright as its viewer shows it
+        rgb = rgb.transpose(PILImage.Transpose(_TRANSPOSE[orientation]))
+    return rgb
 
 
 def preprocess(image: Image, spec: Preprocessing) -> np.ndarray:

@@ -188,3 +188,18 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale() -> None:
     image = decode_image(data, LIMITS, Preprocessing(crop=(50, 50), resize=64))
     # DCT scaling: the smallest eighth, quarter or half that still covers 96x64.
     assert image.size == (150, 100)
+
+
+def test_a_photo_is_turned_upright_as_its_exif_orientation_says() -> None:
+    pixels = np.zeros((10, 20, 3), np.uint8)
+    pixels[:, :10] = (255, 0, 0)  # left half red
+    pixels[:, 10:] = (0, 0, 255)  # right half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: shown turned 90 degrees clockwise
+    data = _encoded(pixels, "JPEG", quality=95, exif=exif)
+    upright = np.asarray(decode_image(data, LIMITS, SPEC))
+    assert upright.shape == (20, 10, 3)
+    assert upright[2, 5, 0] > 200 > upright[2, 5, 2]  # the top is red
+    assert upright[17, 5, 2] > 200 > upright[17, 5, 0]  # the bottom is blue
+    plain = np.asarray(decode_image(_encoded(pixels, "JPEG", quality=95), LIMITS, SPEC))
+    assert plain.shape == (10, 20, 3)
