@@ -44,11 +44,12 @@ class ServingSettings(_Section):
     trust_pickle: bool = Field(
         False, description="Accept pickle/joblib artifacts, which run code when loaded."
     )
-    worker_mode: Literal["auto", "threads", "processes", "shared"] = Field(
+    worker_mode: Literal["auto", "threads", "inline", "processes", "shared"] = Field(
         "auto",
         description="Where models run: auto picks threads for runtimes that release the GIL "
         "(ONNX), the shared worker pool for small models of the rest (scikit-learn, up to "
-        "shared_max_bytes, one instance) and worker processes of their own for larger ones.",
+        "shared_max_bytes, one instance) and worker processes of their own for larger ones; "
+        "threads, inline (on the event loop), processes or shared put every model there.",
     )
     shared_workers: int = Field(
         1,
