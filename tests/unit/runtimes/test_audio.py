@@ -91,6 +91,7 @@ def test_pcm_is_raw_24khz_samples_and_unknown_formats_are_refused() -> None:
 def test_voice_model_is_recognised_by_content_and_speaks(voices: Path) -> None:
     info = inspect_artifact(voices, "anything.bin", trust_pickle=False)
     assert info.framework == "espeak-ng" and info.task == "text-to-speech"
+    assert info.deployment is not None and info.deployment.instances == 4  # calls side by side
     assert info.details["voices"] == sorted(VOICE_MODEL["voices"])  # type: ignore[call-overload]
     runtime = EspeakRuntime.load(voices, options=LoadOptions())
     out = runtime.predict(

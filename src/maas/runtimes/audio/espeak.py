@@ -34,6 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from maas.errors import ContextLengthExceeded, InvalidInput, RuntimeFailure, UnsupportedArtifact
+from maas.protocols.management import DeploymentSpec
 from maas.protocols.signature import Signature, TensorSpec
 from maas.runtimes.base import ArtifactInfo, LoadOptions, Runtime, texts_of
 
@@ -47,6 +48,9 @@ _MAX_FILE_BYTES = 64 * 1024
 _VOICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+\-]{0,63}")
 _WORDS_PER_MINUTE = 175  # espeak-ng's default rate: OpenAI's speed 1.0
 _RATE_RANGE = (80, 450)  # what espeak-ng accepts
+#: Each call is a process of its own, and an instance holds nothing but the voice file:
+#: several instances let calls run side by side instead of queueing behind one.
+PARALLEL = DeploymentSpec(instances=4)
 SIGNATURE = Signature(
     inputs=[
         TensorSpec(name="text", datatype="BYTES", shape=[1]),
@@ -145,7 +149,7 @@ class EspeakRuntime(Runtime):
                     f"{runtime.voices.voices[name]!r} on this server"
                 ) from None
         details = {"voices": sorted(runtime.voices.voices), "engine": ENGINE}
-        return ArtifactInfo(cls.framework, runtime.signature, "text-to-speech", details)
+        return ArtifactInfo(cls.framework, runtime.signature, "text-to-speech", details, PARALLEL)
 
     def _run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         text = texts_of(inputs["text"])[0]
