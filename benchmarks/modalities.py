@@ -25,7 +25,6 @@ import argparse
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,8 +34,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from generation import start_server  # benchmarks/ is this script's folder
 
-ROOT = Path(__file__).resolve().parent
 SENTENCE = "The quick brown fox jumps over the lazy dog, twice, before breakfast."
 QUERY = "Which city is the capital of Germany?"
 DOCUMENTS = [
@@ -49,41 +48,6 @@ DOCUMENTS = [
     "A conveyor belt motor overheats when its bearings wear out.",
     "Hamburg has one of the largest ports in Europe.",
 ]
-
-
-def start_server(home: Path) -> tuple[subprocess.Popen[str], str]:
-    env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "MAAS_DEMO_MODELS": '["minilm", "whisper", "espeak"]',
-    }
-    command = [sys.executable, "-m", "maas", "serve", "--no-auth", "--demo", "--port", "0"]
-    process = subprocess.Popen(
-        [*command, "--home", str(home)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    assert process.stdout is not None
-    seen = []
-    for line in process.stdout:
-        seen.append(line)
-        if "maas listening on " in line:
-            url = line.split("maas listening on ", 1)[1].strip()
-            break
-    else:
-        raise RuntimeError("the server did not start:\n" + "".join(seen[-30:]))
-    threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # type: ignore[union-attr]
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/v2/health/ready").status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("the server never became ready")
 
 
 def measure(call: Callable[[], object], clients: int, seconds: float) -> dict[str, float]:
@@ -214,7 +178,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         wav = spoken_wav(directory)
-        process, url = start_server(directory / "home")
+        demo = {"MAAS_DEMO_MODELS": '["minilm", "whisper", "espeak"]'}
+        process, url = start_server(directory / "home", demo)
         try:
             served = through_maas(url, wav, args.clients, args.seconds)
         finally:
