@@ -9,6 +9,7 @@ sound. One server for the module, with small limits so the 413s are cheap to rea
 from __future__ import annotations
 
 import io
+import json
 import re
 import signal
 import subprocess
@@ -25,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.demo_home import copy_home
 from tests.integration.server import RunningServer, start_server
-from tests.keys import bearer, make_key, usage
+from tests.keys import bearer, limited_key, make_key, usage
 from tests.llm_models import espeak_program, minilm_dir, whisper_dir
 
 MAX_UPLOAD_BYTES = 400_000
@@ -234,6 +235,35 @@ def test_speech_refusals(server: RunningServer) -> None:
         assert _openai_error(speak(speed=9), 400, "invalid_request")["param"] == "speed"
         assert _openai_error(speak(input="x" * 5000), 400, "invalid_request")["param"] == "input"
         _openai_error(speak(model="minilm"), 400, "unsupported_task")
+
+
+def test_voice_models_are_versioned_aliased_and_rate_limited(server: RunningServer) -> None:
+    """A new voice mapping is a new version of the model; the alias keeps serving the
+    old one until it moves, and a key's request limit holds for speech as for any call."""
+    voices = {"engine": "espeak-ng", "voices": {"alloy": "en-gb"}, "default_voice": "alloy"}
+    with server.client() as http:
+        pushed = http.post(
+            "/api/v1/models/espeak/versions",
+            params={"filename": "voices.json"},
+            content=json.dumps(voices).encode(),
+        )
+        assert pushed.status_code == 201, pushed.text
+        version = pushed.json()["version"]
+        assert pushed.json()["framework"] == "espeak-ng"
+
+        def speak(model: str, voice: str) -> httpx.Response:
+            body = {"model": model, "input": "hi", "voice": voice}
+            return http.post("/v1/audio/speech", json=body)
+
+        assert speak(f"espeak:{version}", "alloy").status_code == 200
+        assert _openai_error(speak(f"espeak:{version}", "echo"), 400, "invalid_input")
+        assert speak("espeak", "echo").headers["x-model-version"] == "1"  # production: v1
+    _, key = limited_key(server, str(server.api_key), requests_per_minute=1)
+    with _sdk(server, key) as client:
+        client.audio.speech.create(model="espeak", voice="alloy", input="once").read()
+        with pytest.raises(openai.RateLimitError) as limited:
+            client.audio.speech.create(model="espeak", voice="alloy", input="twice")
+    assert limited.value.code == "rate_limited"
 
 
 # -- rerank -----------------------------------------------------------------------------
