@@ -130,6 +130,10 @@ def test_transcript_formats(server: RunningServer, hello_wav: Path) -> None:
         server, data, response_format="text", **{"timestamp_granularities[]": "word"}
     )
     assert _openai_error(refused, 400, "invalid_request")["param"] == "timestamp_granularities"
+    english = _transcribe(server, data, language="english")
+    assert _openai_error(english, 400, "invalid_request")["param"] == "language"
+    german = _transcribe(server, data, language="de")  # tiny.en knows English only
+    assert _openai_error(german, 400, "invalid_input")["param"] == "language"
 
 
 def test_sdk_translates_to_english(server: RunningServer, hello_wav: Path) -> None:

@@ -31,6 +31,12 @@ MAX_SPEECH_CHARS = 4096
 _LANGUAGE = re.compile(r"[a-z]{2,3}")
 
 
+def _iso_code(value: str | None) -> str | None:
+    if value is not None and not _LANGUAGE.fullmatch(value):
+        raise ValueError("language takes an ISO 639-1 code such as 'en'")
+    return value
+
+
 class TranscriptionOptions(BaseModel):
     """How to transcribe: Whisper's task, the spoken language (ISO 639-1; None: detect),
     a prompt that primes the vocabulary, one sampling temperature (None: Whisper's
@@ -47,9 +53,7 @@ class TranscriptionOptions(BaseModel):
     @field_validator("language")
     @classmethod
     def _iso_code(cls, value: str | None) -> str | None:
-        if value is not None and not _LANGUAGE.fullmatch(value):
-            raise ValueError("language takes an ISO 639-1 code such as 'en'")
-        return value
+        return _iso_code(value)
 
 
 class TranscriptionRequest(BaseModel):
@@ -66,6 +70,11 @@ class TranscriptionRequest(BaseModel):
     timestamp_granularities: list[Literal["word", "segment"]] = Field(default_factory=list)
     #: Refused when set: streaming a transcript is not implemented.
     stream: bool = False
+
+    @field_validator("language")
+    @classmethod
+    def _iso_code(cls, value: str | None) -> str | None:
+        return _iso_code(value or None)
 
     @field_validator("stream")
     @classmethod

@@ -21,7 +21,7 @@ from maas.errors import PayloadTooLarge, ShuttingDown, UnsupportedTask
 from maas.protocols.audio import SpeechRequest, Transcript, TranscriptionOptions
 from maas.protocols.management import VersionInfo
 from maas.protocols.signature import Signature
-from maas.registry.refs import parse_ref
+from maas.registry.refs import ModelRef, parse_ref
 from maas.runtimes.audio import codec
 from maas.serving.manager import ModelManager
 
@@ -54,8 +54,11 @@ class AudioService:
         self._models = models
         self.settings = settings or AudioSettings()
 
-    async def _version(self, model: str, inputs: tuple[str, ...], output: str, task: str) -> str:
-        """The model's name once it is known to do ``task`` (its signature says)."""
+    async def _check_task(
+        self, model: str, inputs: tuple[str, ...], output: str, task: str
+    ) -> ModelRef:
+        """``model`` parsed, once its signature says it does ``task``: a wrong model is
+        a 400 before the upload is decoded or the model queued."""
         if self._models.is_shutting_down:
             raise ShuttingDown(retry_after=1.0)
         ref = parse_ref(model)
@@ -66,7 +69,7 @@ class AudioService:
                 f"model {model!r} does not do {task} (its task is {done})",
                 details={"param": "model"},
             )
-        return ref.name
+        return ref
 
     async def transcribe(
         self,
@@ -77,14 +80,13 @@ class AudioService:
         timeout_s: float | None = None,
     ) -> Transcribed:
         """``data`` (any audio container PyAV reads) transcribed or translated."""
-        await self._version(model, ("audio", "options"), "transcript", "speech to text")
+        ref = await self._check_task(model, ("audio", "options"), "transcript", "speech to text")
         limit = self.settings.max_upload_bytes
         if len(data) > limit:
             raise PayloadTooLarge(f"the audio file exceeds the limit of {limit} bytes")
         samples = await asyncio.to_thread(
             codec.decode, data, max_duration_s=self.settings.max_duration_s
         )
-        ref = parse_ref(model)
         inputs = {
             "audio": samples.reshape(1, -1),
             "options": np.array([options.model_dump_json().encode()], dtype=object),
@@ -98,8 +100,8 @@ class AudioService:
     async def speak(self, request: SpeechRequest, *, timeout_s: float | None = None) -> Spoken:
         """``request.input`` spoken, encoded as ``request.response_format``."""
         encoding = codec.encoding_for(request.response_format)  # before the model runs
-        await self._version(request.model, ("text", "voice", "speed"), "audio", "text to speech")
-        ref = parse_ref(request.model)
+        needs = ("text", "voice", "speed")
+        ref = await self._check_task(request.model, needs, "audio", "text to speech")
         inputs = {
             "text": np.array([request.input.encode()], dtype=object),
             "voice": np.array([request.voice.encode()], dtype=object),

@@ -59,6 +59,8 @@ class WhisperRuntime(Runtime):
     def __init__(self, model: Any, model_dir: Path) -> None:
         self._model = model
         self.multilingual = bool(model.model.is_multilingual)
+        #: ISO 639-1 codes it transcribes (``["en"]`` for an English-only model).
+        self.languages: list[str] = list(model.supported_languages)
         self.model_dir = model_dir
 
     @classmethod
@@ -98,16 +100,10 @@ class WhisperRuntime(Runtime):
     def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcript:
         """One clip's transcript (all its segments, decoded now)."""
         language = options.language
-        if language is not None and not self.multilingual and language != "en":
+        if language is not None and language not in self.languages:
+            known = "English only" if self.languages == ["en"] else "Whisper's languages"
             raise InvalidInput(
-                f"language: this model knows English only, not {language!r}",
-                details={"param": "language"},
-            )
-        from faster_whisper.tokenizer import _LANGUAGE_CODES
-
-        if language is not None and language not in _LANGUAGE_CODES:
-            raise InvalidInput(
-                f"language: {language!r} is not a language Whisper knows",
+                f"language: this model knows {known}, not {language!r}",
                 details={"param": "language"},
             )
         temperature: Any = (
