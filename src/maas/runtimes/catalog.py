@@ -43,6 +43,11 @@ _RUNTIMES: dict[str, _Entry] = {
     "onnx-text": _Entry(
         "maas.runtimes.hf.onnx_text", "OnnxTextRuntime", "onnx", ("onnxruntime", "tokenizers")
     ),
+    # Before transformers, which claims every directory: a CTranslate2 Whisper one is
+    # told apart by its model.bin header.
+    "whisper": _Entry(
+        "maas.runtimes.audio.whisper", "WhisperRuntime", "audio", ("faster_whisper", "av")
+    ),
     # A GGUF file is llama.cpp's where its extra is installed, else transformers'.
     "llama.cpp": _Entry(
         "maas.runtimes.llamacpp.runtime", "LlamaCppRuntime", "gguf", ("llama_cpp",)
@@ -53,12 +58,14 @@ _RUNTIMES: dict[str, _Entry] = {
     "sklearn": _Entry("maas.runtimes.sklearn", "SklearnRuntime", "core", ("sklearn",)),
     "pickle": _Entry("maas.runtimes.sklearn", "PickleRuntime", "core", ("sklearn",)),
     "onnx": _Entry("maas.runtimes.onnx", "OnnxRuntime", "onnx", ("onnxruntime",)),
+    "espeak-ng": _Entry("maas.runtimes.audio.espeak", "EspeakRuntime", "core", ()),
 }
 
 ACCEPTED = (
     ".skops (scikit-learn), .onnx, .gguf, a transformers model directory or an ONNX text "
     "model directory (as .tar or .zip); "
-    ".pkl/.pickle/.joblib on a server with --trust-pickle"
+    ".pkl/.pickle/.joblib on a server with --trust-pickle; "
+    "a CTranslate2 Whisper model directory (as .tar or .zip); an espeak-ng voice model (.json)"
 )
 
 
