@@ -342,3 +342,33 @@ def test_requests_are_counted_in_metrics_by_model(server: RunningServer, hello_w
     while (count("whisper"), count("espeak")) != (before[0] + 1, before[1] + 1):
         assert time.monotonic() < deadline, (before, count("whisper"), count("espeak"))
         time.sleep(0.1)
+
+
+def test_the_maas_sdk_transcribes_speaks_and_reranks(
+    server: RunningServer, hello_wav: Path
+) -> None:
+    """The same three calls through ``maas.client``, sync and async, errors included."""
+    import anyio
+
+    from maas.client import AsyncClient, Client
+    from maas.errors import ModelNotFound
+
+    with Client(server.url, api_key=server.api_key) as client:
+        heard = client.transcribe("whisper", hello_wav)
+        assert "hello" in heard["text"].lower()
+        subtitles = client.transcribe("whisper", hello_wav.read_bytes(), response_format="srt")
+        assert isinstance(subtitles, str) and "-->" in subtitles
+        spoken = client.speak("espeak", "hello world", response_format="wav")
+        assert spoken[:4] == b"RIFF" and _seconds(spoken) > 0.3
+        ranked = client.rerank("minilm", "What is the capital of Germany?", DOCUMENTS, top_n=2)
+        assert [r["index"] for r in ranked][:1] == [1] and len(ranked) == 2
+        with pytest.raises(ModelNotFound):
+            client.rerank("no-such-model", "q", DOCUMENTS)
+
+    async def in_async() -> list[dict[str, Any]]:
+        async with AsyncClient(server.url, api_key=server.api_key) as client:
+            heard = await client.transcribe("whisper", hello_wav)
+            assert "hello" in heard["text"].lower()
+            return await client.rerank("minilm", "Which fruit is yellow?", DOCUMENTS)
+
+    assert anyio.run(in_async)[0]["index"] == 0
