@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.unit.runtimes import framework_models, trained
+from tests import framework_models
+from tests.unit.runtimes import trained
 
 from maas.protocols.signature import Signature
 from maas.protocols.tensors import DATATYPES

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.unit.runtimes import framework_models as fm
+from tests import framework_models as fm
 
 from maas.errors import UnsupportedArtifact, UntrustedArtifact
 from maas.protocols.signature import TensorSpec

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.unit.runtimes import framework_models as fm
+from tests import framework_models as fm
 
 from maas.errors import InvalidInput, UnsupportedArtifact, UntrustedArtifact
 from maas.protocols.signature import Signature, TensorSpec

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.unit.runtimes import framework_models as fm
+from tests import framework_models as fm
 
 from maas.errors import UnsupportedArtifact
 from maas.protocols.signature import TensorSpec

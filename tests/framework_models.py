@@ -1,5 +1,5 @@
 """Tiny real XGBoost, LightGBM, PyTorch and Keras models, trained in process and
-written as the files users upload. Shared by the runtime and the serving tests."""
+written as the files users upload. Shared by the runtime unit tests and the integration tests."""
 
 from __future__ import annotations
 
