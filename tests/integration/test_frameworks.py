@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,8 @@ def _maas(server: RunningServer, *args: str) -> subprocess.CompletedProcess[str]
     )
 
 
-def _push(server: RunningServer, path: Path, name: str, *extra: str) -> dict[str, Any]:
-    result = _maas(server, "-o", "json", "models", "push", str(path), "--name", name, *extra)
+def _push(server: RunningServer, path: str, name: str, *extra: str) -> dict[str, Any]:
+    result = _maas(server, "-o", "json", "models", "push", path, "--name", name, *extra)
     assert result.returncode == 0, result.stderr
     pushed: dict[str, Any] = json.loads(result.stdout)
     return pushed
@@ -74,16 +75,23 @@ def _push(server: RunningServer, path: Path, name: str, *extra: str) -> dict[str
 
 @pytest.fixture(scope="module")
 def pushed(server: RunningServer, files: dict[str, Path]) -> dict[str, dict[str, Any]]:
-    """Every servable file, pushed once with the CLI, by model name."""
+    """Every servable file, pushed once with the CLI, by model name; three at a time,
+    as pushes are inspected side by side (torch and keras imports raced there)."""
     declared = json.dumps({"signature": fm.TORCHSCRIPT_SIGNATURE})
-    return {
-        "iris-xgb": _push(server, files["xgb"], "iris-xgb"),
-        "petal-xgb": _push(server, files["xgb-frame"], "petal-xgb"),
-        "iris-lgb": _push(server, files["lgb"], "iris-lgb"),
-        "mlp-export": _push(server, files["export"], "mlp-export"),
-        "mlp-script": _push(server, files["torchscript"], "mlp-script", "--metadata", declared),
-        "mlp-keras": _push(server, files["keras"], "mlp-keras"),
+    pushes: dict[str, tuple[str, ...]] = {
+        "iris-xgb": (str(files["xgb"]),),
+        "petal-xgb": (str(files["xgb-frame"]),),
+        "iris-lgb": (str(files["lgb"]),),
+        "mlp-export": (str(files["export"]),),
+        "mlp-script": (str(files["torchscript"]), "--metadata", declared),
+        "mlp-keras": (str(files["keras"]),),
     }
+    with ThreadPoolExecutor(3) as pool:
+        done = {
+            name: pool.submit(_push, server, args[0], name, *args[1:])
+            for name, args in pushes.items()
+        }
+        return {name: future.result() for name, future in done.items()}
 
 
 def _grpc(server: RunningServer) -> Any:
@@ -216,3 +224,14 @@ def test_what_cannot_be_served_is_refused_saying_why(
     result = _maas(server, "models", "push", str(files[file]), "--name", f"refused-{file}")
     assert result.returncode == 1
     assert f"({code})" in result.stderr and says in result.stderr, result.stderr
+
+
+def test_a_declared_signature_that_is_no_signature_is_a_400(
+    server: RunningServer, files: dict[str, Path]
+) -> None:
+    metadata = json.dumps({"signature": {"inputs": [{"name": "x", "datatype": "FP99"}]}})
+    result = _maas(
+        server, "models", "push", str(files["torchscript"]), "--name", "bad", "--metadata", metadata
+    )
+    assert result.returncode == 1
+    assert "(invalid_input)" in result.stderr and "signature" in result.stderr, result.stderr

@@ -16,6 +16,7 @@ from pathlib import Path
 from maas.errors import MissingExtra, UnsupportedArtifact, UntrustedArtifact
 from maas.protocols.signature import Signature
 from maas.runtimes.base import ArtifactInfo, LoadOptions, Runtime
+from maas.runtimes.importing import FRAMEWORK_IMPORT
 
 __all__ = [
     "ACCEPTED",
@@ -99,8 +100,9 @@ def runtime_class(framework: str) -> type[Runtime]:
     if entry is None:
         raise UnsupportedArtifact(f"no runtime for framework {framework!r}")
     try:
-        for probe in entry.probes:
-            importlib.import_module(probe)
+        with FRAMEWORK_IMPORT:
+            for probe in entry.probes:
+                importlib.import_module(probe)
     except ImportError:
         raise MissingExtra(framework, entry.extra) from None
     runtime = describe(framework)

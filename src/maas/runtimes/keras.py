@@ -111,7 +111,7 @@ class KerasRuntime(TorchCallableRuntime):
         return path.is_file() and head[:2] == b"PK" and is_keras_file(path)
 
     @classmethod
-    def load(cls, path: Path, *, options: LoadOptions) -> Self:
+    def open(cls, path: Path, *, options: LoadOptions) -> Self:
         keras = _keras()
         set_threads(options)
         model = _load_model(keras, path)

@@ -17,6 +17,7 @@ releases the GIL inside its operators, so serving runs these models in threads,
 
 from __future__ import annotations
 
+import abc
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +28,8 @@ import numpy as np
 from maas.errors import InvalidInput, RuntimeFailure, UnsupportedArtifact
 from maas.protocols.signature import Signature, TensorSpec
 from maas.protocols.tensors import DATATYPES
-from maas.runtimes.base import ArtifactInfo, LoadOptions, Runtime
+from maas.runtimes.base import LoadOptions, Runtime
+from maas.runtimes.importing import FRAMEWORK_IMPORT
 from maas.runtimes.torch_archives import (
     check_export_archive,
     check_torchscript_archive,
@@ -96,10 +98,19 @@ class TorchCallableRuntime(Runtime):
         self.signature = signature
 
     @classmethod
-    def inspect(cls, path: Path, *, options: LoadOptions) -> ArtifactInfo:
-        runtime = cls.load(path, options=options)
-        runtime.check_outputs()
-        return ArtifactInfo(cls.framework, runtime.signature, None, {})
+    def load(cls, path: Path, *, options: LoadOptions) -> Self:
+        """Open the model and run one row through it (its outputs must be the ones its
+        signature declares), under ``FRAMEWORK_IMPORT``: torch imports lazily on a
+        first load and a first call, and its imports do not survive two threads."""
+        with FRAMEWORK_IMPORT:
+            runtime = cls.open(path, options=options)
+            runtime.check_outputs()
+        return runtime
+
+    @classmethod
+    @abc.abstractmethod
+    def open(cls, path: Path, *, options: LoadOptions) -> Self:
+        """The runtime of the file at ``path``, checked and read safely."""
 
     def check_outputs(self) -> None:
         """One row of zeros through the model: its outputs must be the declared ones."""
@@ -107,7 +118,13 @@ class TorchCallableRuntime(Runtime):
             spec.name: np.zeros([1 if d < 0 else d for d in spec.shape], DATATYPES[spec.datatype])
             for spec in self.signature.inputs
         }
-        results = self._call(zeros)
+        try:
+            results = self._call(zeros)
+        except InvalidInput as exc:
+            raise UnsupportedArtifact(
+                f"the model does not run on inputs of its signature: {exc.message}",
+                details={"inputs": [s.model_dump() for s in self.signature.inputs]},
+            ) from None
         declared = self.signature.outputs
         got = [(str(r.dtype).removeprefix("torch."), list(r.shape)) for r in results]
         if len(results) != len(declared) or any(
@@ -191,7 +208,7 @@ class TorchExportRuntime(TorchCallableRuntime):
         return path.is_file() and head[:2] == b"PK" and torch_zip_kind(path) == "export"
 
     @classmethod
-    def load(cls, path: Path, *, options: LoadOptions) -> Self:
+    def open(cls, path: Path, *, options: LoadOptions) -> Self:
         import torch
 
         check_export_archive(path)
@@ -214,7 +231,7 @@ class TorchScriptRuntime(TorchCallableRuntime):
         return path.is_file() and head[:2] == b"PK" and torch_zip_kind(path) == "torchscript"
 
     @classmethod
-    def load(cls, path: Path, *, options: LoadOptions) -> Self:
+    def open(cls, path: Path, *, options: LoadOptions) -> Self:
         import torch
 
         if options.signature is None or not options.signature.inputs:

@@ -30,23 +30,22 @@ from maas.runtimes.trees import (
 
 __all__ = ["XGBoostRuntime"]
 
-#: A JSON model opens its one object with the ``learner`` key (``save_model`` writes it
-#: first); a UBJSON one with ``{``, the key's length marker and ``learner``.
-_JSON_HEAD = b'{"learner"'
-_UBJSON_KEY = b"learner"
+#: A JSON model is one object whose first key is ``learner`` (``save_model`` writes it
+#: first); a UBJSON one opens with ``{``, the key's length as a typed integer, the key.
+_LEARNER = b"learner"
 
 _PROBABILITY_OBJECTIVES = ("binary:logistic", "multi:softprob")
 _LABEL_OBJECTIVES = ("multi:softmax", "binary:hinge")
 
 
 def _is_xgboost(head: bytes) -> bool:
-    if head.startswith(_JSON_HEAD):
+    text = head.lstrip()
+    if text.startswith(b"{") and text[1:].lstrip().startswith(b'"' + _LEARNER + b'"'):
         return True
-    # UBJSON: '{', then the key's length as a typed integer (i U I l L + bytes), then the key.
-    if head[:1] != b"{" or head[1:2] not in b"iUIlL":
+    if head[:1] != b"{" or head[1:2] not in (b"i", b"U", b"I", b"l", b"L"):
         return False
     width = {b"i": 1, b"U": 1, b"I": 2, b"l": 4, b"L": 8}[head[1:2]]
-    return head[2 + width : 2 + width + len(_UBJSON_KEY)] == _UBJSON_KEY
+    return head[2 + width : 2 + width + len(_LEARNER)] == _LEARNER
 
 
 def _first_line(exc: Exception) -> str:

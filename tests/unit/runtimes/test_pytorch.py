@@ -72,6 +72,15 @@ def test_a_declared_signature_the_model_does_not_match_is_a_400(tmp_path: Path) 
         inspect_artifact(path, "mlp.pt", trust_pickle=False, declared=wrong)
 
 
+def test_a_declared_input_the_model_cannot_take_is_a_400_at_push(tmp_path: Path) -> None:
+    path = fm.write_torchscript(tmp_path / "mlp.pt")
+    wrong = DECLARED.model_copy(
+        update={"inputs": [TensorSpec(name="features", datatype="FP32", shape=[-1, 5])]}
+    )
+    with pytest.raises(UnsupportedArtifact, match="does not run on inputs of its signature"):
+        inspect_artifact(path, "mlp.pt", trust_pickle=False, declared=wrong)
+
+
 def test_a_batch_the_program_cannot_take_is_a_400(tmp_path: Path) -> None:
     path = fm.write_export(tmp_path / "mlp.pt2", dynamic=False)
     runtime = load_runtime("torch-export", path, LoadOptions(threads=1))

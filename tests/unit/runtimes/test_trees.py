@@ -113,6 +113,14 @@ def test_a_truncated_booster_is_a_400(
     )
 
 
+def test_a_reformatted_json_booster_is_still_recognised(tmp_path: Path) -> None:
+    import json
+
+    path = fm.write_xgb(fm.xgb_classifier(), tmp_path / "iris.json")
+    path.write_text(json.dumps(json.loads(path.read_text()), indent=2))
+    assert inspect_artifact(path, "iris.json", trust_pickle=False).framework == "xgboost"
+
+
 def test_json_that_is_no_booster_is_not_taken_for_one(tmp_path: Path) -> None:
     path = tmp_path / "data.json"
     path.write_text('{"learning": {"rate": 0.1}}')
