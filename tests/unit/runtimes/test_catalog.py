@@ -218,3 +218,11 @@ def test_a_file_not_served_says_what_is_and_that_onnx_is_the_portable_way(
     for accepted in (".skops", ".onnx", "XGBoost", "LightGBM", ".pt2", ".keras"):
         assert accepted in error.details["accepted"]
     assert "ONNX" in error.message and "ONNX" in error.details["portable"]
+
+
+def test_a_pickled_booster_is_refused_naming_its_safe_format(tmp_path: Path) -> None:
+    from tests import framework_models as fm
+
+    path = trained.write_pickle(fm.xgb_classifier(), tmp_path / "booster.pkl")
+    with pytest.raises(UntrustedArtifact, match="XGBoost/LightGBM save_model"):
+        inspect_artifact(path, "booster.pkl", trust_pickle=False)
