@@ -21,6 +21,7 @@ import tritonclient.http as triton_http
 
 from tests import framework_models as fm
 from tests.integration.server import RunningServer, start_server
+from tests.integration.serving_helpers import status, wait_until
 
 _GRPC_LISTENING = "maas gRPC listening on "
 
@@ -235,3 +236,23 @@ def test_a_declared_signature_that_is_no_signature_is_a_400(
     )
     assert result.returncode == 1
     assert "(invalid_input)" in result.stderr and "signature" in result.stderr, result.stderr
+
+
+def test_torchscript_in_a_worker_process_keeps_its_declared_signature(
+    server: RunningServer, pushed: dict[str, dict[str, Any]]
+) -> None:
+    """A worker process loads the model from the version's signature, which its file
+    does not carry: it travels with the load options."""
+    features = fm.iris()[0][:5].astype(np.float32)
+    triton = server.triton()
+    triton.infer("mlp-script", [_http_input("features", features, "FP32")])  # loaded
+    result = _maas(server, "models", "deploy", "mlp-script:1", "--workers", "processes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    with server.client() as http:
+        wait_until(lambda: status(http, "mlp-script", 1)["workers"] == "processes")
+        wait_until(lambda: status(http, "mlp-script", 1)["ready"] is True)
+        assert server.process.pid not in status(http, "mlp-script", 1)["pids"]  # type: ignore[operator]
+    answer = triton.infer("mlp-script", [_http_input("features", features, "FP32")])
+    np.testing.assert_allclose(
+        answer.as_numpy("logits"), fm.torch_predict(features), rtol=1e-5, atol=1e-6
+    )
