@@ -2,6 +2,10 @@
 
     python benchmarks/idle_memory.py             # one fresh home, 5 s settle
     python benchmarks/idle_memory.py --runs 3 --settle 10
+    MAAS_DEMO_MODELS='["iris"]' python benchmarks/idle_memory.py --restart  # iris only
+
+``--restart`` measures a second start on the same home: a restart finds the demo
+registered and trains nothing, which is what a server spends its life as.
 
 Starts ``python -m maas serve --demo --home <fresh temp dir> --port <free>``, waits until
 ``/v2/health/ready`` answers 200, waits ``--settle`` seconds more, then reads from
@@ -27,6 +31,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from readiness import wait_ready
+
+
+@dataclass
+class Start:
+    """Seconds from the process's start until it answered live, and ready."""
+
+    live_s: float
+    ready_s: float
 
 
 @dataclass
@@ -81,33 +93,44 @@ def usage(pid: int) -> Usage:
     return Usage(pid, command, _kib(proc / "status", "VmRSS"), _kib(proc / "smaps_rollup", "Pss"))
 
 
-def measure(settle: float, extra: list[str]) -> list[Usage]:
-    """One fresh server: the usage of its process tree once idle, the server first."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/v2/health/ready"
+def measure(settle: float, extra: list[str], *, restart: bool) -> tuple[Start, list[Usage]]:
+    """A server on a fresh home (started twice with ``restart``): the usage of its
+    process tree once idle, the server first."""
     with tempfile.TemporaryDirectory(prefix="maas-idle-") as home:
-        command = [sys.executable, "-m", "maas", "serve", "--demo", "--home", home]
-        command += ["--port", str(port), "--log-level", "warning", *extra]
-        log = Path(home) / "server.log"
-        with log.open("w") as out:
-            process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        if restart:
+            _measure_once(home, 0.0, extra)
+        return _measure_once(home, settle, extra)
+
+
+def _measure_once(home: str, settle: float, extra: list[str]) -> tuple[Start, list[Usage]]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/v2/health"
+    command = [sys.executable, "-m", "maas", "serve", "--demo", "--home", home]
+    command += ["--port", str(port), "--log-level", "warning", *extra]
+    log = Path(home) / "server.log"
+    started = time.monotonic()
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_ready(process, f"{base}/live", log, interval_s=0.02)
+        live_s = time.monotonic() - started
+        wait_ready(process, f"{base}/ready", log, interval_s=0.02)
+        start = Start(live_s, time.monotonic() - started)
+        time.sleep(settle)
+        found = []
+        for pid in descendants(process.pid):
+            with contextlib.suppress(OSError):  # gone meanwhile
+                found.append(usage(pid))
+        return start, found
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
         try:
-            wait_ready(process, url, log)
-            time.sleep(settle)
-            found = []
-            for pid in descendants(process.pid):
-                with contextlib.suppress(OSError):  # gone meanwhile
-                    found.append(usage(pid))
-            return found
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def main() -> None:
@@ -115,11 +138,13 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=5.0, help="seconds idle after ready")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--no-auth", action="store_true", help="pass --no-auth to the server")
+    parser.add_argument("--restart", action="store_true", help="measure a second start")
     args = parser.parse_args()
     extra = ["--no-auth"] if args.no_auth else []
     for run in range(1, args.runs + 1):
-        found = measure(args.settle, extra)
+        start, found = measure(args.settle, extra, restart=args.restart)
         print(f"run {run}: {len(found)} processes, {args.settle:g} s idle after ready")
+        print(f"live {start.live_s:.2f} s and ready {start.ready_s:.2f} s after the start")
         print("| pid | role | RSS MiB | PSS MiB | command |")
         print("| ---: | --- | ---: | ---: | --- |")
         for i, u in enumerate(found):

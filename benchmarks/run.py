@@ -35,6 +35,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
+from h2load import GRPC_INFER_PATH, ensure_h2load, grpc_infer_body, h2load
 from models import BenchModel, build_models
 from readiness import wait_ready
 
@@ -162,7 +163,11 @@ def set_batching(url: str, model: BenchModel, version: int) -> bool:
     return True
 
 
-def mlserver_repository(directory: Path, joblib_path: Path, port: int) -> Path:
+def mlserver_repository(
+    directory: Path, joblib_path: Path, port: int, parallel_workers: int | None
+) -> Path:
+    """An MLServer model repository serving iris; ``parallel_workers`` None keeps its
+    default (one inference worker process), 0 runs the model in the server process."""
     model_dir = directory / "iris"
     model_dir.mkdir(parents=True)
     shutil.copy(joblib_path, model_dir / "model.joblib")
@@ -170,6 +175,8 @@ def mlserver_repository(directory: Path, joblib_path: Path, port: int) -> Path:
     settings["parameters"] = {"uri": "./model.joblib", "version": "v1"}  # type: ignore[assignment]
     (model_dir / "model-settings.json").write_text(json.dumps(settings))
     server = {"http_port": port, "grpc_port": free_port(), "metrics_port": free_port()}
+    if parallel_workers is not None:
+        server["parallel_workers"] = parallel_workers
     (directory / "settings.json").write_text(json.dumps(server))
     return directory
 
@@ -204,6 +211,19 @@ def _children_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _sample(server: int) -> tuple[float, float, float, float]:
+    return time.monotonic(), _busy_seconds(), _group_seconds(server), _children_seconds()
+
+
+def _usage_since(
+    before: tuple[float, float, float, float], server: int
+) -> tuple[float, float, float]:
+    """Wall seconds, the server's CPU seconds and the disturbance (the CPU everything but
+    the server and the load generator, a child of ours, used, in cores) since ``before``."""
+    wall, busy, ours, driver = (b - a for a, b in zip(before, _sample(server), strict=True))
+    return wall, ours, max(0.0, busy - ours - driver) / wall
+
+
 _LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
 _SCALE = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
@@ -230,13 +250,11 @@ def drive(
     header = f'wrk.headers["Authorization"] = "Bearer {ADMIN_KEY}"\n' if auth else ""
     script.write_text(_LUA.format(auth=header, body=body.decode()))
     command = ["taskset", "-c", "1", wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s"]
-    before = (time.monotonic(), _busy_seconds(), _group_seconds(server), _children_seconds())
+    before = _sample(server)
     out = subprocess.run(
         [*command, "--latency", "-s", str(script), url], capture_output=True, text=True, check=True
     ).stdout
-    after = (time.monotonic(), _busy_seconds(), _group_seconds(server), _children_seconds())
-    wall, busy, ours, wrk_cpu = (b - a for a, b in zip(before, after, strict=True))
-    other = max(0.0, busy - ours - wrk_cpu) / wall
+    wall, ours, other = _usage_since(before, server)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     latency = {p: float(v) * _SCALE[unit] for p, v, unit in _LATENCY.findall(out)}
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
@@ -310,6 +328,7 @@ class Bench:
         self.connections = connections
         self.seconds = seconds
         self.points: list[Point] = []
+        self.h2load_binary = ensure_h2load()
 
     def measure(self, case: str, url: str, body: bytes, server: int, *, auth: bool = False) -> None:
         for connections in self.connections:
@@ -356,15 +375,115 @@ class Bench:
             path = f"{url}/v2/models/iris/infer"
             self.measure("iris maas+key", path, iris.body(), server, auth=True)
 
-    def mlserver(self, binary: Path, iris: BenchModel, joblib_path: Path) -> None:
+    def mlserver(
+        self, binary: Path, iris: BenchModel, joblib_path: Path, parallel_workers: int | None
+    ) -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        repository = mlserver_repository(self.work / "mlserver", joblib_path, port)
+        label = "default" if parallel_workers is None else f"parallel_workers={parallel_workers}"
+        work = self.work / f"mlserver-{label}"
+        repository = mlserver_repository(work, joblib_path, port, parallel_workers)
         command = [str(binary), "start", str(repository)]
-        with running(command, {}, self.work / "mlserver.log", f"{url}/v2/health/ready") as server:
+        with running(command, {}, work / "mlserver.log", f"{url}/v2/health/ready") as server:
             body = iris.body("input-0", select=False)  # MLServer answers predict alone
             httpx.post(f"{url}/v2/models/iris/infer", content=body, timeout=120).raise_for_status()
-            self.measure("iris MLServer", f"{url}/v2/models/iris/infer", body, server)
+            self.measure(f"iris MLServer {label}", f"{url}/v2/models/iris/infer", body, server)
+
+    def maas_transports(self, iris: BenchModel) -> None:
+        """iris with auth and metering on, on the server's event loop (``workers:
+        inline``, as MLServer's ``parallel_workers: 0``): V2 REST with wrk, then V2 gRPC
+        and V2 REST with h2load."""
+        port, grpc_port = free_port(), free_port()
+        url = f"http://127.0.0.1:{port}"
+        command = [
+            *maas_command(port, self.work / "home-inline", no_auth=False),
+            *("--grpc-port", str(grpc_port), "--log-level", "warning"),
+        ]
+        env = {"MAAS_ADMIN_KEY": ADMIN_KEY}
+        auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        log = self.work / "maas-inline.log"
+        with running(command, env, log, f"{url}/v2/health/ready") as server:
+            version = push(url, iris, auth)
+            path = f"{url}/api/v1/models/{iris.name}/versions/{version}/deployment"
+            response = httpx.put(path, json={"workers": "inline"}, headers=auth, timeout=60)
+            response.raise_for_status()
+            infer = f"{url}/v2/models/{iris.name}/infer"
+            httpx.post(infer, content=iris.body(), headers=auth, timeout=60).raise_for_status()
+            self.measure("iris maas+key inline", infer, iris.body(), server, auth=True)
+            check_grpc(grpc_port, iris)
+            grpc_body = grpc_infer_body(iris.name, iris.input_name, iris.row, iris.outputs or ())
+            grpc_url = f"http://127.0.0.1:{grpc_port}{GRPC_INFER_PATH}"
+            grpc_headers = {"content-type": "application/grpc", "te": "trailers", **auth}
+            rest_headers = {"content-type": "application/json", **auth}
+            self.measure_h2(
+                "iris maas+key gRPC (h2load)", grpc_url, grpc_body, grpc_headers, server
+            )
+            self.measure_h2(
+                "iris maas+key REST (h2load)", infer, iris.body(), rest_headers, server, http1=True
+            )
+
+    def measure_h2(
+        self,
+        case: str,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        server: int,
+        *,
+        http1: bool = False,
+    ) -> None:
+        """Like ``measure``, driven by h2load (its warm-up second is in the CPU count)."""
+        for connections in self.connections:
+            before = _sample(server)
+            result = h2load(
+                self.h2load_binary,
+                url,
+                body,
+                connections=connections,
+                seconds=self.seconds,
+                headers=headers,
+                work=self.work,
+                http1=http1,
+            )
+            _, ours, other = _usage_since(before, server)
+            cpu_us = ours / max(1.0, result.rps * (self.seconds + 1)) * 1e6
+            r = result
+            self.points.append(
+                Point(case, connections, r.rps, r.p50_ms, r.p99_ms, r.failed, other, cpu_us)
+            )
+            print(
+                f"  {case:<28} c={connections:<3} {result.rps:8.0f} req/s"
+                f"  p99 {result.p99_ms:7.2f} ms  server {cpu_us:5.0f} µs CPU/req",
+                flush=True,
+            )
+
+
+def check_grpc(port: int, iris: BenchModel) -> None:
+    """One call with the official Triton gRPC client: the load that follows counts HTTP
+    statuses only, and a gRPC failure is an HTTP 200."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    tensor = grpcclient.InferInput(iris.input_name, [1, len(iris.row)], "FP64")
+    tensor.set_data_from_numpy(np.asarray([iris.row], dtype=np.float64))
+    headers = {"authorization": f"Bearer {ADMIN_KEY}"}
+    result = client.infer(iris.name, [tensor], headers=headers)
+    assert result.as_numpy("predict") is not None
+    client.close()
+
+
+def add_best_mlserver(points: list[Point]) -> None:
+    """Per connection count, the faster of MLServer's two settings, as its own rows."""
+    for connections in sorted({p.connections for p in points}):
+        runs = [
+            p
+            for p in points
+            if p.case.startswith("iris MLServer ") and p.connections == connections
+        ]
+        if runs:
+            top = max(runs, key=lambda p: p.rps)
+            points.append(dataclasses.replace(top, case="iris MLServer best"))
 
 
 def main() -> None:
@@ -388,13 +507,19 @@ def main() -> None:
     print(f"work dir {work}; {seconds:g} s per point", flush=True)
     batching = bench.maas(models)
     bench.maas_with_key(models["iris"])
+    bench.maas_transports(models["iris"])
     if mlserver is not None:
-        bench.mlserver(mlserver, models["iris"], joblib_path)
+        for parallel_workers in (None, 0):
+            bench.mlserver(mlserver, models["iris"], joblib_path, parallel_workers)
+        add_best_mlserver(bench.points)
     ceiling = measure_ceilings(models, min(seconds, 3.0))
 
+    best = "iris MLServer best"
     refs = {
-        "iris maas": ("iris MLServer", "of MLServer"),
-        "iris maas+key": ("iris maas", "of --no-auth"),
+        "iris maas": (best, "of MLServer's best"),
+        "iris maas+key": (best, "of MLServer's best"),
+        "iris maas+key inline": (best, "of MLServer's best"),
+        "iris maas+key gRPC (h2load)": ("iris maas+key REST (h2load)", "of REST"),
         "mlp-sklearn batched": ("mlp-sklearn unbatched", "of unbatched"),
         "mlp-onnx batched": ("mlp-onnx unbatched", "of unbatched"),
     }

@@ -20,7 +20,9 @@ rebuilds the same class from the code (``error_class_for``).
     │   ├── InvalidSpec
     │   ├── InvalidDeployment
     │   ├── InvalidDataset
-    │   └── AmbiguousId
+    │   ├── AmbiguousId
+    │   ├── InvalidAudio
+    │   └── UnsupportedAudioFormat
     ├── Unauthenticated (401)
     ├── Forbidden (403)
     ├── NotFound (404)
@@ -39,6 +41,7 @@ rebuilds the same class from the code (``error_class_for``).
     │   ├── SignatureChanged
     │   └── GcInProgress
     ├── PayloadTooLarge (413)
+    │   └── AudioTooLong
     ├── UnsupportedMediaType (415)
     ├── UntrustedArtifact (422)
     ├── RateLimited (429)
@@ -67,6 +70,7 @@ __all__ = [
     "AliasNotFound",
     "AmbiguousId",
     "ArtifactCorrupted",
+    "AudioTooLong",
     "ClientDisconnected",
     "ConfigInvalid",
     "Conflict",
@@ -75,6 +79,7 @@ __all__ = [
     "Forbidden",
     "GcInProgress",
     "GenerationQueueFull",
+    "InvalidAudio",
     "InvalidDataset",
     "InvalidDeployment",
     "InvalidInput",
@@ -105,6 +110,7 @@ __all__ = [
     "StorageFailure",
     "Unauthenticated",
     "UnsupportedArtifact",
+    "UnsupportedAudioFormat",
     "UnsupportedDatatype",
     "UnsupportedMediaType",
     "UnsupportedTask",
@@ -234,6 +240,20 @@ class AmbiguousId(InvalidRequest):
     code = "ambiguous_id"
 
 
+class InvalidAudio(InvalidRequest):
+    """An upload that PyAV cannot decode as audio (no audio stream, a damaged or
+    unknown container): the caller's file, never the server's fault."""
+
+    code = "invalid_audio"
+    default_message = "the file is not audio that can be decoded"
+
+
+class UnsupportedAudioFormat(InvalidRequest):
+    """A speech ``response_format`` this server has no encoder for."""
+
+    code = "unsupported_audio_format"
+
+
 class Unauthenticated(MaasError):
     code = "unauthenticated"
     status = HTTPStatus.UNAUTHORIZED
@@ -333,6 +353,14 @@ class PayloadTooLarge(MaasError):
     code = "payload_too_large"
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     default_message = "request body too large"
+
+
+class AudioTooLong(PayloadTooLarge):
+    """Audio longer than ``audio.max_duration_s``: refused while decoding, before the
+    model spends time on it."""
+
+    code = "audio_too_long"
+    default_message = "the audio is longer than this server transcribes"
 
 
 class UnsupportedMediaType(MaasError):

@@ -49,7 +49,7 @@ def test_a_killed_worker_is_restarted_and_its_call_fails_fast(
     push(fresh_server, slow_skops, "knn", alias="production")
     with fresh_server.client() as http, fresh_server.client() as watcher:
         before = status(http, "knn", "production")
-        assert before["workers"] == "processes" and before["ready"] is True
+        assert before["workers"] == "shared" and before["ready"] is True  # a small model
         [pid] = before["pids"]  # type: ignore[misc]
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(http.post, "/v2/models/knn/infer", json=_big_request())
@@ -89,7 +89,8 @@ def test_a_model_is_not_ready_while_its_only_worker_is_dead(
     finally:
         server.stop()
     flowers = {"model": "flowers", "version": "1"}
-    assert metric(families, "maas_worker_restarts_total", **flowers) == 1
+    # The restarted worker is the shared pool's (the small models' own), counted as such.
+    assert metric(families, "maas_worker_restarts_total", model="(shared)", version="") == 1
     assert metric(families, "maas_loaded_models", **flowers) == 1
     assert metric(families, "maas_queue_depth", **flowers) == 0
     ok = {**flowers, "protocol": "v2", "code": "200"}
@@ -209,7 +210,8 @@ def test_a_deployment_can_run_a_scikit_learn_model_in_the_server_process(
     fresh_server: RunningServer, iris_skops: Path, iris: tuple[np.ndarray, np.ndarray]
 ) -> None:
     """``workers: threads`` per deployment: in the server's own process, no pipe, same answers;
-    ``processes`` puts it back in a worker. The server's default stays processes."""
+    ``processes`` puts it in a worker of its own. The server's default for small models is
+    the pool of workers they share."""
     push(fresh_server, iris_skops, "tiny", alias="production")
     push(fresh_server, iris_skops, "other", alias="production")
     features, _ = iris
@@ -217,6 +219,10 @@ def test_a_deployment_can_run_a_scikit_learn_model_in_the_server_process(
                         "data": features[:3].ravel().tolist()}]}  # fmt: skip
     with fresh_server.client() as http:
         by_process = http.post("/v2/models/tiny/infer", json=body).json()["outputs"]
+        shared = status(http, "other", "production")
+        assert shared["workers"] == "shared" and shared["ready"] is True
+        assert status(http, "tiny", "production")["pids"] == shared["pids"]  # one process
+        assert shared["pids"] != [fresh_server.process.pid]
         result = subprocess.run(
             [sys.executable, "-m", "maas", "models", "deploy", "tiny:1", "--workers", "threads"],
             capture_output=True, text=True, timeout=120,
@@ -227,14 +233,24 @@ def test_a_deployment_can_run_a_scikit_learn_model_in_the_server_process(
         inline = status(http, "tiny", "production")
         assert inline["pids"] == [fresh_server.process.pid] and inline["ready"] is True
         assert http.post("/v2/models/tiny/infer", json=body).json()["outputs"] == by_process
-        assert status(http, "other", "production")["workers"] == "processes"
+        assert status(http, "other", "production")["workers"] == "shared"
+        on_loop = http.put(
+            "/api/v1/models/tiny/versions/1/deployment",
+            json={**inline["spec"], "workers": "inline"},  # type: ignore[dict-item]
+        )
+        assert on_loop.status_code == 200, on_loop.text
+        wait_until(lambda: status(http, "tiny", "production")["workers"] == "inline")
+        assert status(http, "tiny", "production")["pids"] == [fresh_server.process.pid]
+        assert http.post("/v2/models/tiny/infer", json=body).json()["outputs"] == by_process
         back = http.put(
             "/api/v1/models/tiny/versions/1/deployment",
             json={**inline["spec"], "workers": "processes"},  # type: ignore[dict-item]
         )
         assert back.status_code == 200, back.text
         wait_until(lambda: status(http, "tiny", "production")["workers"] == "processes")
-        assert len(status(http, "tiny", "production")["pids"]) == 1  # type: ignore[arg-type]
+        own = status(http, "tiny", "production")["pids"]
+        assert len(own) == 1 and own != shared["pids"]  # type: ignore[arg-type]
+        assert http.post("/v2/models/tiny/infer", json=body).json()["outputs"] == by_process
         bad = http.put("/api/v1/models/tiny/versions/1/deployment",
                        json={**inline["spec"], "workers": "fibres"})  # fmt: skip
         assert bad.status_code in (400, 422) and "workers" in bad.text

@@ -22,6 +22,7 @@ from maas.api.gateway import Gateway
 from maas.api.hardening import JsonDepthCap
 from maas.api.routers import (
     admin,
+    audio,
     audit,
     datasets,
     deployments,
@@ -31,6 +32,7 @@ from maas.api.routers import (
     metrics,
     models,
     openai,
+    rerank,
     usage,
     v2,
     whoami,
@@ -44,7 +46,9 @@ Self-hosted Model-as-a-Service.
 
 * **KServe V2** inference under `/v2` (JSON and Triton's binary tensor extension).
 * **OpenAI API** under `/v1`: models, chat completions (SSE streaming), completions,
-  embeddings; use the official `openai` SDK with `base_url=<server>/v1`.
+  embeddings, audio transcriptions, translations and speech; use the official `openai`
+  SDK with `base_url=<server>/v1`.
+* **Rerank** at `/v1/rerank` (also `/rerank`, `/v2/rerank`), in the Jina/Cohere shape.
 * **Management** of models, versions and aliases under `/api/v1`.
 
 Errors are `{"error": message, "code": stable_code}`.
@@ -67,7 +71,7 @@ def create_app(services: Services) -> Gateway:
         api.include_router(router)
     for router in (keys.router, audit.router, admin.router, metrics.router, openai.router):
         api.include_router(router)
-    for router in (datasets.router, jobs.router, whoami.router):
+    for router in (datasets.router, jobs.router, whoami.router, audio.router, rerank.router):
         api.include_router(router)
     console.install(api)
     # Inside FastAPI: V2 inference bodies, which skip it, have their own depth cap.

@@ -243,7 +243,10 @@ def deploy(
     max_queue_size: Annotated[int | None, typer.Option(help="Queued requests before 503.")] = None,
     workers: Annotated[
         str | None,
-        typer.Option(help="auto, threads (in the server process) or processes."),
+        typer.Option(
+            help="auto, threads (in the server process), inline (on its event loop), "
+            "processes (its own) or shared (the pool small models share)."
+        ),
     ] = None,
     quantize: Annotated[
         str | None,
@@ -272,8 +275,8 @@ def deploy(
             )
         changes["preferred_batch_sizes"] = [int(size) for size in sizes]
     if workers is not None:
-        if workers not in ("auto", "threads", "processes"):
-            raise typer.BadParameter("auto, threads or processes", param_hint="--workers")
+        if workers not in ("auto", "threads", "processes", "shared"):
+            raise typer.BadParameter("auto, threads, processes or shared", param_hint="--workers")
         changes["workers"] = workers
     if quantize is not None:
         if quantize not in ("int8", "none"):

@@ -10,13 +10,13 @@ without the optional extras; a missing one raises ``MissingExtra`` naming the ex
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 from maas.errors import MissingExtra, UnsupportedArtifact, UntrustedArtifact
 from maas.protocols.signature import Signature
 from maas.runtimes.base import ArtifactInfo, LoadOptions, Runtime
-from maas.runtimes.importing import FRAMEWORK_IMPORT
 
 __all__ = [
     "ACCEPTED",
@@ -35,7 +35,7 @@ class _Entry:
     module: str
     cls: str
     extra: str  # the extra that provides its dependencies
-    probes: tuple[str, ...]  # modules that must import for it to work
+    probes: tuple[str, ...]  # modules that must be installed for it to work
 
 
 #: framework -> where its runtime lives. The order is the order uploads are matched
@@ -43,6 +43,11 @@ class _Entry:
 _RUNTIMES: dict[str, _Entry] = {
     "onnx-text": _Entry(
         "maas.runtimes.hf.onnx_text", "OnnxTextRuntime", "onnx", ("onnxruntime", "tokenizers")
+    ),
+    # Before transformers, which claims every directory: a CTranslate2 Whisper one is
+    # told apart by its model.bin header.
+    "whisper": _Entry(
+        "maas.runtimes.audio.whisper", "WhisperRuntime", "audio", ("faster_whisper", "av")
     ),
     # A GGUF file is llama.cpp's where its extra is installed, else transformers'.
     "llama.cpp": _Entry(
@@ -57,11 +62,11 @@ _RUNTIMES: dict[str, _Entry] = {
     "torchscript": _Entry("maas.runtimes.pytorch", "TorchScriptRuntime", "torch", ("torch",)),
     # Before keras (a .keras file is a zip too) and the pickle runtime: only says why not.
     "torch-save": _Entry("maas.runtimes.pytorch", "TorchSaveRefusal", "core", ()),
-    # keras itself is imported by its runtime, which must choose the backend first.
-    "keras": _Entry("maas.runtimes.keras", "KerasRuntime", "keras", ("torch", "h5py")),
+    "keras": _Entry("maas.runtimes.keras", "KerasRuntime", "keras", ("keras", "torch", "h5py")),
     "sklearn": _Entry("maas.runtimes.sklearn", "SklearnRuntime", "core", ("sklearn",)),
     "pickle": _Entry("maas.runtimes.sklearn", "PickleRuntime", "core", ("sklearn",)),
     "onnx": _Entry("maas.runtimes.onnx", "OnnxRuntime", "onnx", ("onnxruntime",)),
+    "espeak-ng": _Entry("maas.runtimes.audio.espeak", "EspeakRuntime", "core", ()),
 }
 
 ACCEPTED = (
@@ -69,7 +74,8 @@ ACCEPTED = (
     "model directory (as .tar or .zip), XGBoost .json/.ubj and LightGBM .txt (save_model), "
     "PyTorch .pt2 (torch.export.save) and .pt (torch.jit.save, with a declared "
     "signature), Keras 3 .keras; "
-    ".pkl/.pickle/.joblib on a server with --trust-pickle"
+    ".pkl/.pickle/.joblib on a server with --trust-pickle; "
+    "a CTranslate2 Whisper model directory (as .tar or .zip); an espeak-ng voice model (.json)"
 )
 
 #: What to do with a model in a format not served: ONNX runs every framework's models.
@@ -95,16 +101,14 @@ def describe(framework: str) -> type[Runtime] | None:
 
 
 def runtime_class(framework: str) -> type[Runtime]:
-    """The runtime class of ``framework``, once its optional dependencies import."""
+    """The runtime class of ``framework``, once its optional dependencies are found."""
     entry = _RUNTIMES.get(framework)
     if entry is None:
         raise UnsupportedArtifact(f"no runtime for framework {framework!r}")
-    try:
-        with FRAMEWORK_IMPORT:
-            for probe in entry.probes:
-                importlib.import_module(probe)
-    except ImportError:
-        raise MissingExtra(framework, entry.extra) from None
+    # Found, not imported: a server whose scikit-learn models run in worker processes
+    # never needs scikit-learn (and what it drags in, 150 MB) in its own process.
+    if any(importlib.util.find_spec(probe) is None for probe in entry.probes):
+        raise MissingExtra(framework, entry.extra)
     runtime = describe(framework)
     assert runtime is not None
     return runtime

@@ -4,8 +4,8 @@ torch's package is not safe to import from two threads at once: pushes inspected
 by side (each in its own thread) had one thread find ``torch._dynamo`` half-initialised
 (``KeyError``) while another imported ``torch.export``, and keras, importing torch
 underneath, failed the same way. torch also imports modules lazily on a model's first
-load and first call. The catalog's probes and the runtimes built on torch hold this lock
-while they import, load and run a model's first call; later calls run without it.
+load and first call. The runtimes built on torch (PyTorch, Keras) hold this lock while
+they import, load and run a model's first call; later calls run without it.
 """
 
 from __future__ import annotations

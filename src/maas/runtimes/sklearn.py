@@ -29,37 +29,51 @@ __all__ = [
     "WithoutTorch",
     "estimator_signature",
     "frame_columns",
+    "import_skops",
     "load_estimator",
 ]
 
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
+_TORCH = frozenset({"torch"})
+#: What importing scikit-learn would load and a model fitted on arrays never uses.
+_NOT_AT_IMPORT = frozenset({"torch", "pandas", "pyarrow"})
 
 
 class WithoutTorch(importlib.abc.MetaPathFinder):
-    """Refuses to import torch (in one thread, or in the whole process).
+    """Refuses to import some packages (torch by default), in one thread or in the
+    whole process.
 
     skops, at import, lists scikit-learn's estimators, which imports every sklearn
     package, its torch array-API shim included: with torch installed (the ``[llm]``
     extra) reading a ``.skops`` file would load torch for nothing, about 180 MB and
-    seconds (a minute on a loaded machine) per process. An ``ImportError`` is what that
-    discovery expects when torch is absent.
+    seconds (a minute on a loaded machine) per process. scikit-learn also imports
+    pandas (and pandas pyarrow) at import when they are installed, about 70 MB that a
+    model fitted on arrays never uses. An ``ImportError`` is what that discovery
+    expects when a package is absent.
     """
 
-    def __init__(self, thread: int | None = None) -> None:
+    def __init__(self, thread: int | None = None, names: frozenset[str] = _TORCH) -> None:
         self.thread = thread
+        self.names = names
 
     def find_spec(self, name: str, path: object = None, target: object = None) -> None:
-        if (name == "torch" or name.startswith("torch.")) and self.thread in (
-            None,
-            threading.get_ident(),
-        ):
-            raise ImportError("torch is not needed to read scikit-learn models")
+        if name.partition(".")[0] in self.names and self.thread in (None, threading.get_ident()):
+            raise ImportError(f"{name} is not needed to read scikit-learn models")
 
 
-def _import_skops() -> Any:
-    """``skops.io``, imported without torch; other threads may import torch meanwhile."""
-    if "skops.io" not in sys.modules and "torch" not in sys.modules:
-        blocker = WithoutTorch(threading.get_ident())
+def import_skops() -> Any:
+    """``skops.io`` (and scikit-learn), imported without torch, and without pandas and
+    pyarrow unless something imported them already.
+
+    Only this thread is refused them: other threads may import torch meanwhile. A
+    model fitted on a DataFrame imports pandas when it is called
+    (``SklearnRuntime._frame``), which scikit-learn finds then through
+    ``sys.modules``; scikit-learn's own import-time use of pandas is an ARFF reader
+    maas never calls.
+    """
+    if "skops.io" not in sys.modules:
+        names = frozenset(n for n in _NOT_AT_IMPORT if n not in sys.modules)
+        blocker = WithoutTorch(threading.get_ident(), names)
         sys.meta_path.insert(0, blocker)
         try:
             import skops.io
@@ -71,7 +85,7 @@ def _import_skops() -> Any:
 
 
 def _load_skops(path: Path) -> Any:
-    skops_io = _import_skops()
+    skops_io = import_skops()
 
     try:
         untrusted = skops_io.get_untrusted_types(file=path)

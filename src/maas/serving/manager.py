@@ -37,6 +37,7 @@ from maas.registry.service import RegistryService
 from maas.runtimes.base import LoadOptions
 from maas.serving.deployment import Deployment, DeploymentState
 from maas.serving.hangups import Disconnected, unless_disconnected
+from maas.serving.process_workers import ProcessPool
 from maas.serving.workers import ThreadWorkers, Workers
 
 __all__ = ["ModelManager"]
@@ -76,6 +77,17 @@ class ModelManager:
             kv_cache_tokens=self._generation.kv_cache_tokens,
         )
         self._deployments: dict[tuple[str, int], Deployment] = {}
+        #: Worker processes that small models share; spawned with the first such model.
+        self._shared = (
+            ProcessPool(
+                settings.shared_workers,
+                labels=("(shared)", ""),
+                backoff_initial_s=settings.worker_restart_backoff_s,
+                backoff_max_s=settings.worker_restart_backoff_max_s,
+            )
+            if settings.shared_workers > 0
+            else None
+        )
         self._resolved: dict[tuple[str, Selector], tuple[float, VersionInfo]] = {}
         self._expected: set[tuple[str, int]] = set()
         self._epoch = 0  # bumped by every invalidation: a resolve racing one retries
@@ -275,6 +287,8 @@ class ModelManager:
                 self._settings.worker_restart_backoff_s,
                 self._settings.worker_restart_backoff_max_s,
             ),
+            shared=self._shared,
+            shared_max_bytes=self._settings.shared_max_bytes,
         )
 
     def find(self, model: str, version: int) -> Deployment | None:
@@ -391,6 +405,8 @@ class ModelManager:
         for deployment, result in zip(deployments, results, strict=True):
             if isinstance(result, Exception):
                 log.error("unloading %s:%s failed: %r", *deployment.key, result)
+        if self._shared is not None:
+            await self._shared.close()
         # Off the loop: a model call still running in the pool must not freeze the loop
         # (and with it the shutdown deadline) while the pool waits for it.
         await asyncio.to_thread(self._workers.close)

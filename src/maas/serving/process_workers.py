@@ -15,10 +15,19 @@ model's call: the woken thread must win the GIL back from the loop. Calls are
 pipelined (``PIPELINE_DEPTH`` per worker), so a busy worker finds its next request
 already in the pipe and answers several per wake-up instead of one per round trip.
 
-A worker that dies fails its in-flight call at once with ``WorkerCrashed`` (its pipe
-reaches EOF; nothing waits on a timeout) and is restarted after an exponential
-backoff. While no worker lives the pool reports itself dead, so the deployment is not
-ready and new calls fail fast instead of queueing behind a corpse.
+A worker holds one model or several: each is loaded under a key, and every call names
+the key it is for. ``ProcessPool`` is a set of identical workers (each holds every key
+of the pool). A deployment's own ``ProcessInstances`` owns a pool of one key; the
+server's shared pool (``SharedInstances``) holds the small scikit-learn models of many
+deployments, since the interpreter, numpy, scipy and scikit-learn of a worker cost
+about 150 MB and a small model a few kilobytes: ten small models in ten workers would
+take 1.5 GB to hold what fits in one.
+
+A worker that dies fails its in-flight calls at once with ``WorkerCrashed`` (its pipe
+reaches EOF; nothing waits on a timeout) and is restarted, with every key of its pool,
+after an exponential backoff. While no worker lives the pool reports itself dead, so
+its deployments are not ready and new calls fail fast instead of queueing behind a
+corpse.
 """
 
 from __future__ import annotations
@@ -37,17 +46,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from maas.errors import MaasError, RuntimeFailure, WorkerCrashed, error_class_for
 from maas.observability.metrics import WORKER_RESTARTS
-from maas.runtimes.base import LoadOptions
+from maas.runtimes.base import LoadOptions, Runtime
 from maas.runtimes.catalog import load_runtime
 from maas.runtimes.sklearn import WithoutTorch
 
-__all__ = ["LoadTarget", "ProcessInstances"]
+__all__ = ["LoadTarget", "ProcessInstances", "ProcessPool", "SharedInstances", "key_of"]
 
 log = logging.getLogger("maas.serving")
 
@@ -82,13 +91,46 @@ def _rebuild(payload: _ErrorPayload) -> MaasError:
         return RuntimeFailure(message, details=details)
 
 
-def serve(requests: Connection, responses: Connection, target: LoadTarget) -> None:
-    """The body of a worker process: load, say ready, answer calls until told to stop."""
+class _Models:
+    """The runtimes of one worker process, by key."""
+
+    def __init__(self) -> None:
+        self.runtimes: dict[str, Runtime] = {}
+        self._without_torch = False
+
+    def load(self, key: str, target: LoadTarget) -> None:
+        if target.framework == "sklearn" and not self._without_torch:
+            sys.meta_path.insert(0, WithoutTorch())  # for the whole worker
+            self._without_torch = True
+        if key not in self.runtimes:
+            self.runtimes[key] = load_runtime(target.framework, target.path, target.options)
+
+    def unload(self, key: str) -> None:
+        runtime = self.runtimes.pop(key, None)
+        if runtime is not None:
+            runtime.close()
+
+    def answer(self, message: tuple[Any, ...]) -> Any:
+        """What the parent asked: ``("call", id, key, inputs, outputs)``,
+        ``("load", id, key, target)`` or ``("unload", id, key)``."""
+        kind, _, key, *rest = message
+        if kind == "call":
+            inputs, outputs = rest
+            return self.runtimes[key].run_checked(inputs, outputs)  # checked by the server
+        if kind == "load":
+            self.load(key, rest[0])
+        else:
+            self.unload(key)
+        return None
+
+
+def serve(requests: Connection, responses: Connection, targets: dict[str, LoadTarget]) -> None:
+    """The body of a worker process: load, say ready, answer until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
-    if target.framework == "sklearn":
-        sys.meta_path.insert(0, WithoutTorch())  # for the whole worker
+    models = _Models()
     try:
-        runtime = load_runtime(target.framework, target.path, target.options)
+        for key, target in targets.items():
+            models.load(key, target)
     except Exception as exc:  # reported to the parent, which raises it as a MaasError
         responses.send(("error", None, _error_payload(exc)))
         return
@@ -100,10 +142,10 @@ def serve(requests: Connection, responses: Connection, target: LoadTarget) -> No
             return
         if message is None:
             return
-        request_id, inputs, outputs = message
+        request_id = message[1]
         try:
-            result = runtime.run_checked(inputs, outputs)  # checked by the server
-        except Exception as exc:  # every failure belongs to this call only
+            result = models.answer(message)
+        except Exception as exc:  # every failure belongs to this request only
             responses.send(("error", request_id, _error_payload(exc)))
         else:
             responses.send(("ok", request_id, result))
@@ -151,7 +193,9 @@ class _FrameReader(asyncio.Protocol):
 class _WorkerProcess:
     """One spawned process, its pipes and the calls waiting for its answers."""
 
-    def __init__(self, target: LoadTarget, on_exit: Callable[[_WorkerProcess], None]) -> None:
+    def __init__(
+        self, targets: dict[str, LoadTarget], on_exit: Callable[[_WorkerProcess], None]
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self._on_exit = on_exit
         self._child_requests, requests = _SPAWN.Pipe(duplex=False)
@@ -165,13 +209,15 @@ class _WorkerProcess:
         self._reader: asyncio.ReadTransport | None = None
         self.process = _SPAWN.Process(
             target=serve,
-            args=(self._child_requests, self._child_responses, target),
-            name=f"maas-worker:{target.path.name[:12]}",
+            args=(self._child_requests, self._child_responses, targets),
+            name=f"maas-worker:{_name_of(targets)}",
             daemon=True,
         )
         self._ids = itertools.count()
         self._ready: asyncio.Future[None] = self._loop.create_future()
-        self._pending: dict[int, asyncio.Future[dict[str, np.ndarray]]] = {}
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        #: The keys this process holds (or is loading): calls for others go elsewhere.
+        self.keys = set(targets)
         self._exited = False
         self.alive = False
         #: Calls sent and not yet answered or abandoned by their callers.
@@ -229,18 +275,35 @@ class _WorkerProcess:
         self._on_exit(self)
 
     async def call(
-        self, inputs: dict[str, np.ndarray], outputs: list[str]
+        self, key: str, inputs: dict[str, np.ndarray], outputs: list[str]
     ) -> dict[str, np.ndarray]:
+        result: dict[str, np.ndarray] = await self._request("call", key, inputs, outputs)
+        return result
+
+    async def load(self, key: str, target: LoadTarget) -> None:
+        self.keys.add(key)
+        try:
+            await self._request("load", key, target)
+        except BaseException:
+            self.keys.discard(key)
+            raise
+
+    async def unload(self, key: str) -> None:
+        self.keys.discard(key)
+        await self._request("unload", key)
+
+    async def _request(self, kind: str, key: str, *args: Any) -> Any:
         writer = self._writer
         if writer is None or writer.is_closing() or not self.alive:
             raise WorkerCrashed(retry_after=1.0)
         request_id = next(self._ids)
-        future: asyncio.Future[dict[str, np.ndarray]] = self._loop.create_future()
+        future: asyncio.Future[Any] = self._loop.create_future()
         self._pending[request_id] = future
         self.in_flight += 1
         try:
-            message = (request_id, inputs, outputs)
-            if _is_large(inputs):  # pickling copies every byte: not on the loop's time
+            message = (kind, request_id, key, *args)
+            if kind == "call" and _is_large(args[0]):  # pickling copies every byte: not on
+                # the loop's time
                 payload = await asyncio.to_thread(pickle.dumps, message, pickle.HIGHEST_PROTOCOL)
             else:
                 payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
@@ -283,14 +346,22 @@ def _is_large(inputs: dict[str, np.ndarray]) -> bool:
     return size > _PICKLE_INLINE_MAX_BYTES
 
 
-class ProcessInstances:
-    """``count`` worker processes of one model version, restarted when they die."""
+def _name_of(targets: dict[str, LoadTarget]) -> str:
+    if len(targets) == 1:
+        return next(iter(targets.values())).path.name[:12]
+    return "shared"
 
-    kind = "processes"
+
+def key_of(target: LoadTarget) -> str:
+    """One key per artifact and runtime: two versions of the same file share a copy."""
+    return f"{target.framework}:{target.path}"
+
+
+class ProcessPool:
+    """``count`` worker processes holding the same models, restarted when they die."""
 
     def __init__(
         self,
-        target: LoadTarget,
         count: int,
         *,
         labels: tuple[str, str] = ("", ""),
@@ -298,16 +369,18 @@ class ProcessInstances:
         backoff_max_s: float = 10.0,
         backoff_reset_s: float = 30.0,
     ) -> None:
-        self._target = target
         self._count = count
         self._restarts = WORKER_RESTARTS.labels(*labels)
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._backoff_reset_s = backoff_reset_s
+        self._targets: dict[str, LoadTarget] = {}
+        self._users: dict[str, int] = {}
         self._workers: list[_WorkerProcess] = []
         self._failures: list[int] = []
         self._changed = asyncio.Event()
         self._restarting: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()  # one change of the set of models at a time
         self._started = False
         self._closing = False
         #: The backoff delays used so far, oldest first (status and tests read it).
@@ -321,39 +394,84 @@ class ProcessInstances:
     def is_alive(self) -> bool:
         return any(w.alive for w in self._workers)
 
-    async def start(self) -> None:
-        """Spawn every worker and wait until each has loaded the model."""
-        self._workers = [_WorkerProcess(self._target, self._on_exit) for _ in range(self._count)]
-        self._failures = [0] * self._count
-        results = await asyncio.gather(*(w.start() for w in self._workers), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            await self.close()
-            raise errors[0]
-        self._started = True
-
     @property
     def capacity(self) -> int:
         """Calls worth sending at once: ``PIPELINE_DEPTH`` per worker process."""
         return self._count * PIPELINE_DEPTH
 
-    async def predict(
-        self, inputs: dict[str, np.ndarray], outputs: list[str]
+    @property
+    def keys(self) -> list[str]:
+        return list(self._targets)
+
+    async def add(self, key: str, target: LoadTarget) -> None:
+        """Hold ``target`` under ``key`` in every worker (spawning them on first use);
+        a key added again only counts one more user."""
+        async with self._lock:
+            if self._closing:
+                raise WorkerCrashed("the worker pool is closing", retry_after=1.0)
+            if key in self._targets:
+                self._users[key] += 1
+                return
+            if not self._started:
+                await self._spawn({key: target})
+            else:
+                await self._load_everywhere(key, target)
+            self._targets[key] = target
+            self._users[key] = 1
+
+    async def _spawn(self, targets: dict[str, LoadTarget]) -> None:
+        self._workers = [_WorkerProcess(targets, self._on_exit) for _ in range(self._count)]
+        self._failures = [0] * self._count
+        results = await asyncio.gather(*(w.start() for w in self._workers), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await self._stop_workers()
+            self._workers = []
+            raise errors[0]
+        self._started = True
+
+    async def _load_everywhere(self, key: str, target: LoadTarget) -> None:
+        """Load in every live worker; one that fails undoes the others. A worker that is
+        restarting loads it when it is back (``_restart``)."""
+        live = [w for w in self._workers if w.alive]
+        results = await asyncio.gather(*(w.load(key, target) for w in live), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            loaded = [w for w, r in zip(live, results, strict=True) if r is None]
+            await asyncio.gather(*(w.unload(key) for w in loaded), return_exceptions=True)
+            raise errors[0]
+
+    async def remove(self, key: str) -> None:
+        """One user fewer of ``key``; the last one unloads it from every worker."""
+        async with self._lock:
+            if key not in self._users:
+                return
+            self._users[key] -= 1
+            if self._users[key] > 0:
+                return
+            del self._users[key], self._targets[key]
+            live = [w for w in self._workers if w.alive and key in w.keys]
+            await asyncio.gather(*(w.unload(key) for w in live), return_exceptions=True)
+
+    async def call(
+        self, key: str, inputs: dict[str, np.ndarray], outputs: list[str]
     ) -> dict[str, np.ndarray]:
-        worker = await self._acquire()
+        worker = await self._acquire(key)
         try:
-            return await worker.call(inputs, outputs)
+            return await worker.call(key, inputs, outputs)
         finally:
             self._changed.set()
 
-    async def _acquire(self) -> _WorkerProcess:
-        """The live worker with the fewest calls in flight, below ``PIPELINE_DEPTH``."""
+    async def _acquire(self, key: str) -> _WorkerProcess:
+        """The live worker holding ``key`` with the fewest calls in flight, below
+        ``PIPELINE_DEPTH``."""
         while True:
-            if not self.is_alive:
+            holders = [w for w in self._workers if w.alive and key in w.keys]
+            if not holders:
                 raise WorkerCrashed("no live worker process; one is restarting", retry_after=1.0)
-            live = [w for w in self._workers if w.alive and w.in_flight < PIPELINE_DEPTH]
-            if live:
-                return min(live, key=lambda w: w.in_flight)
+            free = [w for w in holders if w.in_flight < PIPELINE_DEPTH]
+            if free:
+                return min(free, key=lambda w: w.in_flight)
             self._changed.clear()
             await self._changed.wait()
 
@@ -377,13 +495,14 @@ class ProcessInstances:
         await asyncio.sleep(delay)  # the backoff itself: one timer, not a polling loop
         if self._closing:
             return
-        worker = _WorkerProcess(self._target, self._on_exit)
-        self._workers[slot] = worker
-        try:
-            await worker.start()
-        except MaasError as exc:  # its EOF has already scheduled the next attempt
-            log.error("worker process failed to restart: %s", exc.message)
-            return
+        async with self._lock:  # the set of models holds still while the worker loads it
+            worker = _WorkerProcess(dict(self._targets), self._on_exit)
+            self._workers[slot] = worker
+            try:
+                await worker.start()
+            except MaasError as exc:  # its EOF has already scheduled the next attempt
+                log.error("worker process failed to restart: %s", exc.message)
+                return
         self._restarts.inc()
         self._changed.set()
 
@@ -392,6 +511,63 @@ class ProcessInstances:
         for task in list(self._restarting):
             task.cancel()
         await asyncio.gather(*self._restarting, return_exceptions=True)
+        await self._stop_workers()
+
+    async def _stop_workers(self) -> None:
         for worker in self._workers:
             worker.say_goodbye()
         await asyncio.gather(*(asyncio.to_thread(w.stop) for w in self._workers))
+
+
+class _InPool:
+    """One model version held by a pool of worker processes: its key there."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, pool: ProcessPool, target: LoadTarget) -> None:
+        self.pool = pool
+        self._target = target
+        self._key = key_of(target)
+
+    @property
+    def pids(self) -> list[int]:
+        return self.pool.pids
+
+    @property
+    def is_alive(self) -> bool:
+        return self.pool.is_alive
+
+    @property
+    def capacity(self) -> int:
+        return self.pool.capacity
+
+    async def start(self) -> None:
+        """Load the model in every worker of the pool (spawning them on first use)."""
+        await self.pool.add(self._key, self._target)
+
+    async def predict(
+        self, inputs: dict[str, np.ndarray], outputs: list[str]
+    ) -> dict[str, np.ndarray]:
+        return await self.pool.call(self._key, inputs, outputs)
+
+
+class ProcessInstances(_InPool):
+    """One model version in worker processes of its own: the pool is its alone."""
+
+    kind = "processes"
+
+    @property
+    def restart_delays(self) -> list[float]:
+        return self.pool.restart_delays
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+class SharedInstances(_InPool):
+    """One model version in the server's shared pool, beside other small models."""
+
+    kind = "shared"
+
+    async def close(self) -> None:
+        await self.pool.remove(self._key)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +16,17 @@ import skops.io
 from sklearn.datasets import load_iris
 from sklearn.neighbors import KNeighborsClassifier
 
-from maas.errors import UntrustedArtifact, WorkerCrashed
-from maas.runtimes.base import LoadOptions
-from maas.serving.process_workers import LoadTarget, ProcessInstances
+from maas.errors import MaasError, UntrustedArtifact, WorkerCrashed
+from maas.protocols.signature import Signature, TensorSpec
+from maas.runtimes.base import ArtifactInfo, LoadOptions, Runtime
+from maas.serving.process_workers import (
+    LoadTarget,
+    ProcessInstances,
+    ProcessPool,
+    SharedInstances,
+    key_of,
+)
+from maas.serving.workers import INLINE_MAX_BYTES, InlineInstances, ThreadWorkers
 
 pytestmark = pytest.mark.anyio
 
@@ -42,7 +52,7 @@ async def _wait_for(condition: object, timeout_s: float = 60) -> None:
 
 async def test_worker_processes_answer_predict(slow_model: tuple[Path, object]) -> None:
     path, model = slow_model
-    pool = ProcessInstances(LoadTarget("sklearn", path, LoadOptions()), 2)
+    pool = ProcessInstances(ProcessPool(2), LoadTarget("sklearn", path, LoadOptions()))
     await pool.start()
     try:
         assert len(pool.pids) == 2 and os.getpid() not in pool.pids
@@ -61,7 +71,7 @@ async def test_a_killed_worker_fails_its_call_and_restarts_with_backoff(
     slow_model: tuple[Path, object],
 ) -> None:
     path, _ = slow_model
-    pool = ProcessInstances(LoadTarget("sklearn", path, LoadOptions()), 1)
+    pool = ProcessInstances(ProcessPool(1), LoadTarget("sklearn", path, LoadOptions()))
     await pool.start()
     try:
         [pid] = pool.pids
@@ -86,7 +96,9 @@ async def test_a_killed_worker_fails_its_call_and_restarts_with_backoff(
 
 async def test_calls_fail_fast_while_no_worker_lives(slow_model: tuple[Path, object]) -> None:
     path, _ = slow_model
-    pool = ProcessInstances(LoadTarget("sklearn", path, LoadOptions()), 1, backoff_initial_s=30)
+    pool = ProcessInstances(
+        ProcessPool(1, backoff_initial_s=30), LoadTarget("sklearn", path, LoadOptions())
+    )
     await pool.start()
     try:
         [pid] = pool.pids
@@ -101,7 +113,133 @@ async def test_calls_fail_fast_while_no_worker_lives(slow_model: tuple[Path, obj
 async def test_a_worker_that_cannot_load_reports_why(tmp_path: Path) -> None:
     path = tmp_path / "model.pkl"
     path.write_bytes(b"\x80\x04not really a pickle")
-    pool = ProcessInstances(LoadTarget("pickle", path, LoadOptions(trust_pickle=False)), 1)
+    pool = ProcessInstances(
+        ProcessPool(1), LoadTarget("pickle", path, LoadOptions(trust_pickle=False))
+    )
     with pytest.raises(UntrustedArtifact):
         await pool.start()
     assert pool.pids == []
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[LoadTarget, object]]:
+    """Two small classifiers of iris that answer differently."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.tree import DecisionTreeClassifier
+
+    features, labels = load_iris(return_X_y=True)
+    directory = tmp_path_factory.mktemp("shared")
+    found = []
+    for name, model in (
+        ("logistic", LogisticRegression(max_iter=500).fit(features, labels)),
+        ("tree", DecisionTreeClassifier(max_depth=1).fit(features, labels)),
+    ):
+        skops.io.dump(model, directory / f"{name}.skops")
+        found.append((LoadTarget("sklearn", directory / f"{name}.skops", LoadOptions()), model))
+    return found
+
+
+async def test_small_models_share_one_worker_process(
+    two_models: list[tuple[LoadTarget, object]],
+) -> None:
+    pool = ProcessPool(1)
+    (first, first_model), (second, second_model) = two_models
+    instances = [SharedInstances(pool, first), SharedInstances(pool, second)]
+    rows = load_iris(return_X_y=True)[0][45:105]
+    try:
+        await asyncio.gather(*(i.start() for i in instances))
+        assert instances[0].pids == instances[1].pids and len(pool.pids) == 1
+        assert os.getpid() not in pool.pids
+        answers = await asyncio.gather(
+            *(i.predict({"input": rows}, ["predict"]) for i in instances for _ in range(3))
+        )
+        for answer in answers[:3]:
+            np.testing.assert_array_equal(answer["predict"], first_model.predict(rows))  # type: ignore[attr-defined]
+        for answer in answers[3:]:
+            np.testing.assert_array_equal(answer["predict"], second_model.predict(rows))  # type: ignore[attr-defined]
+        assert not np.array_equal(answers[0]["predict"], answers[3]["predict"])
+
+        await instances[0].close()  # the other model stays, in the same process
+        assert pool.keys == [key_of(second)]
+        with pytest.raises(WorkerCrashed):
+            await SharedInstances(pool, first).predict({"input": rows}, ["predict"])
+        answer = await instances[1].predict({"input": rows}, ["predict"])
+        np.testing.assert_array_equal(answer["predict"], second_model.predict(rows))  # type: ignore[attr-defined]
+    finally:
+        await pool.close()
+
+
+async def test_a_restarted_shared_worker_holds_every_model_again(
+    two_models: list[tuple[LoadTarget, object]],
+) -> None:
+    pool = ProcessPool(1)
+    instances = [SharedInstances(pool, target) for target, _ in two_models]
+    rows = load_iris(return_X_y=True)[0][:5]
+    try:
+        for shared in instances:
+            await shared.start()
+        [pid] = pool.pids
+        os.kill(pid, signal.SIGKILL)
+        await _wait_for(lambda: pool.is_alive and pool.pids != [pid])
+        for shared, (_, model) in zip(instances, two_models, strict=True):
+            answer = await shared.predict({"input": rows}, ["predict"])
+            np.testing.assert_array_equal(answer["predict"], model.predict(rows))  # type: ignore[attr-defined]
+    finally:
+        await pool.close()
+
+
+async def test_a_model_that_cannot_load_leaves_the_shared_pool_as_it_was(
+    two_models: list[tuple[LoadTarget, object]], tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.skops"
+    broken.write_bytes(b"PK\x03\x04 not a zip at all")
+    pool = ProcessPool(2)
+    (good, model), _ = two_models
+    try:
+        await SharedInstances(pool, good).start()
+        pids = pool.pids
+        with pytest.raises(MaasError):
+            await SharedInstances(pool, LoadTarget("sklearn", broken, LoadOptions())).start()
+        assert pool.pids == pids and pool.keys == [key_of(good)]
+        rows = load_iris(return_X_y=True)[0][:5]
+        answer = await SharedInstances(pool, good).predict({"input": rows}, ["predict"])
+        np.testing.assert_array_equal(answer["predict"], model.predict(rows))  # type: ignore[attr-defined]
+    finally:
+        await pool.close()
+
+
+class _WhereItRan(Runtime):
+    """A runtime that answers with the id of the thread that ran it."""
+
+    signature = Signature(
+        inputs=[TensorSpec(name="input", datatype="FP64", shape=[-1, -1])], outputs=[]
+    )
+
+    @classmethod
+    def inspect(cls, path: Path, *, options: LoadOptions) -> ArtifactInfo:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, path: Path, *, options: LoadOptions) -> _WhereItRan:
+        return cls()
+
+    def _run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        return {
+            "thread": np.array([threading.get_ident()]),
+            "rows": np.array([len(inputs["input"])]),
+        }
+
+
+async def test_inline_instances_answer_small_calls_on_the_loop_and_large_ones_in_a_thread() -> None:
+    workers = ThreadWorkers(1)
+    instances = InlineInstances(_WhereItRan(), workers)
+    loop_thread = threading.get_ident()
+    try:
+        small = await instances.predict({"input": np.zeros((4, 4))}, ["thread", "rows"])
+        assert small["thread"][0] == loop_thread and small["rows"][0] == 4
+        rows = INLINE_MAX_BYTES // 32 + 1  # 4 float64 columns: just past the limit
+        large = await instances.predict({"input": np.zeros((rows, 4))}, ["thread", "rows"])
+        assert large["thread"][0] != loop_thread and large["rows"][0] == rows
+        assert instances.kind == "inline" and instances.pids == [os.getpid()]
+    finally:
+        workers.close()
