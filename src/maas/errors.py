@@ -375,8 +375,9 @@ class UntrustedArtifact(MaasError):
     code = "untrusted_artifact"
     status = HTTPStatus.UNPROCESSABLE_ENTITY
     default_message = (
-        "pickle and joblib files can run arbitrary code when loaded; "
-        "push .skops or .onnx, or start the server with --trust-pickle"
+        "pickle and joblib files can run arbitrary code when loaded; push .skops, "
+        ".onnx or the framework's own format (XGBoost/LightGBM save_model, "
+        "torch.export .pt2, .keras), or start the server with --trust-pickle"
     )
 
 

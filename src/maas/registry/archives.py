@@ -93,12 +93,15 @@ DEFAULT_EXTRACT_LIMITS = ExtractLimits.from_settings(LimitSettings())
 #: The files that mark a model directory: a transformers ``config.json``, or the
 #: manifest of an ONNX text model (``maas.runtimes.hf.onnx_text``).
 _MARKERS = ("config.json", "onnx_text.json")
+#: The root of a Keras 3 ``.keras`` file: a zip with a ``config.json`` too, but one
+#: artifact (``maas.runtimes.keras``), not a model directory.
+_KERAS_FILE = frozenset({"metadata.json", "config.json", "model.weights.h5"})
 
 
 def is_archive(path: Path) -> bool:
     """A model directory packed for upload: a zip or a tar (any compression) with a
     marker file (``config.json``, ``onnx_text.json``) at its root or in its one top
-    folder. Other zips (a ``.skops`` file is one) are single-file artifacts."""
+    folder. Other zips (a ``.skops`` or a ``.keras`` file) are single-file artifacts."""
     if not path.is_file():
         return False
     try:
@@ -111,6 +114,8 @@ def is_archive(path: Path) -> bool:
         else:
             return False
     except (OSError, *_BROKEN):
+        return False
+    if set(names) >= _KERAS_FILE:
         return False
     return any(PurePosixPath(name).name in _MARKERS and name.count("/") <= 1 for name in names)
 

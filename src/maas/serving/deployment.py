@@ -110,8 +110,11 @@ class Deployment:
         #: What unpacking a model directory may write: the operator's, as at push time.
         self._extract_limits = extract_limits
         self._workers = workers
-        #: The server's load options plus what this version's deployment asks.
-        self._options = replace(options, quantize=version.deployment.quantize)
+        #: The server's load options plus what this version's deployment asks, and its
+        #: signature (a TorchScript file's is declared at push, not in the file).
+        self._options = replace(
+            options, quantize=version.deployment.quantize, signature=version.signature
+        )
         self._mode = mode
         #: First and longest delay before a dead worker process is restarted.
         self._restart_backoff_s = restart_backoff_s
