@@ -42,8 +42,12 @@ QUESTION = [{"role": "user", "content": "Tell me a long story about a lighthouse
 SENTENCES = [f"Maintenance ticket {i}: the conveyor belt motor overheats." for i in range(32)]
 
 
-def start_server(home: Path) -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "MAAS_CACHE_DIR": str(CACHE), "PYTHONUNBUFFERED": "1"}
+def start_server(
+    home: Path, env_extra: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """``maas serve --no-auth --demo`` on a free port, once ready; ``env_extra``: its
+    settings (``MAAS_DEMO_MODELS``…)."""
+    env = {**os.environ, "MAAS_CACHE_DIR": str(CACHE), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     command = [sys.executable, "-m", "maas", "serve", "--no-auth", "--demo", "--port", "0"]
     process = subprocess.Popen(
         [*command, "--home", str(home)],

@@ -34,6 +34,14 @@ from readiness import wait_ready
 
 
 @dataclass
+class Start:
+    """Seconds from the process's start until it answered live, and ready."""
+
+    live_s: float
+    ready_s: float
+
+
+@dataclass
 class Usage:
     pid: int
     command: str
@@ -85,7 +93,7 @@ def usage(pid: int) -> Usage:
     return Usage(pid, command, _kib(proc / "status", "VmRSS"), _kib(proc / "smaps_rollup", "Pss"))
 
 
-def measure(settle: float, extra: list[str], *, restart: bool) -> list[Usage]:
+def measure(settle: float, extra: list[str], *, restart: bool) -> tuple[Start, list[Usage]]:
     """A server on a fresh home (started twice with ``restart``): the usage of its
     process tree once idle, the server first."""
     with tempfile.TemporaryDirectory(prefix="maas-idle-") as home:
@@ -94,24 +102,28 @@ def measure(settle: float, extra: list[str], *, restart: bool) -> list[Usage]:
         return _measure_once(home, settle, extra)
 
 
-def _measure_once(home: str, settle: float, extra: list[str]) -> list[Usage]:
+def _measure_once(home: str, settle: float, extra: list[str]) -> tuple[Start, list[Usage]]:
     port = free_port()
-    url = f"http://127.0.0.1:{port}/v2/health/ready"
+    base = f"http://127.0.0.1:{port}/v2/health"
     command = [sys.executable, "-m", "maas", "serve", "--demo", "--home", home]
     command += ["--port", str(port), "--log-level", "warning", *extra]
     log = Path(home) / "server.log"
+    started = time.monotonic()
     with log.open("w") as out:
         process = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        wait_ready(process, url, log)
+        wait_ready(process, f"{base}/live", log, interval_s=0.02)
+        live_s = time.monotonic() - started
+        wait_ready(process, f"{base}/ready", log, interval_s=0.02)
+        start = Start(live_s, time.monotonic() - started)
         time.sleep(settle)
         found = []
         for pid in descendants(process.pid):
             with contextlib.suppress(OSError):  # gone meanwhile
                 found.append(usage(pid))
-        return found
+        return start, found
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -130,8 +142,9 @@ def main() -> None:
     args = parser.parse_args()
     extra = ["--no-auth"] if args.no_auth else []
     for run in range(1, args.runs + 1):
-        found = measure(args.settle, extra, restart=args.restart)
+        start, found = measure(args.settle, extra, restart=args.restart)
         print(f"run {run}: {len(found)} processes, {args.settle:g} s idle after ready")
+        print(f"live {start.live_s:.2f} s and ready {start.ready_s:.2f} s after the start")
         print("| pid | role | RSS MiB | PSS MiB | command |")
         print("| ---: | --- | ---: | ---: | --- |")
         for i, u in enumerate(found):

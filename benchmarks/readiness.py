@@ -12,7 +12,12 @@ __all__ = ["wait_ready"]
 
 
 def wait_ready(
-    process: subprocess.Popen[bytes], ready_url: str, log: Path, *, timeout_s: float = 180
+    process: subprocess.Popen[bytes],
+    ready_url: str,
+    log: Path,
+    *,
+    timeout_s: float = 180,
+    interval_s: float = 0.3,
 ) -> None:
     """Return once ``ready_url`` answers 200; raise with the log's tail if the process
     exits or the time runs out first."""
@@ -25,4 +30,4 @@ def wait_ready(
                 return
         except httpx.TransportError:
             pass
-        time.sleep(0.3)
+        time.sleep(interval_s)

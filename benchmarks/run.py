@@ -390,25 +390,26 @@ class Bench:
             self.measure(f"iris MLServer {label}", f"{url}/v2/models/iris/infer", body, server)
 
     def maas_transports(self, iris: BenchModel) -> None:
-        """iris with auth and metering on, in the server's threads (``workers:
-        threads``): V2 REST with wrk, then V2 gRPC and V2 REST with h2load."""
+        """iris with auth and metering on, on the server's event loop (``workers:
+        inline``, as MLServer's ``parallel_workers: 0``): V2 REST with wrk, then V2 gRPC
+        and V2 REST with h2load."""
         port, grpc_port = free_port(), free_port()
         url = f"http://127.0.0.1:{port}"
         command = [
-            *maas_command(port, self.work / "home-threads", no_auth=False),
+            *maas_command(port, self.work / "home-inline", no_auth=False),
             *("--grpc-port", str(grpc_port), "--log-level", "warning"),
         ]
         env = {"MAAS_ADMIN_KEY": ADMIN_KEY}
         auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
-        log = self.work / "maas-threads.log"
+        log = self.work / "maas-inline.log"
         with running(command, env, log, f"{url}/v2/health/ready") as server:
             version = push(url, iris, auth)
             path = f"{url}/api/v1/models/{iris.name}/versions/{version}/deployment"
-            response = httpx.put(path, json={"workers": "threads"}, headers=auth, timeout=60)
+            response = httpx.put(path, json={"workers": "inline"}, headers=auth, timeout=60)
             response.raise_for_status()
             infer = f"{url}/v2/models/{iris.name}/infer"
             httpx.post(infer, content=iris.body(), headers=auth, timeout=60).raise_for_status()
-            self.measure("iris maas+key threads", infer, iris.body(), server, auth=True)
+            self.measure("iris maas+key inline", infer, iris.body(), server, auth=True)
             check_grpc(grpc_port, iris)
             grpc_body = grpc_infer_body(iris.name, iris.input_name, iris.row, iris.outputs or ())
             grpc_url = f"http://127.0.0.1:{grpc_port}{GRPC_INFER_PATH}"
@@ -517,7 +518,7 @@ def main() -> None:
     refs = {
         "iris maas": (best, "of MLServer's best"),
         "iris maas+key": (best, "of MLServer's best"),
-        "iris maas+key threads": (best, "of MLServer's best"),
+        "iris maas+key inline": (best, "of MLServer's best"),
         "iris maas+key gRPC (h2load)": ("iris maas+key REST (h2load)", "of REST"),
         "mlp-sklearn batched": ("mlp-sklearn unbatched", "of unbatched"),
         "mlp-onnx batched": ("mlp-onnx unbatched", "of unbatched"),

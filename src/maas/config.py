@@ -16,6 +16,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, mode
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
+    "AudioSettings",
     "AuthSettings",
     "GenerationSettings",
     "JobsSettings",
@@ -44,11 +45,12 @@ class ServingSettings(_Section):
     trust_pickle: bool = Field(
         False, description="Accept pickle/joblib artifacts, which run code when loaded."
     )
-    worker_mode: Literal["auto", "threads", "processes", "shared"] = Field(
+    worker_mode: Literal["auto", "threads", "inline", "processes", "shared"] = Field(
         "auto",
         description="Where models run: auto picks threads for runtimes that release the GIL "
         "(ONNX), the shared worker pool for small models of the rest (scikit-learn, up to "
-        "shared_max_bytes, one instance) and worker processes of their own for larger ones.",
+        "shared_max_bytes, one instance) and worker processes of their own for larger ones; "
+        "threads, inline (on the event loop), processes or shared put every model there.",
     )
     shared_workers: int = Field(
         1,
@@ -191,6 +193,29 @@ class LimitSettings(_Section):
     max_header_bytes: int = Field(
         64 * 1024, ge=1024, description="Largest request head (request line and headers)."
     )
+    max_rerank_documents: int = Field(
+        1000, ge=1, description="Most documents one rerank request may rank (400 past it)."
+    )
+
+
+class AudioSettings(_Section):
+    """Speech to text: what one upload may be. Text to speech has its limits in the
+    voice model's own file (input length, synthesis timeout)."""
+
+    max_upload_bytes: int = Field(
+        25 * 1024 * 1024,
+        ge=1024,
+        description="Largest audio file a transcription or translation takes (413 "
+        "payload_too_large past it; OpenAI's limit is the same 25 MiB).",
+    )
+    max_duration_s: float = Field(
+        120.0,
+        gt=0,
+        description="Longest audio a transcription or translation takes, in seconds (413 "
+        "audio_too_long past it, found while decoding, before the model runs). Whisper "
+        "tiny.en takes about 0.4 s per second of audio on 2 busy cores, so 120 s fits the "
+        "default 60 s request timeout; raise both (X-Maas-Timeout) for longer audio.",
+    )
 
 
 class AuthSettings(_Section):
@@ -310,6 +335,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     server: ServerSettings = ServerSettings()
     jobs: JobsSettings = JobsSettings()
+    audio: AudioSettings = AudioSettings()
 
     @model_validator(mode="before")
     @classmethod

@@ -21,6 +21,8 @@ rebuilds the same class from the code (``error_class_for``).
     │   ├── InvalidDeployment
     │   ├── InvalidDataset
     │   ├── AmbiguousId
+    │   ├── InvalidAudio
+    │   ├── UnsupportedAudioFormat
     │   ├── InvalidImage
     │   └── UnsupportedContent
     ├── Unauthenticated (401)
@@ -41,6 +43,7 @@ rebuilds the same class from the code (``error_class_for``).
     │   ├── SignatureChanged
     │   └── GcInProgress
     ├── PayloadTooLarge (413)
+    │   ├── AudioTooLong
     │   └── ImageTooLarge
     ├── UnsupportedMediaType (415)
     ├── UntrustedArtifact (422)
@@ -70,6 +73,7 @@ __all__ = [
     "AliasNotFound",
     "AmbiguousId",
     "ArtifactCorrupted",
+    "AudioTooLong",
     "ClientDisconnected",
     "ConfigInvalid",
     "Conflict",
@@ -79,6 +83,7 @@ __all__ = [
     "GcInProgress",
     "GenerationQueueFull",
     "ImageTooLarge",
+    "InvalidAudio",
     "InvalidDataset",
     "InvalidDeployment",
     "InvalidImage",
@@ -110,6 +115,7 @@ __all__ = [
     "StorageFailure",
     "Unauthenticated",
     "UnsupportedArtifact",
+    "UnsupportedAudioFormat",
     "UnsupportedContent",
     "UnsupportedDatatype",
     "UnsupportedMediaType",
@@ -240,6 +246,20 @@ class AmbiguousId(InvalidRequest):
     code = "ambiguous_id"
 
 
+class InvalidAudio(InvalidRequest):
+    """An upload that PyAV cannot decode as audio (no audio stream, a damaged or
+    unknown container): the caller's file, never the server's fault."""
+
+    code = "invalid_audio"
+    default_message = "the file is not audio that can be decoded"
+
+
+class UnsupportedAudioFormat(InvalidRequest):
+    """A speech ``response_format`` this server has no encoder for."""
+
+    code = "unsupported_audio_format"
+
+
 class InvalidImage(InvalidRequest):
     """Bytes sent as an image that do not decode as JPEG, PNG or WebP."""
 
@@ -354,6 +374,14 @@ class PayloadTooLarge(MaasError):
     default_message = "request body too large"
 
 
+class AudioTooLong(PayloadTooLarge):
+    """Audio longer than ``audio.max_duration_s``: refused while decoding, before the
+    model spends time on it."""
+
+    code = "audio_too_long"
+    default_message = "the audio is longer than this server transcribes"
+
+
 class ImageTooLarge(PayloadTooLarge):
     """An image over ``limits.max_image_bytes``, or whose header declares more pixels
     than ``limits.max_image_pixels`` (refused before it is decoded)."""
@@ -374,8 +402,9 @@ class UntrustedArtifact(MaasError):
     code = "untrusted_artifact"
     status = HTTPStatus.UNPROCESSABLE_ENTITY
     default_message = (
-        "pickle and joblib files can run arbitrary code when loaded; "
-        "push .skops or .onnx, or start the server with --trust-pickle"
+        "pickle and joblib files can run arbitrary code when loaded; push .skops, "
+        ".onnx or the framework's own format (XGBoost/LightGBM save_model, "
+        "torch.export .pt2, .keras), or start the server with --trust-pickle"
     )
 
 

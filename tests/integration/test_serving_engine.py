@@ -234,6 +234,14 @@ def test_a_deployment_can_run_a_scikit_learn_model_in_the_server_process(
         assert inline["pids"] == [fresh_server.process.pid] and inline["ready"] is True
         assert http.post("/v2/models/tiny/infer", json=body).json()["outputs"] == by_process
         assert status(http, "other", "production")["workers"] == "shared"
+        on_loop = http.put(
+            "/api/v1/models/tiny/versions/1/deployment",
+            json={**inline["spec"], "workers": "inline"},  # type: ignore[dict-item]
+        )
+        assert on_loop.status_code == 200, on_loop.text
+        wait_until(lambda: status(http, "tiny", "production")["workers"] == "inline")
+        assert status(http, "tiny", "production")["pids"] == [fresh_server.process.pid]
+        assert http.post("/v2/models/tiny/infer", json=body).json()["outputs"] == by_process
         back = http.put(
             "/api/v1/models/tiny/versions/1/deployment",
             json={**inline["spec"], "workers": "processes"},  # type: ignore[dict-item]

@@ -22,6 +22,7 @@ from maas.api.gateway import Gateway
 from maas.api.hardening import JsonDepthCap
 from maas.api.routers import (
     admin,
+    audio,
     audit,
     datasets,
     deployments,
@@ -32,6 +33,7 @@ from maas.api.routers import (
     metrics,
     models,
     openai,
+    rerank,
     usage,
     v2,
     whoami,
@@ -46,7 +48,9 @@ Self-hosted Model-as-a-Service.
 * **KServe V2** inference under `/v2` (JSON and Triton's binary tensor extension);
   image models also classify uploaded files (`/v2/models/{model}/classify`, multipart).
 * **OpenAI API** under `/v1`: models, chat completions (SSE streaming), completions,
-  embeddings; use the official `openai` SDK with `base_url=<server>/v1`.
+  embeddings, audio transcriptions, translations and speech; use the official `openai`
+  SDK with `base_url=<server>/v1`.
+* **Rerank** at `/v1/rerank` (also `/rerank`, `/v2/rerank`), in the Jina/Cohere shape.
 * **Management** of models, versions and aliases under `/api/v1`.
 
 Errors are `{"error": message, "code": stable_code}`.
@@ -69,7 +73,14 @@ def create_app(services: Services) -> Gateway:
         api.include_router(router)
     for router in (keys.router, audit.router, admin.router, metrics.router, openai.router):
         api.include_router(router)
-    for router in (datasets.router, jobs.router, whoami.router, images.router):
+    for router in (
+        datasets.router,
+        jobs.router,
+        whoami.router,
+        audio.router,
+        rerank.router,
+        images.router,
+    ):
         api.include_router(router)
     console.install(api)
     # Inside FastAPI: V2 inference bodies, which skip it, have their own depth cap.

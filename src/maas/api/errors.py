@@ -1,11 +1,11 @@
 """The only place that turns exceptions into HTTP responses.
 
 maas and V2 routes answer ``{"error": message, "code", "details", "request_id"}`` (the
-``error`` string keeps V2 clients working). The OpenAI routes (``/v1/…``) answer in
-OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, so the official SDK
-raises its own typed errors; the code is the same stable maas code either way. 5xx
-bodies carry a generic message and the request id, never exception text; the traceback
-goes to the log under the same id.
+``error`` string keeps V2 clients working). The OpenAI routes (``/v1/…``, and rerank
+on every path) answer in OpenAI's shape, ``{"error": {"message", "type", "param",
+"code"}}``, so the official SDK raises its own typed errors; the code is the same
+stable maas code either way. 5xx bodies carry a generic message and the request id,
+never exception text; the traceback goes to the log under the same id.
 """
 
 from __future__ import annotations
@@ -53,8 +53,12 @@ _OPENAI_TYPES = {
 }
 
 
+#: vLLM's other rerank paths answer errors in OpenAI's shape, as its /v1 routes do.
+_OPENAI_ALSO = frozenset({"/rerank", "/v2/rerank"})
+
+
 def is_openai_path(path: str) -> bool:
-    return path.startswith("/v1/")
+    return path.startswith("/v1/") or path in _OPENAI_ALSO
 
 
 def _openai_type(status: int, code: str) -> str:

@@ -46,7 +46,7 @@ __all__ = ["Admission", "Ticket", "principal_of"]
 
 _UNLIMITED = KeyLimits()
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
-_UNITS = ("rows", "prompt_tokens", "completion_tokens")
+_UNITS = ("rows", "prompt_tokens", "completion_tokens", "audio_s", "characters")
 _CLIENT_CLOSED = 499  # the caller went away before the answer (nginx's convention)
 
 
@@ -163,11 +163,11 @@ class Ticket:
         self.headers = headers
 
     def finish(
-        self, status: int, units: Mapping[str, int] | None = None, compute_s: float = 0.0
+        self, status: int, units: Mapping[str, float] | None = None, compute_s: float = 0.0
     ) -> bool:
         """Record the call (status, ``rows`` or ``prompt_tokens``/``completion_tokens``,
-        compute seconds) and charge its tokens. Only the first call counts: the
-        answer says whether this was it."""
+        ``audio_s`` or ``characters``, compute seconds) and charge its tokens. Only the
+        first call counts: the answer says whether this was it."""
         if self._done:
             return False
         self._done = True
@@ -192,13 +192,31 @@ class Ticket:
             self.finish(200 if exc is None else 500)
 
 
-def _counts(units: Mapping[str, int] | None) -> tuple[int, int, int]:
+@dataclass(frozen=True, slots=True)
+class _Counts:
+    rows: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    audio_s: float = 0.0
+    characters: int = 0
+
+
+_NOTHING = _Counts()
+
+
+def _counts(units: Mapping[str, float] | None) -> _Counts:
     if not units:
-        return (0, 0, 0)
+        return _NOTHING
     unknown = set(units) - set(_UNITS)
     if unknown:
         raise ValueError(f"unknown usage units {sorted(unknown)}; known: {_UNITS}")
-    return (units.get("rows", 0), units.get("prompt_tokens", 0), units.get("completion_tokens", 0))
+    return _Counts(
+        int(units.get("rows", 0)),
+        int(units.get("prompt_tokens", 0)),
+        int(units.get("completion_tokens", 0)),
+        float(units.get("audio_s", 0.0)),
+        int(units.get("characters", 0)),
+    )
 
 
 class Admission:
@@ -235,18 +253,16 @@ class Admission:
             await asyncio.gather(*self._charges)
         await self._backend.aclose()
 
-    def _finished(
-        self, ticket: Ticket, status: int, counts: tuple[int, int, int], compute_s: float
-    ) -> None:
-        rows, prompt_tokens, completion_tokens = counts
+    def _finished(self, ticket: Ticket, status: int, counts: _Counts, compute_s: float) -> None:
         latency_ms = (time.perf_counter() - ticket._started) * 1000.0
         self._ledger.record(
             MeteredCall(
                 ticket.key_id, ticket.model, ticket.version, ticket.endpoint, status,
-                latency_ms, rows, prompt_tokens, completion_tokens, compute_s, time.time(),
+                latency_ms, counts.rows, counts.prompt_tokens, counts.completion_tokens,
+                compute_s, time.time(), counts.audio_s, counts.characters,
             )
         )  # fmt: skip
-        tokens = prompt_tokens + completion_tokens
+        tokens = counts.prompt_tokens + counts.completion_tokens
         plan = ticket._plan
         if tokens and plan is not None and (plan.tokens_bucket or plan.tokens_budget):
             self._charge(plan, tokens)

@@ -1,5 +1,9 @@
 """Usage metering: one record per inference call, written in batches off the request path.
 
+A record counts what the call used in the units its kind of model is sold in: rows
+(tensors), prompt and completion tokens (text, embeddings, rerank), seconds of audio
+(speech to text) and characters (text to speech), with the compute time of each.
+
 ``UsageLedger.record`` only appends to a list, so metering costs a request no SQL, no
 await and no lock. A background task writes what has gathered every
 ``flush_interval_s`` or as soon as ``batch_size`` records wait, as one bulk insert in
@@ -56,6 +60,9 @@ class MeteredCall:
     completion_tokens: int
     compute_s: float
     at: float
+    #: Speech: seconds of audio heard (transcriptions) and characters spoken (speech).
+    audio_s: float = 0.0
+    characters: int = 0
 
 
 def parse_group_by(text: str | None) -> tuple[str, ...]:
@@ -160,6 +167,8 @@ class UsageLedger:
                 func.sum(UsageRecord.prompt_tokens).label("prompt_tokens"),
                 func.sum(UsageRecord.completion_tokens).label("completion_tokens"),
                 func.sum(UsageRecord.compute_s).label("compute_s"),
+                func.sum(UsageRecord.audio_s).label("audio_s"),
+                func.sum(UsageRecord.characters).label("characters"),
                 func.avg(UsageRecord.latency_ms).label("mean_latency_ms"),
             )
             .where(*filters)
@@ -192,8 +201,9 @@ def _utc(moment: datetime) -> datetime:
 def _plain(row: dict[str, Any]) -> dict[str, Any]:
     if "day" in row and row["day"] is not None:
         row["day"] = row["day"].isoformat()
-    for name in ("errors", "rows", "prompt_tokens", "completion_tokens"):
+    for name in ("errors", "rows", "prompt_tokens", "completion_tokens", "characters"):
         row[name] = int(row[name] or 0)
     row["compute_s"] = float(row["compute_s"] or 0.0)
+    row["audio_s"] = round(float(row["audio_s"] or 0.0), 3)
     row["mean_latency_ms"] = round(float(row["mean_latency_ms"] or 0.0), 3)
     return row

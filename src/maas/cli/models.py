@@ -244,8 +244,8 @@ def deploy(
     workers: Annotated[
         str | None,
         typer.Option(
-            help="auto, threads (in the server process), processes (its own) or shared "
-            "(the pool small models share)."
+            help="auto, threads (in the server process), inline (on its event loop), "
+            "processes (its own) or shared (the pool small models share)."
         ),
     ] = None,
     quantize: Annotated[

@@ -21,6 +21,8 @@ _TOTALS = (  # field of the response, column heading
     ("prompt_tokens", "prompt tok"),
     ("completion_tokens", "compl. tok"),
     ("compute_s", "compute s"),
+    ("audio_s", "audio s"),
+    ("characters", "chars"),
     ("mean_latency_ms", "mean ms"),
 )
 

@@ -49,19 +49,22 @@ def raise_for_error(response: httpx.Response) -> None:
         body = {}
     if not isinstance(body, dict):
         body = {}
+    error = body.get("error")
+    if isinstance(error, dict):  # the OpenAI shape of the /v1 routes
+        body = {**error, "error": error.get("message"), "details": None}
     message = str(body.get("error") or response.reason_phrase or "request failed")
     code = str(body.get("code") or "")
     retry_after = response.headers.get("retry-after")
     cls = error_class_for(code) if code else MaasError
-    error = cls.__new__(cls)
+    raised = cls.__new__(cls)
     MaasError.__init__(
-        error,
+        raised,
         message,
         details=body.get("details"),
         retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
     )
-    error.status_code = response.status_code  # type: ignore[attr-defined]  # for unknown codes
-    raise error
+    raised.status_code = response.status_code  # type: ignore[attr-defined]  # for unknown codes
+    raise raised
 
 
 def _parser(adapter: TypeAdapter[T]) -> Callable[[httpx.Response], T]:
@@ -319,6 +322,72 @@ class Endpoints:
     ) -> Call[dict[str, np.ndarray]]:
         body, headers = encode_infer_request(inputs, outputs=outputs, binary=binary)
         return Call("POST", _v2_path(ref, "/infer"), _read_infer, content=body, headers=headers)
+
+    # audio and rerank (the OpenAI-style routes) --------------------------------------
+    @staticmethod
+    def transcribe(
+        model: str,
+        audio: bytes,
+        *,
+        filename: str = "audio.wav",
+        translate: bool = False,
+        language: str | None = None,
+        prompt: str | None = None,
+        response_format: str = "json",
+    ) -> Call[Any]:
+        """``/v1/audio/transcriptions`` (or ``translations``): JSON formats answer a
+        dict, text, srt and vtt a string."""
+        fields = {"model": model, "response_format": response_format}
+        if language is not None:
+            fields["language"] = language
+        if prompt is not None:
+            fields["prompt"] = prompt
+        form = httpx.Request("POST", "http://form", data=fields, files={"file": (filename, audio)})
+        path = "/v1/audio/translations" if translate else "/v1/audio/transcriptions"
+        headers = {"Content-Type": form.headers["Content-Type"]}
+        return Call("POST", path, _transcript, content=form.read(), headers=headers)
+
+    @staticmethod
+    def speak(
+        model: str,
+        text: str,
+        *,
+        voice: str = "alloy",
+        response_format: str = "wav",
+        speed: float = 1.0,
+    ) -> Call[bytes]:
+        """``/v1/audio/speech``: the encoded audio."""
+        body = {
+            "model": model,
+            "input": text,
+            "voice": voice,
+            "response_format": response_format,
+            "speed": speed,
+        }
+        return Call("POST", "/v1/audio/speech", _bytes, json=body)
+
+    @staticmethod
+    def rerank(
+        model: str, query: str, documents: Sequence[str], *, top_n: int | None = None
+    ) -> Call[list[dict[str, Any]]]:
+        """``/v1/rerank``: ``{index, relevance_score, document}`` per document, best
+        first."""
+        body: dict[str, Any] = {"model": model, "query": query, "documents": list(documents)}
+        if top_n is not None:
+            body["top_n"] = top_n
+        return Call("POST", "/v1/rerank", lambda r: list(_json(r)["results"]), json=body)
+
+
+def _transcript(response: httpx.Response) -> Any:
+    raise_for_error(response)
+    if response.headers.get("content-type", "").startswith("application/json"):
+        return orjson.loads(response.content)
+    return response.text
+
+
+def _bytes(response: httpx.Response) -> bytes:
+    raise_for_error(response)
+    return response.content
 
 
 def first_input_name(metadata: Mapping[str, Any]) -> str:

@@ -17,6 +17,7 @@ from maas.errors import InvalidInput
 
 __all__ = [
     "ProgressCallback",
+    "audio_bytes",
     "base_url",
     "client_headers",
     "file_chunks",
@@ -27,6 +28,15 @@ __all__ = [
 ]
 
 ProgressCallback = Any  # Callable[[int], None]: called with the bytes sent so far
+
+
+def audio_bytes(audio: bytes | str | Path) -> tuple[bytes, str]:
+    """The bytes of an audio file, or bytes as given, and the file name sent with them
+    (the server reads the content, not the name)."""
+    if isinstance(audio, bytes):
+        return audio, "audio.wav"
+    path = Path(audio)
+    return path.read_bytes(), path.name
 
 
 def client_headers(api_key: str | None) -> dict[str, str]:

@@ -12,6 +12,7 @@ import numpy as np
 
 from maas.client._core import Call, Endpoints, SseParser, first_input_name, raise_for_error
 from maas.client._shared import (
+    audio_bytes,
     base_url,
     client_headers,
     file_chunks,
@@ -204,6 +205,52 @@ class AsyncClient:
                     yield parsed[1]
                     if parsed[0] == "end":
                         return
+
+    # audio and rerank ---------------------------------------------------------------
+    async def transcribe(
+        self,
+        model: str,
+        audio: bytes | str | Path,
+        *,
+        translate: bool = False,
+        language: str | None = None,
+        prompt: str | None = None,
+        response_format: str = "json",
+    ) -> Any:
+        """Speech to text (``translate``: to English) of a file or its bytes; JSON formats
+        answer a dict (``text``, and segments for ``verbose_json``), the others text."""
+        data, filename = audio_bytes(audio)
+        return await self._do(
+            Endpoints.transcribe(
+                model,
+                data,
+                filename=filename,
+                translate=translate,
+                language=language,
+                prompt=prompt,
+                response_format=response_format,
+            )
+        )
+
+    async def speak(
+        self,
+        model: str,
+        text: str,
+        *,
+        voice: str = "alloy",
+        response_format: str = "wav",
+        speed: float = 1.0,
+    ) -> bytes:
+        """Text to speech: the audio, encoded as ``response_format`` asks."""
+        return await self._do(
+            Endpoints.speak(model, text, voice=voice, response_format=response_format, speed=speed)
+        )
+
+    async def rerank(
+        self, model: str, query: str, documents: Sequence[str], *, top_n: int | None = None
+    ) -> list[dict[str, Any]]:
+        """``documents`` ordered by relevance to ``query``, best first."""
+        return await self._do(Endpoints.rerank(model, query, documents, top_n=top_n))
 
     # inference ---------------------------------------------------------------------
     async def is_ready(self) -> bool:

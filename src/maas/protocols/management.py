@@ -53,14 +53,16 @@ class DeploymentSpec(_Frozen):
     )
     instances: int = Field(1, ge=1, le=64, description="Parallel instances of the model.")
     max_queue_size: int = Field(256, ge=1, le=_MAX_QUEUE, description="Queued requests before 503.")
-    workers: Literal["auto", "threads", "processes", "shared"] = Field(
+    workers: Literal["auto", "threads", "inline", "processes", "shared"] = Field(
         "auto",
         description="Where this version's instances run: auto follows the server's "
         "serving.worker_mode; threads runs a model that holds the GIL (scikit-learn) in the "
         "server process, with no pipe between call and model (for tiny models, whose calls "
-        "then cost microseconds, not a round trip); processes isolates it in workers of its "
-        "own (instances of them); shared puts it in the server's pool of workers that small "
-        "models share.",
+        "then cost microseconds, not a round trip); inline calls it on the server's event "
+        "loop itself, with no thread hop either (calls up to 64 KiB of input; the loop waits "
+        "meanwhile, so only for models that answer in microseconds); processes isolates it in "
+        "workers of its own (instances of them); shared puts it in the server's pool of "
+        "workers that small models share.",
     )
     quantize: Literal["int8"] | None = Field(
         None,

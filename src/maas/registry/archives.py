@@ -94,12 +94,15 @@ DEFAULT_EXTRACT_LIMITS = ExtractLimits.from_settings(LimitSettings())
 #: manifest of an ONNX text or image model (``maas.runtimes.hf.onnx_text``,
 #: ``maas.runtimes.onnx_image``).
 _MARKERS = ("config.json", "onnx_text.json", "onnx_image.json")
+#: The root of a Keras 3 ``.keras`` file: a zip with a ``config.json`` too, but one
+#: artifact (``maas.runtimes.keras``), not a model directory.
+_KERAS_FILE = frozenset({"metadata.json", "config.json", "model.weights.h5"})
 
 
 def is_archive(path: Path) -> bool:
     """A model directory packed for upload: a zip or a tar (any compression) with a
     marker file (``config.json``, ``onnx_text.json``) at its root or in its one top
-    folder. Other zips (a ``.skops`` file is one) are single-file artifacts."""
+    folder. Other zips (a ``.skops`` or a ``.keras`` file) are single-file artifacts."""
     if not path.is_file():
         return False
     try:
@@ -112,6 +115,8 @@ def is_archive(path: Path) -> bool:
         else:
             return False
     except (OSError, *_BROKEN):
+        return False
+    if set(names) >= _KERAS_FILE:
         return False
     return any(PurePosixPath(name).name in _MARKERS and name.count("/") <= 1 for name in names)
 

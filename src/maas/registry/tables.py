@@ -146,6 +146,10 @@ class UsageRecord(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     compute_s: Mapped[float] = mapped_column(Float, default=0.0)
+    #: Seconds of audio transcribed or translated (speech to text).
+    audio_s: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    #: Characters of text spoken (text to speech).
+    characters: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ApiKey(Base):

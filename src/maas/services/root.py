@@ -31,12 +31,14 @@ from maas.registry.artifacts import ArtifactStore
 from maas.registry.db import create_engine_for, session_factory, upgrade_to_head
 from maas.registry.service import RegistryService
 from maas.runtimes.base import ImageLimits
+from maas.services.audio import AudioService
 from maas.services.completions import TextService
 from maas.services.demo import register_demo_models
 from maas.services.inference import InferenceService
 from maas.services.job_results import PublisherSink
 from maas.services.orphans import OrphanCollector
 from maas.services.publishing import Publisher
+from maas.services.rerank import RerankService
 from maas.serving.manager import ModelManager
 
 __all__ = ["Services", "open_collector", "open_services"]
@@ -180,7 +182,14 @@ def _assemble(settings: Settings, engine: Engine) -> Services:
         text=text,
         datasets=datasets,
         jobs=jobs,
-        inference=InferenceService(models, registry, admission, text),
+        inference=InferenceService(
+            models,
+            registry,
+            admission,
+            text,
+            AudioService(models, settings.audio),
+            RerankService(text, max_documents=settings.limits.max_rerank_documents),
+        ),
         orphans=_collector(settings, engine, store, dataset_store),
         health_details=_health_details(settings),
     )

@@ -45,7 +45,7 @@ from maas.serving.process_workers import (
     ProcessPool,
     SharedInstances,
 )
-from maas.serving.workers import ModelInstances, ThreadInstances, Workers
+from maas.serving.workers import InlineInstances, ModelInstances, ThreadInstances, Workers
 
 __all__ = ["Deployment", "DeploymentState", "warmup_inputs"]
 
@@ -110,8 +110,11 @@ class Deployment:
         #: What unpacking a model directory may write: the operator's, as at push time.
         self._extract_limits = extract_limits
         self._workers = workers
-        #: The server's load options plus what this version's deployment asks.
-        self._options = replace(options, quantize=version.deployment.quantize)
+        #: The server's load options plus what this version's deployment asks, and its
+        #: signature (a TorchScript file's is declared at push, not in the file).
+        self._options = replace(
+            options, quantize=version.deployment.quantize, signature=version.signature
+        )
         self._mode = mode
         #: First and longest delay before a dead worker process is restarted.
         self._restart_backoff_s = restart_backoff_s
@@ -230,9 +233,10 @@ class Deployment:
         self.state = DeploymentState.READY
 
     def _placement(self, path: Path) -> str:
-        """``threads``, ``processes`` (its own) or ``shared`` (the server's pool)."""
+        """``threads``, ``inline`` (on the event loop), ``processes`` (its own) or
+        ``shared`` (the server's pool)."""
         runtime = runtime_class(self.version.framework)
-        if runtime.in_process_only:
+        if runtime.in_process_only:  # language models: their schedulers drive them
             return "threads"
         mode: str = self.version.deployment.workers
         if mode == "auto":
@@ -286,7 +290,8 @@ class Deployment:
             await instances.start()
             return instances
         runtime = await self._workers.run(lambda: load_runtime(framework, path, options))
-        return ThreadInstances(runtime, self._workers, self.version.deployment.instances)
+        in_threads = InlineInstances if placement == "inline" else ThreadInstances
+        return in_threads(runtime, self._workers, self.version.deployment.instances)
 
     def _local_artifact(self, digest: str) -> Path:
         """The verified artifact on this machine; an archive (a model directory packed

@@ -21,7 +21,7 @@ import numpy as np
 
 from maas.runtimes.base import Runtime
 
-__all__ = ["ModelInstances", "ThreadInstances", "ThreadWorkers", "Workers"]
+__all__ = ["InlineInstances", "ModelInstances", "ThreadInstances", "ThreadWorkers", "Workers"]
 
 T = TypeVar("T")
 
@@ -115,3 +115,25 @@ class ThreadInstances:
 
     async def close(self) -> None:
         await self._workers.run(self._runtime.close)
+
+
+#: Input bytes up to which an ``InlineInstances`` call runs on the event loop itself.
+INLINE_MAX_BYTES = 64 * 1024
+
+
+class InlineInstances(ThreadInstances):
+    """A tiny model called on the event loop itself, as MLServer with
+    ``parallel_workers: 0`` calls its models: no thread hop and no pipe, so a call of a
+    few rows costs the model's microseconds and nothing more. The loop waits meanwhile,
+    which is what makes it only for models that answer in microseconds; a call larger
+    than ``INLINE_MAX_BYTES`` of input goes to the thread pool instead, so one big batch
+    cannot stall every other request for long."""
+
+    kind = "inline"
+
+    async def predict(
+        self, inputs: dict[str, np.ndarray], outputs: list[str]
+    ) -> dict[str, np.ndarray]:
+        if sum(array.nbytes for array in inputs.values()) > INLINE_MAX_BYTES:
+            return await super().predict(inputs, outputs)
+        return self._runtime.run_checked(inputs, outputs)

@@ -125,6 +125,8 @@ async def test_summary_groups_by_key_model_and_day(ledger: UsageLedger) -> None:
             "prompt_tokens": 0,
             "completion_tokens": 0,
             "compute_s": pytest.approx(0.002),
+            "audio_s": 0.0,
+            "characters": 0,
             "mean_latency_ms": 2.0,
         }
     ]
@@ -221,6 +223,25 @@ async def test_a_key_without_limits_is_metered_with_no_headers(
         ("nope", 1, 1, 0),
     ]
     assert rows[0]["compute_s"] == pytest.approx(0.25)
+
+
+async def test_speech_is_metered_in_seconds_of_audio_and_characters(
+    admission: Admission, ledger: UsageLedger
+) -> None:
+    """Speech to text is sold by the second, text to speech by the character: both are
+    recorded beside the tokens, which they do not spend."""
+    key = _key("speech", token_budget=10)
+    for seconds in (1.25, 2.5):
+        (await admission.admit(key, "whisper", "openai.transcriptions")).finish(
+            200, {"audio_s": seconds}
+        )
+    (await admission.admit(key, "espeak", "openai.speech")).finish(200, {"characters": 11})
+    await ledger.flush()
+    rows = {r["model"]: r for r in ledger.summarize(("model",))}
+    assert rows["whisper"]["audio_s"] == 3.75 and rows["whisper"]["characters"] == 0
+    assert rows["espeak"]["characters"] == 11 and rows["espeak"]["audio_s"] == 0.0
+    assert rows["espeak"]["prompt_tokens"] == 0
+    await admission.admit(key, "espeak", "openai.speech")  # no tokens were charged
 
 
 @pytest.mark.parametrize("model", ["a\x00b", "x" * 300, "../etc", ""])

@@ -193,3 +193,36 @@ def test_a_zip_end_record_over_garbage_is_unsupported(tmp_path: Path) -> None:
     path.write_bytes(b"garbage!" * 10 + end_record)
     with pytest.raises(UnsupportedArtifact):
         inspect_artifact(path, "broken.skops", trust_pickle=False)
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        {"saved_model.pb": b"\x08\x01", "variables/variables.index": b"\x00"},  # TensorFlow
+        {"notes.txt": b"not a model"},
+    ],
+    ids=["tensorflow-savedmodel", "unknown-zip"],
+)
+def test_a_file_not_served_says_what_is_and_that_onnx_is_the_portable_way(
+    tmp_path: Path, members: dict[str, bytes]
+) -> None:
+    import zipfile
+
+    path = tmp_path / "model.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with pytest.raises(UnsupportedArtifact) as caught:
+        inspect_artifact(path, "model.zip", trust_pickle=True)
+    error = caught.value
+    for accepted in (".skops", ".onnx", "XGBoost", "LightGBM", ".pt2", ".keras"):
+        assert accepted in error.details["accepted"]
+    assert "ONNX" in error.message and "ONNX" in error.details["portable"]
+
+
+def test_a_pickled_booster_is_refused_naming_its_safe_format(tmp_path: Path) -> None:
+    from tests import framework_models as fm
+
+    path = trained.write_pickle(fm.xgb_classifier(), tmp_path / "booster.pkl")
+    with pytest.raises(UntrustedArtifact, match="XGBoost/LightGBM save_model"):
+        inspect_artifact(path, "booster.pkl", trust_pickle=False)

@@ -6,11 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests import framework_models
 from tests.unit.runtimes import trained
 
+from maas.protocols.signature import Signature
 from maas.protocols.tensors import DATATYPES
 from maas.runtimes.base import LoadOptions, Runtime
 from maas.runtimes.catalog import load_runtime
+
+TORCHSCRIPT = Signature.model_validate(framework_models.TORCHSCRIPT_SIGNATURE)
 
 # (framework, fixture with the file, load options)
 CASES = [
@@ -20,6 +24,11 @@ CASES = [
     ("pickle", "iris_pickle", LoadOptions(trust_pickle=True)),
     ("onnx", "iris_onnx", LoadOptions(threads=1)),
     ("onnx", "species_onnx", LoadOptions(threads=1)),
+    ("xgboost", "iris_xgboost", LoadOptions(threads=1)),
+    ("lightgbm", "iris_lightgbm", LoadOptions(threads=1)),
+    ("torch-export", "mlp_export", LoadOptions(threads=1)),
+    ("torchscript", "mlp_torchscript", LoadOptions(threads=1, signature=TORCHSCRIPT)),
+    ("keras", "mlp_keras", LoadOptions(threads=1)),
 ]
 
 

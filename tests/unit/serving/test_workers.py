@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,8 @@ from sklearn.datasets import load_iris
 from sklearn.neighbors import KNeighborsClassifier
 
 from maas.errors import MaasError, UntrustedArtifact, WorkerCrashed
-from maas.runtimes.base import LoadOptions
+from maas.protocols.signature import Signature, TensorSpec
+from maas.runtimes.base import ArtifactInfo, LoadOptions, Runtime
 from maas.serving.process_workers import (
     LoadTarget,
     ProcessInstances,
@@ -23,6 +26,7 @@ from maas.serving.process_workers import (
     SharedInstances,
     key_of,
 )
+from maas.serving.workers import INLINE_MAX_BYTES, InlineInstances, ThreadWorkers
 
 pytestmark = pytest.mark.anyio
 
@@ -202,3 +206,40 @@ async def test_a_model_that_cannot_load_leaves_the_shared_pool_as_it_was(
         np.testing.assert_array_equal(answer["predict"], model.predict(rows))  # type: ignore[attr-defined]
     finally:
         await pool.close()
+
+
+class _WhereItRan(Runtime):
+    """A runtime that answers with the id of the thread that ran it."""
+
+    signature = Signature(
+        inputs=[TensorSpec(name="input", datatype="FP64", shape=[-1, -1])], outputs=[]
+    )
+
+    @classmethod
+    def inspect(cls, path: Path, *, options: LoadOptions) -> ArtifactInfo:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, path: Path, *, options: LoadOptions) -> _WhereItRan:
+        return cls()
+
+    def _run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        return {
+            "thread": np.array([threading.get_ident()]),
+            "rows": np.array([len(inputs["input"])]),
+        }
+
+
+async def test_inline_instances_answer_small_calls_on_the_loop_and_large_ones_in_a_thread() -> None:
+    workers = ThreadWorkers(1)
+    instances = InlineInstances(_WhereItRan(), workers)
+    loop_thread = threading.get_ident()
+    try:
+        small = await instances.predict({"input": np.zeros((4, 4))}, ["thread", "rows"])
+        assert small["thread"][0] == loop_thread and small["rows"][0] == 4
+        rows = INLINE_MAX_BYTES // 32 + 1  # 4 float64 columns: just past the limit
+        large = await instances.predict({"input": np.zeros((rows, 4))}, ["thread", "rows"])
+        assert large["thread"][0] != loop_thread and large["rows"][0] == rows
+        assert instances.kind == "inline" and instances.pids == [os.getpid()]
+    finally:
+        workers.close()

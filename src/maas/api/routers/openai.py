@@ -15,22 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import aclosing, contextmanager
-from typing import Annotated, Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ValidationError
 from starlette.responses import Response, StreamingResponse
 
 from maas.api.access import caller, require, visible
+from maas.api.bodies import body_example, model_not_found, parse_json
 from maas.api.deps import get_services
 from maas.api.errors import error_body_for, request_id_of
 from maas.api.lifetime import disconnect_of, requested_timeout
 from maas.api.responses import json_response
 from maas.auth.principal import Action
-from maas.errors import AliasNotFound, InvalidRequest, ModelNotFound, VersionNotFound
 from maas.protocols import openai as oa
 from maas.services import Services
 from maas.services.completions import Generation
@@ -43,47 +42,6 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 _Services = Annotated[Services, Depends(get_services)]
-R = TypeVar("R", bound=BaseModel)
-
-
-def _body_example(example: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"type": "object"}, "example": example}},
-        }
-    }
-
-
-async def _parse(request: Request, schema: type[R]) -> R:
-    """The body as ``schema``; a bad field is a 400 naming it in ``param``."""
-    body = await request.body()
-    if not body:
-        raise InvalidRequest("the request body is empty; send a JSON object")
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest("the body must be a JSON object")
-    try:
-        return schema.model_validate(data)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        param = ".".join(str(part) for part in error.get("loc", ())) or None
-        message = str(error.get("msg", "invalid request")).removeprefix("Value error, ")
-        raise InvalidRequest(
-            f"{param}: {message}" if param else message, details={"param": param}
-        ) from None
-
-
-@contextmanager
-def _model_not_found() -> Iterator[None]:
-    """A missing version or alias is, to an OpenAI client, a missing model."""
-    try:
-        yield
-    except (VersionNotFound, AliasNotFound) as exc:
-        raise ModelNotFound(exc.message) from None
 
 
 def _sampling(body: oa.ChatCompletionRequest | oa.CompletionRequest) -> SamplingParams:
@@ -121,7 +79,7 @@ async def _generate(
     by ``InferenceService.generate``): wait for every choice (JSON) or stream them."""
 
     async def started() -> Generation:
-        with _model_not_found():
+        with model_not_found():
             return await start()
 
     call = await services.inference.generate(caller(request), body.model, endpoint, started)
@@ -196,7 +154,7 @@ async def get_model(model: str, request: Request, services: _Services) -> Respon
     """``name`` is the model; ``name:version`` or ``name:alias`` must resolve too."""
     ref = services.inference.text_ref(caller(request), model, Action.READ)
     registry = services.registry
-    with _model_not_found():
+    with model_not_found():
         if ref.selector is None:
             found = await asyncio.to_thread(registry.get_model, ref.name)
             created = found.created_at
@@ -217,10 +175,10 @@ _CHAT_EXAMPLE = {
 @router.post(
     "/chat/completions",
     summary="Chat completion, streamed with stream=true (OpenAI)",
-    openapi_extra=_body_example(_CHAT_EXAMPLE),
+    openapi_extra=body_example(_CHAT_EXAMPLE),
 )
 async def chat_completions(request: Request, services: _Services) -> Response:
-    body = await _parse(request, oa.ChatCompletionRequest)
+    body = await parse_json(request, oa.ChatCompletionRequest)
     messages = body.template_messages
 
     def start() -> Awaitable[Generation]:
@@ -250,10 +208,10 @@ async def chat_completions(request: Request, services: _Services) -> Response:
 @router.post(
     "/completions",
     summary="Text completion (OpenAI legacy)",
-    openapi_extra=_body_example({"model": "smollm2", "prompt": "Paris is", "max_tokens": 16}),
+    openapi_extra=body_example({"model": "smollm2", "prompt": "Paris is", "max_tokens": 16}),
 )
 async def completions(request: Request, services: _Services) -> Response:
-    body = await _parse(request, oa.CompletionRequest)
+    body = await parse_json(request, oa.CompletionRequest)
 
     def start() -> Awaitable[Generation]:
         return services.text.complete(body.model, body.prompts, _sampling(body), body.n)
@@ -282,11 +240,11 @@ async def completions(request: Request, services: _Services) -> Response:
 @router.post(
     "/embeddings",
     summary="Embeddings (OpenAI)",
-    openapi_extra=_body_example({"model": "minilm", "input": ["a sentence", "another"]}),
+    openapi_extra=body_example({"model": "minilm", "input": ["a sentence", "another"]}),
 )
 async def embeddings(request: Request, services: _Services) -> Response:
-    body = await _parse(request, oa.EmbeddingRequest)
-    with _model_not_found():
+    body = await parse_json(request, oa.EmbeddingRequest)
+    with model_not_found():
         result = await services.inference.embed(
             caller(request),
             body.model,

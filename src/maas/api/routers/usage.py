@@ -34,6 +34,8 @@ _TOTALS = (
     "prompt_tokens",
     "completion_tokens",
     "compute_s",
+    "audio_s",
+    "characters",
     "mean_latency_ms",
 )
 

@@ -21,6 +21,7 @@ from maas.runtimes.hf.loading import (
     detect_task,
     model_dir_for,
 )
+from maas.runtimes.importing import FRAMEWORK_IMPORT
 
 __all__ = ["TransformersRuntime", "prepare_torch"]
 
@@ -51,6 +52,13 @@ class TransformersRuntime(Runtime):
 
     @classmethod
     def load(cls, path: Path, *, options: LoadOptions) -> Self:
+        # Under the lock the torch and keras runtimes import under: two threads importing
+        # torch at once (a transformers load beside a PyTorch push) break its import.
+        with FRAMEWORK_IMPORT:
+            return cls._load(path, options)
+
+    @classmethod
+    def _load(cls, path: Path, options: LoadOptions) -> Self:
         model_dir = model_dir_for(path, options.cache_dir)
         task = detect_task(model_dir)
         prepare_torch(options)

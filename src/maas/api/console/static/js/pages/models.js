@@ -42,7 +42,7 @@ export function pushCard(ctx, model) {
   const bar = h("progress", { max: "1", value: "0", hidden: true, "aria-label": "Upload progress" });
   const status = h("p", { class: "muted small", role: "status" });
   const zone = h("div", { class: "dropzone", id: "push-dropzone" },
-    h("p", {}, "Drop a model file here (.onnx, .skops, .gguf, a model directory as .tar or .zip), or "),
+    h("p", {}, "Drop a model file here (.onnx, .skops, .gguf, .pt2, .keras, an XGBoost .json/.ubj or LightGBM .txt, a model directory as .tar or .zip), or "),
     h("label", { for: "push-file", class: "inline" }, "choose a file: "), fileInput);
   let file = null;
   const pick = (f) => { file = f; status.textContent = f ? `${f.name} (${bytes(f.size)})` : ""; };

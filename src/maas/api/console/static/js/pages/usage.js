@@ -1,8 +1,8 @@
-// Usage per key and model over time: requests, tokens, compute seconds; chart and CSV.
+// Usage per key and model over time: requests, tokens, compute and audio seconds, characters; chart and CSV.
 import { api } from "../api.js";
 import { PALETTE, attempt, chart, field, h, num, table } from "../ui.js";
 
-const METRICS = { requests: "Requests", tokens: "Tokens (prompt + completion)", compute_s: "Compute seconds", errors: "Errors" };
+const METRICS = { requests: "Requests", tokens: "Tokens (prompt + completion)", compute_s: "Compute seconds", audio_s: "Audio seconds (speech to text)", characters: "Characters (text to speech)", errors: "Errors" };
 
 export async function render(ctx) {
   const isAdmin = ctx.can("admin");
@@ -52,6 +52,8 @@ export async function render(ctx) {
       { label: "Prompt tokens", value: (r) => num(r.prompt_tokens), num: true },
       { label: "Completion tokens", value: (r) => num(r.completion_tokens), num: true },
       { label: "Compute s", value: (r) => num(r.compute_s), num: true },
+      { label: "Audio s", value: (r) => num(r.audio_s), num: true },
+      { label: "Characters", value: (r) => num(r.characters), num: true },
       { label: "Mean latency ms", value: (r) => num(r.mean_latency_ms), num: true },
     ], byKey.rows, { empty: "No usage in this period." }));
   }
