@@ -172,6 +172,18 @@ class LimitSettings(_Section):
     max_bytes_element: int = Field(
         1024 * 1024, ge=1, description="Longest single element of a BYTES tensor."
     )
+    max_image_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Largest encoded image an image model takes (413 past it); a V2 BYTES "
+        "element is also bounded by max_bytes_element.",
+    )
+    max_image_pixels: int = Field(
+        25_000_000,
+        ge=1,
+        description="Most pixels an image's header may declare (413 past it, before decoding: "
+        "a decompression bomb is a small file of a huge image).",
+    )
     request_deadline_s: float = Field(
         300.0,
         gt=0,

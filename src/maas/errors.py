@@ -22,7 +22,9 @@ rebuilds the same class from the code (``error_class_for``).
     │   ├── InvalidDataset
     │   ├── AmbiguousId
     │   ├── InvalidAudio
-    │   └── UnsupportedAudioFormat
+    │   ├── UnsupportedAudioFormat
+    │   ├── InvalidImage
+    │   └── UnsupportedContent
     ├── Unauthenticated (401)
     ├── Forbidden (403)
     ├── NotFound (404)
@@ -41,7 +43,8 @@ rebuilds the same class from the code (``error_class_for``).
     │   ├── SignatureChanged
     │   └── GcInProgress
     ├── PayloadTooLarge (413)
-    │   └── AudioTooLong
+    │   ├── AudioTooLong
+    │   └── ImageTooLarge
     ├── UnsupportedMediaType (415)
     ├── UntrustedArtifact (422)
     ├── RateLimited (429)
@@ -79,9 +82,11 @@ __all__ = [
     "Forbidden",
     "GcInProgress",
     "GenerationQueueFull",
+    "ImageTooLarge",
     "InvalidAudio",
     "InvalidDataset",
     "InvalidDeployment",
+    "InvalidImage",
     "InvalidInput",
     "InvalidName",
     "InvalidRequest",
@@ -111,6 +116,7 @@ __all__ = [
     "Unauthenticated",
     "UnsupportedArtifact",
     "UnsupportedAudioFormat",
+    "UnsupportedContent",
     "UnsupportedDatatype",
     "UnsupportedMediaType",
     "UnsupportedTask",
@@ -254,6 +260,19 @@ class UnsupportedAudioFormat(InvalidRequest):
     code = "unsupported_audio_format"
 
 
+class InvalidImage(InvalidRequest):
+    """Bytes sent as an image that do not decode as JPEG, PNG or WebP."""
+
+    code = "invalid_image"
+    default_message = "the image does not decode; send JPEG, PNG or WebP bytes"
+
+
+class UnsupportedContent(InvalidRequest):
+    """A message part the model cannot take (an image in a chat with a text-only model)."""
+
+    code = "unsupported_content"
+
+
 class Unauthenticated(MaasError):
     code = "unauthenticated"
     status = HTTPStatus.UNAUTHORIZED
@@ -361,6 +380,14 @@ class AudioTooLong(PayloadTooLarge):
 
     code = "audio_too_long"
     default_message = "the audio is longer than this server transcribes"
+
+
+class ImageTooLarge(PayloadTooLarge):
+    """An image over ``limits.max_image_bytes``, or whose header declares more pixels
+    than ``limits.max_image_pixels`` (refused before it is decoded)."""
+
+    code = "image_too_large"
+    default_message = "the image is too large"
 
 
 class UnsupportedMediaType(MaasError):

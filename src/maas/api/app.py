@@ -27,6 +27,7 @@ from maas.api.routers import (
     datasets,
     deployments,
     health,
+    images,
     jobs,
     keys,
     metrics,
@@ -44,7 +45,8 @@ __all__ = ["create_app", "freeze_startup_objects"]
 _DESCRIPTION = """
 Self-hosted Model-as-a-Service.
 
-* **KServe V2** inference under `/v2` (JSON and Triton's binary tensor extension).
+* **KServe V2** inference under `/v2` (JSON and Triton's binary tensor extension);
+  image models also classify uploaded files (`/v2/models/{model}/classify`, multipart).
 * **OpenAI API** under `/v1`: models, chat completions (SSE streaming), completions,
   embeddings, audio transcriptions, translations and speech; use the official `openai`
   SDK with `base_url=<server>/v1`.
@@ -71,7 +73,14 @@ def create_app(services: Services) -> Gateway:
         api.include_router(router)
     for router in (keys.router, audit.router, admin.router, metrics.router, openai.router):
         api.include_router(router)
-    for router in (datasets.router, jobs.router, whoami.router, audio.router, rerank.router):
+    for router in (
+        datasets.router,
+        jobs.router,
+        whoami.router,
+        audio.router,
+        rerank.router,
+        images.router,
+    ):
         api.include_router(router)
     console.install(api)
     # Inside FastAPI: V2 inference bodies, which skip it, have their own depth cap.

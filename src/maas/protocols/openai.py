@@ -23,10 +23,12 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from maas.errors import UnsupportedContent
 
 __all__ = [
     "ChatCompletionRequest",
@@ -134,6 +136,15 @@ class _TextPart(BaseModel):
     text: str
 
 
+class _ImagePart(BaseModel):
+    """Parsed only to be refused by name: no chat model maas serves takes images."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: Literal["image_url"]
+    image_url: Any = None
+
+
 @dataclass(frozen=True, slots=True)
 class ToolCall:
     """A call the model asks the caller to make: ``arguments`` is a JSON object's text."""
@@ -168,10 +179,28 @@ class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[_TextPart] | None = None
+    content: str | list[Annotated[_TextPart | _ImagePart, Field(discriminator="type")]] | None = (
+        None
+    )
     #: An assistant turn's calls; a ``tool`` turn answers one by its id.
     tool_calls: list[_ToolCallIn] | None = None
     tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _text_only(self) -> ChatMessageIn:
+        """An image part is a 400 of its own code, not a schema error: the request is
+        well formed, the server has no model to see it. (Raised as a ``MaasError``,
+        which pydantic lets through unwrapped, so it keeps its code.)"""
+        if isinstance(self.content, list) and any(
+            isinstance(part, _ImagePart) for part in self.content
+        ):
+            raise UnsupportedContent(
+                "image content parts are not supported: no chat model on this server takes "
+                "images; send text parts, or classify the image with an image model "
+                "(POST /v2/models/{model}/classify)",
+                details={"param": "messages.content", "type": "image_url"},
+            )
+        return self
 
     @property
     def text(self) -> str:
@@ -179,7 +208,7 @@ class ChatMessageIn(BaseModel):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text for part in self.content if isinstance(part, _TextPart))
 
     def as_template_message(self, calls: Mapping[str, str] | None = None) -> dict[str, str]:
         """What a chat template takes; ``developer`` is OpenAI's newer name for system.

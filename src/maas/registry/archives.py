@@ -91,8 +91,9 @@ DEFAULT_EXTRACT_LIMITS = ExtractLimits.from_settings(LimitSettings())
 
 
 #: The files that mark a model directory: a transformers ``config.json``, or the
-#: manifest of an ONNX text model (``maas.runtimes.hf.onnx_text``).
-_MARKERS = ("config.json", "onnx_text.json")
+#: manifest of an ONNX text or image model (``maas.runtimes.hf.onnx_text``,
+#: ``maas.runtimes.onnx_image``).
+_MARKERS = ("config.json", "onnx_text.json", "onnx_image.json")
 #: The root of a Keras 3 ``.keras`` file: a zip with a ``config.json`` too, but one
 #: artifact (``maas.runtimes.keras``), not a model directory.
 _KERAS_FILE = frozenset({"metadata.json", "config.json", "model.weights.h5"})

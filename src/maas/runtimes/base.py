@@ -21,7 +21,15 @@ from maas.protocols.management import DeploymentSpec
 from maas.protocols.signature import Signature, TensorSpec
 from maas.protocols.tensors import DATATYPES
 
-__all__ = ["ArtifactInfo", "LoadOptions", "Runtime", "check_request", "texts_of"]
+__all__ = ["ArtifactInfo", "ImageLimits", "LoadOptions", "Runtime", "check_request", "texts_of"]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageLimits:
+    """What an image model decodes (``limits.max_image_bytes``, ``max_image_pixels``)."""
+
+    max_bytes: int = 8 * 1024 * 1024
+    max_pixels: int = 25_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +48,8 @@ class LoadOptions:
     #: The version's signature as the registry records it: declared at push (the
     #: metadata's ``signature``) for files that do not record their own (TorchScript).
     signature: Signature | None = None
+    #: Bounds on the images an image model decodes for one call.
+    images: ImageLimits = ImageLimits()
 
 
 @dataclass(frozen=True)

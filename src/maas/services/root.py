@@ -30,6 +30,7 @@ from maas.registry.archives import ExtractLimits
 from maas.registry.artifacts import ArtifactStore
 from maas.registry.db import create_engine_for, session_factory, upgrade_to_head
 from maas.registry.service import RegistryService
+from maas.runtimes.base import ImageLimits
 from maas.services.audio import AudioService
 from maas.services.completions import TextService
 from maas.services.demo import register_demo_models
@@ -142,6 +143,7 @@ def _assemble(settings: Settings, engine: Engine) -> Services:
         generation=settings.generation,
         cache_dir=settings.cache_path,
         extract_limits=ExtractLimits.from_settings(settings.limits),
+        image_limits=ImageLimits(settings.limits.max_image_bytes, settings.limits.max_image_pixels),
     )
     publisher = Publisher(registry, store, models, settings)
     limits = DecodeLimits.from_settings(settings.limits)

@@ -34,7 +34,7 @@ from maas.protocols.management import VersionInfo
 from maas.registry.archives import DEFAULT_EXTRACT_LIMITS, ExtractLimits
 from maas.registry.artifacts import ArtifactStore
 from maas.registry.service import RegistryService
-from maas.runtimes.base import LoadOptions
+from maas.runtimes.base import ImageLimits, LoadOptions
 from maas.serving.deployment import Deployment, DeploymentState
 from maas.serving.hangups import Disconnected, unless_disconnected
 from maas.serving.process_workers import ProcessPool
@@ -63,6 +63,7 @@ class ModelManager:
         generation: GenerationSettings | None = None,
         cache_dir: Path | None = None,
         extract_limits: ExtractLimits = DEFAULT_EXTRACT_LIMITS,
+        image_limits: ImageLimits | None = None,
     ) -> None:
         self._registry = registry
         self._extract_limits = extract_limits
@@ -75,6 +76,7 @@ class ModelManager:
             cache_dir=cache_dir,
             sequences=self._generation.max_running,
             kv_cache_tokens=self._generation.kv_cache_tokens,
+            images=image_limits or ImageLimits(),
         )
         self._deployments: dict[tuple[str, int], Deployment] = {}
         #: Worker processes that small models share; spawned with the first such model.
