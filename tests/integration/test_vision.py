@@ -139,6 +139,22 @@ def test_multipart_classify_answers_top_labels_per_file(vision: RunningServer) -
         assert bad_k.status_code == 400
 
 
+def test_the_maas_sdk_classifies_files_and_bytes(vision: RunningServer, tmp_path: Path) -> None:
+    from maas.client import Client
+    from maas.errors import ModelNotFound
+
+    path = tmp_path / "coffee.png"
+    path.write_bytes(_encoded(COFFEE, "PNG"))
+    with Client(vision.url, api_key=vision.api_key) as client:
+        results = client.classify("efficientnet:production", [path, COFFEE_JPEG], top_k=3)
+        assert [r["filename"] for r in results] == ["coffee.png", "image"]
+        for result in results:
+            assert "espresso" in [entry["label"] for entry in result["labels"]]
+            assert len(result["labels"]) == 3
+        with pytest.raises(ModelNotFound):
+            client.classify("no-such-model", [COFFEE_JPEG])
+
+
 def test_bad_and_oversized_images_are_refused_with_their_codes(vision: RunningServer) -> None:
     garbage = b"\xff\xd8\xff this is not a JPEG"
     too_many_pixels = _encoded(np.zeros((1000, 1001, 3), np.uint8), "PNG")  # 3 kB

@@ -342,10 +342,9 @@ class Endpoints:
             fields["language"] = language
         if prompt is not None:
             fields["prompt"] = prompt
-        form = httpx.Request("POST", "http://form", data=fields, files={"file": (filename, audio)})
+        body, headers = _form(fields, [("file", (filename, audio))])
         path = "/v1/audio/translations" if translate else "/v1/audio/transcriptions"
-        headers = {"Content-Type": form.headers["Content-Type"]}
-        return Call("POST", path, _transcript, content=form.read(), headers=headers)
+        return Call("POST", path, _transcript, content=body, headers=headers)
 
     @staticmethod
     def speak(
@@ -367,6 +366,17 @@ class Endpoints:
         return Call("POST", "/v1/audio/speech", _bytes, json=body)
 
     @staticmethod
+    def classify(
+        ref: str, images: Sequence[tuple[str, bytes]], *, top_k: int | None = None
+    ) -> Call[list[dict[str, Any]]]:
+        """``/v2/models/{ref}/classify``: per image (name, encoded bytes), its top labels
+        ``{filename, labels: [{label, score}]}``."""
+        body, headers = _form({}, [("image", image) for image in images])
+        params = {} if top_k is None else {"top_k": str(top_k)}
+        path = _v2_path(ref, "/classify")
+        return Call("POST", path, _results, params=params, content=body, headers=headers)
+
+    @staticmethod
     def rerank(
         model: str, query: str, documents: Sequence[str], *, top_n: int | None = None
     ) -> Call[list[dict[str, Any]]]:
@@ -375,7 +385,15 @@ class Endpoints:
         body: dict[str, Any] = {"model": model, "query": query, "documents": list(documents)}
         if top_n is not None:
             body["top_n"] = top_n
-        return Call("POST", "/v1/rerank", lambda r: list(_json(r)["results"]), json=body)
+        return Call("POST", "/v1/rerank", _results, json=body)
+
+
+def _form(
+    fields: Mapping[str, str], files: list[tuple[str, tuple[str, bytes]]]
+) -> tuple[bytes, dict[str, str]]:
+    """A ``multipart/form-data`` body and its content type, as httpx encodes a form."""
+    form = httpx.Request("POST", "http://form", data=dict(fields), files=files)
+    return form.read(), {"Content-Type": form.headers["Content-Type"]}
 
 
 def _transcript(response: httpx.Response) -> Any:
@@ -383,6 +401,10 @@ def _transcript(response: httpx.Response) -> Any:
     if response.headers.get("content-type", "").startswith("application/json"):
         return orjson.loads(response.content)
     return response.text
+
+
+def _results(response: httpx.Response) -> list[dict[str, Any]]:
+    return list(_json(response)["results"])
 
 
 def _bytes(response: httpx.Response) -> bytes:

@@ -17,11 +17,11 @@ from maas.errors import InvalidInput
 
 __all__ = [
     "ProgressCallback",
-    "audio_bytes",
     "base_url",
     "client_headers",
     "file_chunks",
     "local_admin_key",
+    "named_file",
     "normalise_inputs",
     "resolve_api_key",
     "upload_file",
@@ -30,13 +30,13 @@ __all__ = [
 ProgressCallback = Any  # Callable[[int], None]: called with the bytes sent so far
 
 
-def audio_bytes(audio: bytes | str | Path) -> tuple[bytes, str]:
-    """The bytes of an audio file, or bytes as given, and the file name sent with them
-    (the server reads the content, not the name)."""
-    if isinstance(audio, bytes):
-        return audio, "audio.wav"
-    path = Path(audio)
-    return path.read_bytes(), path.name
+def named_file(content: bytes | str | Path, default_name: str) -> tuple[str, bytes]:
+    """A file sent in a form: the name and bytes of a path, or bytes as given under
+    ``default_name`` (the server reads the content, not the name)."""
+    if isinstance(content, bytes):
+        return default_name, content
+    path = Path(content)
+    return path.name, path.read_bytes()
 
 
 def client_headers(api_key: str | None) -> dict[str, str]:

@@ -12,10 +12,10 @@ import numpy as np
 
 from maas.client._core import Call, Endpoints, SseParser, first_input_name, raise_for_error
 from maas.client._shared import (
-    audio_bytes,
     base_url,
     client_headers,
     file_chunks,
+    named_file,
     normalise_inputs,
     resolve_api_key,
     upload_file,
@@ -219,7 +219,7 @@ class AsyncClient:
     ) -> Any:
         """Speech to text (``translate``: to English) of a file or its bytes; JSON formats
         answer a dict (``text``, and segments for ``verbose_json``), the others text."""
-        data, filename = audio_bytes(audio)
+        filename, data = named_file(audio, "audio.wav")
         return await self._do(
             Endpoints.transcribe(
                 model,
@@ -251,6 +251,14 @@ class AsyncClient:
     ) -> list[dict[str, Any]]:
         """``documents`` ordered by relevance to ``query``, best first."""
         return await self._do(Endpoints.rerank(model, query, documents, top_n=top_n))
+
+    async def classify(
+        self, ref: str, images: Sequence[bytes | str | Path], *, top_k: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Image classification of files or their bytes (JPEG, PNG, WebP): per image its
+        ``filename`` and top ``labels`` (``label``, ``score``), best first."""
+        named = [named_file(image, "image") for image in images]
+        return await self._do(Endpoints.classify(ref, named, top_k=top_k))
 
     # inference ---------------------------------------------------------------------
     async def is_ready(self) -> bool:
