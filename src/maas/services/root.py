@@ -142,6 +142,7 @@ def _assemble(settings: Settings, engine: Engine) -> Services:
         generation=settings.generation,
         cache_dir=settings.cache_path,
         extract_limits=ExtractLimits.from_settings(settings.limits),
+        cluster=settings.cluster,
     )
     publisher = Publisher(registry, store, models, settings)
     limits = DecodeLimits.from_settings(settings.limits)

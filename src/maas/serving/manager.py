@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from maas.config import GenerationSettings, ServingSettings
+from maas.config import ClusterSettings, GenerationSettings, ServingSettings
 from maas.errors import (
     MaasError,
     ModelNotFound,
@@ -38,6 +38,7 @@ from maas.runtimes.base import LoadOptions
 from maas.serving.deployment import Deployment, DeploymentState
 from maas.serving.hangups import Disconnected, unless_disconnected
 from maas.serving.process_workers import ProcessPool
+from maas.serving.ray_instances import RayCluster
 from maas.serving.workers import ThreadWorkers, Workers
 
 __all__ = ["ModelManager"]
@@ -63,6 +64,7 @@ class ModelManager:
         generation: GenerationSettings | None = None,
         cache_dir: Path | None = None,
         extract_limits: ExtractLimits = DEFAULT_EXTRACT_LIMITS,
+        cluster: ClusterSettings | None = None,
     ) -> None:
         self._registry = registry
         self._extract_limits = extract_limits
@@ -88,6 +90,8 @@ class ModelManager:
             if settings.shared_workers > 0
             else None
         )
+        #: The Ray cluster that holds model replicas (connected on the first one).
+        self._cluster = RayCluster(cluster) if cluster is not None and cluster.ray_address else None
         self._resolved: dict[tuple[str, Selector], tuple[float, VersionInfo]] = {}
         self._expected: set[tuple[str, int]] = set()
         self._epoch = 0  # bumped by every invalidation: a resolve racing one retries
@@ -289,6 +293,7 @@ class ModelManager:
             ),
             shared=self._shared,
             shared_max_bytes=self._settings.shared_max_bytes,
+            cluster=self._cluster,
         )
 
     def find(self, model: str, version: int) -> Deployment | None:
@@ -407,6 +412,8 @@ class ModelManager:
                 log.error("unloading %s:%s failed: %r", *deployment.key, result)
         if self._shared is not None:
             await self._shared.close()
+        if self._cluster is not None:
+            await asyncio.to_thread(self._cluster.close)
         # Off the loop: a model call still running in the pool must not freeze the loop
         # (and with it the shutdown deadline) while the pool waits for it.
         await asyncio.to_thread(self._workers.close)
