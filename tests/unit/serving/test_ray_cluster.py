@@ -19,7 +19,7 @@ import pytest
 from tests.unit.runtimes import trained
 
 from maas.config import ClusterSettings, ServingSettings
-from maas.errors import PlacementInfeasible
+from maas.errors import ArtifactCorrupted, PlacementInfeasible
 from maas.protocols.management import DeploymentSpec, VersionInfo
 from maas.registry.artifacts import ArtifactStore
 from maas.registry.service import RegistryService
@@ -172,6 +172,24 @@ async def test_more_cpus_than_any_node_has_is_refused_at_once(
     crowded = _deploy(registry, publish, cpus=2, instances=7)
     with pytest.raises(PlacementInfeasible, match="7 replicas"):
         await manager.deployment(crowded)
+
+
+async def test_a_load_failing_on_the_nodes_says_why_and_leaves_no_actor(
+    on_cluster: Any,
+    registry: RegistryService,
+    store: ArtifactStore,
+    publish: Callable[..., VersionInfo],
+) -> None:
+    version = _deploy(registry, publish, instances=2)
+    blob = store.local_path(version.digest, verify=False)
+    blob.chmod(0o644)
+    blob.write_bytes(b"not the bytes that were pushed")  # each replica checks the digest
+    manager = on_cluster()
+    with pytest.raises(ArtifactCorrupted, match="corrupted"):
+        await manager.deployment(version)
+    assert manager.find(version.model, version.version).status()["error"] == "artifact_corrupted"
+    # The replicas were removed, not left restarting: the cluster's CPUs are all free.
+    await _wait_for(lambda: ray.available_resources().get("CPU") == ray.cluster_resources()["CPU"])
 
 
 async def test_a_killed_replica_fails_no_call_and_comes_back(
