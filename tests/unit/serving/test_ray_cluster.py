@@ -19,7 +19,7 @@ import pytest
 from tests.unit.runtimes import trained
 
 from maas.config import ClusterSettings, ServingSettings
-from maas.errors import ArtifactCorrupted, PlacementInfeasible
+from maas.errors import ArtifactCorrupted, PlacementInfeasible, WorkerCrashed
 from maas.protocols.management import DeploymentSpec, VersionInfo
 from maas.registry.artifacts import ArtifactStore
 from maas.registry.service import RegistryService
@@ -240,3 +240,26 @@ async def test_a_lost_node_fails_no_call_and_its_replica_moves(
         cluster.add_node(**_NODE)  # the module's cluster has its three nodes again
     assert not load.failed, load.failed[:3]
     assert deployment.is_ready
+
+
+async def test_readiness_follows_the_replicas_that_answer(
+    on_cluster: Any, registry: RegistryService, publish: Callable[..., VersionInfo]
+) -> None:
+    version = _deploy(registry, publish, instances=2)
+    manager = on_cluster()
+    deployment = await manager.deployment(version)
+    pids = deployment.status()["pids"]
+    for pid in pids:  # alive to Ray, silent to the gateway: no ping is answered
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        await _wait_for(lambda: not deployment.is_ready, timeout_s=30)
+        assert deployment.status()["pids"] == []
+        with pytest.raises(WorkerCrashed):
+            await manager.predict(version.model, version.version, _rows(version))
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    await _wait_for(lambda: deployment.is_ready, timeout_s=30)
+    assert sorted(deployment.status()["pids"]) == sorted(pids)  # the same, not restarted
+    _, outputs = await manager.predict(version.model, version.version, _rows(version))
+    assert len(outputs["predict"]) == 5
