@@ -263,3 +263,25 @@ async def test_readiness_follows_the_replicas_that_answer(
     assert sorted(deployment.status()["pids"]) == sorted(pids)  # the same, not restarted
     _, outputs = await manager.predict(version.model, version.version, _rows(version))
     assert len(outputs["predict"]) == 5
+
+
+async def test_replicas_go_to_the_nodes_offering_model_slots(
+    cluster: Cluster,
+    on_cluster: Any,
+    registry: RegistryService,
+    publish: Callable[..., VersionInfo],
+) -> None:
+    slotted = cluster.add_node(**_NODE, resources={"model_slot": 1})
+    try:
+        await _wait_for(lambda: ray.cluster_resources().get("model_slot") == 1)
+        manager = on_cluster()
+        one = _deploy(registry, publish, instances=1)
+        deployment = await manager.deployment(one)
+        assert deployment.status()["nodes"] == [slotted.node_id]
+        # One slot in the whole cluster: a second replica has no room, whatever the CPUs.
+        two = _deploy(registry, publish, instances=2)
+        with pytest.raises(PlacementInfeasible, match="model_slot"):
+            await manager.deployment(two)
+        await manager.close()
+    finally:
+        cluster.remove_node(slotted)
