@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,17 +131,19 @@ class RayCluster:
         except ImportError:
             raise MissingExtra("ray", "ray") from None
         if not ray.is_initialized():
+            address = self.settings.ray_address
             try:
+                _probe(address)  # ray.init retries an unreachable address for minutes
                 ray.init(
-                    address=self.settings.ray_address,
+                    address=address,
                     namespace="maas",
                     log_to_driver=False,
                     logging_level=logging.WARNING,
                 )
-            except (ConnectionError, RuntimeError) as exc:
+            except (OSError, RuntimeError) as exc:  # ConnectionError is an OSError
                 raise PlacementInfeasible(
-                    f"cannot reach the Ray cluster at {self.settings.ray_address}: {exc}",
-                    details={"ray_address": self.settings.ray_address},
+                    f"cannot reach the Ray cluster at {address}: {exc}",
+                    details={"ray_address": address},
                     retry_after=5.0,
                 ) from None
             self._owns_connection = True
@@ -184,6 +187,14 @@ class RayCluster:
             ray.shutdown()
             self._owns_connection = False
         self._actor_class = None
+
+
+def _probe(address: str | None, timeout_s: float = 5.0) -> None:
+    """Raise ``OSError`` unless something listens at ``host:port`` (other forms of
+    address, such as ``auto``, are left to Ray)."""
+    host, _, port = (address or "").rpartition(":")
+    if host and port.isdigit():
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
 
 
 def _describe(ask: dict[str, float]) -> str:
