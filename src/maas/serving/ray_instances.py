@@ -117,6 +117,8 @@ class RayCluster:
         self._owns_connection = False
         #: The exceptions that mean "the actor is gone", not "the call failed".
         self.lost: tuple[type[Exception], ...] = ()
+        #: Of those, the one a new call gets from an actor Ray will not restart.
+        self.died: tuple[type[Exception], ...] = ()
 
     async def actor_class(self) -> Any:
         """The Ray actor class of ``Replica``, connecting first if need be."""
@@ -154,6 +156,7 @@ class RayCluster:
             errors.ObjectLostError,
             errors.OwnerDiedError,
         )
+        self.died = (errors.ActorDiedError,)
         remote = ray.remote(concurrency_groups={_HEALTH: 1})  # type: ignore[call-overload]
         self._actor_class = remote(Replica)
 
@@ -240,6 +243,8 @@ class RayInstances:
         self._label = ":".join(labels)
         self._replicas: list[_Handle] = []
         self._monitor: asyncio.Task[None] | None = None
+        self._actor_class: Any = None
+        self._options: dict[str, Any] = {}
 
     @property
     def pids(self) -> list[int]:
@@ -277,9 +282,8 @@ class RayInstances:
             options["memory"] = ask["memory"]
         if SLOT_RESOURCE in ask:
             options["resources"] = {SLOT_RESOURCE: ask[SLOT_RESOURCE]}
-        self._replicas = [
-            _Handle(actor_class.options(**options).remote(self._target)) for _ in range(self._count)
-        ]
+        self._actor_class, self._options = actor_class, options
+        self._replicas = [_Handle(self._new_actor()) for _ in range(self._count)]
         try:
             async with asyncio.timeout(settings.ready_timeout_s):
                 answers = await asyncio.gather(*(self._ping(r) for r in self._replicas))
@@ -304,6 +308,9 @@ class RayInstances:
             self._watch(), name=f"ray replicas of {self._label}"
         )
 
+    def _new_actor(self) -> Any:
+        return self._actor_class.options(**self._options).remote(self._target)
+
     async def _ping(self, replica: _Handle) -> tuple[int, str, Any]:
         answer: tuple[int, str, Any] = await replica.actor.ready.options(
             concurrency_group=_HEALTH
@@ -322,6 +329,9 @@ class RayInstances:
         try:
             async with asyncio.timeout(_PING_TIMEOUT_S):
                 pid, node, error = await self._ping(replica)
+        except self._cluster.died:
+            await self._replace(replica)
+            return
         except gone:
             if replica.alive:
                 log.error(
@@ -338,6 +348,16 @@ class RayInstances:
             log.info("a replica of %s is back (pid %s)", self._label, pid)
             self._restarts.inc()
         replica.pid, replica.node, replica.alive = pid, node, True
+
+    async def _replace(self, replica: _Handle) -> None:
+        """Ray will not restart this actor (its ``max_restarts`` are spent): a new one
+        takes its place, and loads; the old one is killed in case Ray thought otherwise."""
+        log.error(
+            "a replica of %s (pid %s) is dead for good; replacing it", self._label, replica.pid
+        )
+        replica.alive = False
+        old, replica.actor = replica.actor, self._new_actor()
+        await asyncio.to_thread(_kill, [old])
 
     def _pick(self, not_this: _Handle | None = None) -> _Handle:
         live = [r for r in self._replicas if r.alive and r is not not_this]

@@ -64,9 +64,9 @@ async def on_cluster(cluster: Cluster, registry: RegistryService, store: Artifac
     ``local=True``, in this process); all closed afterwards."""
     built: list[ModelManager] = []
 
-    def build(*, local: bool = False) -> ModelManager:
+    def build(*, local: bool = False, **overrides: Any) -> ModelManager:
         settings = ClusterSettings(
-            ray_address=cluster.address, health_interval_s=0.3, ready_timeout_s=90
+            ray_address=cluster.address, health_interval_s=0.3, ready_timeout_s=90, **overrides
         )
         manager = ModelManager(
             registry,
@@ -212,6 +212,19 @@ async def test_a_killed_replica_fails_no_call_and_comes_back(
         await load.stop()
     assert not load.failed, load.failed[:3]
     assert deployment.is_ready and before[1] in deployment.status()["pids"]
+
+
+async def test_a_replica_ray_will_not_restart_is_replaced(
+    on_cluster: Any, registry: RegistryService, publish: Callable[..., VersionInfo]
+) -> None:
+    version = _deploy(registry, publish, instances=2)
+    manager = on_cluster(max_restarts=0)
+    deployment = await manager.deployment(version)
+    before = deployment.status()["pids"]
+    os.kill(before[0], signal.SIGKILL)
+    await _wait_for(lambda: len(pids := deployment.status()["pids"]) == 2 and before[0] not in pids)
+    _, outputs = await manager.predict(version.model, version.version, _rows(version))
+    assert len(outputs["predict"]) == 5
 
 
 async def test_a_lost_node_fails_no_call_and_its_replica_moves(
