@@ -279,7 +279,7 @@ class RayInstances:
             "max_task_retries": 0,  # retried here, on another replica, not queued behind
         }
         if "memory" in ask:
-            options["memory"] = ask["memory"]
+            options["memory"] = int(ask["memory"])
         if SLOT_RESOURCE in ask:
             options["resources"] = {SLOT_RESOURCE: ask[SLOT_RESOURCE]}
         self._actor_class, self._options = actor_class, options

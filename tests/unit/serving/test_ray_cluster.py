@@ -174,6 +174,18 @@ async def test_more_cpus_than_any_node_has_is_refused_at_once(
         await manager.deployment(crowded)
 
 
+async def test_memory_is_asked_of_the_nodes(
+    on_cluster: Any, registry: RegistryService, publish: Callable[..., VersionInfo]
+) -> None:
+    manager = on_cluster()
+    small = _deploy(registry, publish, memory_bytes=64 * 1024 * 1024)
+    deployment = await manager.deployment(small)
+    assert deployment.is_ready and len(deployment.status()["pids"]) == 1
+    huge = _deploy(registry, publish, memory_bytes=10**15)  # a petabyte: no node has it
+    with pytest.raises(PlacementInfeasible, match="memory"):
+        await manager.deployment(huge)
+
+
 async def test_a_load_failing_on_the_nodes_says_why_and_leaves_no_actor(
     on_cluster: Any,
     registry: RegistryService,
