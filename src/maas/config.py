@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 __all__ = [
     "AudioSettings",
     "AuthSettings",
+    "ClusterSettings",
     "GenerationSettings",
     "JobsSettings",
     "LimitSettings",
@@ -269,6 +270,35 @@ class JobsSettings(_Section):
     )
 
 
+class ClusterSettings(_Section):
+    """Model replicas on a Ray cluster: when one machine is not enough."""
+
+    ray_address: str | None = Field(
+        None,
+        description="Address of a running Ray cluster (`ray start --head` prints it, e.g. "
+        "10.0.0.1:6380); set, every model but language models runs as Ray actors placed on "
+        "its nodes (needs the [ray] extra and the artifact store reachable from every node).",
+    )
+    ready_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="How long a model's replicas may take to be placed and loaded on the "
+        "cluster before the load fails with 503 placement_infeasible.",
+    )
+    max_restarts: int = Field(
+        -1,
+        ge=-1,
+        description="Times Ray restarts a replica that died (-1: always); the calls it held "
+        "are retried once on another replica meanwhile.",
+    )
+    health_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often the server asks each replica whether it lives (readiness "
+        "and the deployment's pids follow).",
+    )
+
+
 class ServerSettings(_Section):
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins browsers may call from (CORS off when empty)."
@@ -336,6 +366,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     jobs: JobsSettings = JobsSettings()
     audio: AudioSettings = AudioSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @model_validator(mode="before")
     @classmethod

@@ -53,6 +53,7 @@ rebuilds the same class from the code (``error_class_for``).
     ├── Overloaded (503)
     ├── ModelNotReady (503)
     ├── WorkerCrashed (503)
+    ├── PlacementInfeasible (503)
     ├── ShuttingDown (503)
     ├── RequestTimeout (504)
     ├── RuntimeFailure (500)
@@ -102,6 +103,7 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "PayloadTooLarge",
+    "PlacementInfeasible",
     "QualityDropTooLarge",
     "QuotaExceeded",
     "RateLimited",
@@ -446,6 +448,16 @@ class WorkerCrashed(MaasError):
     code = "worker_crashed"
     status = HTTPStatus.SERVICE_UNAVAILABLE
     default_message = "the worker serving this model stopped; retry"
+
+
+class PlacementInfeasible(MaasError):
+    """The cluster has no room for a model's replicas (a replica asks more than any
+    node has, or they were not placed in time): the operator's to fix, by adding nodes
+    or asking less, so it fails the load at once instead of waiting forever."""
+
+    code = "placement_infeasible"
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    default_message = "the cluster cannot place this model's replicas"
 
 
 class ShuttingDown(MaasError):

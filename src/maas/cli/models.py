@@ -252,6 +252,12 @@ def deploy(
         str | None,
         typer.Option(help="int8: dynamic int8 linear layers (transformers models); none: off."),
     ] = None,
+    cpus: Annotated[
+        float | None, typer.Option(help="CPUs each instance asks of a Ray cluster.")
+    ] = None,
+    memory_bytes: Annotated[
+        int | None, typer.Option(help="Memory each instance asks of a Ray cluster.")
+    ] = None,
 ) -> None:
     """Set how a version is served; options not given keep their current value."""
     name, selector = split_ref(ref)
@@ -264,6 +270,8 @@ def deploy(
             "max_queue_delay_us": max_queue_delay_us,
             "instances": instances,
             "max_queue_size": max_queue_size,
+            "cpus": cpus,
+            "memory_bytes": memory_bytes,
         }.items()
         if value is not None
     }

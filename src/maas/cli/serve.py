@@ -50,6 +50,14 @@ def serve_command(
     grpc_port: Annotated[
         int | None, typer.Option(help="Also serve KServe V2 gRPC on this port (0: any free).")
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Run models (not language models) as actors on this Ray cluster.",
+        ),
+    ] = None,
 ) -> None:
     from maas.config import Settings
 
@@ -79,6 +87,8 @@ def serve_command(
     }  # fmt: skip
     if server_updates:
         overrides["server"] = settings.server.model_copy(update=server_updates)
+    if ray is not None:
+        overrides["cluster"] = settings.cluster.model_copy(update={"ray_address": ray})
     settings = Settings.model_validate({**settings.model_dump(), **overrides})
     _run(settings)
 

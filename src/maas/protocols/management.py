@@ -64,6 +64,19 @@ class DeploymentSpec(_Frozen):
         "workers of its own (instances of them); shared puts it in the server's pool of "
         "workers that small models share.",
     )
+    cpus: float = Field(
+        1.0,
+        gt=0,
+        le=1024,
+        description="CPUs each instance asks of a Ray cluster (MAAS_CLUSTER__RAY_ADDRESS); "
+        "ignored on one machine.",
+    )
+    memory_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Memory each instance asks of a Ray cluster (its scheduler's `memory` "
+        "resource); ignored on one machine.",
+    )
     quantize: Literal["int8"] | None = Field(
         None,
         description="Serve with dynamic int8 linear layers (transformers models): weights "

@@ -207,6 +207,12 @@ class ArtifactStore:
         self._lock = threading.Lock()
         self.sweep_temp()
 
+    @property
+    def shared_url(self) -> str:
+        """The URL another process or node opens this same store with: a remote URL as
+        given, a local root made absolute (a directory every node mounts there)."""
+        return self.url if self._fs is not None else str(self.root)
+
     def sweep_temp(self) -> int:
         """Delete the temp files (uploads, fetches) of writes that died: those no
         process holds a lock on. Returns how many were deleted."""

@@ -144,6 +144,7 @@ def _assemble(settings: Settings, engine: Engine) -> Services:
         cache_dir=settings.cache_path,
         extract_limits=ExtractLimits.from_settings(settings.limits),
         image_limits=ImageLimits(settings.limits.max_image_bytes, settings.limits.max_image_pixels),
+        cluster=settings.cluster,
     )
     publisher = Publisher(registry, store, models, settings)
     limits = DecodeLimits.from_settings(settings.limits)

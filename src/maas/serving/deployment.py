@@ -26,12 +26,7 @@ from maas.observability.metrics import LOAD_SECONDS, LOADED_MODELS
 from maas.protocols.management import VersionInfo
 from maas.protocols.signature import Signature
 from maas.protocols.tensors import DATATYPES
-from maas.registry.archives import (
-    DEFAULT_EXTRACT_LIMITS,
-    ExtractLimits,
-    is_archive,
-    unpacked,
-)
+from maas.registry.archives import DEFAULT_EXTRACT_LIMITS, ExtractLimits
 from maas.registry.artifacts import ArtifactStore
 from maas.runtimes.base import LoadOptions, check_request, texts_of
 from maas.runtimes.catalog import load_runtime, runtime_class
@@ -39,12 +34,14 @@ from maas.runtimes.generation import TextGenerator
 from maas.serving.batching import DynamicBatcher
 from maas.serving.generation import GenerationScheduler
 from maas.serving.hangups import Disconnected, unless_disconnected
+from maas.serving.local_artifacts import local_artifact
 from maas.serving.process_workers import (
     LoadTarget,
     ProcessInstances,
     ProcessPool,
     SharedInstances,
 )
+from maas.serving.ray_instances import RayCluster, RayInstances, ReplicaTarget
 from maas.serving.workers import InlineInstances, ModelInstances, ThreadInstances, Workers
 
 __all__ = ["Deployment", "DeploymentState", "warmup_inputs"]
@@ -104,6 +101,7 @@ class Deployment:
         restart_backoff_s: tuple[float, float] = (0.1, 10.0),
         shared: ProcessPool | None = None,
         shared_max_bytes: int = 0,
+        cluster: RayCluster | None = None,
     ) -> None:
         self.version = version
         self._store = store
@@ -121,6 +119,8 @@ class Deployment:
         #: The server's pool of workers that small models share, if it has one.
         self._shared = shared
         self._shared_max_bytes = shared_max_bytes
+        #: The Ray cluster that holds the replicas of models, if the server has one.
+        self._cluster = cluster
         self._generation_settings = generation or GenerationSettings()
         #: The continuous-batching scheduler of a language model; ``None`` for others.
         self.generation: GenerationScheduler | None = None
@@ -268,7 +268,37 @@ class Deployment:
         scheduler.start()
         return scheduler
 
+    def _on_cluster(self) -> bool:
+        """A Ray cluster holds every model but language models (their schedulers drive
+        the runtime in this process) and versions whose spec pins a local placement."""
+        if self._cluster is None or self.version.deployment.workers != "auto":
+            return False
+        return not runtime_class(self.version.framework).in_process_only
+
+    async def _start_on_cluster(self) -> RayInstances:
+        assert self._cluster is not None
+        spec = self.version.deployment
+        target = ReplicaTarget(
+            self.version.framework,
+            self._store.shared_url,
+            self.version.digest,
+            self._options,
+            self._extract_limits,
+        )
+        instances = RayInstances(
+            self._cluster,
+            target,
+            spec.instances,
+            cpus=spec.cpus,
+            memory_bytes=spec.memory_bytes,
+            labels=self._labels,
+        )
+        await instances.start()
+        return instances
+
     async def _start_instances(self) -> ModelInstances:
+        if self._on_cluster():
+            return await self._start_on_cluster()
         digest = self.version.digest
         path = await self._workers.run(lambda: self._local_artifact(digest))
         framework, options = self.version.framework, self._options
@@ -294,12 +324,7 @@ class Deployment:
         return in_threads(runtime, self._workers, self.version.deployment.instances)
 
     def _local_artifact(self, digest: str) -> Path:
-        """The verified artifact on this machine; an archive (a model directory packed
-        for upload) unpacked next to the cache once."""
-        path = self._store.local_path(digest, verify=True)
-        if self._options.cache_dir is not None and is_archive(path):
-            return unpacked(path, self._options.cache_dir, limits=self._extract_limits)
-        return path
+        return local_artifact(self._store, digest, self._options.cache_dir, self._extract_limits)
 
     async def _warm(self, instances: ModelInstances, scheduler: GenerationScheduler | None) -> None:
         """One call on zeros: lazy initialisation happens now, not on a caller's time."""
@@ -381,6 +406,7 @@ class Deployment:
             "workers": instances.kind if instances is not None else None,
             "instances": self.version.deployment.instances,
             "pids": instances.pids if instances is not None else [],
+            "nodes": getattr(instances, "nodes", []),
             "queue_depth": self._batcher.queue_depth if self._batcher is not None else 0,
             "in_flight": self.in_flight,
             "spec": self.version.deployment.model_dump(),

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from maas.config import GenerationSettings, ServingSettings
+from maas.config import ClusterSettings, GenerationSettings, ServingSettings
 from maas.errors import (
     MaasError,
     ModelNotFound,
@@ -38,6 +38,7 @@ from maas.runtimes.base import ImageLimits, LoadOptions
 from maas.serving.deployment import Deployment, DeploymentState
 from maas.serving.hangups import Disconnected, unless_disconnected
 from maas.serving.process_workers import ProcessPool
+from maas.serving.ray_instances import RayCluster
 from maas.serving.workers import ThreadWorkers, Workers
 
 __all__ = ["ModelManager"]
@@ -64,6 +65,7 @@ class ModelManager:
         cache_dir: Path | None = None,
         extract_limits: ExtractLimits = DEFAULT_EXTRACT_LIMITS,
         image_limits: ImageLimits | None = None,
+        cluster: ClusterSettings | None = None,
     ) -> None:
         self._registry = registry
         self._extract_limits = extract_limits
@@ -90,6 +92,8 @@ class ModelManager:
             if settings.shared_workers > 0
             else None
         )
+        #: The Ray cluster that holds model replicas (connected on the first one).
+        self._cluster = RayCluster(cluster) if cluster is not None and cluster.ray_address else None
         self._resolved: dict[tuple[str, Selector], tuple[float, VersionInfo]] = {}
         self._expected: set[tuple[str, int]] = set()
         self._epoch = 0  # bumped by every invalidation: a resolve racing one retries
@@ -291,6 +295,7 @@ class ModelManager:
             ),
             shared=self._shared,
             shared_max_bytes=self._settings.shared_max_bytes,
+            cluster=self._cluster,
         )
 
     def find(self, model: str, version: int) -> Deployment | None:
@@ -409,6 +414,8 @@ class ModelManager:
                 log.error("unloading %s:%s failed: %r", *deployment.key, result)
         if self._shared is not None:
             await self._shared.close()
+        if self._cluster is not None:
+            await asyncio.to_thread(self._cluster.close)
         # Off the loop: a model call still running in the pool must not freeze the loop
         # (and with it the shutdown deadline) while the pool waits for it.
         await asyncio.to_thread(self._workers.close)

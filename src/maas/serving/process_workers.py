@@ -56,7 +56,16 @@ from maas.runtimes.base import LoadOptions, Runtime
 from maas.runtimes.catalog import load_runtime
 from maas.runtimes.sklearn import WithoutTorch
 
-__all__ = ["LoadTarget", "ProcessInstances", "ProcessPool", "SharedInstances", "key_of"]
+__all__ = [
+    "LoadTarget",
+    "ProcessInstances",
+    "ProcessPool",
+    "SharedInstances",
+    "WorkerModels",
+    "error_payload",
+    "key_of",
+    "rebuild_error",
+]
 
 log = logging.getLogger("maas.serving")
 
@@ -77,13 +86,16 @@ class LoadTarget:
     options: LoadOptions
 
 
-def _error_payload(exc: BaseException) -> _ErrorPayload:
+def error_payload(exc: BaseException) -> _ErrorPayload:
+    """An error as plain data for another process: its code, message and details. A
+    framework's own exception never crosses: its text may name paths."""
     if isinstance(exc, MaasError):
         return exc.code, exc.message, exc.details
     return RuntimeFailure.code, f"the model failed: {type(exc).__name__}", {}
 
 
-def _rebuild(payload: _ErrorPayload) -> MaasError:
+def rebuild_error(payload: _ErrorPayload) -> MaasError:
+    """The ``MaasError`` an ``error_payload`` describes, raised again on this side."""
     code, message, details = payload
     try:
         return error_class_for(code)(message, details=details)
@@ -91,8 +103,8 @@ def _rebuild(payload: _ErrorPayload) -> MaasError:
         return RuntimeFailure(message, details=details)
 
 
-class _Models:
-    """The runtimes of one worker process, by key."""
+class WorkerModels:
+    """The runtimes of one worker process (or Ray actor), by key."""
 
     def __init__(self) -> None:
         self.runtimes: dict[str, Runtime] = {}
@@ -127,12 +139,12 @@ class _Models:
 def serve(requests: Connection, responses: Connection, targets: dict[str, LoadTarget]) -> None:
     """The body of a worker process: load, say ready, answer until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
-    models = _Models()
+    models = WorkerModels()
     try:
         for key, target in targets.items():
             models.load(key, target)
     except Exception as exc:  # reported to the parent, which raises it as a MaasError
-        responses.send(("error", None, _error_payload(exc)))
+        responses.send(("error", None, error_payload(exc)))
         return
     responses.send(("ready", None, None))
     while True:
@@ -146,7 +158,7 @@ def serve(requests: Connection, responses: Connection, targets: dict[str, LoadTa
         try:
             result = models.answer(message)
         except Exception as exc:  # every failure belongs to this request only
-            responses.send(("error", request_id, _error_payload(exc)))
+            responses.send(("error", request_id, error_payload(exc)))
         else:
             responses.send(("ok", request_id, result))
 
@@ -249,7 +261,7 @@ class _WorkerProcess:
                 if kind == "ready":
                     self._ready.set_result(None)
                 else:
-                    self._ready.set_exception(_rebuild(payload))
+                    self._ready.set_exception(rebuild_error(payload))
             return
         future = self._pending.pop(request_id, None)
         if future is None or future.done():  # its caller left; the answer is dropped
@@ -257,7 +269,7 @@ class _WorkerProcess:
         if kind == "ok":
             future.set_result(payload)
         else:
-            future.set_exception(_rebuild(payload))
+            future.set_exception(rebuild_error(payload))
 
     def _on_eof(self) -> None:
         if self._exited:

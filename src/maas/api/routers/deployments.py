@@ -62,7 +62,8 @@ def _status(services: Services, info: VersionInfo) -> dict[str, Any]:
     deployment = services.models.find(info.model, info.version)
     if deployment is None:
         body = {"model": info.model, "version": info.version, "state": "unloaded", "ready": False}
-        return body | {"instances": info.deployment.instances, "pids": [], "queue_depth": 0}
+        idle = {"pids": [], "nodes": [], "queue_depth": 0}
+        return body | {"instances": info.deployment.instances, **idle}
     return deployment.status()
 
 

@@ -1,0 +1,78 @@
+"""``maas serve --ray ADDRESS``: a real server process whose iris runs as Ray actors on
+a (simulated) cluster of a head and a worker node on loopback, called with tritonclient."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.http as triton_http
+
+from tests.integration.server import RunningServer, start_server
+
+# Read once, when Ray is imported: off, Ray keeps 127.0.0.1 as given instead of
+# swapping in the machine's address, so the whole cluster stays on loopback.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+from ray.cluster_utils import Cluster
+
+pytestmark = pytest.mark.timeout(240)
+
+_NODE: dict[str, Any] = {
+    "num_cpus": 2,
+    "object_store_memory": 80 * 1024 * 1024,
+    "node_ip_address": "127.0.0.1",
+}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    cluster = Cluster(initialize_head=True, head_node_args={**_NODE, "include_dashboard": False})
+    try:
+        cluster.add_node(**_NODE)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    home: Path = tmp_path_factory.mktemp("ray-home")
+    env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "MAAS_DEMO_MODELS": '["iris"]'}
+    running = start_server(home, "--demo", "--ray", cluster.address, env=env, timeout_s=180)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_iris_answers_from_ray_actors(server: RunningServer, iris: Any, iris_model: Any) -> None:
+    features, _ = iris
+    rows = features[:10]
+    client = server.triton()
+    tensor = triton_http.InferInput("input", list(rows.shape), "FP64")
+    tensor.set_data_from_numpy(rows)
+    result = client.infer("iris", [tensor])
+    np.testing.assert_array_equal(result.as_numpy("predict"), iris_model.predict(rows))
+    with server.client() as http:
+        status = http.get("/api/v1/models/iris/versions/1/deployment/status").json()
+    assert status["workers"] == "ray" and status["ready"]
+    assert len(status["pids"]) == 1 and server.process.pid not in status["pids"]
+    assert len(status["nodes"]) == 1
+
+
+def test_a_deployment_the_cluster_cannot_hold_is_refused_clearly(server: RunningServer) -> None:
+    spec = {"instances": 1, "cpus": 16}  # each node has 2
+    with server.client() as http:
+        response = http.put("/api/v1/models/iris/versions/1/deployment", json=spec)
+        assert response.status_code == 503, response.text
+        body = response.json()
+        assert body["code"] == "placement_infeasible", body
+        assert "16 CPU" in body["error"]
+        # The version that serves stays as it was.
+        status = http.get("/api/v1/models/iris/versions/1/deployment/status").json()
+    assert status["ready"] and status["spec"]["cpus"] == 1.0

@@ -1,0 +1,312 @@
+"""Model replicas on a Ray cluster: a real (simulated) cluster of a head and two worker
+nodes on loopback, the real ModelManager and Deployment, a real iris model.
+
+One cluster serves the module (starting one takes seconds); each test deploys its own
+version and removes its actors when its manager closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from tests.unit.runtimes import trained
+
+from maas.config import ClusterSettings, ServingSettings
+from maas.errors import ArtifactCorrupted, PlacementInfeasible, WorkerCrashed
+from maas.protocols.management import DeploymentSpec, VersionInfo
+from maas.registry.artifacts import ArtifactStore
+from maas.registry.service import RegistryService
+from maas.serving.manager import ModelManager
+
+# Read once, when Ray is imported: off, Ray keeps 127.0.0.1 as given instead of
+# swapping in the machine's address, so the whole cluster stays on loopback.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+import ray
+from ray.cluster_utils import Cluster
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(240)]
+
+_NODE: dict[str, Any] = {
+    "num_cpus": 2,
+    "object_store_memory": 80 * 1024 * 1024,
+    "node_ip_address": "127.0.0.1",
+}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """A head and two worker nodes of 2 CPUs each, all on 127.0.0.1, no dashboard."""
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={**_NODE, "include_dashboard": False},
+    )
+    try:
+        for _ in range(2):
+            cluster.add_node(**_NODE)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, namespace="maas", log_to_driver=False)
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture
+async def on_cluster(cluster: Cluster, registry: RegistryService, store: ArtifactStore) -> Any:
+    """Managers over the test's registry whose models run on the cluster (or, with
+    ``local=True``, in this process); all closed afterwards."""
+    built: list[ModelManager] = []
+
+    def build(*, local: bool = False, **overrides: Any) -> ModelManager:
+        settings = ClusterSettings(
+            ray_address=cluster.address, health_interval_s=0.3, ready_timeout_s=90, **overrides
+        )
+        manager = ModelManager(
+            registry,
+            store,
+            ServingSettings(worker_mode="threads"),
+            cluster=None if local else settings,
+        )
+        built.append(manager)
+        return manager
+
+    yield build
+    for manager in built:
+        await manager.close()
+
+
+def _deploy(
+    registry: RegistryService, publish: Callable[..., VersionInfo], **spec: Any
+) -> VersionInfo:
+    version = publish("iris")
+    deployment = DeploymentSpec(max_batch_size=8, **spec)
+    return registry.update_deployment(version.model, version.version, deployment)
+
+
+def _rows(version: VersionInfo, count: int = 5) -> dict[str, np.ndarray]:
+    features, _ = trained.iris()
+    return {version.signature.inputs[0].name: features[:count]}
+
+
+async def _wait_for(condition: Callable[[], bool], timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        await asyncio.sleep(0.1)
+
+
+class _Load:
+    """Callers sending the same small request in a loop until stopped, counting."""
+
+    def __init__(self, manager: ModelManager, version: VersionInfo, callers: int = 4) -> None:
+        self._manager = manager
+        self._version = version
+        self._stop = asyncio.Event()
+        self.ok = 0
+        self.failed: list[BaseException] = []
+        self._tasks = [asyncio.create_task(self._caller()) for _ in range(callers)]
+
+    async def _caller(self) -> None:
+        inputs = _rows(self._version, 3)
+        while not self._stop.is_set():
+            try:
+                await self._manager.predict(
+                    self._version.model, self._version.version, inputs, timeout_s=30
+                )
+            except Exception as exc:
+                self.failed.append(exc)
+            else:
+                self.ok += 1
+            await asyncio.sleep(0.01)
+
+    async def calls_after(self, count: int) -> None:
+        """Until ``count`` more calls have succeeded."""
+        target = self.ok + count
+        await _wait_for(lambda: self.ok >= target or bool(self.failed))
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+
+async def test_replicas_spread_over_nodes_and_answer_as_in_process(
+    on_cluster: Any, registry: RegistryService, publish: Callable[..., VersionInfo]
+) -> None:
+    version = _deploy(registry, publish, instances=2)
+    remote, local = on_cluster(), on_cluster(local=True)
+    deployment = await remote.deployment(version)
+    status = deployment.status()
+    assert status["workers"] == "ray" and status["ready"]
+    assert len(status["pids"]) == 2 and os.getpid() not in status["pids"]
+    assert len(set(status["nodes"])) == 2, status["nodes"]  # one lost node never takes both
+    inputs = _rows(version, 20)
+    _, on_ray = await remote.predict(version.model, version.version, inputs)
+    _, in_process = await local.predict(version.model, version.version, inputs)
+    assert set(on_ray) == set(in_process)
+    for name in in_process:
+        np.testing.assert_array_equal(on_ray[name], in_process[name])
+    expected = trained.iris_classifier().predict(inputs[version.signature.inputs[0].name])
+    assert (on_ray["predict"] == expected).all()
+
+
+async def test_more_cpus_than_any_node_has_is_refused_at_once(
+    on_cluster: Any, registry: RegistryService, publish: Callable[..., VersionInfo]
+) -> None:
+    version = _deploy(registry, publish, cpus=3)  # each node has 2
+    manager = on_cluster()
+    started = time.monotonic()
+    with pytest.raises(PlacementInfeasible) as caught:
+        await manager.deployment(version)
+    assert time.monotonic() - started < 30
+    assert caught.value.code == "placement_infeasible" and caught.value.status == 503
+    assert "3 CPU" in caught.value.message and "largest has 2 CPUs" in caught.value.message
+    assert caught.value.details["room"] == 0
+    # Two replicas of 2 CPUs fit (one node each), but seven do not: the count matters too.
+    crowded = _deploy(registry, publish, cpus=2, instances=7)
+    with pytest.raises(PlacementInfeasible, match="7 replicas"):
+        await manager.deployment(crowded)
+
+
+async def test_memory_is_asked_of_the_nodes(
+    on_cluster: Any, registry: RegistryService, publish: Callable[..., VersionInfo]
+) -> None:
+    manager = on_cluster()
+    small = _deploy(registry, publish, memory_bytes=64 * 1024 * 1024)
+    deployment = await manager.deployment(small)
+    assert deployment.is_ready and len(deployment.status()["pids"]) == 1
+    huge = _deploy(registry, publish, memory_bytes=10**15)  # a petabyte: no node has it
+    with pytest.raises(PlacementInfeasible, match="memory"):
+        await manager.deployment(huge)
+
+
+async def test_a_load_failing_on_the_nodes_says_why_and_leaves_no_actor(
+    on_cluster: Any,
+    registry: RegistryService,
+    store: ArtifactStore,
+    publish: Callable[..., VersionInfo],
+) -> None:
+    version = _deploy(registry, publish, instances=2)
+    blob = store.local_path(version.digest, verify=False)
+    blob.chmod(0o644)
+    blob.write_bytes(b"not the bytes that were pushed")  # each replica checks the digest
+    manager = on_cluster()
+    with pytest.raises(ArtifactCorrupted, match="corrupted"):
+        await manager.deployment(version)
+    assert manager.find(version.model, version.version).status()["error"] == "artifact_corrupted"
+    # The replicas were removed, not left restarting: the cluster's CPUs are all free.
+    await _wait_for(lambda: ray.available_resources().get("CPU") == ray.cluster_resources()["CPU"])
+
+
+async def test_a_killed_replica_fails_no_call_and_comes_back(
+    on_cluster: Any, registry: RegistryService, publish: Callable[..., VersionInfo]
+) -> None:
+    version = _deploy(registry, publish, instances=2)
+    manager = on_cluster()
+    deployment = await manager.deployment(version)
+    before = deployment.status()["pids"]
+    load = _Load(manager, version)
+    try:
+        await load.calls_after(20)
+        os.kill(before[0], signal.SIGKILL)
+        await load.calls_after(50)
+        await _wait_for(
+            lambda: len(pids := deployment.status()["pids"]) == 2 and before[0] not in pids
+        )
+        await load.calls_after(20)
+    finally:
+        await load.stop()
+    assert not load.failed, load.failed[:3]
+    assert deployment.is_ready and before[1] in deployment.status()["pids"]
+
+
+async def test_a_replica_ray_will_not_restart_is_replaced(
+    on_cluster: Any, registry: RegistryService, publish: Callable[..., VersionInfo]
+) -> None:
+    version = _deploy(registry, publish, instances=2)
+    manager = on_cluster(max_restarts=0)
+    deployment = await manager.deployment(version)
+    before = deployment.status()["pids"]
+    os.kill(before[0], signal.SIGKILL)
+    await _wait_for(lambda: len(pids := deployment.status()["pids"]) == 2 and before[0] not in pids)
+    _, outputs = await manager.predict(version.model, version.version, _rows(version))
+    assert len(outputs["predict"]) == 5
+
+
+async def test_a_lost_node_fails_no_call_and_its_replica_moves(
+    cluster: Cluster,
+    on_cluster: Any,
+    registry: RegistryService,
+    publish: Callable[..., VersionInfo],
+) -> None:
+    version = _deploy(registry, publish, instances=2)
+    manager = on_cluster()
+    deployment = await manager.deployment(version)
+    nodes = deployment.status()["nodes"]
+    driver = ray.get_runtime_context().get_node_id()
+    victim = next(n for n in cluster.worker_nodes if n.node_id in nodes and n.node_id != driver)
+    load = _Load(manager, version)
+    try:
+        await load.calls_after(20)
+        await asyncio.to_thread(cluster.remove_node, victim)
+        await load.calls_after(50)
+        await _wait_for(
+            lambda: len(now := deployment.status()["nodes"]) == 2 and victim.node_id not in now
+        )
+        await load.calls_after(20)
+    finally:
+        await load.stop()
+        cluster.add_node(**_NODE)  # the module's cluster has its three nodes again
+    assert not load.failed, load.failed[:3]
+    assert deployment.is_ready
+
+
+async def test_readiness_follows_the_replicas_that_answer(
+    on_cluster: Any, registry: RegistryService, publish: Callable[..., VersionInfo]
+) -> None:
+    version = _deploy(registry, publish, instances=2)
+    manager = on_cluster()
+    deployment = await manager.deployment(version)
+    pids = deployment.status()["pids"]
+    for pid in pids:  # alive to Ray, silent to the gateway: no ping is answered
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        await _wait_for(lambda: not deployment.is_ready, timeout_s=30)
+        assert deployment.status()["pids"] == []
+        with pytest.raises(WorkerCrashed):
+            await manager.predict(version.model, version.version, _rows(version))
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    await _wait_for(lambda: deployment.is_ready, timeout_s=30)
+    assert sorted(deployment.status()["pids"]) == sorted(pids)  # the same, not restarted
+    _, outputs = await manager.predict(version.model, version.version, _rows(version))
+    assert len(outputs["predict"]) == 5
+
+
+async def test_replicas_go_to_the_nodes_offering_model_slots(
+    cluster: Cluster,
+    on_cluster: Any,
+    registry: RegistryService,
+    publish: Callable[..., VersionInfo],
+) -> None:
+    slotted = cluster.add_node(**_NODE, resources={"model_slot": 1})
+    try:
+        await _wait_for(lambda: ray.cluster_resources().get("model_slot") == 1)
+        manager = on_cluster()
+        one = _deploy(registry, publish, instances=1)
+        deployment = await manager.deployment(one)
+        assert deployment.status()["nodes"] == [slotted.node_id]
+        # One slot in the whole cluster: a second replica has no room, whatever the CPUs.
+        two = _deploy(registry, publish, instances=2)
+        with pytest.raises(PlacementInfeasible, match="model_slot"):
+            await manager.deployment(two)
+        await manager.close()
+    finally:
+        cluster.remove_node(slotted)
