@@ -4,6 +4,7 @@ on who shares their batch; bounds, stops, cancellation and context limits hold."
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,7 +30,12 @@ QUESTIONS = [
 ]
 
 
-def _load(engine: str) -> TextGenerator:
+@functools.cache
+def _load(engine: str, role: str) -> TextGenerator:
+    """One model per engine and role (``lm`` or ``reference``) for the whole run: under
+    pytest-xdist a module-scoped fixture may be set up again (its worker's queue ran
+    empty between two of its tests), and loading the GGUF into transformers costs 25 s
+    alone, 100 s beside the rest of the suite under coverage."""
     cache = Path(os.environ["MAAS_CACHE_DIR"])
     module = {"llama.cpp": "llama_cpp", "transformers": "transformers"}[engine]
     options = LoadOptions(cache_dir=cache, sequences=8, kv_cache_tokens=4096)
@@ -41,14 +47,14 @@ def _load(engine: str) -> TextGenerator:
 @pytest.fixture(scope="module", params=["llama.cpp", "transformers"])
 def lm(request: pytest.FixtureRequest) -> TextGenerator:
     """Both engines of the GGUF model: the schedule must hold on either."""
-    return _load(request.param)
+    return _load(request.param, "lm")
 
 
 @pytest.fixture(scope="module")
 def reference(lm: TextGenerator) -> TextGenerator:
     """A second instance of ``lm``'s engine for the references decoded alone: a llama.cpp
     model's batches share its one context, which the scheduler's batch holds."""
-    return _load(type(lm).framework)  # type: ignore[attr-defined]
+    return _load(type(lm).framework, "reference")  # type: ignore[attr-defined]
 
 
 @pytest.fixture
