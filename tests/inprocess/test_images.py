@@ -101,3 +101,21 @@ async def test_wrong_requests_are_4xx_with_codes(served: InProcess) -> None:
     assert anonymous.status_code == 401
     assert chat.status_code == 400
     assert chat.json()["error"]["code"] == "unsupported_content"
+
+
+async def test_a_form_that_does_not_parse_is_a_400_on_every_form_route(served: InProcess) -> None:
+    """Image classification and transcription read forms through one reader: a body
+    that claims to be a form and is not, or holds too many files, is a 400, never a 500."""
+    damaged = b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a"\r\n'
+    headers = {"Content-Type": "multipart/form-data; boundary=xyz"}
+    too_many = [("image", (f"{i}.png", RED, "image/png")) for i in range(65)]
+    async with served.client() as http:
+        for path in ("/v2/models/colours/classify", "/v1/audio/transcriptions"):
+            broken = await http.post(path, content=damaged, headers=headers)
+            assert broken.status_code == 400, (path, broken.text)
+        crowded = await http.post("/v2/models/colours/classify", files=too_many)
+        audio_json = await http.post("/v1/audio/transcriptions", json={"model": "x"})
+    assert crowded.status_code == 400, crowded.text
+    assert crowded.json()["code"] == "invalid_request"
+    assert audio_json.status_code == 415
+    assert audio_json.json()["error"]["code"] == "unsupported_media_type"

@@ -11,20 +11,19 @@ audio, characters), metrics. Errors are OpenAI-shaped, as on every ``/v1`` route
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from maas.api.access import caller
 from maas.api.bodies import body_example, model_not_found, parse_json, validated
 from maas.api.deps import get_services
+from maas.api.forms import multipart_form
 from maas.api.lifetime import requested_timeout
 from maas.api.responses import json_response
-from maas.errors import InvalidRequest, MissingExtra, PayloadTooLarge, UnsupportedMediaType
+from maas.errors import InvalidRequest, PayloadTooLarge
 from maas.protocols.audio import SpeechRequest, TranscriptionRequest, render_transcript
 from maas.services import Services
 
@@ -69,34 +68,30 @@ _FORM_DOC: dict[str, Any] = {
 
 async def _read_form(request: Request, limit: int) -> tuple[dict[str, Any], bytes]:
     """The form's fields and the file's bytes; 413 past ``limit`` before any is read."""
-    if importlib.util.find_spec("python_multipart") is None:
-        raise MissingExtra("audio", "audio")
-    content_type = request.headers.get("content-type", "")
-    if not content_type.lower().startswith("multipart/form-data"):
-        raise UnsupportedMediaType(
-            "send the audio as multipart/form-data, with the file in the field 'file'"
-        )
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit + _FORM_OVERHEAD:
         raise PayloadTooLarge(f"the audio file exceeds the limit of {limit} bytes")
-    try:
-        async with request.form(max_files=1, max_fields=_MAX_FIELDS) as form:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise InvalidRequest("file: the form has no file", details={"param": "file"})
-            if upload.size is not None and upload.size > limit:
-                raise PayloadTooLarge(f"the audio file exceeds the limit of {limit} bytes")
-            data = await upload.read()
-            fields: dict[str, Any] = {
-                key: value for key, value in form.multi_items() if isinstance(value, str)
-            }
-            fields["timestamp_granularities"] = [
-                value
-                for key in ("timestamp_granularities[]", "timestamp_granularities")
-                for value in form.getlist(key)
-            ]
-    except HTTPException as exc:  # python-multipart's refusal of a damaged form
-        raise InvalidRequest(f"the form cannot be read: {exc.detail}") from None
+    async with multipart_form(
+        request,
+        expected="the audio, with the file in the field 'file',",
+        extra=("audio", "audio"),
+        max_files=1,
+        max_fields=_MAX_FIELDS,
+    ) as form:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequest("file: the form has no file", details={"param": "file"})
+        if upload.size is not None and upload.size > limit:
+            raise PayloadTooLarge(f"the audio file exceeds the limit of {limit} bytes")
+        data = await upload.read()
+        fields: dict[str, Any] = {
+            key: value for key, value in form.multi_items() if isinstance(value, str)
+        }
+        fields["timestamp_granularities"] = [
+            value
+            for key in ("timestamp_granularities[]", "timestamp_granularities")
+            for value in form.getlist(key)
+        ]
     if len(data) > limit:
         raise PayloadTooLarge(f"the audio file exceeds the limit of {limit} bytes")
     return fields, data

@@ -20,9 +20,10 @@ from starlette.responses import Response
 
 from maas.api.access import caller
 from maas.api.deps import get_services, parse_selector
+from maas.api.forms import multipart_form
 from maas.api.lifetime import disconnect_of, requested_timeout
 from maas.api.responses import json_response
-from maas.errors import InvalidInput, MissingExtra, UnsupportedMediaType
+from maas.errors import InvalidInput
 from maas.services import Services
 from maas.services.inference import TensorCall
 
@@ -64,26 +65,19 @@ _CLASSIFY_DOC: dict[str, Any] = {
 
 async def _images(request: Request) -> tuple[np.ndarray, list[str]]:
     """The uploaded files of the ``image`` fields as a BYTES tensor, and their names."""
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media != "multipart/form-data":
-        raise UnsupportedMediaType(
-            f"send the images as multipart/form-data with file fields named {_FIELD!r}"
-        )
-    try:
-        form = await request.form(max_files=_MAX_FILES, max_fields=_MAX_FILES)
-    except AssertionError:  # Starlette's way of saying python-multipart is missing
-        raise MissingExtra("onnx-image", "vision") from None
-    except Exception as exc:  # a malformed body, or past the file count
-        raise InvalidInput(f"the multipart body does not parse: {exc}") from None
-    try:
+    async with multipart_form(
+        request,
+        expected=f"the images, in file fields named {_FIELD!r},",
+        extra=("onnx-image", "vision"),
+        max_files=_MAX_FILES,
+        max_fields=_MAX_FILES,
+    ) as form:
         uploads = [item for item in form.getlist(_FIELD) if isinstance(item, UploadFile)]
         if not uploads:
             raise InvalidInput(f"no file in a field named {_FIELD!r}")
         tensor = np.empty(len(uploads), dtype=object)
         tensor[:] = [await upload.read() for upload in uploads]
         return tensor, [upload.filename or "" for upload in uploads]
-    finally:
-        await form.close()
 
 
 def _top_k(request: Request) -> int | None:
