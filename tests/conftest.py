@@ -13,6 +13,11 @@ import pytest
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
+# Ray reads this once, when it is imported: off, Ray keeps 127.0.0.1 as given instead of
+# swapping in the machine's address, so a test cluster stays on loopback. Set here, before
+# any test module can import ray (tests/ray_cluster.py).
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
 
 def _answers(host: str, port: int) -> bool:
     try:

@@ -3,7 +3,6 @@ a (simulated) cluster of a head and a worker node on loopback, called with trito
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,30 +12,15 @@ import pytest
 import tritonclient.http as triton_http
 
 from tests.integration.server import RunningServer, start_server
-
-# Read once, when Ray is imported: off, Ray keeps 127.0.0.1 as given instead of
-# swapping in the machine's address, so the whole cluster stays on loopback.
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-from ray.cluster_utils import Cluster
+from tests.ray_cluster import Cluster, loopback_cluster
 
 pytestmark = pytest.mark.timeout(240)
-
-_NODE: dict[str, Any] = {
-    "num_cpus": 2,
-    "object_store_memory": 80 * 1024 * 1024,
-    "node_ip_address": "127.0.0.1",
-}
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    cluster = Cluster(initialize_head=True, head_node_args={**_NODE, "include_dashboard": False})
-    try:
-        cluster.add_node(**_NODE)
-        cluster.wait_for_nodes()
+    with loopback_cluster(workers=1) as cluster:
         yield cluster
-    finally:
-        cluster.shutdown()
 
 
 @pytest.fixture(scope="module")

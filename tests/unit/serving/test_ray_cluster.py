@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+import ray
+from tests.ray_cluster import NODE, Cluster, loopback_cluster
 from tests.unit.runtimes import trained
 
 from maas.config import ClusterSettings, ServingSettings
@@ -25,37 +27,18 @@ from maas.registry.artifacts import ArtifactStore
 from maas.registry.service import RegistryService
 from maas.serving.manager import ModelManager
 
-# Read once, when Ray is imported: off, Ray keeps 127.0.0.1 as given instead of
-# swapping in the machine's address, so the whole cluster stays on loopback.
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-import ray
-from ray.cluster_utils import Cluster
-
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(240)]
-
-_NODE: dict[str, Any] = {
-    "num_cpus": 2,
-    "object_store_memory": 80 * 1024 * 1024,
-    "node_ip_address": "127.0.0.1",
-}
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     """A head and two worker nodes of 2 CPUs each, all on 127.0.0.1, no dashboard."""
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={**_NODE, "include_dashboard": False},
-    )
-    try:
-        for _ in range(2):
-            cluster.add_node(**_NODE)
-        cluster.wait_for_nodes()
+    with loopback_cluster(workers=2) as cluster:
         ray.init(address=cluster.address, namespace="maas", log_to_driver=False)
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+        try:
+            yield cluster
+        finally:
+            ray.shutdown()
 
 
 @pytest.fixture
@@ -262,7 +245,7 @@ async def test_a_lost_node_fails_no_call_and_its_replica_moves(
         await load.calls_after(20)
     finally:
         await load.stop()
-        cluster.add_node(**_NODE)  # the module's cluster has its three nodes again
+        cluster.add_node(**NODE)  # the module's cluster has its three nodes again
     assert not load.failed, load.failed[:3]
     assert deployment.is_ready
 
@@ -296,7 +279,7 @@ async def test_replicas_go_to_the_nodes_offering_model_slots(
     registry: RegistryService,
     publish: Callable[..., VersionInfo],
 ) -> None:
-    slotted = cluster.add_node(**_NODE, resources={"model_slot": 1})
+    slotted = cluster.add_node(**NODE, resources={"model_slot": 1})
     try:
         await _wait_for(lambda: ray.cluster_resources().get("model_slot") == 1)
         manager = on_cluster()
