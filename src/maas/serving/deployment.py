@@ -245,8 +245,11 @@ class Deployment:
             return "processes" if mode == "shared" and self._shared is None else mode
         if runtime.releases_gil:
             return "threads"
-        small = _size_of(path) <= self._shared_max_bytes
-        if self._shared is not None and small and self.version.deployment.instances == 1:
+        if (
+            self._shared is not None
+            and self.version.deployment.instances == 1
+            and _size_of(path) <= self._shared_max_bytes
+        ):
             return "shared"
         return "processes"
 

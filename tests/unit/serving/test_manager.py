@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from tests.unit.runtimes import trained
 from tests.unit.serving.conftest import LoadSpy, ManagerFactory
 
+from maas.config import ServingSettings
 from maas.errors import ArtifactCorrupted, Overloaded, RolloutFailed, UnsupportedArtifact
 from maas.protocols.management import DeploymentSpec, VersionInfo
 from maas.registry.artifacts import ArtifactStore
@@ -286,3 +288,33 @@ async def test_unpacking_a_model_directory_honours_the_operators_limits(
                     await manager.get("words", version.version)
         finally:
             await manager.close()
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"worker_mode": "auto"}, "shared"),  # a small scikit-learn model
+        ({"worker_mode": "auto", "shared_max_bytes": 10}, "processes"),  # iris is larger
+        ({"worker_mode": "auto", "shared_workers": 0}, "processes"),  # no pool
+        ({"worker_mode": "shared", "shared_workers": 0}, "processes"),  # asked, none there
+        ({"worker_mode": "inline"}, "inline"),
+    ],
+)
+async def test_where_a_scikit_learn_version_runs(
+    registry: RegistryService,
+    store: ArtifactStore,
+    publish: Publish,
+    settings: dict[str, Any],
+    expected: str,
+) -> None:
+    publish()
+    manager = ModelManager(registry, store, ServingSettings(**settings))
+    try:
+        deployment = await manager.get("iris")
+        assert deployment.status()["workers"] == expected
+        features, _ = trained.iris()
+        assert (await deployment.predict({"input": features[:2]}, ["predict"]))[
+            "predict"
+        ].shape == (2,)
+    finally:
+        await manager.close()
