@@ -14,6 +14,14 @@ of single-process throughput at 8 connections.
 
     python benchmarks/ray_cluster.py              # 5 s per point
     python benchmarks/ray_cluster.py --seconds 10
+    python benchmarks/ray_cluster.py --failures   # also: kill -9 a replica, then lose a node
+
+``--failures`` then drives the Ray server at 8 connections for ``--failure-seconds``
+twice: once killing one replica's process (``kill -9``) two seconds in, once removing
+the worker node that holds a replica. It prints the requests answered, those that
+failed (non-2xx and socket errors, as wrk counts them) and how long until the
+deployment had all its replicas live again. The issue's target: 0 failed (Ray Serve
+lost 1 in the same test).
 """
 
 from __future__ import annotations
@@ -28,9 +36,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -58,8 +68,8 @@ _ENV = {
 
 
 @contextlib.contextmanager
-def ray_cluster() -> Iterator[str]:
-    """A head and two workers of 2 logical CPUs each on loopback; yields its address."""
+def ray_cluster() -> Iterator[Any]:
+    """A head and two workers of 2 logical CPUs each on loopback; yields the cluster."""
     os.environ.update(_ENV)
     from ray.cluster_utils import Cluster
 
@@ -69,14 +79,64 @@ def ray_cluster() -> Iterator[str]:
         for _ in range(2):
             cluster.add_node(**node)
         cluster.wait_for_nodes()
-        yield str(cluster.address)
+        yield cluster
     finally:
         cluster.shutdown()
 
 
+SERVER_PIDS: dict[str, int] = {}
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * _TICK_S
+
+
+def machine_cpu_s() -> float:
+    """CPU seconds every process of the machine has used (idle and iowait excluded)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    return (user + nice + system + irq + softirq + steal) * _TICK_S
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size: shared pages counted once across the processes."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cost(url: str, replicas: list[int], connections: int, seconds: float, script: Path) -> str:
+    """One wrk run with the CPU it cost, per request, split between the gateway, the
+    replicas, and the rest of the machine (raylets, GCS, other Ray workers) less wrk."""
+    gateway = SERVER_PIDS[url]
+    pids = [gateway, *replicas]
+    before = [cpu_s(pid) for pid in pids]
+    machine = machine_cpu_s()
+    children = os.times().children_user + os.times().children_system
+    out = _run_wrk(url, connections, seconds, script)
+    wrk_s = os.times().children_user + os.times().children_system - children
+    total, _ = _failed(out)
+    spent = [cpu_s(pid) - b for pid, b in zip(pids, before, strict=True)]
+    rest = machine_cpu_s() - machine - wrk_s - sum(spent)
+    per = 1e6 / max(total, 1)
+    memory = ", ".join(f"{pss_mb(pid):.0f}" for pid in replicas)
+    return (
+        f"at {connections} connections, CPU per request: gateway {spent[0] * per:.0f} µs, "
+        f"replicas {sum(spent[1:]) * per:.0f} µs, rest of the machine less wrk "
+        f"{rest * per:.0f} µs; memory (PSS): gateway {pss_mb(gateway):.0f} MB, "
+        f"replicas {memory} MB"
+    )
+
+
 @contextlib.contextmanager
 def server(*args: str) -> Iterator[str]:
-    """``maas serve --demo --no-auth`` on a free port until ready; yields its URL."""
+    """``maas serve --demo --no-auth`` on a free port until ready; yields its URL (and
+    records the server's pid in ``SERVER_PIDS`` under that URL)."""
     home = Path(tempfile.mkdtemp(prefix="maas-raybench-"))
     log = home / "server.log"
     command = [sys.executable, "-m", "maas", "serve", "--port", "0", "--home", str(home)]
@@ -97,6 +157,7 @@ def server(*args: str) -> Iterator[str]:
             time.sleep(0.5)
             if url is None and _LISTENING in (text := log.read_text()):
                 url = text.split(_LISTENING, 1)[1].split()[0]
+        SERVER_PIDS[url] = process.pid
         yield url
     finally:
         process.send_signal(signal.SIGTERM)
@@ -122,38 +183,121 @@ def instances(url: str, count: int) -> dict[str, object]:
         time.sleep(0.5)
 
 
-def wrk(url: str, connections: int, seconds: float, script: Path) -> tuple[float, float, float]:
-    """req/s, p50 ms and p99 ms of wrk at ``connections`` against iris."""
+def _run_wrk(url: str, connections: int, seconds: float, script: Path) -> str:
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script)]
-    out = subprocess.run(
+    return subprocess.run(
         [*command, f"{url}/v2/models/iris/infer"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    if "Non-2xx" in out:
+
+
+def wrk(url: str, connections: int, seconds: float, script: Path) -> tuple[float, float, float]:
+    """req/s, p50 ms and p99 ms of wrk at ``connections`` against iris."""
+    out = _run_wrk(url, connections, seconds, script)
+    if "Non-2xx" in out or "Socket errors" in out:
         raise RuntimeError(f"errors under load:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     latency = {p: float(v) * _SCALE[unit] for p, v, unit in _LATENCY.findall(out)}
     return rps, latency["50"], latency["99"]
 
 
+def _failed(out: str) -> tuple[int, int]:
+    """Requests wrk completed, and those that failed (non-2xx answers, socket errors)."""
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sockets = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    failed = int(non_2xx.group(1)) if non_2xx else 0
+    failed += sum(int(n) for n in sockets.groups()) if sockets else 0
+    return total, failed
+
+
+def under_failure(
+    url: str, seconds: float, script: Path, strike: Callable[[dict[str, Any]], None]
+) -> tuple[int, int, float]:
+    """wrk at 8 connections while ``strike`` hurts the deployment two seconds in:
+    requests, failed requests, and seconds from the strike until both replicas were
+    live again (on their new pids or nodes)."""
+    base = f"{url}/api/v1/models/iris/versions/1/deployment/status"
+    before: dict[str, Any] = httpx.get(base).json()
+    outcome: dict[str, str] = {}
+    load = threading.Thread(
+        target=lambda: outcome.update(out=_run_wrk(url, 8, seconds, script)), daemon=True
+    )
+    load.start()
+    time.sleep(2.0)
+    struck = time.monotonic()
+    strike(before)
+    restored: float | None = None
+    while restored is None or load.is_alive():
+        status = httpx.get(base).json()
+        if restored is None and len(status["pids"]) == 2 and status["pids"] != before["pids"]:
+            restored = time.monotonic() - struck
+        if restored is None and time.monotonic() - struck > 120:
+            raise RuntimeError(f"the replicas never came back: {status}")
+        time.sleep(0.1)
+    load.join()
+    assert restored is not None
+    return (*_failed(outcome["out"]), restored)
+
+
+def failures(cluster: Any, seconds: float, script: Path) -> None:
+    """The Ray server under load, losing a replica's process and then a whole node."""
+    with server("--ray", cluster.address) as url:
+        instances(url, 2)
+        wrk(url, 8, 1.0, script)  # warm-up
+
+        def kill_replica(before: dict[str, Any]) -> None:
+            os.kill(before["pids"][0], signal.SIGKILL)
+
+        def lose_node(before: dict[str, Any]) -> None:
+            victim = next(n for n in cluster.worker_nodes if n.node_id in before["nodes"])
+            cluster.remove_node(victim)
+
+        rows = []
+        for what, strike in (("kill -9 of a replica", kill_replica), ("a node removed", lose_node)):
+            total, failed, restored = under_failure(url, seconds, script, strike)
+            rows.append((what, total, failed, restored))
+    print("\n| failure (8 connections) | requests | failed | replicas all live again after |")
+    print("| --- | ---: | ---: | ---: |")
+    for what, total, failed, restored in rows:
+        print(f"| {what} | {total:,} | {failed} | {restored:.1f} s |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", default="1,8,32")
+    parser.add_argument("--failures", action="store_true", help="kill a replica, lose a node")
+    parser.add_argument("--failure-seconds", type=float, default=12.0)
+    parser.add_argument("--no-throughput", action="store_true", help="only --failures")
     args = parser.parse_args()
     connections = [int(c) for c in args.connections.split(",")]
     script = Path(tempfile.mkdtemp(prefix="maas-raybench-wrk-")) / "post.lua"
     script.write_text(_LUA)
     results: dict[str, dict[int, tuple[float, float, float]]] = {}
-    with ray_cluster() as address:
-        for case, extra in (("one process", []), ("ray (2 actors)", ["--ray", address])):
+    with ray_cluster() as cluster:
+        cases = (
+            []
+            if args.no_throughput
+            else [("one process", []), ("ray (2 actors)", ["--ray", cluster.address])]
+        )
+        for case, extra in cases:
             with server(*extra) as url:
                 status = instances(url, 2 if extra else 1)
                 print(f"{case}: iris on {status['workers']}, pids {status['pids']}", flush=True)
                 wrk(url, 8, 1.0, script)  # warm-up
                 results[case] = {c: wrk(url, c, args.seconds, script) for c in connections}
+                pids: list[int] = status["pids"]  # type: ignore[assignment]
+                replicas = [pid for pid in pids if pid != SERVER_PIDS[url]]
+                print(f"{case}: {cost(url, replicas, 32, args.seconds, script)}", flush=True)
+        if args.failures:
+            failures(cluster, args.failure_seconds, script)
+    if not results:
+        return
     print("\n| case | conns | req/s | p50 ms | p99 ms | vs one process |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     base = results["one process"]

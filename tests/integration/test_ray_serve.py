@@ -3,6 +3,7 @@ a (simulated) cluster of a head and a worker node on loopback, called with trito
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton_http
 
+from tests.integration.jobs_helpers import cli
 from tests.integration.server import RunningServer, start_server
 from tests.ray_cluster import Cluster, loopback_cluster
 
@@ -60,3 +62,23 @@ def test_a_deployment_the_cluster_cannot_hold_is_refused_clearly(server: Running
         # The version that serves stays as it was.
         status = http.get("/api/v1/models/iris/versions/1/deployment/status").json()
     assert status["ready"] and status["spec"]["cpus"] == 1.0
+
+
+def test_cluster_status_shows_the_nodes_and_where_iris_runs(
+    server: RunningServer, cluster: Cluster
+) -> None:
+    as_json = cli(server, "--output", "json", "cluster", "status")
+    assert as_json.returncode == 0, as_json.stderr
+    body = json.loads(as_json.stdout)
+    assert body["backend"] == "ray" and body["address"] == cluster.address
+    alive = {node["node_id"] for node in body["nodes"] if node["alive"]}
+    assert len(alive) == 2  # the head and the worker
+    [iris] = [d for d in body["deployments"] if d["model"] == "iris"]
+    [replica] = iris["replicas"]
+    assert replica["alive"] and replica["node"] in alive and replica["pid"] != server.process.pid
+    table = cli(server, "cluster", "status")
+    assert table.returncode == 0, table.stderr
+    assert "ray backend" in table.stdout and "2 of 2 nodes alive" in table.stdout
+    assert "iris:1" in table.stdout and replica["node"][:12] in table.stdout
+    with server.client(headers={}) as anonymous:
+        assert anonymous.get("/api/v1/cluster").status_code == 401
