@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from maas.auth.principal import KeyLimits, Principal, Role
 from maas.errors import KeyNotFound
 from maas.protocols.keys import KeyCreate, KeyCreated, KeyInfo, KeyLimitsSpec
+from maas.registry import changes
 from maas.registry.ids import by_id_or_prefix
 from maas.registry.tables import ApiKey
 
@@ -153,6 +154,7 @@ class KeyStore:
             row = self._row(session, key_id)
             if row.revoked_at is None:
                 row.revoked_at = datetime.now(UTC)
+                changes.record(session, "key")  # other servers forget their cached keys
             info = _info(row)
         self._revoked()
         return info
@@ -164,6 +166,7 @@ class KeyStore:
             if old.revoked_at is not None:
                 raise KeyNotFound(f"key {key_id!r} is revoked")
             old.revoked_at = datetime.now(UTC)
+            changes.record(session, "key")
             replaces = old.id
             spec = KeyCreate(
                 name=old.name,

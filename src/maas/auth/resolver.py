@@ -5,7 +5,9 @@ working within about a second on every worker. So each process keeps what a key
 resolved to (including "no such key") for ``ttl_s``: one HMAC and one dict lookup per
 request, and one indexed query per key per second. A revocation made through this
 process's own ``KeyStore`` empties the cache at once (its ``revision`` moved), so the
-server that revoked a key never honours it again; other processes within ``ttl_s``.
+server that revoked a key never honours it again; other servers of the database when
+their change feed brings the revocation (``maas.services.changes``, a quarter of a
+second), and within ``ttl_s`` in any case.
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ class KeyResolver:
         if entry.expires_epoch is not None and time.time() >= entry.expires_epoch:
             return None
         return entry.principal
+
+    def forget(self) -> None:
+        """Drop every cached answer: another server revoked a key (its change reached
+        this one through the registry's change feed, ``maas.services.changes``)."""
+        self._cache.clear()
 
     def _evict(self, now: float) -> None:
         # Random invalid keys must not grow the cache without bound.

@@ -25,6 +25,7 @@ from maas.errors import (
 from maas.protocols.bounds import MAX_VERSION
 from maas.protocols.management import AliasInfo, DeploymentSpec, ModelInfo, VersionInfo
 from maas.protocols.signature import Signature
+from maas.registry import changes
 from maas.registry.artifacts import ArtifactStore, StoredArtifact
 from maas.registry.names import validate_alias, validate_name
 from maas.registry.tables import Alias, Model, ModelVersion
@@ -126,6 +127,7 @@ class RegistryService:
                 session.delete(alias)
             session.flush()
             session.delete(model)
+            changes.record(session, "model_deleted", name)
         self._collect(digests)
 
     # -- versions --------------------------------------------------------------------
@@ -177,6 +179,7 @@ class RegistryService:
             )
             session.add(row)
             session.flush()
+            changes.record(session, "version", model_name, row.version)
             return _version_info(row, [])
 
     def _versions_query(self, model: Model) -> Select[ModelVersion]:
@@ -253,6 +256,7 @@ class RegistryService:
                 )
             digest = row.digest
             session.delete(row)
+            changes.record(session, "version_deleted", name, version)
         self._collect({digest})
 
     def update_deployment(self, name: str, version: int, spec: DeploymentSpec) -> VersionInfo:
@@ -266,6 +270,7 @@ class RegistryService:
             spec.check(Signature.model_validate(row.signature))
             row.deployment = spec.model_dump(mode="json")
             session.flush()
+            changes.record(session, "deployment", name, row.version)
             return _version_info(row, self._aliases_by_version(session, model).get(row.id, []))
 
     def merge_metrics(self, name: str, version: int, metrics: dict[str, Any]) -> VersionInfo:
@@ -308,6 +313,7 @@ class RegistryService:
                 session.add(Alias(model_id=model.id, name=alias, version_id=row.id))
             else:
                 existing.version_id = row.id
+            changes.record(session, "alias", name)
             return AliasInfo(model=name, alias=alias, version=row.version)
 
     def delete_alias(self, name: str, alias: str) -> None:
@@ -317,6 +323,7 @@ class RegistryService:
             if existing is None:
                 raise AliasNotFound(f"model {name!r} has no alias {alias!r}")
             session.delete(existing)
+            changes.record(session, "alias", name)
 
     def list_aliases(self, name: str) -> list[AliasInfo]:
         with self._session() as session:

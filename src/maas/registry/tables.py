@@ -35,6 +35,7 @@ __all__ = [
     "JobEvent",
     "Model",
     "ModelVersion",
+    "RegistryChange",
     "UsageRecord",
     "utcnow",
 ]
@@ -243,3 +244,21 @@ class JobEvent(Base):
     at: Mapped[datetime] = mapped_column(default=utcnow)
     type: Mapped[str] = mapped_column(String(16))
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class RegistryChange(Base):
+    """One change other servers of the database must apply (``maas.registry.changes``):
+    written in the transaction of the change itself, read by every server's follower in
+    ``id`` order, pruned after a while. No foreign keys: a deleted model's row outlives it."""
+
+    __tablename__ = "registry_changes"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    #: What changed: ``alias``, ``version``, ``deployment``, ``version_deleted``,
+    #: ``model_deleted`` or ``key``.
+    kind: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str | None] = mapped_column(String(128))
+    version: Mapped[int | None] = mapped_column(Integer)
