@@ -96,6 +96,19 @@ class ServingSettings(_Section):
     worker_restart_backoff_max_s: float = Field(
         10.0, gt=0, description="Longest delay before restarting a dead worker process."
     )
+    changes_poll_s: float = Field(
+        0.25,
+        gt=0,
+        description="How often the server reads the registry's change feed, which brings the "
+        "changes other servers of the database made (alias moves, deployment changes, "
+        "deletions, key revocations).",
+    )
+    changes_retention_s: float = Field(
+        3600.0,
+        gt=0,
+        description="How long change feed rows are kept; a server that could not read the "
+        "feed for longer resynchronises from the registry.",
+    )
 
 
 class GenerationSettings(_Section):
@@ -296,6 +309,13 @@ class ClusterSettings(_Section):
         gt=0,
         description="How often the server asks each replica whether it lives (readiness "
         "and the deployment's pids follow).",
+    )
+    orphan_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="A replica that no server has pinged for this long removes itself: "
+        "replicas are shared by the servers of a cluster and outlive the one that created "
+        "them, so the last server's going is what ends them. More than health_interval_s.",
     )
 
 

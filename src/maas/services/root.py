@@ -28,10 +28,12 @@ from maas.protocols.gc import StoreName
 from maas.protocols.tensors import DecodeLimits
 from maas.registry.archives import ExtractLimits
 from maas.registry.artifacts import ArtifactStore
+from maas.registry.changes import ChangeLog
 from maas.registry.db import create_engine_for, session_factory, upgrade_to_head
 from maas.registry.service import RegistryService
 from maas.runtimes.base import ImageLimits
 from maas.services.audio import AudioService
+from maas.services.changes import ChangeFollower
 from maas.services.completions import TextService
 from maas.services.demo import register_demo_models
 from maas.services.inference import InferenceService
@@ -69,6 +71,8 @@ class Services:
     inference: InferenceService
     #: Deletes unreferenced artifacts: ``POST /api/v1/admin/gc`` and a periodic pass.
     orphans: OrphanCollector
+    #: Applies what other servers of the database changed (``maas.services.changes``).
+    changes: ChangeFollower
     #: ``time.monotonic()`` by which the process must have exited; set by ``begin_drain``.
     drain_deadline: float | None = None
     #: What an operator must know about this server's setup (``/v2/health/ready`` shows
@@ -105,6 +109,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             await register_demo_models(
                 services.publisher, services.registry, settings.home_dir, settings.demo_models
             )
+        await services.changes.start()  # before the models: no change falls in between
         await services.models.start()
         await services.usage.start()
         await services.jobs.start()
@@ -166,6 +171,7 @@ def _assemble(settings: Settings, engine: Engine) -> Services:
     )
     text = TextService(models, settings.generation)
     keys = _key_store(settings, engine)
+    principals = KeyResolver(keys)
     return Services(
         settings,
         engine,
@@ -177,7 +183,7 @@ def _assemble(settings: Settings, engine: Engine) -> Services:
         usage,
         admission,
         keys=keys,
-        principals=KeyResolver(keys),
+        principals=principals,
         audit=AuditLog(session_factory(engine)),
         admin_key=None,
         text=text,
@@ -192,6 +198,14 @@ def _assemble(settings: Settings, engine: Engine) -> Services:
             RerankService(text, max_documents=settings.limits.max_rerank_documents),
         ),
         orphans=_collector(settings, engine, store, dataset_store),
+        changes=ChangeFollower(
+            ChangeLog(session_factory(engine)),
+            registry,
+            models,
+            principals,
+            poll_s=settings.serving.changes_poll_s,
+            retention_s=settings.serving.changes_retention_s,
+        ),
         health_details=_health_details(settings),
     )
 
@@ -215,6 +229,7 @@ async def _close(services: Services) -> None:
     if deadline is None:
         deadline = time.monotonic() + services.settings.serving.drain_timeout_s
     loop = asyncio.get_running_loop()
+    await services.changes.aclose()  # no change applied while the models close
     parts = {
         "gc": services.orphans.aclose(),
         "jobs": services.jobs.close(),  # running jobs stop and are queued again

@@ -417,8 +417,13 @@ class Deployment:
             "error": self.error.code if self.error is not None else None,
         }
 
-    async def unload(self) -> None:
-        """Retire the version: new calls are refused, in-flight ones finish, then close."""
+    async def unload(self, *, keep_shared: bool = False) -> None:
+        """Retire the version: new calls are refused, in-flight ones finish, then close.
+
+        ``keep_shared``: replicas on a Ray cluster, which other servers may use, are let
+        go of rather than removed (a shutdown, an eviction); they remove themselves
+        once no server pings them. Without it (the registry retired the version) they
+        are removed."""
         was_ready = self.state is DeploymentState.READY
         self._retired = True
         self.state = DeploymentState.UNLOADED
@@ -431,7 +436,9 @@ class Deployment:
             await scheduler.close()
         if batcher is not None:
             await batcher.close()
-        if instances is not None:
+        if isinstance(instances, RayInstances) and keep_shared:
+            await instances.detach()
+        elif instances is not None:
             await instances.close()
         if was_ready:
             LOADED_MODELS.labels(*self._labels).dec()

@@ -100,6 +100,7 @@ class ModelManager:
         self._resolved: dict[tuple[str, Selector], tuple[float, VersionInfo]] = {}
         self._expected: set[tuple[str, int]] = set()
         self._epoch = 0  # bumped by every invalidation: a resolve racing one retries
+        self._redeploys: dict[tuple[str, int], asyncio.Lock] = {}
         self._started = False
         #: The first load of every aliased version, under way in the background.
         self._initial_load: asyncio.Task[None] | None = None
@@ -267,16 +268,22 @@ class ModelManager:
 
     async def redeploy(self, version: VersionInfo) -> None:
         """Serve ``version`` with its new ``DeploymentSpec``: if it is loaded, build a
-        new deployment, warm it, swap it in and drain the old one."""
+        new deployment, warm it, swap it in and drain the old one.
+
+        Idempotent: a version already served with this spec is left alone, so the
+        server that made the change and then reads it from the change feed
+        (``maas.services.changes``) redeploys once; redeploys of one version run one
+        at a time."""
         key = (version.model, version.version)
-        old = self._deployments.get(key)
         self.invalidate(version.model)
-        if old is None or not old.is_ready:
-            return
-        new = self._new_deployment(version)
-        await new.ensure_loaded()
-        self._deployments[key] = new
-        await old.unload()
+        async with self._redeploys.setdefault(key, asyncio.Lock()):
+            old = self._deployments.get(key)
+            if old is None or not old.is_ready or old.version.deployment == version.deployment:
+                return
+            new = self._new_deployment(version)
+            await new.ensure_loaded()
+            self._deployments[key] = new
+            await old.unload()
 
     def _create(self, version: VersionInfo) -> Deployment:
         deployment = self._new_deployment(version)
@@ -314,7 +321,7 @@ class ModelManager:
         for victim in victims[:excess]:
             log.info("unloading %s:%s (least recently used)", *victim.key)
             self._deployments.pop(victim.key, None)
-            await victim.unload()
+            await victim.unload(keep_shared=True)  # other servers may call its replicas
 
     async def unload(self, model: str, version: int | None = None) -> None:
         """Unload one version, or every version of ``model`` (after a delete)."""
@@ -403,14 +410,16 @@ class ModelManager:
 
     async def close(self) -> None:
         """Unload every deployment at once (each drains its own calls first), then stop
-        the thread pool; the caller bounds how long this may take."""
+        the thread pool; the caller bounds how long this may take. Replicas on a Ray
+        cluster stay for the other servers (each removes itself once none pings it)."""
         if self._initial_load is not None and not self._initial_load.done():
             self._initial_load.cancel()
             await asyncio.gather(self._initial_load, return_exceptions=True)
         deployments = list(self._deployments.values())
         self._deployments.clear()
         results = await asyncio.gather(
-            *(deployment.unload() for deployment in deployments), return_exceptions=True
+            *(deployment.unload(keep_shared=True) for deployment in deployments),
+            return_exceptions=True,
         )
         for deployment, result in zip(deployments, results, strict=True):
             if isinstance(result, Exception):

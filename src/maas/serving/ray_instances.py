@@ -12,6 +12,19 @@ store's directory shared by every node, or an fsspec URL each node opens with it
 credentials): the server never ships the bytes. Arrays travel as Ray arguments and
 results (numpy through its object store, without copies for large ones).
 
+Replicas are shared by every server of the cluster: each is a named, detached actor
+(namespace ``maas``) whose name says what it serves (the artifact, the store it is read
+from, the load options and the resources asked) and which of a deployment's instances
+it is, so a second server that loads the same version with the same spec attaches to
+the replicas the first created instead of doubling them. Detached actors outlive the
+server that created them, so each replica removes itself once no server has pinged it
+for ``orphan_timeout_s``; a server that shuts down (or evicts a version to make room)
+only lets go of its replicas, while one that retires a version for the registry (an
+unload, a redeploy, a delete, an alias moved away) removes them: every other server
+learns of that change within a second (``maas.services.changes``) and, until then,
+retries a call that hit a removed replica and replaces it like any replica Ray will not
+restart.
+
 Failures: an actor that dies is restarted by Ray (``max_restarts``), on another node if
 its node is gone; a call it held is retried once on another live replica (V2 inference
 is idempotent), so one lost replica fails no call while another lives. A replica is
@@ -28,11 +41,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import socket
+import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -59,12 +75,14 @@ from maas.serving.process_workers import (
 )
 
 __all__ = [
+    "NAMESPACE",
     "SLOT_RESOURCE",
     "ClusterNode",
     "RayCluster",
     "RayInstances",
     "Replica",
     "ReplicaTarget",
+    "replica_name",
 ]
 
 log = logging.getLogger("maas.serving")
@@ -76,6 +94,8 @@ _KEY = "model"
 _HEALTH = "health"
 #: Longest a health ping may take before its replica counts as lost.
 _PING_TIMEOUT_S = 5.0
+#: The Ray namespace of every server's replicas: where their names are looked up.
+NAMESPACE = "maas"
 
 
 @dataclass(frozen=True)
@@ -88,6 +108,31 @@ class ReplicaTarget:
     digest: str
     options: LoadOptions
     extract_limits: ExtractLimits
+    #: The replica removes itself once no server has pinged it for this long.
+    orphan_timeout_s: float = 60.0
+
+
+def replica_name(target: ReplicaTarget, options: dict[str, Any], index: int) -> str:
+    """The Ray name of instance ``index`` of the replicas serving ``target`` with the
+    actor ``options``: equal for every server that would create the same replica.
+
+    What the replica loads and how (the store included: another store is another
+    deployment, and tests each have their own) and what it asks of the cluster make it
+    up; not the server's cache directory (a per-node cache of derived files, keyed by
+    content), nor the orphan timeout, nor the instance count, so scaling out keeps the
+    replicas there are."""
+    identity = repr(
+        (
+            target.framework,
+            target.store_url,
+            target.digest,
+            replace(target.options, cache_dir=None),
+            target.extract_limits,
+            sorted((key, repr(value)) for key, value in options.items()),
+        )
+    )
+    spec = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return f"maas-replica-{target.digest.removeprefix('sha256:')[:12]}-{spec}-{index}"
 
 
 @dataclass(frozen=True)
@@ -109,11 +154,25 @@ class Replica:
     answers calls one at a time, as a worker process does.
 
     A failed load is kept and reported by ``ready`` rather than raised: an actor whose
-    constructor raises would be restarted by Ray forever."""
+    constructor raises would be restarted by Ray forever.
+
+    ``ready`` is also every server's health ping; a thread removes the actor (for good,
+    whatever ``max_restarts``) once no ping came for ``orphan_timeout_s``: the actor is
+    detached, and no server is left to remove it."""
 
     def __init__(self, target: ReplicaTarget) -> None:
         self._models = WorkerModels()
         self._error: tuple[str, str, dict[str, Any]] | None = None
+        self._load(target)
+        self._pinged = time.monotonic()  # from the end of the load, however long it took
+        threading.Thread(
+            target=self._reap_when_orphaned,
+            args=(target.orphan_timeout_s,),
+            name="orphan reaper",
+            daemon=True,
+        ).start()
+
+    def _load(self, target: ReplicaTarget) -> None:
         try:
             store = ArtifactStore(target.store_url)
             path = local_artifact(
@@ -127,6 +186,7 @@ class Replica:
         """This process's pid, its node's id and the load's error, if it failed."""
         import ray
 
+        self._pinged = time.monotonic()
         return os.getpid(), ray.get_runtime_context().get_node_id(), self._error
 
     def predict(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> tuple[str, Any]:
@@ -134,6 +194,19 @@ class Replica:
             return "ok", self._models.runtimes[_KEY].run_checked(inputs, outputs)
         except Exception as exc:  # the caller's error, not the actor's death
             return "error", error_payload(exc)
+
+    def _reap_when_orphaned(self, timeout_s: float) -> None:
+        """Kill this actor with ``no_restart`` once no server has pinged it for
+        ``timeout_s``: an exit Ray would count as a crash and restart it forever."""
+        import ray
+
+        while True:
+            idle = time.monotonic() - self._pinged
+            if idle >= timeout_s:
+                break
+            time.sleep(min(timeout_s - idle, 1.0) + 0.01)
+        log.warning("no server pinged this replica for %.0f s; it removes itself", timeout_s)
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
 
 class RayCluster:
@@ -147,6 +220,20 @@ class RayCluster:
         self.lost: tuple[type[Exception], ...] = ()
         #: Of those, the one a new call gets from an actor Ray will not restart.
         self.died: tuple[type[Exception], ...] = ()
+        #: How many of this server's deployments use each replica (by name): a redeploy
+        #: that keeps the replicas' spec hands them from the old deployment to the new.
+        self._holders: Counter[str] = Counter()
+
+    def hold(self, names: list[str]) -> None:
+        self._holders.update(names)
+
+    def release(self, names: list[str]) -> set[str]:
+        """Let go of replicas; the names no deployment of this server holds any more."""
+        self._holders.subtract(names)
+        free = {name for name in names if self._holders[name] <= 0}
+        for name in free:
+            del self._holders[name]
+        return free
 
     async def actor_class(self) -> Any:
         """The Ray actor class of ``Replica``, connecting first if need be."""
@@ -166,7 +253,7 @@ class RayCluster:
                 _probe(address)  # ray.init retries an unreachable address for minutes
                 ray.init(
                     address=address,
-                    namespace="maas",
+                    namespace=NAMESPACE,
                     log_to_driver=False,
                     logging_level=logging.WARNING,
                 )
@@ -273,7 +360,8 @@ class _Handle:
     """The server's view of one replica: its actor, what the last ping said, and its
     metric series (by its index, which a restart keeps)."""
 
-    def __init__(self, actor: Any, index: int, labels: tuple[str, str]) -> None:
+    def __init__(self, name: str, actor: Any, index: int, labels: tuple[str, str]) -> None:
+        self.name = name
         self.actor = actor
         self.index = index
         self.pid: int | None = None
@@ -330,7 +418,7 @@ class RayInstances:
         labels: tuple[str, str] = ("", ""),
     ) -> None:
         self._cluster = cluster
-        self._target = target
+        self._target = replace(target, orphan_timeout_s=cluster.settings.orphan_timeout_s)
         self._count = instances
         self._cpus = cpus
         self._memory_bytes = memory_bytes
@@ -366,8 +454,9 @@ class RayInstances:
         return self._count * PIPELINE_DEPTH
 
     async def start(self) -> None:
-        """Check the cluster has room, create the actors and wait until every one has
-        loaded; any failure removes them all and fails the load."""
+        """Check the cluster has room, create the actors (or find those another server
+        created) and wait until every one has loaded; any failure removes them all and
+        fails the load."""
         actor_class = await self._cluster.actor_class()
         ask = await asyncio.to_thread(
             self._cluster.demand, self._count, self._cpus, self._memory_bytes
@@ -384,12 +473,15 @@ class RayInstances:
         if SLOT_RESOURCE in ask:
             options["resources"] = {SLOT_RESOURCE: ask[SLOT_RESOURCE]}
         self._actor_class, self._options = actor_class, options
+        names = [replica_name(self._target, options, index) for index in range(self._count)]
+        self._cluster.hold(names)
         self._replicas = [
-            _Handle(self._new_actor(), index, self._labels) for index in range(self._count)
+            _Handle(name, self._new_actor(name), index, self._labels)
+            for index, name in enumerate(names)
         ]
         try:
             async with asyncio.timeout(settings.ready_timeout_s):
-                answers = await asyncio.gather(*(self._ping(r) for r in self._replicas))
+                answers = await asyncio.gather(*(self._first_ping(r) for r in self._replicas))
         except TimeoutError:
             await self.close()
             raise PlacementInfeasible(
@@ -411,8 +503,26 @@ class RayInstances:
             self._watch(), name=f"ray replicas of {self._label}"
         )
 
-    def _new_actor(self) -> Any:
-        return self._actor_class.options(**self._options).remote(self._target)
+    def _new_actor(self, name: str) -> Any:
+        """The replica called ``name``: the live one if any server created it, else a
+        new one (detached: it outlives this server, until no server pings it)."""
+        return self._actor_class.options(
+            **self._options,
+            name=name,
+            namespace=NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+        ).remote(self._target)
+
+    async def _first_ping(self, replica: _Handle) -> tuple[int, str, Any]:
+        """The first ping of a replica; one found as it removed itself (orphaned just
+        before this server came) is created anew."""
+        try:
+            return await self._ping(replica)
+        except self._cluster.died:
+            await asyncio.to_thread(_kill, [replica.actor])
+            replica.actor = self._new_actor(replica.name)
+            return await self._ping(replica)
 
     async def _ping(self, replica: _Handle) -> tuple[int, str, Any]:
         answer: tuple[int, str, Any] = await replica.actor.ready.options(
@@ -459,8 +569,8 @@ class RayInstances:
             "a replica of %s (pid %s) is dead for good; replacing it", self._label, replica.pid
         )
         replica.mark(False)
-        old, replica.actor = replica.actor, self._new_actor()
-        await asyncio.to_thread(_kill, [old])
+        await asyncio.to_thread(_kill, [replica.actor])  # first: the name is then free
+        replica.actor = self._new_actor(replica.name)
 
     def _pick(self, not_this: _Handle | None = None) -> _Handle:
         live = [r for r in self._replicas if r.alive and r is not not_this]
@@ -507,7 +617,21 @@ class RayInstances:
         return result
 
     async def close(self) -> None:
-        """Stop watching and remove the actors for good (no restart)."""
+        """Stop watching and remove the actors for good (no restart), but those another
+        deployment of this server still uses (a redeploy that kept their spec)."""
+        replicas = await self._stop()
+        free = self._cluster.release([r.name for r in replicas])
+        doomed = [r.actor for r in replicas if r.name in free]
+        if doomed:
+            await asyncio.to_thread(_kill, doomed)
+
+    async def detach(self) -> None:
+        """Stop watching and let go of the actors, which stay for other servers; those
+        none pings remove themselves after ``orphan_timeout_s``."""
+        replicas = await self._stop()
+        self._cluster.release([r.name for r in replicas])
+
+    async def _stop(self) -> list[_Handle]:
         if self._monitor is not None:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -516,8 +640,7 @@ class RayInstances:
         replicas, self._replicas = self._replicas, []
         for replica in replicas:
             replica.mark(False)
-        if replicas:
-            await asyncio.to_thread(_kill, [r.actor for r in replicas])
+        return replicas
 
 
 def _kill(actors: list[Any]) -> None:

@@ -32,6 +32,8 @@ from maas.serving.manager import ModelManager
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(240)]
 
+ORPHAN_TIMEOUT_S = 4.0
+
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
@@ -52,7 +54,13 @@ async def on_cluster(cluster: Cluster, registry: RegistryService, store: Artifac
 
     def build(*, local: bool = False, **overrides: Any) -> ModelManager:
         settings = ClusterSettings(
-            ray_address=cluster.address, health_interval_s=0.3, ready_timeout_s=90, **overrides
+            ray_address=cluster.address,
+            health_interval_s=0.3,
+            ready_timeout_s=90,
+            # Replicas outlive the manager that closes (others may share them): a test's
+            # are gone a few seconds after it, not a minute.
+            orphan_timeout_s=ORPHAN_TIMEOUT_S,
+            **overrides,
         )
         manager = ModelManager(
             registry,
@@ -348,3 +356,63 @@ def _replica_calls(labels: dict[str, str]) -> float:
     """Successful calls to the replicas of one version, summed over the replicas."""
     samples = _samples("maas_replica_calls_total", {**labels, "outcome": "ok"})
     return sum(sample.value for sample in samples)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_two_gateways_share_replicas_which_outlive_them_until_orphaned(
+    on_cluster: Any, registry: RegistryService, publish: Callable[..., VersionInfo]
+) -> None:
+    """Two managers (two gateways) loading one version use the same replicas; one
+    closing leaves them to the other; once neither pings them they remove themselves,
+    for good although Ray restarts replicas that die (``max_restarts`` -1)."""
+    version = _deploy(registry, publish, instances=2)
+    first, second = on_cluster(), on_cluster()
+    one = await first.deployment(version)
+    two = await second.deployment(version)
+    pids = sorted(one.status()["pids"])
+    assert len(pids) == 2 and sorted(two.status()["pids"]) == pids
+    await first.close()  # its shutdown: the replicas stay for the other
+    assert all(_alive(pid) for pid in pids)
+    _, outputs = await second.predict(version.model, version.version, _rows(version))
+    assert len(outputs["predict"]) == 5 and sorted(two.status()["pids"]) == pids
+    # Another gateway, later, attaches to them rather than making its own.
+    third = on_cluster()
+    assert sorted((await third.deployment(version)).status()["pids"]) == pids
+    await asyncio.gather(second.close(), third.close())
+    # Nobody pings them now: each replica removes itself after the orphan timeout.
+    await _wait_for(lambda: not any(_alive(pid) for pid in pids), timeout_s=60)
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+    assert not [n for n in names if version.digest.removeprefix("sha256:")[:12] in n], names
+
+
+async def test_retiring_a_shared_version_removes_its_replicas_and_the_other_recovers(
+    on_cluster: Any, registry: RegistryService, publish: Callable[..., VersionInfo]
+) -> None:
+    """An unload for the registry removes the replicas; the other gateway, which still
+    calls them until it learns of the change, fails no call beyond one retry and
+    replaces them (a gateway that keeps serving a version gets its replicas back)."""
+    version = _deploy(registry, publish, instances=2)
+    first, second = on_cluster(), on_cluster()
+    await first.deployment(version)
+    deployment = await second.deployment(version)
+    pids = deployment.status()["pids"]
+    load = _Load(second, version, callers=2)
+    try:
+        await load.calls_after(10)
+        await first.unload(version.model, version.version)
+        await _wait_for(lambda: not any(_alive(pid) for pid in pids))
+        await _wait_for(
+            lambda: len(now := deployment.status()["pids"]) == 2 and not set(now) & set(pids)
+        )
+        await load.calls_after(20)
+    finally:
+        await load.stop()
+    assert all(isinstance(exc, WorkerCrashed) for exc in load.failed), load.failed[:3]
+    assert deployment.is_ready
