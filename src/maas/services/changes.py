@@ -78,8 +78,6 @@ class ChangeFollower:
         self._queued: dict[str, list[Change]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._pruned_at = 0.0
-        #: Changes applied so far (tests and the log read it).
-        self.applied = 0
 
     async def start(self) -> None:
         """Begin after the newest change: what came before is in the registry that the
@@ -124,14 +122,12 @@ class ChangeFollower:
             self._last_id = change.id
             if change.kind == "key":
                 self._principals.forget()
-                self.applied += 1
                 continue
             if change.model is None:
                 continue
             if change.kind != "deployment":  # a new version or alias, a deletion
                 self._models.invalidate(change.model)
             if change.kind == "version":
-                self.applied += 1
                 continue
             self._queue(change.model, [change])
 
@@ -152,7 +148,6 @@ class ChangeFollower:
                     log.error("applying %s of %s failed: %s", change.kind, model, exc.message)
                 except Exception:
                     log.exception("applying %s of %s failed", change.kind, model)
-                self.applied += 1
         self._workers.pop(model, None)
 
     async def _apply(self, change: Change) -> None:

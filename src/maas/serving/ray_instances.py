@@ -94,6 +94,8 @@ _KEY = "model"
 _HEALTH = "health"
 #: Longest a health ping may take before its replica counts as lost.
 _PING_TIMEOUT_S = 5.0
+#: A replica's reaper that wakes this much later than it meant to was not running.
+_STALL_S = 1.0
 #: The Ray namespace of every server's replicas: where their names are looked up.
 NAMESPACE = "maas"
 
@@ -197,14 +199,23 @@ class Replica:
 
     def _reap_when_orphaned(self, timeout_s: float) -> None:
         """Kill this actor with ``no_restart`` once no server has pinged it for
-        ``timeout_s``: an exit Ray would count as a crash and restart it forever."""
+        ``timeout_s``: an exit Ray would count as a crash and restart it forever.
+
+        Time this process did not run (stopped, or starved of CPU) is not the servers'
+        silence: their pings were waiting for it. A check that wakes far later than it
+        slept counts the replica as pinged just now."""
         import ray
 
+        interval = min(timeout_s / 4, 1.0)
+        checked = time.monotonic()
         while True:
-            idle = time.monotonic() - self._pinged
-            if idle >= timeout_s:
+            time.sleep(interval)
+            now = time.monotonic()
+            if now - checked > interval + _STALL_S:
+                self._pinged = max(self._pinged, now)
+            checked = now
+            if now - self._pinged >= timeout_s:
                 break
-            time.sleep(min(timeout_s - idle, 1.0) + 0.01)
         log.warning("no server pinged this replica for %.0f s; it removes itself", timeout_s)
         ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
