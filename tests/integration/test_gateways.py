@@ -158,6 +158,20 @@ def _followed(what: str, condition: Callable[[], bool]) -> float:
     return elapsed
 
 
+def _stored(store_env: dict[str, str], digest: str) -> bool:
+    """Whether the store both gateways use (S3 or the directory) holds the blob."""
+    url = store_env["MAAS_STORAGE__ARTIFACT_URL"]
+    hex_digest = digest.removeprefix("sha256:")
+    if not url.startswith("s3://"):
+        return (Path(url) / "sha256" / hex_digest[:2] / hex_digest).is_file()
+    import boto3
+
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    s3 = boto3.client("s3", endpoint_url=store_env["AWS_ENDPOINT_URL"], **_boto_credentials())
+    key = f"{prefix}/sha256/{hex_digest[:2]}/{hex_digest}"
+    return bool(s3.list_objects_v2(Bucket=bucket, Prefix=key)["KeyCount"] == 1)
+
+
 def _push(server: RunningServer, skops_bytes: bytes, alias: str | None = None) -> dict[str, Any]:
     params = {"filename": "iris.skops", **({"alias": alias} if alias else {})}
     with server.client() as http:
@@ -168,7 +182,7 @@ def _push(server: RunningServer, skops_bytes: bytes, alias: str | None = None) -
 
 
 def test_what_one_gateway_is_told_the_other_does_within_a_second(
-    gateways: tuple[RunningServer, RunningServer], skops_bytes: bytes
+    gateways: tuple[RunningServer, RunningServer], skops_bytes: bytes, store_env: dict[str, str]
 ) -> None:
     a, b = gateways
     # A model pushed through A answers on B, from the same bytes.
@@ -176,6 +190,7 @@ def test_what_one_gateway_is_told_the_other_does_within_a_second(
     with b.client() as http:
         on_b = http.get("/api/v1/models/iris/versions/1").json()
     assert on_b["digest"] == first["digest"]
+    assert _stored(store_env, first["digest"])
     answer = _infer(b)
     assert answer.status_code == 200, answer.text
     assert answer.json()["model_version"] == "1"
