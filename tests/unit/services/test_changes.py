@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text, update
 from tests.unit.runtimes import trained
 
 from maas.auth.keys import KeyHasher, KeyStore
@@ -22,6 +22,7 @@ from maas.registry.artifacts import ArtifactStore
 from maas.registry.changes import ChangeLog
 from maas.registry.db import session_factory
 from maas.registry.service import RegistryService
+from maas.registry.tables import ModelVersion
 from maas.runtimes.catalog import inspect_artifact
 from maas.services.changes import ChangeFollower
 from maas.serving.manager import ModelManager
@@ -144,3 +145,33 @@ async def test_deletions_unload_and_revocations_forget_keys(
     while await principals.resolve(created.key) is not None:
         assert time.monotonic() < deadline, "the revocation never reached the cache"
         await asyncio.sleep(0.02)
+
+
+async def test_after_the_feed_was_unreadable_the_server_resynchronises(
+    follower: tuple[ChangeFollower, ModelManager, KeyResolver],
+    engine: Engine,
+    publish: Callable[[], VersionInfo],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A change the feed does not bring (its row pruned while the server could not read)
+    is found all the same: the first good read after a failure checks every loaded
+    version against the registry."""
+    _, manager, _ = follower
+    version = publish()
+    loaded = await manager.deployment(version)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE registry_changes RENAME TO registry_changes_away"))
+    try:
+        deadline = time.monotonic() + 30
+        while "cannot read the change feed" not in caplog.text:
+            assert time.monotonic() < deadline, "the follower never failed to read"
+            await asyncio.sleep(0.02)
+        spec = DeploymentSpec(max_batch_size=4).model_dump(mode="json")
+        with engine.begin() as conn:  # a change whose row the feed no longer has
+            conn.execute(update(ModelVersion).values(deployment=spec))
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE registry_changes_away RENAME TO registry_changes"))
+    await _until(lambda: manager.find("iris", 1) is not loaded)
+    redeployed = manager.find("iris", version.version)
+    assert redeployed is not None and redeployed.version.deployment.max_batch_size == 4
