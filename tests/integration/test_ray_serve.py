@@ -4,6 +4,7 @@ a (simulated) cluster of a head and a worker node on loopback, called with trito
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import tritonclient.http as triton_http
 
 from tests.integration.jobs_helpers import cli
 from tests.integration.server import RunningServer, start_server
+from tests.integration.serving_helpers import ROW
 from tests.ray_cluster import Cluster, loopback_cluster
 
 pytestmark = pytest.mark.timeout(240)
@@ -59,9 +61,12 @@ def test_a_deployment_the_cluster_cannot_hold_is_refused_clearly(server: Running
         body = response.json()
         assert body["code"] == "placement_infeasible", body
         assert "16 CPU" in body["error"]
-        # The version that serves stays as it was.
+        # The version that serves stays as it was, and so does the registry's spec
+        # (which other gateways, and this one's next start, follow).
         status = http.get("/api/v1/models/iris/versions/1/deployment/status").json()
+        stored = http.get("/api/v1/models/iris/versions/1").json()["deployment"]
     assert status["ready"] and status["spec"]["cpus"] == 1.0
+    assert stored["cpus"] == 1.0
 
 
 def test_cluster_status_shows_the_nodes_and_where_iris_runs(
@@ -82,3 +87,26 @@ def test_cluster_status_shows_the_nodes_and_where_iris_runs(
     assert "iris:1" in table.stdout and replica["node"][:12] in table.stdout
     with server.client(headers={}) as anonymous:
         assert anonymous.get("/api/v1/cluster").status_code == 401
+
+
+def test_a_second_gateway_shares_the_replicas_and_leaves_them_when_it_stops(
+    cluster: Cluster, server: RunningServer
+) -> None:
+    """Another ``maas serve`` on the same registry and cluster attaches to the replicas
+    the first created (the same processes) instead of making its own, and its shutdown
+    leaves them serving the first."""
+    env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    path = "/api/v1/models/iris/versions/1/deployment/status"
+    with server.client() as http:
+        pids = http.get(path).json()["pids"]
+    second = start_server(server.home, "--ray", cluster.address, env=env, timeout_s=180)
+    try:
+        with second.client() as http:
+            status = http.get(path).json()
+        assert status["workers"] == "ray" and status["pids"] == pids
+    finally:
+        assert second.stop() in (0, -signal.SIGTERM), "".join(second.output)
+    with server.client() as http:
+        assert http.get(path).json()["pids"] == pids
+        answer = http.post("/v2/models/iris/infer", json=ROW)
+    assert answer.status_code == 200, answer.text

@@ -270,10 +270,17 @@ class Publisher:
     ) -> VersionInfo:
         """Store how a version is served; a loaded version is redeployed with no gap.
 
-        Raises ``InvalidDeployment`` for a ``quantize`` the version's runtime cannot do.
+        As an alias rollout does, the new deployment is loaded and warmed first and only
+        then stored: a spec this server cannot serve (503 ``placement_infeasible`` on
+        a cluster too small, a load that fails) is refused and the registry keeps the
+        old one, so the other servers, which follow the registry, never try it.
+
+        Raises ``InvalidDeployment`` for a spec the version's signature cannot take and
+        a ``quantize`` its runtime cannot do.
         """
+        current = await asyncio.to_thread(self._registry.get_version, model, version)
+        spec.check(current.signature)
         if spec.quantize is not None:
-            current = await asyncio.to_thread(self._registry.get_version, model, version)
             runtime = describe(current.framework)
             offered = runtime.quantizations if runtime is not None else ()
             if spec.quantize not in offered:
@@ -282,8 +289,13 @@ class Publisher:
                     "models" + (f" (they offer {', '.join(offered)})" if offered else ""),
                     details={"param": "quantize", "framework": current.framework},
                 )
-        info = await asyncio.to_thread(self._registry.update_deployment, model, version, spec)
-        await self._models.redeploy(info)
+        await self._models.redeploy(current.model_copy(update={"deployment": spec}))
+        try:
+            info = await asyncio.to_thread(self._registry.update_deployment, model, version, spec)
+        except BaseException:
+            await self._models.redeploy(current)  # serve what the registry still says
+            raise
+        await self._models.redeploy(info)  # served so already: only forgets resolutions
         return info
 
     async def delete_version(self, model: str, version: int) -> None:
