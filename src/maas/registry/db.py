@@ -11,6 +11,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from maas.registry.locks import one_at_a_time
+
 __all__ = ["create_engine_for", "session_factory", "upgrade_to_head"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -52,8 +54,17 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade_to_head(engine: Engine) -> None:
-    """Create or upgrade the schema; safe at every start.
+    """Create or upgrade the schema; safe at every start, and with several servers
+    starting at once on one database: they take turns (two concurrent upgrades of a
+    fresh PostgreSQL database both create ``alembic_version``, and one crashes), and
+    each after the first finds the schema current.
 
     ``heads``: each package's tables may live on its own branch of revisions.
     """
-    command.upgrade(alembic_config(engine), "heads")
+    database = engine.url.database
+    on_disk = engine.dialect.name == "sqlite" and database not in (None, "", ":memory:")
+    lock_file = Path(f"{database}.migrating").expanduser() if on_disk else None
+    # Per database and schema (the URL's options): others' migrations do not wait.
+    name = f"maas.migrations:{engine.url.render_as_string(hide_password=True)}"
+    with one_at_a_time(engine, name, lock_file):
+        command.upgrade(alembic_config(engine), "heads")
