@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from maas.registry.locks import one_at_a_time
 
-__all__ = ["create_engine_for", "session_factory", "upgrade_to_head"]
+__all__ = ["among_servers", "create_engine_for", "session_factory", "upgrade_to_head"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -53,6 +55,21 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
+@contextmanager
+def among_servers(engine: Engine, purpose: str) -> Iterator[None]:
+    """Hold, for the block, the lock ``purpose`` of this database and schema, waiting
+    for any server sharing the database that holds it: for start-up work each must see
+    done before it goes on, never done twice (a PostgreSQL advisory lock; an flock
+    beside a SQLite file; nothing for an in-memory database, which no one shares)."""
+    database = engine.url.database
+    on_disk = engine.dialect.name == "sqlite" and database not in (None, "", ":memory:")
+    lock_file = Path(f"{database}.{purpose}.lock").expanduser() if on_disk else None
+    # Per database and schema (the URL's options): other schemas' servers do not wait.
+    name = f"maas.{purpose}:{engine.url.render_as_string(hide_password=True)}"
+    with one_at_a_time(engine, name, lock_file):
+        yield
+
+
 def upgrade_to_head(engine: Engine) -> None:
     """Create or upgrade the schema; safe at every start, and with several servers
     starting at once on one database: they take turns (two concurrent upgrades of a
@@ -61,10 +78,5 @@ def upgrade_to_head(engine: Engine) -> None:
 
     ``heads``: each package's tables may live on its own branch of revisions.
     """
-    database = engine.url.database
-    on_disk = engine.dialect.name == "sqlite" and database not in (None, "", ":memory:")
-    lock_file = Path(f"{database}.migrating").expanduser() if on_disk else None
-    # Per database and schema (the URL's options): others' migrations do not wait.
-    name = f"maas.migrations:{engine.url.render_as_string(hide_password=True)}"
-    with one_at_a_time(engine, name, lock_file):
+    with among_servers(engine, "migrations"):
         command.upgrade(alembic_config(engine), "heads")

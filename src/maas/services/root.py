@@ -28,7 +28,12 @@ from maas.protocols.gc import StoreName
 from maas.protocols.tensors import DecodeLimits
 from maas.registry.archives import ExtractLimits
 from maas.registry.artifacts import ArtifactStore
-from maas.registry.db import create_engine_for, session_factory, upgrade_to_head
+from maas.registry.db import (
+    among_servers,
+    create_engine_for,
+    session_factory,
+    upgrade_to_head,
+)
 from maas.registry.service import RegistryService
 from maas.runtimes.base import ImageLimits
 from maas.services.audio import AudioService
@@ -102,9 +107,11 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 admin_key.get_secret_value() if admin_key else None,
             )
         if settings.demo:
-            await register_demo_models(
-                services.publisher, services.registry, settings.home_dir, settings.demo_models
-            )
+            # Gateways started together on one database register the demo once.
+            with among_servers(engine, "demo"):
+                await register_demo_models(
+                    services.publisher, services.registry, settings.home_dir, settings.demo_models
+                )
         await services.models.start()
         await services.usage.start()
         await services.jobs.start()
