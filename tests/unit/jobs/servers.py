@@ -26,7 +26,7 @@ async def job_server(
 ) -> AsyncIterator[Services]:
     """The services of one server with home ``home`` on the shared database and store;
     ``sections`` are settings sections (``jobs={...}``, ``cluster={...}``)."""
-    settings = Settings(  # type: ignore[call-arg]
+    settings = Settings(
         _env_file=None,
         home=home,
         database_url=database_url,
