@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from maas.config import JobsSettings
-from maas.errors import MaasError, PlacementInfeasible
+from maas.errors import MaasError, PlacementInfeasible, WorkerCrashed
 from maas.jobs.backend import (
     JobHandle,
     JobLaunch,
@@ -229,6 +229,11 @@ class RayJobBackend:
                 f"(it asks {_describe(ask)}): the cluster's free resources are taken by "
                 "other jobs or models",
                 details={"asked": ask, "ready_timeout_s": timeout_s},
+            ) from None
+        except Exception as exc:  # the actor died starting (its worker, its node)
+            await asyncio.to_thread(_kill, actor)
+            raise WorkerCrashed(
+                f"the job's Ray actor failed to start: {type(exc).__name__}: {exc}"[:2000]
             ) from None
         except BaseException:
             await asyncio.to_thread(_kill, actor)
