@@ -16,6 +16,7 @@ import ray
 from tests.ray_cluster import Cluster, loopback_cluster
 from tests.unit.jobs.servers import job_server, push_iris, states, train_iris, wait_job
 
+from maas.jobs import ray_backend
 from maas.jobs.ray_backend import RayJobBackend
 from maas.services import Services
 
@@ -58,7 +59,12 @@ def _alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
-async def test_a_training_job_runs_on_a_worker_node(cluster: Cluster, tmp_path: Path) -> None:
+async def test_a_training_job_runs_on_a_worker_node(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small chunks: the model file comes back from the node in several pieces, which the
+    # registry then inspects and loads as it does every upload.
+    monkeypatch.setattr(ray_backend, "_CHUNK", 1024)
     async with _server(cluster, tmp_path) as services:
         job = await services.jobs.submit(train_iris(), None)
         done = await wait_job(services, job.id, lambda j: j.finished)
@@ -67,6 +73,7 @@ async def test_a_training_job_runs_on_a_worker_node(cluster: Cluster, tmp_path: 
         assert done.attempts == 1 and done.result["versions"] == [1]
         version = services.registry.get_version("iris", 1)
         assert version.lineage["job"] == job.id and version.metrics
+        assert version.size_bytes > 2 * ray_backend._CHUNK  # it came in several chunks
         where = [line for line in logs if line.startswith("running on Ray node ")]
         assert len(where) == 1, logs
         node = where[0].removeprefix("running on Ray node ").split()[0]
