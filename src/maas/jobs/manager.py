@@ -406,6 +406,10 @@ class JobManager:
                 self._interrupted, job, "the server shut down", runner=self.runner
             )
         elif outcome is not None and outcome["type"] == "result" and status == 0:
+            # Publishing is not undone by a guarded write: make sure it is still ours.
+            if job.id not in await asyncio.to_thread(self.store.heartbeat, self.runner, [job.id]):
+                log.warning("job %s is no longer this server's; its results are dropped", job.id)
+                return
             await self._succeed(job, outcome, work_dir)
         elif outcome is not None and outcome["type"] == "error":
             await asyncio.to_thread(
