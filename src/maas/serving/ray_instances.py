@@ -65,6 +65,7 @@ __all__ = [
     "RayInstances",
     "Replica",
     "ReplicaTarget",
+    "room",
 ]
 
 log = logging.getLogger("maas.serving")
@@ -137,21 +138,28 @@ class Replica:
 
 
 class RayCluster:
-    """The server's connection to a Ray cluster, made on the first model placed there."""
+    """The server's connection to a Ray cluster, made on the first model or job placed
+    there; one per server, shared by the models and the jobs (``maas.jobs.ray_backend``)."""
 
     def __init__(self, settings: ClusterSettings) -> None:
         self.settings = settings
         self._actor_class: Any = None
+        self._connected = False
         self._owns_connection = False
         #: The exceptions that mean "the actor is gone", not "the call failed".
         self.lost: tuple[type[Exception], ...] = ()
         #: Of those, the one a new call gets from an actor Ray will not restart.
         self.died: tuple[type[Exception], ...] = ()
 
+    async def connect(self) -> None:
+        """Connect unless connected: ``MissingExtra`` without ray, ``PlacementInfeasible``
+        when nothing answers at the address."""
+        if not self._connected:
+            await asyncio.to_thread(self._connect)
+
     async def actor_class(self) -> Any:
         """The Ray actor class of ``Replica``, connecting first if need be."""
-        if self._actor_class is None:
-            await asyncio.to_thread(self._connect)
+        await self.connect()
         return self._actor_class
 
     def _connect(self) -> None:
@@ -187,33 +195,32 @@ class RayCluster:
         self.died = (errors.ActorDiedError,)
         remote = ray.remote(concurrency_groups={_HEALTH: 1})  # type: ignore[call-overload]
         self._actor_class = remote(Replica)
+        self._connected = True
 
     def demand(self, instances: int, cpus: float, memory_bytes: int | None) -> dict[str, float]:
         """What one replica asks, checked against the cluster's live nodes: raises
         ``PlacementInfeasible`` unless ``instances`` of them fit (blocking)."""
-        import ray
-
-        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]  # type: ignore[no-untyped-call]
+        nodes = self.live_nodes()
         ask: dict[str, float] = {"CPU": cpus}
         if memory_bytes is not None:
             ask["memory"] = float(memory_bytes)
         if any(SLOT_RESOURCE in node for node in nodes):
             ask[SLOT_RESOURCE] = 1.0
-        room = sum(min(int(node.get(k, 0.0) // v) for k, v in ask.items()) for node in nodes)
-        if room < instances:
+        fit = room(nodes, ask)
+        if fit < instances:
             largest = max((node.get("CPU", 0.0) for node in nodes), default=0.0)
             raise PlacementInfeasible(
                 f"{instances} replicas asking {_describe(ask)} each do not fit the cluster: "
-                f"its {len(nodes)} nodes hold {room} (the largest has {largest:g} CPUs); "
+                f"its {len(nodes)} nodes hold {fit} (the largest has {largest:g} CPUs); "
                 "add nodes or ask less (cpus, memory_bytes, instances)",
-                details={"instances": instances, "per_replica": ask, "room": room},
+                details={"instances": instances, "per_replica": ask, "room": fit},
             )
         return ask
 
     def nodes(self) -> list[ClusterNode]:
         """Every node the cluster knows, alive or not, with its free resources (blocking;
         connects first if need be)."""
-        if self._actor_class is None:
+        if not self._connected:
             self._connect()
         import ray
 
@@ -243,6 +250,12 @@ class RayCluster:
             )
         return found
 
+    def live_nodes(self) -> list[dict[str, float]]:
+        """The total resources of each live node (blocking; connected first)."""
+        import ray
+
+        return [node["Resources"] for node in ray.nodes() if node.get("Alive")]  # type: ignore[no-untyped-call]
+
     def close(self) -> None:
         """Disconnect (blocking); the cluster and other servers' actors stay."""
         if self._owns_connection:
@@ -251,6 +264,7 @@ class RayCluster:
             ray.shutdown()
             self._owns_connection = False
         self._actor_class = None
+        self._connected = False
 
 
 def _probe(address: str | None, timeout_s: float = 5.0) -> None:
@@ -259,6 +273,11 @@ def _probe(address: str | None, timeout_s: float = 5.0) -> None:
     host, _, port = (address or "").rpartition(":")
     if host and port.isdigit():
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+
+
+def room(nodes: list[dict[str, float]], ask: dict[str, float]) -> int:
+    """How many actors asking ``ask`` the ``nodes`` hold when empty."""
+    return sum(min(int(node.get(k, 0.0) // v) for k, v in ask.items()) for node in nodes)
 
 
 def _describe(ask: dict[str, float]) -> str:
