@@ -293,11 +293,23 @@ class Deployment:
             target,
             spec.instances,
             cpus=spec.cpus,
-            memory_bytes=spec.memory_bytes,
+            memory_bytes=self._replica_memory(),
             labels=self._labels,
         )
         await instances.start()
         return instances
+
+    def _replica_memory(self) -> int:
+        """What each replica asks of a node's memory: the deployment's ``memory_bytes``,
+        else an estimate from the artifact (loaded, a model takes about its file's size
+        again beside the file's pages) over what a Ray worker process costs bare, so a
+        node fills up by memory rather than by replica count."""
+        asked = self.version.deployment.memory_bytes
+        if asked is not None:
+            return asked
+        assert self._cluster is not None
+        base = self._cluster.settings.replica_base_memory_bytes
+        return base + 2 * self.version.size_bytes
 
     async def _start_instances(self) -> ModelInstances:
         if self._on_cluster():
