@@ -273,6 +273,10 @@ class Deployment:
         return LocalEngine(scheduler)
 
     def _generates(self) -> bool:
+        """A language model: llama.cpp's always, transformers' by its recorded task."""
+        runtime = runtime_class(self.version.framework)
+        if getattr(runtime, "generates", False):
+            return True
         return self.version.metadata.get("task") == "text-generation"
 
     def _on_cluster(self) -> bool:
