@@ -75,7 +75,7 @@ def ray_cluster() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def server(*args: str) -> Iterator[str]:
+def server(*args: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """``maas serve --demo --no-auth`` on a free port until ready; yields its URL."""
     home = Path(tempfile.mkdtemp(prefix="maas-raybench-"))
     log = home / "server.log"
@@ -85,13 +85,13 @@ def server(*args: str) -> Iterator[str]:
             [*command, "--demo", "--no-auth", *args],
             stdout=output,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **_ENV},
+            env={**os.environ, **_ENV, **(env or {})},
             start_new_session=True,
         )
     try:
         deadline = time.monotonic() + 180
         url = None
-        while url is None or httpx.get(f"{url}/v2/health/ready").status_code != 200:
+        while url is None or not _ready(url):
             if time.monotonic() > deadline or process.poll() is not None:
                 raise RuntimeError(f"the server never became ready:\n{log.read_text()}")
             time.sleep(0.5)
@@ -105,6 +105,14 @@ def server(*args: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _ready(url: str) -> bool:
+    """Whether the server answers ready (it prints its address before it listens)."""
+    try:
+        return httpx.get(f"{url}/v2/health/ready").status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def instances(url: str, count: int) -> dict[str, object]:
