@@ -16,10 +16,11 @@ that falls behind receives fewer, larger items instead of one hop per token.
 The gateway's side (``RayGeneration``) is a ``RayInstances`` whose actors are language
 replicas: placement, resources, the health pings, restarts and replacement are its.
 Each request goes to the live replica with the fewest open requests. A replica lost
-before it accepted a request: the request goes once to another (nothing was
-generated). Lost mid-answer: that answer ends with ``WorkerCrashed`` (half an answer
-sent again would not be the same answer); Ray restarts the replica and the next
-requests go to the live ones. A caller who hangs up cancels its sequences on the
+before any piece of a request came (before it accepted it, or while the request
+waited in its queue): the request goes once to another (nothing was generated).
+Lost mid-answer: that answer ends with ``WorkerCrashed`` (half an answer sent again
+would not be the same answer); Ray restarts the replica and the next requests go to
+the live ones. A caller who hangs up cancels its sequences on the
 replica, which frees their slots at the next step.
 """
 
@@ -272,24 +273,33 @@ class RayGeneration(RayInstances):
         replica.in_flight += 1
         opened = False
         try:
-            refs = replica.actor.generate.options(
-                num_returns="streaming", _generator_backpressure_num_objects=_AHEAD
-            ).remote(request_id, request)
-            header = await self._next(replica, refs)
-            if header is None:  # ended without a word: as good as lost
-                raise _Lost
-            if header[0] == "error":
-                raise _error_in(header[1])
-            _, prompt_tokens, each = header
-            remote = _RemoteRequest(self, replica, request_id, refs, each)
+            refs, (_, prompt_tokens, each) = await self._submit(replica, request_id, request)
+            remote = _RemoteRequest(self, replica, request_id, refs, request, each)
             opened = True
-        except asyncio.CancelledError:  # the caller left while it queued
-            self._cancel(replica, request_id, None)
-            raise
         finally:
             if not opened:
                 replica.in_flight -= 1
         return StartedGeneration(list(remote.streams), prompt_tokens)
+
+    async def _submit(
+        self, replica: _Handle, request_id: str, request: TextRequest
+    ) -> tuple[Any, Any]:
+        """Send ``request`` to ``replica``: its stream and its header, once the replica
+        has checked and queued every sequence (its refusal raised here)."""
+        try:
+            refs = replica.actor.generate.options(
+                num_returns="streaming", _generator_backpressure_num_objects=_AHEAD
+            ).remote(request_id, request)
+            header = await self._next(replica, refs)
+        except asyncio.CancelledError:  # the caller left while it was being encoded
+            self._cancel(replica, request_id, None)
+            raise
+        if header is None:  # ended without a word: as good as lost
+            replica.alive = False
+            raise _Lost
+        if header[0] == "error":
+            raise _error_in(header[1])
+        return refs, header
 
     async def _next(self, replica: _Handle, refs: Any) -> Any:
         """The next item of a replica's stream; ``None`` at its end; ``_Lost`` if the
@@ -352,11 +362,16 @@ class _RemoteRequest:
         replica: _Handle,
         request_id: str,
         refs: Any,
+        request: TextRequest,
         prompt_tokens: list[int],
     ) -> None:
         self._owner = owner
         self._replica = replica
         self._id = request_id
+        self._request = request
+        #: Whether any piece has arrived (then a lost replica ends the answer) or the
+        #: request was sent again already.
+        self._begun = False
         self.streams = [
             RemoteStream(self, index, tokens) for index, tokens in enumerate(prompt_tokens)
         ]
@@ -365,9 +380,21 @@ class _RemoteRequest:
     async def _read(self, refs: Any) -> None:
         ended: MaasError = RuntimeFailure("the replica ended this answer early")
         try:
-            while (item := await self._owner._next(self._replica, refs)) is not None:
+            while True:
+                try:
+                    item = await self._owner._next(self._replica, refs)
+                except _Lost:
+                    if self._begun:
+                        raise
+                    refs = await self._again()
+                    continue
+                if item is None:
+                    break
+                self._begun = True
                 for index, piece, tokens in item[1]:
                     self.streams[index].feed(piece, tokens)
+        except MaasError as exc:  # sent again, and refused (no live replica, 429)
+            ended = exc
         except _Lost:
             log.error(
                 "a replica of %s (pid %s) was lost mid-answer",
@@ -383,6 +410,22 @@ class _RemoteRequest:
             self._replica.in_flight -= 1
             for stream in self.streams:
                 stream.end(ended)
+
+    async def _again(self) -> Any:
+        """The replica was lost before any piece came: nothing was generated for the
+        caller, so the request goes once to another live replica."""
+        self._begun = True  # once
+        lost, owner = self._replica, self._owner
+        log.warning("a replica of %s was lost before it answered; sending again", owner._label)
+        replica = owner._pick(not_this=lost)
+        lost.in_flight -= 1
+        replica.in_flight += 1
+        self._replica, self._id = replica, uuid.uuid4().hex
+        refs, _ = await owner._submit(replica, self._id, self._request)
+        for index, stream in enumerate(self.streams):
+            if stream.cancelled:  # its caller left meanwhile
+                self.cancel(index)
+        return refs
 
     def cancel(self, index: int) -> None:
         self._owner._cancel(self._replica, self._id, index)
@@ -407,6 +450,10 @@ class RemoteStream(TextStream):
     @property
     def finish_reason(self) -> str | None:
         return self._finish
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
 
     def feed(self, piece: TextDelta | _Error, tokens: int) -> None:
         self._tokens = tokens
