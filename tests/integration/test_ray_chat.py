@@ -190,6 +190,16 @@ def test_a_full_replica_refuses_with_429_and_a_hang_up_frees_its_slot(
         _wait_for(served, "a request served after the hang-up", timeout_s=30)
 
 
+def test_v2_infer_on_the_chat_model_runs_on_the_replica(server: RunningServer) -> None:
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
+                        "data": ["The capital of Germany is"]}]}  # fmt: skip
+    with server.client() as http:
+        response = http.post("/v2/models/smollm2/infer", json=body)
+    assert response.status_code == 200, response.text
+    (output,) = response.json()["outputs"]
+    assert output["name"] == "text" and "Berlin" in output["data"][0]
+
+
 def test_a_replica_lost_mid_answer_ends_it_clearly_and_ray_restarts_it(
     server: RunningServer, sdk: openai.OpenAI
 ) -> None:
