@@ -100,9 +100,9 @@ def main() -> None:
     cases = ("one process", "ray (1 actor)")
     runs: dict[str, dict[int, list[dict[str, float]]]] = {c: {n: [] for n in levels} for c in cases}
     with (
-        ray_cluster() as address,
+        ray_cluster() as cluster,
         server(env=_ENV) as alone,
-        server("--ray", address, env=_ENV) as gateway,
+        server("--ray", cluster.address, env=_ENV) as gateway,
     ):
         urls = dict(zip(cases, (alone, gateway), strict=True))
         for case, url in urls.items():

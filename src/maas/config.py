@@ -242,8 +242,9 @@ class AuthSettings(_Section):
 class JobsSettings(_Section):
     enabled: bool = Field(
         True,
-        description="Run the embedded job worker pool in this server; one server per database "
-        "should (the others queue jobs and show them).",
+        description="Run the embedded job worker pool in this server; several servers of one "
+        "database may (each job runs on the one that claims it), the others only queue jobs "
+        "and show them.",
     )
     max_concurrent: int = Field(1, ge=1, description="Jobs that run at the same time.")
     threads_per_job: int = Field(
@@ -258,6 +259,19 @@ class JobsSettings(_Section):
     )
     cancel_grace_s: float = Field(
         3.0, ge=0, description="After SIGTERM, how long a cancelled job has before SIGKILL."
+    )
+    runner_stale_s: float = Field(
+        30.0,
+        ge=1.0,
+        description="A running job whose server sent no heartbeat for this long is settled "
+        "(re-queued or failed) by another server of the database; its own server beats "
+        "every sixth of it and checks others every third.",
+    )
+    memory_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Memory each job asks of a Ray cluster (with `cluster.ray_address`; its "
+        "CPUs are threads_per_job); unset, Ray reserves none.",
     )
     max_dataset_bytes: int = Field(
         2 * 1024**3, ge=1024, description="Largest dataset upload (413 past it)."

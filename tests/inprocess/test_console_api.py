@@ -142,3 +142,20 @@ def test_keys_show_when_they_were_last_used(server: InProcessServer) -> None:
     used_at = datetime.fromisoformat(last[key_id])
     assert used_at.tzinfo is not None
     assert abs((datetime.now(UTC) - used_at).total_seconds()) < 600
+
+
+def test_cluster_status_shows_this_host_and_where_replicas_run_to_admins_only(
+    server: InProcessServer,
+) -> None:
+    with server.client() as admin:
+        assert admin.post("/v2/models/iris/infer", json=ROW).is_success
+        body = admin.get("/api/v1/cluster").json()
+        consumer = _consumer(admin, "cluster-peeker", ["*"])
+        refused = admin.get("/api/v1/cluster", headers=consumer)
+    assert body["backend"] == "local" and body["address"] is None
+    [node] = body["nodes"]
+    assert node["alive"] and node["is_head"] and node["resources"]["CPU"] >= 1
+    iris = next(d for d in body["deployments"] if d["model"] == "iris")
+    assert iris["state"] == "ready" and iris["replicas"], iris
+    assert all(r["node"] == node["node_id"] and r["pid"] > 0 for r in iris["replicas"])
+    assert refused.status_code == 403 and refused.json()["code"] == "forbidden", refused.text

@@ -24,6 +24,7 @@ from maas.api.routers import (
     admin,
     audio,
     audit,
+    cluster,
     datasets,
     deployments,
     health,
@@ -71,9 +72,10 @@ def create_app(services: Services) -> Gateway:
     install_error_handlers(api)
     for router in (health.router, v2.router, models.router, usage.router, deployments.router):
         api.include_router(router)
-    for router in (keys.router, audit.router, admin.router, metrics.router, openai.router):
+    for router in (keys.router, audit.router, admin.router, cluster.router, metrics.router):
         api.include_router(router)
     for router in (
+        openai.router,
         datasets.router,
         jobs.router,
         whoami.router,

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from maas import __version__
+from maas.cli.cluster import cluster_app
 from maas.cli.datasets import datasets_app
 from maas.cli.gc import gc_command
 from maas.cli.jobs import jobs_app
@@ -86,6 +87,7 @@ app.add_typer(
 )
 app.add_typer(keys_app, name="keys", help="Create, list, revoke and rotate API keys (admin).")
 app.command("audit", help="Show the audit log (admin).")(audit_command)
+app.add_typer(cluster_app, name="cluster", help="Where models run: nodes and replicas (admin).")
 app.command("gc", help="Delete artifacts nothing references (admin); --dry-run lists them first.")(
     gc_command
 )

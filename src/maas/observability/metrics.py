@@ -40,6 +40,10 @@ __all__ = [
     "LOAD_SECONDS",
     "QUEUE_DEPTH",
     "QUEUE_SECONDS",
+    "REPLICA_CALLS",
+    "REPLICA_CALL_SECONDS",
+    "REPLICA_IN_FLIGHT",
+    "REPLICA_UP",
     "REQUESTS",
     "REQUEST_SECONDS",
     "SEQUENCES_RUNNING",
@@ -116,6 +120,34 @@ WORKER_RESTARTS = Counter(
     "maas_worker_restarts_total",
     "Worker processes restarted after they died.",
     ["model", "version"],
+)
+# Replicas on a Ray cluster, one series per replica index (stable across restarts) so
+# that a slow or flapping replica shows among its siblings; its node is a label of
+# ``REPLICA_UP`` only (1 on the node it is on, 0 on those it left).
+REPLICA_UP = Gauge(
+    "maas_replica_up",
+    "1 while a replica of a model on the Ray cluster answers its health ping, by the node "
+    "it runs on (0 for a node it left or while it is lost).",
+    ["model", "version", "replica", "node"],
+    multiprocess_mode="livesum",
+)
+REPLICA_IN_FLIGHT = Gauge(
+    "maas_replica_in_flight",
+    "Calls this server has sent to a replica on the Ray cluster and not yet got back.",
+    ["model", "version", "replica"],
+    multiprocess_mode="livesum",
+)
+REPLICA_CALLS = Counter(
+    "maas_replica_calls_total",
+    "Calls to a replica on the Ray cluster by outcome: ok, error (the model refused the "
+    "input) or lost (the replica died under the call; it was retried on another).",
+    ["model", "version", "replica", "outcome"],
+)
+REPLICA_CALL_SECONDS = Histogram(
+    "maas_replica_call_duration_seconds",
+    "Time of one call to a replica on the Ray cluster, the hop there and back included.",
+    ["model", "version", "replica"],
+    buckets=_LATENCY_BUCKETS,
 )
 TIME_TO_FIRST_TOKEN_SECONDS = Histogram(
     "maas_time_to_first_token_seconds",

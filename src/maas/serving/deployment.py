@@ -435,6 +435,7 @@ class Deployment:
             "instances": self.version.deployment.instances,
             "pids": instances.pids if instances is not None else [],
             "nodes": getattr(instances, "nodes", []),
+            "replicas": getattr(instances, "replicas", []),
             "queue_depth": self._batcher.queue_depth if self._batcher is not None else 0,
             "in_flight": self.in_flight,
             "spec": self.version.deployment.model_dump(),

@@ -14,11 +14,14 @@ versions no alias needs any more, each draining its in-flight calls first.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -65,7 +68,7 @@ class ModelManager:
         cache_dir: Path | None = None,
         extract_limits: ExtractLimits = DEFAULT_EXTRACT_LIMITS,
         image_limits: ImageLimits | None = None,
-        cluster: ClusterSettings | None = None,
+        cluster: ClusterSettings | RayCluster | None = None,
     ) -> None:
         self._registry = registry
         self._extract_limits = extract_limits
@@ -92,8 +95,14 @@ class ModelManager:
             if settings.shared_workers > 0
             else None
         )
-        #: The Ray cluster that holds model replicas (connected on the first one).
-        self._cluster = RayCluster(cluster) if cluster is not None and cluster.ray_address else None
+        #: The Ray cluster that holds model replicas (connected on the first one); one
+        #: given as a ``RayCluster`` is its caller's to close (the jobs share it).
+        self._cluster: RayCluster | None = None
+        self._owns_cluster = not isinstance(cluster, RayCluster)
+        if isinstance(cluster, RayCluster):
+            self._cluster = cluster
+        elif cluster is not None and cluster.ray_address:
+            self._cluster = RayCluster(cluster)
         self._resolved: dict[tuple[str, Selector], tuple[float, VersionInfo]] = {}
         self._expected: set[tuple[str, int]] = set()
         self._epoch = 0  # bumped by every invalidation: a resolve racing one retries
@@ -414,11 +423,52 @@ class ModelManager:
                 log.error("unloading %s:%s failed: %r", *deployment.key, result)
         if self._shared is not None:
             await self._shared.close()
-        if self._cluster is not None:
+        if self._cluster is not None and self._owns_cluster:
             await asyncio.to_thread(self._cluster.close)
         # Off the loop: a model call still running in the pool must not freeze the loop
         # (and with it the shutdown deadline) while the pool waits for it.
         await asyncio.to_thread(self._workers.close)
+
+    async def cluster_status(self) -> dict[str, Any]:
+        """Where this server's models run (``maas cluster status``): the nodes, with what
+        each offers and has free, and every loaded deployment's replicas and their nodes.
+
+        Without a cluster the one node is this host and a deployment's replicas are its
+        worker processes (or this process, for threads)."""
+        if self._cluster is None:
+            host = socket.gethostname()
+            nodes = [
+                {
+                    "node_id": host,
+                    "address": host,
+                    "alive": True,
+                    "is_head": True,
+                    "resources": {"CPU": float(len(os.sched_getaffinity(0)))},
+                    "available": {},
+                }
+            ]
+            backend, address = "local", None
+        else:
+            found = await asyncio.to_thread(self._cluster.nodes)
+            nodes = [dataclasses.asdict(node) for node in found]
+            backend, address = "ray", self._cluster.settings.ray_address
+        deployments = []
+        for deployment in self._deployments.values():
+            status = deployment.status()
+            replicas = status["replicas"] or [
+                {"replica": index, "alive": True, "pid": pid, "node": nodes[0]["node_id"]}
+                for index, pid in enumerate(status["pids"] or [os.getpid()])
+            ]
+            deployments.append(
+                {
+                    "model": status["model"],
+                    "version": status["version"],
+                    "state": status["state"],
+                    "workers": status["workers"],
+                    "replicas": replicas if status["workers"] is not None else [],
+                }
+            )
+        return {"backend": backend, "address": address, "nodes": nodes, "deployments": deployments}
 
     async def model_exists(self, model: str) -> bool:
         try:

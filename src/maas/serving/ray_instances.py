@@ -31,6 +31,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,13 @@ import numpy as np
 
 from maas.config import ClusterSettings
 from maas.errors import MissingExtra, PlacementInfeasible, WorkerCrashed
-from maas.observability.metrics import WORKER_RESTARTS
+from maas.observability.metrics import (
+    REPLICA_CALL_SECONDS,
+    REPLICA_CALLS,
+    REPLICA_IN_FLIGHT,
+    REPLICA_UP,
+    WORKER_RESTARTS,
+)
 from maas.registry.archives import ExtractLimits
 from maas.registry.artifacts import ArtifactStore
 from maas.runtimes.base import LoadOptions
@@ -52,7 +59,15 @@ from maas.serving.process_workers import (
     rebuild_error,
 )
 
-__all__ = ["SLOT_RESOURCE", "RayCluster", "RayInstances", "Replica", "ReplicaTarget"]
+__all__ = [
+    "SLOT_RESOURCE",
+    "ClusterNode",
+    "RayCluster",
+    "RayInstances",
+    "Replica",
+    "ReplicaTarget",
+    "room",
+]
 
 log = logging.getLogger("maas.serving")
 
@@ -75,6 +90,20 @@ class ReplicaTarget:
     digest: str
     options: LoadOptions
     extract_limits: ExtractLimits
+
+
+@dataclass(frozen=True)
+class ClusterNode:
+    """One node of the cluster as ``maas cluster status`` shows it."""
+
+    node_id: str
+    address: str
+    alive: bool
+    is_head: bool
+    #: What the node offers (``CPU``, ``memory`` in bytes, custom resources).
+    resources: dict[str, float]
+    #: What is not taken by actors and tasks now (empty for a dead node).
+    available: dict[str, float]
 
 
 class ReplicaBody:
@@ -117,7 +146,8 @@ class Replica(ReplicaBody):
 
 
 class RayCluster:
-    """The server's connection to a Ray cluster, made on the first model placed there."""
+    """The server's connection to a Ray cluster, made on the first model or job placed
+    there; one per server, shared by the models and the jobs (``maas.jobs.ray_backend``)."""
 
     def __init__(self, settings: ClusterSettings) -> None:
         self.settings = settings
@@ -130,10 +160,15 @@ class RayCluster:
         #: Of those, the one a new call gets from an actor Ray will not restart.
         self.died: tuple[type[Exception], ...] = ()
 
-    async def actor_class(self, body: type[ReplicaBody] = Replica) -> Any:
-        """The Ray actor class of ``body``, connecting first if need be."""
+    async def connect(self) -> None:
+        """Connect unless connected: ``MissingExtra`` without ray, ``PlacementInfeasible``
+        when nothing answers at the address."""
         if not self._connected:
             await asyncio.to_thread(self._connect)
+
+    async def actor_class(self, body: type[ReplicaBody] = Replica) -> Any:
+        """The Ray actor class of ``body``, connecting first if need be."""
+        await self.connect()
         if body not in self._actor_classes:
             import ray
 
@@ -177,24 +212,61 @@ class RayCluster:
     def demand(self, instances: int, cpus: float, memory_bytes: int | None) -> dict[str, float]:
         """What one replica asks, checked against the cluster's live nodes: raises
         ``PlacementInfeasible`` unless ``instances`` of them fit (blocking)."""
-        import ray
-
-        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]  # type: ignore[no-untyped-call]
+        nodes = self.live_nodes()
         ask: dict[str, float] = {"CPU": cpus}
         if memory_bytes is not None:
             ask["memory"] = float(memory_bytes)
         if any(SLOT_RESOURCE in node for node in nodes):
             ask[SLOT_RESOURCE] = 1.0
-        room = sum(min(int(node.get(k, 0.0) // v) for k, v in ask.items()) for node in nodes)
-        if room < instances:
+        fit = room(nodes, ask)
+        if fit < instances:
             largest = max((node.get("CPU", 0.0) for node in nodes), default=0.0)
             raise PlacementInfeasible(
                 f"{instances} replicas asking {_describe(ask)} each do not fit the cluster: "
-                f"its {len(nodes)} nodes hold {room} (the largest has {largest:g} CPUs); "
+                f"its {len(nodes)} nodes hold {fit} (the largest has {largest:g} CPUs); "
                 "add nodes or ask less (cpus, memory_bytes, instances)",
-                details={"instances": instances, "per_replica": ask, "room": room},
+                details={"instances": instances, "per_replica": ask, "room": fit},
             )
         return ask
+
+    def nodes(self) -> list[ClusterNode]:
+        """Every node the cluster knows, alive or not, with its free resources (blocking;
+        connects first if need be)."""
+        if not self._connected:
+            self._connect()
+        import ray
+
+        # Ray's public per-node view (ray.util.state) needs the dashboard, which a
+        # cluster may run without; the GCS answers this one in every case.
+        from ray._private.state import available_resources_per_node
+
+        free = available_resources_per_node()  # type: ignore[no-untyped-call]
+        found: list[ClusterNode] = []
+        for node in ray.nodes():  # type: ignore[no-untyped-call]
+            resources = {
+                name: value
+                for name, value in node.get("Resources", {}).items()
+                if not name.startswith("node:")  # Ray's own per-node marker resources
+            }
+            found.append(
+                ClusterNode(
+                    node_id=node["NodeID"],
+                    address=node.get("NodeManagerAddress", ""),
+                    alive=bool(node.get("Alive")),
+                    is_head="node:__internal_head__" in node.get("Resources", {}),
+                    resources=resources,
+                    available={
+                        k: v for k, v in free.get(node["NodeID"], {}).items() if k in resources
+                    },
+                )
+            )
+        return found
+
+    def live_nodes(self) -> list[dict[str, float]]:
+        """The total resources of each live node (blocking; connected first)."""
+        import ray
+
+        return [node["Resources"] for node in ray.nodes() if node.get("Alive")]  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
         """Disconnect (blocking); the cluster and other servers' actors stay."""
@@ -215,6 +287,11 @@ def _probe(address: str | None, timeout_s: float = 5.0) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
 
 
+def room(nodes: list[dict[str, float]], ask: dict[str, float]) -> int:
+    """How many actors asking ``ask`` the ``nodes`` hold when empty."""
+    return sum(min(int(node.get(k, 0.0) // v) for k, v in ask.items()) for node in nodes)
+
+
 def _describe(ask: dict[str, float]) -> str:
     return ", ".join(f"{value:g} {name}" for name, value in ask.items())
 
@@ -224,14 +301,48 @@ class _Lost(Exception):
 
 
 class _Handle:
-    """The server's view of one replica: its actor and what the last ping said."""
+    """The server's view of one replica: its actor, what the last ping said, and its
+    metric series (by its index, which a restart keeps)."""
 
-    def __init__(self, actor: Any) -> None:
+    def __init__(self, actor: Any, index: int, labels: tuple[str, str]) -> None:
         self.actor = actor
+        self.index = index
         self.pid: int | None = None
         self.node: str | None = None
         self.alive = False
         self.in_flight = 0
+        self._labels = (*labels, str(index))
+        self._up_on: str | None = None  # the node whose REPLICA_UP series reads 1
+        self.in_flight_gauge = REPLICA_IN_FLIGHT.labels(*self._labels)
+        self.seconds = REPLICA_CALL_SECONDS.labels(*self._labels)
+        self.calls = {
+            outcome: REPLICA_CALLS.labels(*self._labels, outcome)
+            for outcome in ("ok", "error", "lost")
+        }
+
+    def mark(self, alive: bool, pid: int | None = None, node: str | None = None) -> None:
+        """Record what a ping or a call found; ``REPLICA_UP`` follows."""
+        self.alive = alive
+        if pid is not None:
+            self.pid = pid
+        if node is not None:
+            self.node = node
+        up_on = self.node if alive else None
+        if up_on != self._up_on:
+            if self._up_on is not None:
+                REPLICA_UP.labels(*self._labels, self._up_on).set(0)
+            if up_on is not None:
+                REPLICA_UP.labels(*self._labels, up_on).set(1)
+            self._up_on = up_on
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "replica": self.index,
+            "alive": self.alive,
+            "pid": self.pid,
+            "node": self.node,
+            "in_flight": self.in_flight,
+        }
 
 
 class RayInstances:
@@ -257,6 +368,7 @@ class RayInstances:
         self._cpus = cpus
         self._memory_bytes = memory_bytes
         self._restarts = WORKER_RESTARTS.labels(*labels)
+        self._labels = labels
         self._label = ":".join(labels)
         self._replicas: list[_Handle] = []
         self._monitor: asyncio.Task[None] | None = None
@@ -271,6 +383,11 @@ class RayInstances:
     def nodes(self) -> list[str]:
         """The Ray node ids of the live replicas, one per replica."""
         return [r.node for r in self._replicas if r.alive and r.node is not None]
+
+    @property
+    def replicas(self) -> list[dict[str, Any]]:
+        """Each replica: its index, whether it answers, its pid, node and calls in flight."""
+        return [r.status() for r in self._replicas]
 
     @property
     def is_alive(self) -> bool:
@@ -300,7 +417,9 @@ class RayInstances:
         if SLOT_RESOURCE in ask:
             options["resources"] = {SLOT_RESOURCE: ask[SLOT_RESOURCE]}
         self._actor_class, self._options = actor_class, options
-        self._replicas = [_Handle(self._new_actor()) for _ in range(self._count)]
+        self._replicas = [
+            _Handle(self._new_actor(), index, self._labels) for index in range(self._count)
+        ]
         try:
             async with asyncio.timeout(settings.ready_timeout_s):
                 answers = await asyncio.gather(*(self._ping(r) for r in self._replicas))
@@ -320,7 +439,7 @@ class RayInstances:
             if error is not None:
                 await self.close()
                 raise rebuild_error(error)
-            replica.pid, replica.node, replica.alive = pid, node, True
+            replica.mark(True, pid, node)
         self._monitor = asyncio.get_running_loop().create_task(
             self._watch(), name=f"ray replicas of {self._label}"
         )
@@ -354,17 +473,17 @@ class RayInstances:
                 log.error(
                     "a replica of %s (pid %s) is lost; Ray restarts it", self._label, replica.pid
                 )
-            replica.alive = False
+            replica.mark(False)
             return
         if error is not None:  # restarted, but its load failed: it takes no calls
             if replica.alive:
                 log.error("a replica of %s failed to load again: %s", self._label, error[1])
-            replica.alive = False
+            replica.mark(False)
             return
         if not replica.alive:
             log.info("a replica of %s is back (pid %s)", self._label, pid)
             self._restarts.inc()
-        replica.pid, replica.node, replica.alive = pid, node, True
+        replica.mark(True, pid, node)
 
     async def _replace(self, replica: _Handle) -> None:
         """Ray will not restart this actor (its ``max_restarts`` are spent): a new one
@@ -372,7 +491,7 @@ class RayInstances:
         log.error(
             "a replica of %s (pid %s) is dead for good; replacing it", self._label, replica.pid
         )
-        replica.alive = False
+        replica.mark(False)
         old, replica.actor = replica.actor, self._new_actor()
         await asyncio.to_thread(_kill, [old])
 
@@ -401,15 +520,22 @@ class RayInstances:
         self, replica: _Handle, inputs: dict[str, np.ndarray], outputs: list[str]
     ) -> dict[str, np.ndarray]:
         replica.in_flight += 1
+        replica.in_flight_gauge.inc()
+        started = time.perf_counter()
         try:
             status, payload = await replica.actor.predict.remote(inputs, outputs)
         except self._cluster.lost:
-            replica.alive = False  # until a ping finds it restarted
+            replica.calls["lost"].inc()
+            replica.mark(False)  # until a ping finds it restarted
             raise _Lost from None
         finally:
             replica.in_flight -= 1
+            replica.in_flight_gauge.dec()
+        replica.seconds.observe(time.perf_counter() - started)
         if status != "ok":
+            replica.calls["error"].inc()
             raise rebuild_error(payload)
+        replica.calls["ok"].inc()
         result: dict[str, np.ndarray] = payload
         return result
 
@@ -421,6 +547,8 @@ class RayInstances:
                 await self._monitor
             self._monitor = None
         replicas, self._replicas = self._replicas, []
+        for replica in replicas:
+            replica.mark(False)
         if replicas:
             await asyncio.to_thread(_kill, [r.actor for r in replicas])
 

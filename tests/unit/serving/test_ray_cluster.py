@@ -17,11 +17,14 @@ from typing import Any
 import numpy as np
 import pytest
 import ray
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 from tests.ray_cluster import NODE, Cluster, loopback_cluster
 from tests.unit.runtimes import trained
 
 from maas.config import ClusterSettings, ServingSettings
 from maas.errors import ArtifactCorrupted, PlacementInfeasible, WorkerCrashed
+from maas.observability.metrics import exposition
 from maas.protocols.management import DeploymentSpec, VersionInfo
 from maas.registry.artifacts import ArtifactStore
 from maas.registry.service import RegistryService
@@ -293,3 +296,55 @@ async def test_replicas_go_to_the_nodes_offering_model_slots(
         await manager.close()
     finally:
         cluster.remove_node(slotted)
+
+
+async def test_cluster_status_and_metrics_say_where_each_replica_runs(
+    cluster: Cluster,
+    on_cluster: Any,
+    registry: RegistryService,
+    publish: Callable[..., VersionInfo],
+) -> None:
+    version = _deploy(registry, publish, instances=2)
+    manager = on_cluster()
+    await manager.deployment(version)
+    labels = {"model": version.model, "version": str(version.version)}
+    before = _replica_calls(labels)  # the load's warm-up calls
+    for _ in range(3):
+        await manager.predict(version.model, version.version, _rows(version))
+    status = await manager.cluster_status()
+    assert status["backend"] == "ray" and status["address"] == cluster.address
+    # Earlier tests of the module removed nodes: Ray lists them too, dead.
+    nodes = {node["node_id"]: node for node in status["nodes"] if node["alive"]}
+    assert len(nodes) == 3, status["nodes"]
+    assert [node["is_head"] for node in nodes.values()].count(True) == 1
+    assert all(node["resources"]["CPU"] == 2 for node in nodes.values())
+    [served] = [d for d in status["deployments"] if d["version"] == version.version]
+    replicas = served["replicas"]
+    assert [r["replica"] for r in replicas] == [0, 1] and all(r["alive"] for r in replicas)
+    assert {r["node"] for r in replicas} <= set(nodes) and len({r["node"] for r in replicas}) == 2
+    # Each replica takes one of its node's CPUs, which the node no longer has free.
+    for node_id in {r["node"] for r in replicas}:
+        assert nodes[node_id]["available"]["CPU"] <= 1
+    up = {
+        (sample.labels["replica"], sample.labels["node"]): sample.value
+        for sample in _samples("maas_replica_up", labels)
+    }
+    for replica in replicas:
+        assert up[(str(replica["replica"]), replica["node"])] == 1, up
+    assert _replica_calls(labels) == before + 3  # one per call, whichever replica took it
+
+
+def _samples(name: str, labels: dict[str, str]) -> list[Sample]:
+    """The samples of one metric whose labels include ``labels``, read from /metrics."""
+    return [
+        sample
+        for family in text_string_to_metric_families(exposition()[0].decode())
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    ]
+
+
+def _replica_calls(labels: dict[str, str]) -> float:
+    """Successful calls to the replicas of one version, summed over the replicas."""
+    samples = _samples("maas_replica_calls_total", {**labels, "outcome": "ok"})
+    return sum(sample.value for sample in samples)
