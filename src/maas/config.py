@@ -290,8 +290,9 @@ class ClusterSettings(_Section):
     ray_address: str | None = Field(
         None,
         description="Address of a running Ray cluster (`ray start --head` prints it, e.g. "
-        "10.0.0.1:6380); set, every model but language models runs as Ray actors placed on "
-        "its nodes (needs the [ray] extra and the artifact store reachable from every node).",
+        "10.0.0.1:6380); set, every model runs as Ray actors placed on its nodes, language "
+        "models with their schedulers (needs the [ray] extra and the artifact store reachable "
+        "from every node).",
     )
     ready_timeout_s: float = Field(
         120.0,

@@ -33,6 +33,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,30 +106,37 @@ class ClusterNode:
     available: dict[str, float]
 
 
-class Replica:
-    """The body of one actor: loads at creation (again after each restart), then
-    answers calls one at a time, as a worker process does.
+class ReplicaBody:
+    """What every replica's actor answers, whatever it serves: ``ready``, the health
+    ping. A failed load is kept in ``_error`` and reported by ``ready`` rather than
+    raised: an actor whose constructor raises would be restarted by Ray forever."""
 
-    A failed load is kept and reported by ``ready`` rather than raised: an actor whose
-    constructor raises would be restarted by Ray forever."""
-
-    def __init__(self, target: ReplicaTarget) -> None:
-        self._models = WorkerModels()
-        self._error: tuple[str, str, dict[str, Any]] | None = None
-        try:
-            store = ArtifactStore(target.store_url)
-            path = local_artifact(
-                store, target.digest, target.options.cache_dir, target.extract_limits
-            )
-            self._models.load(_KEY, LoadTarget(target.framework, path, target.options))
-        except Exception as exc:  # reported by ready(), raised in the server
-            self._error = error_payload(exc)
+    _error: tuple[str, str, dict[str, Any]] | None = None
 
     def ready(self) -> tuple[int, str, tuple[str, str, dict[str, Any]] | None]:
         """This process's pid, its node's id and the load's error, if it failed."""
         import ray
 
         return os.getpid(), ray.get_runtime_context().get_node_id(), self._error
+
+
+def replica_artifact(target: ReplicaTarget) -> Path:
+    """The artifact on this node's disk, fetched from the store as this node reaches it."""
+    store = ArtifactStore(target.store_url)
+    return local_artifact(store, target.digest, target.options.cache_dir, target.extract_limits)
+
+
+class Replica(ReplicaBody):
+    """The body of one actor: loads at creation (again after each restart), then
+    answers calls one at a time, as a worker process does."""
+
+    def __init__(self, target: ReplicaTarget) -> None:
+        self._models = WorkerModels()
+        try:
+            path = replica_artifact(target)
+            self._models.load(_KEY, LoadTarget(target.framework, path, target.options))
+        except Exception as exc:  # reported by ready(), raised in the server
+            self._error = error_payload(exc)
 
     def predict(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> tuple[str, Any]:
         try:
@@ -143,8 +151,9 @@ class RayCluster:
 
     def __init__(self, settings: ClusterSettings) -> None:
         self.settings = settings
-        self._actor_class: Any = None
         self._connected = False
+        #: The Ray actor class of each replica body, made on first use.
+        self._actor_classes: dict[type, Any] = {}
         self._owns_connection = False
         #: The exceptions that mean "the actor is gone", not "the call failed".
         self.lost: tuple[type[Exception], ...] = ()
@@ -157,10 +166,15 @@ class RayCluster:
         if not self._connected:
             await asyncio.to_thread(self._connect)
 
-    async def actor_class(self) -> Any:
-        """The Ray actor class of ``Replica``, connecting first if need be."""
+    async def actor_class(self, body: type[ReplicaBody] = Replica) -> Any:
+        """The Ray actor class of ``body``, connecting first if need be."""
         await self.connect()
-        return self._actor_class
+        if body not in self._actor_classes:
+            import ray
+
+            remote = ray.remote(concurrency_groups={_HEALTH: 1})  # type: ignore[call-overload]
+            self._actor_classes[body] = remote(body)
+        return self._actor_classes[body]
 
     def _connect(self) -> None:
         try:
@@ -193,8 +207,6 @@ class RayCluster:
             errors.OwnerDiedError,
         )
         self.died = (errors.ActorDiedError,)
-        remote = ray.remote(concurrency_groups={_HEALTH: 1})  # type: ignore[call-overload]
-        self._actor_class = remote(Replica)
         self._connected = True
 
     def demand(self, instances: int, cpus: float, memory_bytes: int | None) -> dict[str, float]:
@@ -263,8 +275,8 @@ class RayCluster:
 
             ray.shutdown()
             self._owns_connection = False
-        self._actor_class = None
         self._connected = False
+        self._actor_classes.clear()
 
 
 def _probe(address: str | None, timeout_s: float = 5.0) -> None:
@@ -337,6 +349,8 @@ class RayInstances:
     """A deployment's instances as Ray actors, spread over the cluster's nodes."""
 
     kind = "ray"
+    #: What each actor runs.
+    body: type[ReplicaBody] = Replica
 
     def __init__(
         self,
@@ -387,7 +401,7 @@ class RayInstances:
     async def start(self) -> None:
         """Check the cluster has room, create the actors and wait until every one has
         loaded; any failure removes them all and fails the load."""
-        actor_class = await self._cluster.actor_class()
+        actor_class = await self._cluster.actor_class(self.body)
         ask = await asyncio.to_thread(
             self._cluster.demand, self._count, self._cpus, self._memory_bytes
         )
