@@ -153,7 +153,7 @@ def cost(url: str, replicas: list[int], connections: int, seconds: float, script
 
 
 @contextlib.contextmanager
-def server(*args: str) -> Iterator[str]:
+def server(*args: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """``maas serve --demo --no-auth`` on a free port until ready; yields its URL (and
     records the server's pid in ``SERVER_PIDS`` under that URL)."""
     home = Path(tempfile.mkdtemp(prefix="maas-raybench-"))
@@ -164,7 +164,7 @@ def server(*args: str) -> Iterator[str]:
             [*command, "--demo", "--no-auth", *args],
             stdout=output,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **_ENV},
+            env={**os.environ, **_ENV, **(env or {})},
             start_new_session=True,
         )
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["digits_csv", "tickets_csv", "tickets_rows", "wine_jsonl"]
+__all__ = ["digits_csv", "iris_csv", "tickets_csv", "tickets_rows", "wine_jsonl"]
 
 _TOPICS = {
     "hydraulic": ["pump", "pressure", "leak", "hose", "valve", "oil", "cylinder", "seal"],
@@ -77,4 +77,18 @@ def wine_jsonl(path: Path) -> Path:
         for row, label in zip(data.data, data.target, strict=True):
             record = dict(zip(data.feature_names, row.tolist(), strict=True))
             handle.write(json.dumps({**record, "cultivar": int(label)}) + "\n")
+    return path
+
+
+def iris_csv(path: Path) -> Path:
+    """scikit-learn's iris table: four measurements and the species (0, 1, 2)."""
+    from sklearn.datasets import load_iris
+
+    data = load_iris()
+    names = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*names, "species"])
+        for row, label in zip(data.data, data.target, strict=True):
+            writer.writerow([*row.tolist(), int(label)])
     return path

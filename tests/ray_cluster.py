@@ -24,9 +24,12 @@ NODE: dict[str, Any] = {
 
 
 @contextmanager
-def loopback_cluster(workers: int) -> Iterator[Cluster]:
-    """A head and ``workers`` worker nodes, shut down when the block ends."""
-    cluster = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
+def loopback_cluster(workers: int, head: dict[str, Any] | None = None) -> Iterator[Cluster]:
+    """A head and ``workers`` worker nodes, shut down when the block ends; ``head``
+    overrides what the head offers (``{"num_cpus": 0}``: nothing runs there, as on a
+    cluster whose head only schedules)."""
+    head_args = {**NODE, "include_dashboard": False, **(head or {})}
+    cluster = Cluster(initialize_head=True, head_node_args=head_args)
     try:
         for _ in range(workers):
             cluster.add_node(**NODE)

@@ -255,8 +255,9 @@ class AuthSettings(_Section):
 class JobsSettings(_Section):
     enabled: bool = Field(
         True,
-        description="Run the embedded job worker pool in this server; one server per database "
-        "should (the others queue jobs and show them).",
+        description="Run the embedded job worker pool in this server; several servers of one "
+        "database may (each job runs on the one that claims it), the others only queue jobs "
+        "and show them.",
     )
     max_concurrent: int = Field(1, ge=1, description="Jobs that run at the same time.")
     threads_per_job: int = Field(
@@ -271,6 +272,19 @@ class JobsSettings(_Section):
     )
     cancel_grace_s: float = Field(
         3.0, ge=0, description="After SIGTERM, how long a cancelled job has before SIGKILL."
+    )
+    runner_stale_s: float = Field(
+        30.0,
+        ge=1.0,
+        description="A running job whose server sent no heartbeat for this long is settled "
+        "(re-queued or failed) by another server of the database; its own server beats "
+        "every sixth of it and checks others every third.",
+    )
+    memory_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Memory each job asks of a Ray cluster (with `cluster.ray_address`; its "
+        "CPUs are threads_per_job); unset, Ray reserves none.",
     )
     max_dataset_bytes: int = Field(
         2 * 1024**3, ge=1024, description="Largest dataset upload (413 past it)."
@@ -289,8 +303,9 @@ class ClusterSettings(_Section):
     ray_address: str | None = Field(
         None,
         description="Address of a running Ray cluster (`ray start --head` prints it, e.g. "
-        "10.0.0.1:6380); set, every model but language models runs as Ray actors placed on "
-        "its nodes (needs the [ray] extra and the artifact store reachable from every node).",
+        "10.0.0.1:6380); set, every model runs as Ray actors placed on its nodes, language "
+        "models with their schedulers (needs the [ray] extra and the artifact store reachable "
+        "from every node).",
     )
     ready_timeout_s: float = Field(
         120.0,
@@ -316,6 +331,13 @@ class ClusterSettings(_Section):
         description="A replica that no server has pinged for this long removes itself: "
         "replicas are shared by the servers of a cluster and outlive the one that created "
         "them, so the last server's going is what ends them. More than health_interval_s.",
+    )
+    replica_base_memory_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=0,
+        description="Memory a replica asks beyond twice its artifact's size when its "
+        "deployment sets no memory_bytes, so that Ray packs nodes by memory, not by count "
+        "(a Ray worker process with maas and scikit-learn loaded measured 150 MB PSS).",
     )
 
 

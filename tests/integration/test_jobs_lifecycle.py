@@ -343,7 +343,9 @@ def test_crash_during_a_job_fails_it_with_the_reason_when_attempts_are_spent(
     tmp_path: Path,
 ) -> None:
     home = tmp_path / "home"
-    env = {"MAAS_JOBS__MAX_ATTEMPTS": "1"}
+    # The crashed server's heartbeat is stale (2 s) by the time the last one starts: it
+    # settles the job at once, as it would any dead server's after jobs.runner_stale_s.
+    env = {"MAAS_JOBS__MAX_ATTEMPTS": "1", "MAAS_JOBS__RUNNER_STALE_S": "2"}
     server = start_server(home, env=env)
     with sdk(server) as client:
         client.push_dataset(wine_jsonl(tmp_path / "wine.jsonl"), "wine")

@@ -1,10 +1,12 @@
 """``maas serve --ray ADDRESS``: a real server process whose iris runs as Ray actors on
-a (simulated) cluster of a head and a worker node on loopback, called with tritonclient."""
+a (simulated) cluster of a head and a worker node on loopback, called with tritonclient;
+and whose jobs run there too, and die with it."""
 
 from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,10 @@ import numpy as np
 import pytest
 import tritonclient.http as triton_http
 
-from tests.integration.jobs_helpers import cli
+from tests.integration.jobs_helpers import cli, pid_alive, sdk, wait_until
 from tests.integration.server import RunningServer, start_server
 from tests.integration.serving_helpers import ROW
+from tests.jobs_data import wine_jsonl
 from tests.ray_cluster import Cluster, loopback_cluster
 
 pytestmark = pytest.mark.timeout(240)
@@ -110,3 +113,49 @@ def test_a_second_gateway_shares_the_replicas_and_leaves_them_when_it_stops(
         assert http.get(path).json()["pids"] == pids
         answer = http.post("/v2/models/iris/infer", json=ROW)
     assert answer.status_code == 200, answer.text
+
+
+def _parent(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("\nPPid:\t", 1)[1].split()[0])
+
+
+def test_a_job_runs_under_an_actor_and_dies_with_its_server(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    server = start_server(tmp_path / "home", "--ray", cluster.address, env=env, timeout_s=180)
+    try:
+        with sdk(server) as client:
+            client.push_dataset(wine_jsonl(tmp_path / "wine.jsonl"), "wine")
+            search = {
+                "n_trials": 10_000,
+                "timeout_s": 120,
+                "cv": 2,
+                "space": {"C": {"low": 0.01, "high": 10}},
+            }
+            spec = {
+                "kind": "train",
+                "model": "wine",
+                "dataset": "wine",
+                "target": "cultivar",
+                "task": "tabular_classification",
+                "estimator": "logistic_regression",
+                "search": search,
+                "onnx": False,
+            }
+            job = client.submit_job(spec)
+            running = wait_until(
+                client, job.id, lambda j: j.pid is not None and bool(j.progress), timeout_s=120
+            )
+            lines = [str(e.data.get("line")) for e in client.job_logs(job.id, type="log")]
+        assert running.pid is not None and pid_alive(running.pid)
+        assert any(line.startswith("running on Ray node ") for line in lines), lines
+        assert _parent(running.pid) != server.process.pid  # a child of its actor, not of maas
+        server.process.send_signal(signal.SIGKILL)  # no shutdown: Ray's ownership must do it
+    finally:
+        server.stop()
+    deadline = time.monotonic() + 60
+    while pid_alive(running.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not pid_alive(running.pid), "the job's process outlived its server"

@@ -4,8 +4,8 @@
 *group* with its own environment (BLAS and torch thread counts, offline Hugging Face),
 so cancelling kills the job and anything it spawned (joblib or optuna workers). The
 child speaks JSON lines on its stdout; its stderr (library warnings, tracebacks)
-becomes log lines. A Ray backend would implement the same two methods with a remote
-task and an actor's message stream; the manager would not change.
+becomes log lines. ``maas.jobs.ray_backend`` implements the same seam on a Ray
+cluster, running this same child process on a node; the manager does not change.
 """
 
 from __future__ import annotations
@@ -21,7 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["JobBackend", "JobHandle", "JobLaunch", "LocalProcessBackend", "Message"]
+__all__ = [
+    "JobBackend",
+    "JobHandle",
+    "JobLaunch",
+    "LocalProcessBackend",
+    "Message",
+    "child_command",
+    "job_environment",
+    "parse_line",
+    "signal_group",
+]
 
 #: What a job says: ``{"type": "log" | "progress" | "result" | "error", ...}``.
 Message = dict[str, Any]
@@ -55,6 +65,10 @@ class JobHandle(Protocol):
 
 
 class JobBackend(Protocol):
+    #: Whether the job runs on another machine: its payload then names inputs by store
+    #: URL and digest, not by paths of this one (``maas.jobs.inputs``).
+    portable: bool
+
     async def start(self, launch: JobLaunch) -> JobHandle: ...
 
 
@@ -79,6 +93,12 @@ def job_environment(threads: int) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+def child_command(work_dir: Path) -> list[str]:
+    """The job process's command line; it names the work directory, and with it the
+    job's id, which is how ``kill_stale_process`` recognises a job's process."""
+    return [sys.executable, "-m", "maas.jobs.child", str(work_dir)]
 
 
 class _ProcessHandle:
@@ -114,16 +134,17 @@ class _ProcessHandle:
     async def stop(self, grace_s: float) -> None:
         if self._process.returncode is not None:
             return
-        _signal_group(self._process.pid, signal.SIGTERM)
+        signal_group(self._process.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(self._process.wait(), grace_s)
         except TimeoutError:
-            _signal_group(self._process.pid, signal.SIGKILL)
+            signal_group(self._process.pid, signal.SIGKILL)
             await self._process.wait()
-        _signal_group(self._process.pid, signal.SIGKILL)  # stragglers of the group
+        signal_group(self._process.pid, signal.SIGKILL)  # stragglers of the group
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    """Signal a job's whole process group; one already gone is no error."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
@@ -139,32 +160,39 @@ async def _pump(
                 raw = b"<line too long>\n"
             if not raw:
                 break
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            if structured:
-                try:
-                    message = json.loads(line)
-                except ValueError:
-                    message = None
-                if isinstance(message, dict) and isinstance(message.get("type"), str):
-                    await queue.put(message)
-                    continue
-            if line.strip():
-                await queue.put({"type": "log", "line": line[:4000]})
+            message = parse_line(raw, structured=structured)
+            if message is not None:
+                await queue.put(message)
     finally:
         await queue.put(None)
+
+
+def parse_line(raw: bytes, *, structured: bool) -> Message | None:
+    """One line of the child's output as a message: a JSON message of its stdout
+    (``structured``), else a log line; ``None`` for a blank line."""
+    line = raw.decode("utf-8", "replace").rstrip("\n")
+    if structured:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = None
+        if isinstance(message, dict) and isinstance(message.get("type"), str):
+            return message
+    if line.strip():
+        return {"type": "log", "line": line[:4000]}
+    return None
 
 
 class LocalProcessBackend:
     """Each job a child process of this server, in its own process group."""
 
+    portable = False
+
     async def start(self, launch: JobLaunch) -> JobHandle:
         launch.work_dir.mkdir(parents=True, exist_ok=True)
         (launch.work_dir / "payload.json").write_text(json.dumps(launch.payload))
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "maas.jobs.child",
-            str(launch.work_dir),
+            *child_command(launch.work_dir),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -184,5 +212,5 @@ def kill_stale_process(pid: int, job_id: str) -> bool:
         return False
     if "maas.jobs.child" not in cmdline or job_id not in cmdline:
         return False
-    _signal_group(pid, signal.SIGKILL)
+    signal_group(pid, signal.SIGKILL)
     return True

@@ -9,6 +9,15 @@ enters the registry the same way an upload does.
 Interruptions are never silent: on shutdown the running jobs are stopped and, like
 jobs a crashed server left ``running``, re-queued with the reason in their log while
 they have attempts left, else failed with ``job_interrupted``.
+
+Several servers may run jobs from one database, each job exactly once: a claim is
+atomic and names this manager (``runner``, a uuid per start, and its host); the manager
+refreshes the heartbeat of its running jobs every ``jobs.runner_stale_s / 6`` seconds,
+and settles (at start and every ``runner_stale_s / 3``) only running jobs whose
+heartbeat is older than ``runner_stale_s``: their server is gone, or cannot reach the
+database and will let them go (below). A job this manager no longer owns (cancelled
+through another server, or settled by one after a stale heartbeat) is stopped when the
+heartbeat finds it so, and every write of its outcome is guarded by ``runner``.
 """
 
 from __future__ import annotations
@@ -17,8 +26,11 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import socket
+import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -83,6 +95,10 @@ class _Run:
     log_cleaner: LogCleaner = field(default_factory=LogCleaner)
     task: asyncio.Task[None] | None = None
     ended: bool = False
+    #: The process has exited: what the heartbeat finds from now on is our own ending.
+    exited: bool = False
+    #: No longer this manager's (see ``_heartbeat``): nothing more of it is written.
+    disowned: bool = False
     flushing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -110,7 +126,14 @@ class JobManager:
         self._wake = asyncio.Event()
         self._changed: dict[str, asyncio.Event] = {}
         self._dispatcher: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self._stopping: set[asyncio.Task[None]] = set()
         self._closing = False
+        #: This manager's id in ``jobs.runner``: new at every start of the server.
+        self.runner = uuid.uuid4().hex
+        self._host = socket.gethostname()
+        #: The cutoff of the last pass that settled stale jobs (for status and tests).
+        self.last_recovery: datetime | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -124,33 +147,94 @@ class JobManager:
             return
         await asyncio.to_thread(self._recover)
         self._dispatcher = asyncio.create_task(self._dispatch(), name="maas-jobs")
+        self._keeper = asyncio.create_task(self._keep(), name="maas-jobs-heartbeat")
 
     def _recover(self) -> None:
-        for job in self.store.running():
-            if job.pid is not None and kill_stale_process(job.pid, job.id):
-                log.warning("killed the leftover process %d of job %s", job.pid, job.id)
-            shutil.rmtree(self._work_root / job.id, ignore_errors=True)  # a half attempt
-            self._interrupted(job, "the server stopped while the job ran")
+        """Settle the running jobs whose runner stopped saying it lives (blocking)."""
+        stale_s = self._settings.runner_stale_s
+        cutoff = datetime.now(UTC) - timedelta(seconds=stale_s)
+        for job in self.store.stale(cutoff):
+            if job.id in self._runs:  # ours: our own heartbeat is late, we are alive
+                continue
+            if job.runner is None:
+                why = "the server stopped while the job ran"
+            else:
+                why = f"its server on {job.runner_host} sent no heartbeat for {stale_s:g} s"
+            if job.runner_host in (None, self._host):  # its process and files are here
+                if job.pid is not None and kill_stale_process(job.pid, job.id):
+                    log.warning("killed the leftover process %d of job %s", job.pid, job.id)
+                shutil.rmtree(self._work_root / job.id, ignore_errors=True)  # a half attempt
+            self._interrupted(job, why, stale_before=cutoff)
+        self.last_recovery = cutoff
 
-    def _interrupted(self, job: JobInfo, why: str) -> None:
-        """Re-queue or fail a job whose process is gone through no fault of its own."""
+    def _interrupted(
+        self,
+        job: JobInfo,
+        why: str,
+        *,
+        runner: str | None = None,
+        stale_before: datetime | None = None,
+    ) -> None:
+        """Re-queue or fail a job whose process is gone through no fault of its own;
+        ``runner`` or ``stale_before`` guard the write (see ``JobStore.finish``)."""
         limit = self._settings.max_attempts
+        guard: dict[str, Any] = {"runner": runner, "stale_before": stale_before}
         if self._settings.requeue_interrupted and job.attempts < limit:
             reason = f"interrupted: {why} (attempt {job.attempts} of {limit}); queued again"
-            self.store.requeue(job.id, reason)
-            log.warning("job %s %s", job.id, reason)
+            if self.store.requeue(job.id, reason, **guard):
+                log.warning("job %s %s", job.id, reason)
         else:
             message = f"interrupted: {why} (attempt {job.attempts} of {limit})"
-            self.store.finish(job.id, "failed", error=message, error_code="job_interrupted")
-            log.warning("job %s failed: %s", job.id, message)
+            done = self.store.finish(
+                job.id, "failed", error=message, error_code="job_interrupted", **guard
+            )
+            if done:
+                log.warning("job %s failed: %s", job.id, message)
+
+    async def _keep(self) -> None:
+        """The heartbeat of this manager's running jobs, and the periodic settling of
+        other servers' stale ones."""
+        stale_s = self._settings.runner_stale_s
+        next_recovery = time.monotonic() + stale_s / 3
+        while not self._closing:
+            await asyncio.sleep(stale_s / 6)
+            try:
+                await self._heartbeat()
+                if time.monotonic() >= next_recovery:
+                    next_recovery = time.monotonic() + stale_s / 3
+                    await asyncio.to_thread(self._recover)
+                    self._wake.set()  # what it re-queued may start here
+            except Exception:  # a database hiccup: the next beat tries again
+                log.exception("the job heartbeat failed; retrying")
+
+    async def _heartbeat(self) -> None:
+        runs = dict(self._runs)
+        if not runs:
+            return
+        owned = await asyncio.to_thread(self.store.heartbeat, self.runner, list(runs))
+        for job_id, run in runs.items():
+            if job_id in owned or run.exited or run.disowned:
+                continue
+            log.warning(
+                "job %s is no longer this server's (cancelled through another server, or "
+                "settled by one after a late heartbeat): stopping its process",
+                job_id,
+            )
+            run.disowned = run.cancel_requested = True
+            run.pending.clear()
+            if run.handle is not None:  # off the beat: a stop may take cancel_grace_s
+                stopping = asyncio.create_task(run.handle.stop(self._settings.cancel_grace_s))
+                self._stopping.add(stopping)
+                stopping.add_done_callback(self._stopping.discard)
 
     async def close(self) -> None:
         """Stop dispatching and stop running jobs; they are re-queued for the next start."""
         self._closing = True
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._dispatcher
+        for task in (self._dispatcher, self._keeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         runs = list(self._runs.values())
         for run in runs:
             if run.handle is not None:
@@ -237,7 +321,7 @@ class JobManager:
         if free <= 0:
             return
         for job in await asyncio.to_thread(self.store.queued, free):
-            claimed = await asyncio.to_thread(self.store.claim, job.id)
+            claimed = await asyncio.to_thread(self.store.claim, job.id, self.runner, self._host)
             if claimed is None:
                 continue
             run = _Run(claimed)
@@ -259,6 +343,7 @@ class JobManager:
                 "failed",
                 error="internal error",
                 error_code="internal_error",
+                runner=self.runner,
             )
         finally:
             run.ended = True
@@ -279,18 +364,21 @@ class JobManager:
                 self._registry,
                 self._artifacts,
                 self._settings.threads_per_job,
+                portable=self._backend.portable,
             )
         except MaasError as exc:
-            await asyncio.to_thread(
-                self.store.finish, job.id, "failed", error=exc.message, error_code=exc.code
-            )
+            await self._fail(job, exc)
             return
         if run.cancel_requested or self._closing:  # asked while the inputs were resolved
             await self._settle_unstarted(run)
             return
         launch = JobLaunch(job.id, work_dir, payload, self._settings.threads_per_job)
-        run.handle = await self._backend.start(launch)
-        await asyncio.to_thread(self.store.set_pid, job.id, run.handle.pid)
+        try:
+            run.handle = await self._backend.start(launch)
+        except MaasError as exc:  # e.g. placement_infeasible: the operator's to see
+            await self._fail(job, exc)
+            return
+        await asyncio.to_thread(self.store.set_pid, job.id, run.handle.pid, runner=self.runner)
         self._notify(job.id)
         if run.cancel_requested or self._closing:
             await run.handle.stop(self._settings.cancel_grace_s)
@@ -301,14 +389,27 @@ class JobManager:
             else:
                 self._take(run, message)
         status = await run.handle.wait()
+        run.exited = True
         await self._flush(run)
+        if run.disowned:
+            return
         if run.cancel_requested:
             await asyncio.to_thread(
-                self.store.finish, job.id, "cancelled", reason="cancelled; the process was stopped"
+                self.store.finish,
+                job.id,
+                "cancelled",
+                reason="cancelled; the process was stopped",
+                runner=self.runner,
             )
         elif self._closing:
-            await asyncio.to_thread(self._interrupted, job, "the server shut down")
+            await asyncio.to_thread(
+                self._interrupted, job, "the server shut down", runner=self.runner
+            )
         elif outcome is not None and outcome["type"] == "result" and status == 0:
+            # Publishing is not undone by a guarded write: make sure it is still ours.
+            if job.id not in await asyncio.to_thread(self.store.heartbeat, self.runner, [job.id]):
+                log.warning("job %s is no longer this server's; its results are dropped", job.id)
+                return
             await self._succeed(job, outcome, work_dir)
         elif outcome is not None and outcome["type"] == "error":
             await asyncio.to_thread(
@@ -317,6 +418,7 @@ class JobManager:
                 "failed",
                 error=str(outcome.get("message", "the job failed")),
                 error_code=str(outcome.get("code", "job_failed")),
+                runner=self.runner,
             )
         else:
             await asyncio.to_thread(
@@ -325,25 +427,44 @@ class JobManager:
                 "failed",
                 error=f"the job process ended with status {status} before reporting a result",
                 error_code="job_crashed",
+                runner=self.runner,
             )
 
+    async def _fail(self, job: JobInfo, exc: MaasError) -> None:
+        await asyncio.to_thread(
+            self.store.finish,
+            job.id,
+            "failed",
+            error=exc.message,
+            error_code=exc.code,
+            runner=self.runner,
+        )
+
     async def _settle_unstarted(self, run: _Run) -> None:
+        if run.disowned:
+            return
         if run.cancel_requested:
             await asyncio.to_thread(
-                self.store.finish, run.job.id, "cancelled", reason="cancelled before it started"
+                self.store.finish,
+                run.job.id,
+                "cancelled",
+                reason="cancelled before it started",
+                runner=self.runner,
             )
         else:
-            await asyncio.to_thread(self._interrupted, run.job, "the server shut down")
+            await asyncio.to_thread(
+                self._interrupted, run.job, "the server shut down", runner=self.runner
+            )
 
     async def _succeed(self, job: JobInfo, outcome: Message, work_dir: Path) -> None:
         try:
             result = await register_results(self._sink, job, outcome, work_dir)
         except MaasError as exc:
-            await asyncio.to_thread(
-                self.store.finish, job.id, "failed", error=exc.message, error_code=exc.code
-            )
+            await self._fail(job, exc)
             return
-        await asyncio.to_thread(self.store.finish, job.id, "succeeded", result=result)
+        await asyncio.to_thread(
+            self.store.finish, job.id, "succeeded", result=result, runner=self.runner
+        )
 
     def _take(self, run: _Run, message: Message) -> None:
         kind = message.get("type")
@@ -374,7 +495,7 @@ class JobManager:
 
     async def _flush(self, run: _Run) -> None:
         async with run.flushing:
-            if not run.pending and not run.progress_dirty:
+            if run.disowned or (not run.pending and not run.progress_dirty):
                 return
             batch, run.pending = run.pending, []
             progress, dirty = run.progress, run.progress_dirty
@@ -387,4 +508,4 @@ class JobManager:
     ) -> None:
         self.store.append_events(job_id, batch)
         if progress is not None:
-            self.store.set_progress(job_id, progress)
+            self.store.set_progress(job_id, progress, runner=self.runner)

@@ -16,7 +16,7 @@ from maas.protocols.jobs import JobInfo
 if TYPE_CHECKING:
     from maas.jobs.manager import ResultSink
 
-__all__ = ["register_results"]
+__all__ = ["artifact_path", "register_results"]
 
 
 def _lineage(
@@ -32,7 +32,9 @@ def _lineage(
     }
 
 
-def _artifact_path(work_dir: Path, name: str) -> Path:
+def artifact_path(work_dir: Path, name: str) -> Path:
+    """The file ``name`` of a job's work directory; a name outside it is refused (the
+    job process says which files it wrote, the server must not take its word)."""
     path = (work_dir / name).resolve()
     if path.parent != work_dir.resolve() or not path.is_file():
         raise InvalidInput(f"the job reported an artifact outside its directory: {name!r}")
@@ -51,7 +53,7 @@ async def register_results(
     versions: list[int] = []
     notes: list[str] = list(outcome.get("notes") or [])
     for artifact in outcome.get("artifacts", []):
-        path = _artifact_path(work_dir, str(artifact["file"]))
+        path = artifact_path(work_dir, str(artifact["file"]))
         this_parent = parent
         if artifact.get("derived") and versions:  # e.g. the ONNX twin of a trained model
             this_parent = {"model": model, "version": versions[-1]}

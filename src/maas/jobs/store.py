@@ -4,15 +4,23 @@ Blocking (SQLAlchemy sessions), called from threads. State changes are condition
 updates (``WHERE state = …``), so a job is claimed by one runner only and a cancel
 racing the end of a job leaves exactly one outcome, also with several servers on one
 database.
+
+Ownership: ``claim`` records the claiming ``JobManager`` (``runner``, a uuid per server
+start) and its host; that manager refreshes ``heartbeat_at`` of all its running jobs in
+one update every few seconds. Another server settles a running job only once its
+heartbeat is stale (``stale``, and the ``stale_before`` guard on ``requeue`` and
+``finish``), and a runner's own writes carry ``runner=`` so that a job it lost (settled
+by another server, cancelled elsewhere) is never overwritten by it.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import ColumnElement, CursorResult, func, or_, select, true, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from maas.errors import JobNotFound
@@ -45,11 +53,25 @@ def _info(row: Job) -> JobInfo:
         error_code=row.error_code,
         attempts=row.attempts,
         pid=row.pid,
+        runner=row.runner,
+        runner_host=row.runner_host,
+        heartbeat_at=row.heartbeat_at,
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
         created_by=row.created_by,
     )
+
+
+def _guard(runner: str | None, stale_before: datetime | None) -> ColumnElement[bool]:
+    """The extra condition of a write: the job is still ``runner``'s, or its runner's
+    heartbeat (if any) is older than ``stale_before``."""
+    condition: ColumnElement[bool] = true()
+    if runner is not None:
+        condition = condition & (Job.runner == runner)
+    if stale_before is not None:
+        condition = condition & or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before)
+    return condition
 
 
 def _event(row: JobEventRow) -> JobEvent:
@@ -105,14 +127,26 @@ class JobStore:
         with self._sessions() as session:
             return [_info(row) for row in session.scalars(query.limit(limit))]
 
-    def claim(self, job_id: str) -> JobInfo | None:
-        """Move a queued job to running (one more attempt); ``None`` if someone else did."""
+    def claim(
+        self, job_id: str, runner: str | None = None, host: str | None = None
+    ) -> JobInfo | None:
+        """Move a queued job to running (one more attempt) as ``runner``'s, on ``host``;
+        ``None`` if someone else did."""
+        now = _now()
         with self._write_lock, self._sessions.begin() as session:
             claimed = _rowcount(
                 session.execute(
                     update(Job)
                     .where(Job.id == job_id, Job.state == "queued")
-                    .values(state="running", attempts=Job.attempts + 1, started_at=_now(), pid=None)
+                    .values(
+                        state="running",
+                        attempts=Job.attempts + 1,
+                        started_at=now,
+                        pid=None,
+                        runner=runner,
+                        runner_host=host,
+                        heartbeat_at=now,
+                    )
                 )
             )
             if not claimed:
@@ -123,13 +157,38 @@ class JobStore:
             self._append(session, job_id, [("state", {"state": "running", "attempt": attempt})])
             return _info(row)
 
-    def set_pid(self, job_id: str, pid: int | None) -> None:
+    def set_pid(self, job_id: str, pid: int | None, *, runner: str | None = None) -> None:
         with self._sessions.begin() as session:
-            session.execute(update(Job).where(Job.id == job_id).values(pid=pid))
+            session.execute(
+                update(Job).where(Job.id == job_id, _guard(runner, None)).values(pid=pid)
+            )
 
-    def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+    def set_progress(
+        self, job_id: str, progress: dict[str, Any], *, runner: str | None = None
+    ) -> None:
         with self._sessions.begin() as session:
-            session.execute(update(Job).where(Job.id == job_id).values(progress=progress))
+            session.execute(
+                update(Job).where(Job.id == job_id, _guard(runner, None)).values(progress=progress)
+            )
+
+    def heartbeat(self, runner: str, job_ids: Collection[str]) -> set[str]:
+        """Say that ``runner`` still runs its running jobs (one update for all of them);
+        return which of ``job_ids`` are still its and running: the others were cancelled
+        elsewhere or settled by another server, and their processes must stop."""
+        if not job_ids:
+            return set()
+        owned = (Job.runner == runner, Job.state == "running")
+        with self._sessions.begin() as session:
+            session.execute(update(Job).where(*owned).values(heartbeat_at=_now()))
+            ids = session.scalars(select(Job.id).where(*owned, Job.id.in_(list(job_ids))))
+            return set(ids)
+
+    def stale(self, stale_before: datetime) -> list[JobInfo]:
+        """Running jobs whose runner has not said it lives since ``stale_before`` (or
+        that have no runner: claimed before runners were recorded)."""
+        query = select(Job).where(Job.state == "running", _guard(None, stale_before))
+        with self._sessions() as session:
+            return [_info(row) for row in session.scalars(query)]
 
     def finish(
         self,
@@ -141,8 +200,11 @@ class JobStore:
         error: str | None = None,
         error_code: str | None = None,
         reason: str | None = None,
+        runner: str | None = None,
+        stale_before: datetime | None = None,
     ) -> bool:
-        """End a job (succeeded, failed, cancelled) if it is in one of ``from_states``."""
+        """End a job (succeeded, failed, cancelled) if it is in one of ``from_states``
+        (and, given, still ``runner``'s or with a heartbeat older than ``stale_before``)."""
         with self._write_lock, self._sessions.begin() as session:
             values: dict[str, Any] = {
                 "state": state,
@@ -155,7 +217,13 @@ class JobStore:
                 values["result"] = result
             changed = _rowcount(
                 session.execute(
-                    update(Job).where(Job.id == job_id, Job.state.in_(from_states)).values(**values)
+                    update(Job)
+                    .where(
+                        Job.id == job_id,
+                        Job.state.in_(from_states),
+                        _guard(runner, stale_before),
+                    )
+                    .values(**values)
                 )
             )
             if not changed:
@@ -174,23 +242,34 @@ class JobStore:
             self._append(session, job_id, [("state", data)])
             return True
 
-    def requeue(self, job_id: str, reason: str) -> bool:
-        """Put a running job back in the queue (its process is gone), saying why."""
+    def requeue(
+        self,
+        job_id: str,
+        reason: str,
+        *,
+        runner: str | None = None,
+        stale_before: datetime | None = None,
+    ) -> bool:
+        """Put a running job back in the queue (its process is gone), saying why; the
+        guards as for ``finish``."""
         with self._write_lock, self._sessions.begin() as session:
             changed = _rowcount(
                 session.execute(
                     update(Job)
-                    .where(Job.id == job_id, Job.state == "running")
-                    .values(state="queued", pid=None, started_at=None)
+                    .where(Job.id == job_id, Job.state == "running", _guard(runner, stale_before))
+                    .values(
+                        state="queued",
+                        pid=None,
+                        started_at=None,
+                        runner=None,
+                        runner_host=None,
+                        heartbeat_at=None,
+                    )
                 )
             )
             if changed:
                 self._append(session, job_id, [("state", {"state": "queued", "reason": reason})])
             return bool(changed)
-
-    def running(self) -> list[JobInfo]:
-        with self._sessions() as session:
-            return [_info(r) for r in session.scalars(select(Job).where(Job.state == "running"))]
 
     # -- events ----------------------------------------------------------------------
 

@@ -184,7 +184,18 @@ class JobInfo(BaseModel):
     error: str | None = None
     error_code: str | None = None
     attempts: int = 0
-    pid: int | None = Field(None, description="Process id of the running job, on its server.")
+    pid: int | None = Field(
+        None, description="Process id of the running job, on the machine that runs it."
+    )
+    runner: str | None = Field(
+        None, description="Id of the server (one per start) that claimed the job last."
+    )
+    runner_host: str | None = Field(
+        None, description="Host name of the server that claimed the job (its latest attempt)."
+    )
+    heartbeat_at: datetime | None = Field(
+        None, description="When that server last said the job still runs."
+    )
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,9 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["create_engine_for", "session_factory", "upgrade_to_head"]
+from maas.registry.locks import one_at_a_time
+
+__all__ = ["among_servers", "create_engine_for", "session_factory", "upgrade_to_head"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -51,9 +55,28 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
+@contextmanager
+def among_servers(engine: Engine, purpose: str) -> Iterator[None]:
+    """Hold, for the block, the lock ``purpose`` of this database and schema, waiting
+    for any server sharing the database that holds it: for start-up work each must see
+    done before it goes on, never done twice (a PostgreSQL advisory lock; an flock
+    beside a SQLite file; nothing for an in-memory database, which no one shares)."""
+    database = engine.url.database
+    on_disk = engine.dialect.name == "sqlite" and database not in (None, "", ":memory:")
+    lock_file = Path(f"{database}.{purpose}.lock").expanduser() if on_disk else None
+    # Per database and schema (the URL's options): other schemas' servers do not wait.
+    name = f"maas.{purpose}:{engine.url.render_as_string(hide_password=True)}"
+    with one_at_a_time(engine, name, lock_file):
+        yield
+
+
 def upgrade_to_head(engine: Engine) -> None:
-    """Create or upgrade the schema; safe at every start.
+    """Create or upgrade the schema; safe at every start, and with several servers
+    starting at once on one database: they take turns (two concurrent upgrades of a
+    fresh PostgreSQL database both create ``alembic_version``, and one crashes), and
+    each after the first finds the schema current.
 
     ``heads``: each package's tables may live on its own branch of revisions.
     """
-    command.upgrade(alembic_config(engine), "heads")
+    with among_servers(engine, "migrations"):
+        command.upgrade(alembic_config(engine), "heads")

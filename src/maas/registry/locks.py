@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, text
 
-__all__ = ["exclusive"]
+__all__ = ["exclusive", "one_at_a_time"]
 
 
 def _advisory_key(name: str) -> int:
@@ -56,3 +56,32 @@ def exclusive(engine: Engine, name: str, lock_file: Path) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)
+
+
+@contextmanager
+def one_at_a_time(engine: Engine, name: str, lock_file: Path | None) -> Iterator[None]:
+    """Hold the lock ``name`` for the block, waiting for whoever holds it: for work every
+    server must see done before it goes on (the schema's migrations), not skip. Without
+    a ``lock_file`` (an in-memory SQLite database, which no other process can open)
+    nothing is taken."""
+    if engine.dialect.name == "postgresql":
+        key = _advisory_key(name)
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            connection.commit()
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                connection.commit()
+        return
+    if lock_file is None:
+        yield
+        return
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor drops the lock

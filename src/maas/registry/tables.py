@@ -228,6 +228,12 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
     created_by: Mapped[str | None] = mapped_column(String(128))
+    #: The ``JobManager`` that claimed the job (a uuid per server start), its host, and
+    #: when it last said the job still runs: another server re-queues a running job only
+    #: once that is older than ``jobs.runner_stale_s`` (migration ``0006_job_runner``).
+    runner: Mapped[str | None] = mapped_column(String(64))
+    runner_host: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
 
 
 class JobEvent(Base):

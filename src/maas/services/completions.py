@@ -1,8 +1,9 @@
 """``TextService``: what the OpenAI routes ask of serving, in serving's own terms.
 
 It resolves a model reference (``smollm2``, ``smollm2:production``, ``smollm2:3``) to
-a loaded deployment, checks that the model does the task asked of it, encodes prompts
-(off the event loop), and starts one generation stream per choice, or runs an
+a loaded deployment, checks that the model does the task asked of it, and hands the
+request to the model's engine (``maas.serving.text_requests``: in this process or on a
+replica of a Ray cluster), which encodes it and starts one stream per choice; or runs an
 embedding batch through the deployment's dynamic batcher. The router only parses,
 authorises, and encodes the HTTP answer (JSON or SSE).
 
@@ -13,9 +14,8 @@ parameter, rather than an answer that may not parse.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,17 +24,13 @@ from maas.errors import InvalidRequest, ShuttingDown, UnsupportedTask
 from maas.protocols.management import VersionInfo
 from maas.protocols.openai import OutputRequest
 from maas.registry.refs import parse_ref
-from maas.runtimes.generation import (
-    ChatMessage,
-    ConstrainedGenerator,
-    OutputFormat,
-    TokenConstraint,
-)
+from maas.runtimes.generation import ChatMessage, OutputFormat
 from maas.services.tools import ToolCallStream, tool_call_format, with_tools_prompt
 from maas.serving.deployment import Deployment
-from maas.serving.generation import GenerationScheduler, GenerationStream
+from maas.serving.generation import TextStream
 from maas.serving.manager import ModelManager
 from maas.serving.sampling import SamplingParams
+from maas.serving.text_requests import StartedGeneration, TextEngine, TextRequest
 
 __all__ = ["Embeddings", "Generation", "TextService"]
 
@@ -43,7 +39,7 @@ __all__ = ["Embeddings", "Generation", "TextService"]
 class Generation:
     version: VersionInfo
     #: One per choice: ``n`` per prompt, prompt by prompt (OpenAI's choice order).
-    streams: list[GenerationStream]
+    streams: list[TextStream]
     #: Counted once per prompt, however many choices it has, as OpenAI counts them.
     prompt_tokens: int
 
@@ -76,7 +72,7 @@ class TextService:
         ref = parse_ref(model)
         return await self._models.get(ref.name, ref.selector)
 
-    async def _scheduler(self, model: str) -> tuple[Deployment, GenerationScheduler]:
+    async def _engine(self, model: str) -> tuple[Deployment, TextEngine]:
         deployment = await self._deployment(model)
         if deployment.generation is None:
             raise UnsupportedTask(
@@ -96,11 +92,10 @@ class TextService:
     ) -> Generation:
         """``n`` choices of an answer; ``output``: JSON (of a schema) or tool calls."""
         self._check_fits(1, n)
-        deployment, scheduler = await self._scheduler(model)
-        generator = scheduler.generator
+        deployment, engine = await self._engine(model)
         fmt: OutputFormat | None = None
         if output is not None:
-            if not isinstance(generator, ConstrainedGenerator):
+            if not engine.constrains:
                 param = "tools" if output.tools else "response_format"
                 raise InvalidRequest(
                     f"{param}: model {model!r} runs on {deployment.version.framework}, which "
@@ -113,16 +108,8 @@ class TextService:
                 fmt = tool_call_format(output)
             else:
                 fmt = OutputFormat(output.json_schema or {})
-
-        def prepare() -> tuple[list[int], list[TokenConstraint] | None]:
-            prompt = generator.encode_chat(messages)
-            if fmt is None:
-                return prompt, None
-            assert isinstance(generator, ConstrainedGenerator)
-            return prompt, [generator.constraint(fmt) for _ in range(n)]
-
-        prompt, constraints = await asyncio.to_thread(prepare)
-        generation = self._start(deployment, scheduler, [prompt], n, params, constraints)
+        request = TextRequest(params, n, messages=tuple(messages), output=fmt)
+        generation = self._generation(deployment, await engine.generate(request))
         if output is not None and output.tools:
             generation.streams = [ToolCallStream(stream) for stream in generation.streams]
         return generation
@@ -131,10 +118,9 @@ class TextService:
         self, model: str, prompts: Sequence[str], params: SamplingParams, n: int
     ) -> Generation:
         self._check_fits(len(prompts), n)
-        deployment, scheduler = await self._scheduler(model)
-        encode = scheduler.generator.encode_text
-        encoded = await asyncio.to_thread(lambda: [encode(text) for text in prompts])
-        return self._start(deployment, scheduler, encoded, n, params)
+        deployment, engine = await self._engine(model)
+        started = await engine.generate(TextRequest(params, n, prompts=tuple(prompts)))
+        return self._generation(deployment, started)
 
     def _check_fits(self, prompts: int, n: int) -> None:
         """A request of more sequences than a scheduler can ever hold is a 400: a 429
@@ -149,32 +135,8 @@ class TextService:
         )
 
     @staticmethod
-    def _start(
-        deployment: Deployment,
-        scheduler: GenerationScheduler,
-        prompts: Sequence[list[int]],
-        n: int,
-        params: SamplingParams,
-        constraints: Sequence[TokenConstraint] | None = None,
-    ) -> Generation:
-        """``n`` streams per prompt; every prompt is checked before any is queued, so a
-        refused request leaves nothing running. Choice ``i`` of a seeded request uses
-        ``seed + i``: choices differ, and each is repeatable. ``constraints``: one
-        grammar state per stream, in stream order."""
-        for prompt in prompts:
-            scheduler.check_prompt(prompt, params.max_tokens)
-        streams: list[GenerationStream] = []
-        try:
-            for prompt in prompts:
-                for choice in range(n):
-                    seed = None if params.seed is None else params.seed + choice
-                    constraint = constraints[len(streams)] if constraints else None
-                    streams.append(scheduler.submit(prompt, replace(params, seed=seed), constraint))
-        except BaseException:
-            for stream in streams:
-                stream.cancel()
-            raise
-        return Generation(deployment.version, streams, sum(len(p) for p in prompts))
+    def _generation(deployment: Deployment, started: StartedGeneration) -> Generation:
+        return Generation(deployment.version, started.streams, started.prompt_tokens)
 
     async def embed(
         self,

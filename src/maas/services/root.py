@@ -21,15 +21,22 @@ from maas.auth.ratelimit import MemoryRateLimiter, RateLimitBackend, RedisRateLi
 from maas.auth.resolver import KeyResolver
 from maas.auth.usage import UsageLedger
 from maas.config import Settings
+from maas.jobs.backend import JobBackend, LocalProcessBackend
 from maas.jobs.datasets import DatasetService
 from maas.jobs.manager import JobManager
+from maas.jobs.ray_backend import RayJobBackend
 from maas.jobs.store import JobStore
 from maas.protocols.gc import StoreName
 from maas.protocols.tensors import DecodeLimits
 from maas.registry.archives import ExtractLimits
 from maas.registry.artifacts import ArtifactStore
 from maas.registry.changes import ChangeLog
-from maas.registry.db import create_engine_for, session_factory, upgrade_to_head
+from maas.registry.db import (
+    among_servers,
+    create_engine_for,
+    session_factory,
+    upgrade_to_head,
+)
 from maas.registry.service import RegistryService
 from maas.runtimes.base import ImageLimits
 from maas.services.audio import AudioService
@@ -42,6 +49,7 @@ from maas.services.orphans import OrphanCollector
 from maas.services.publishing import Publisher
 from maas.services.rerank import RerankService
 from maas.serving.manager import ModelManager
+from maas.serving.ray_instances import RayCluster
 
 __all__ = ["Services", "open_collector", "open_services"]
 
@@ -73,6 +81,8 @@ class Services:
     orphans: OrphanCollector
     #: Applies what other servers of the database changed (``maas.services.changes``).
     changes: ChangeFollower
+    #: The Ray cluster that models and jobs run on, when ``cluster.ray_address`` is set.
+    cluster: RayCluster | None = None
     #: ``time.monotonic()`` by which the process must have exited; set by ``begin_drain``.
     drain_deadline: float | None = None
     #: What an operator must know about this server's setup (``/v2/health/ready`` shows
@@ -106,9 +116,11 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 admin_key.get_secret_value() if admin_key else None,
             )
         if settings.demo:
-            await register_demo_models(
-                services.publisher, services.registry, settings.home_dir, settings.demo_models
-            )
+            # Gateways started together on one database register the demo once.
+            with among_servers(engine, "demo"):
+                await register_demo_models(
+                    services.publisher, services.registry, settings.home_dir, settings.demo_models
+                )
         await services.changes.start()  # before the models: no change falls in between
         await services.models.start()
         await services.usage.start()
@@ -141,6 +153,11 @@ def _assemble(settings: Settings, engine: Engine) -> Services:
     upgrade_to_head(engine)
     store, dataset_store = _stores(settings)
     registry = RegistryService(session_factory(engine), store)
+    # One connection to the cluster for models and jobs, closed after both (_close).
+    cluster = RayCluster(settings.cluster) if settings.cluster.ray_address else None
+    job_backend: JobBackend = (
+        LocalProcessBackend() if cluster is None else RayJobBackend(cluster, settings.jobs)
+    )
     models = ModelManager(
         registry,
         store,
@@ -149,7 +166,7 @@ def _assemble(settings: Settings, engine: Engine) -> Services:
         cache_dir=settings.cache_path,
         extract_limits=ExtractLimits.from_settings(settings.limits),
         image_limits=ImageLimits(settings.limits.max_image_bytes, settings.limits.max_image_pixels),
-        cluster=settings.cluster,
+        cluster=cluster,
     )
     publisher = Publisher(registry, store, models, settings)
     limits = DecodeLimits.from_settings(settings.limits)
@@ -168,6 +185,7 @@ def _assemble(settings: Settings, engine: Engine) -> Services:
         PublisherSink(publisher),
         settings.jobs,
         settings.home_dir / "jobs",
+        job_backend,
     )
     text = TextService(models, settings.generation)
     keys = _key_store(settings, engine)
@@ -206,6 +224,7 @@ def _assemble(settings: Settings, engine: Engine) -> Services:
             poll_s=settings.serving.changes_poll_s,
             retention_s=settings.serving.changes_retention_s,
         ),
+        cluster=cluster,
         health_details=_health_details(settings),
     )
 
@@ -247,6 +266,8 @@ async def _close(services: Services) -> None:
         for name, result in zip(parts, results, strict=True):
             if isinstance(result, Exception):
                 log.error("closing %s failed", name, exc_info=result)
+        if services.cluster is not None:  # after the models' and jobs' actors are gone
+            await asyncio.to_thread(services.cluster.close)
     finally:
         services.engine.dispose()
 

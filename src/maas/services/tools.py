@@ -17,7 +17,7 @@ from typing import Any
 
 from maas.protocols.openai import OutputRequest, ToolCall, ToolSpec
 from maas.runtimes.generation import ChatMessage, OutputFormat
-from maas.serving.generation import GenerationStream, TextDelta, TokenLogprob
+from maas.serving.generation import TextDelta, TextStream, TokenLogprob
 
 __all__ = ["ToolCallStream", "parse_tool_call", "tool_call_format", "with_tools_prompt"]
 
@@ -79,18 +79,30 @@ def parse_tool_call(text: str) -> ToolCall | None:
     return ToolCall(f"call_{secrets.token_hex(12)}", data["name"], arguments)
 
 
-class ToolCallStream(GenerationStream):
+class ToolCallStream(TextStream):
     """A choice of a request with tools: text passes through as it comes; an answer
     that starts with ``{`` is a tool call, sent whole as ``tool_calls`` when complete
-    (finish reason ``tool_calls``)."""
+    (finish reason ``tool_calls``). Wraps the choice's stream, wherever it runs."""
 
-    def __init__(self, stream: GenerationStream) -> None:
-        super().__init__(stream._sequence, stream._scheduler)
+    def __init__(self, stream: TextStream) -> None:
+        self._stream = stream
+        self.prompt_tokens = stream.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return self._stream.completion_tokens
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._stream.finish_reason
+
+    def cancel(self) -> None:
+        self._stream.cancel()
 
     async def __aiter__(self) -> AsyncIterator[TextDelta]:
         held: list[TextDelta] = []  # pieces before the first visible character
         calling: bool | None = None
-        async for delta in super().__aiter__():
+        async for delta in self._stream:
             if calling is None:
                 text = "".join(d.text for d in held) + delta.text
                 if text.strip():

@@ -41,7 +41,9 @@ from maas.serving.process_workers import (
     ProcessPool,
     SharedInstances,
 )
+from maas.serving.ray_generation import RayGeneration
 from maas.serving.ray_instances import RayCluster, RayInstances, ReplicaTarget
+from maas.serving.text_requests import LocalEngine, TextEngine, constrains
 from maas.serving.workers import InlineInstances, ModelInstances, ThreadInstances, Workers
 
 __all__ = ["Deployment", "DeploymentState", "warmup_inputs"]
@@ -122,8 +124,9 @@ class Deployment:
         #: The Ray cluster that holds the replicas of models, if the server has one.
         self._cluster = cluster
         self._generation_settings = generation or GenerationSettings()
-        #: The continuous-batching scheduler of a language model; ``None`` for others.
-        self.generation: GenerationScheduler | None = None
+        #: A language model's engine (its continuous-batching scheduler, here or on its
+        #: replicas); ``None`` for other models.
+        self.generation: TextEngine | None = None
         self._instances: ModelInstances | None = None
         self._batcher: DynamicBatcher | None = None
         self._load_task: asyncio.Task[None] | None = None
@@ -197,7 +200,7 @@ class Deployment:
         self.state = DeploymentState.LOADING
         started = time.monotonic()
         instances: ModelInstances | None = None
-        scheduler: GenerationScheduler | None = None
+        scheduler: TextEngine | None = None
         try:
             instances = await self._start_instances()
             scheduler = self._scheduler_for(instances)
@@ -253,51 +256,85 @@ class Deployment:
             return "shared"
         return "processes"
 
-    def _scheduler_for(self, instances: ModelInstances) -> GenerationScheduler | None:
-        """A language model gets a scheduler that batches its sequences."""
+    def _scheduler_for(self, instances: ModelInstances) -> TextEngine | None:
+        """A language model gets an engine that batches its sequences: a scheduler in
+        this process, or its replicas' own on a cluster."""
+        if isinstance(instances, RayGeneration):
+            return instances
         runtime = getattr(instances, "runtime", None)
         if not isinstance(runtime, TextGenerator):
             return None
-        settings = self._generation_settings
-        scheduler = GenerationScheduler(
+        scheduler = GenerationScheduler.for_deployment(
             runtime,
+            self._generation_settings,
             model=self.version.model,
             version=str(self.version.version),
-            max_running=settings.max_running,
-            max_waiting=settings.max_waiting,
-            max_context=settings.max_context_tokens,
-            default_max_tokens=settings.default_max_tokens,
         )
-        scheduler.start()
-        return scheduler
+        return LocalEngine(scheduler)
+
+    def _generates(self) -> bool:
+        """A language model: llama.cpp's always, transformers' by its recorded task."""
+        runtime = runtime_class(self.version.framework)
+        if getattr(runtime, "generates", False):
+            return True
+        return self.version.metadata.get("task") == "text-generation"
 
     def _on_cluster(self) -> bool:
-        """A Ray cluster holds every model but language models (their schedulers drive
-        the runtime in this process) and versions whose spec pins a local placement."""
+        """A Ray cluster holds every model but versions whose spec pins a local
+        placement and the other runtimes that must run in this process (transformers'
+        embedders and classifiers). A language model runs there with its scheduler."""
         if self._cluster is None or self.version.deployment.workers != "auto":
             return False
-        return not runtime_class(self.version.framework).in_process_only
+        return self._generates() or not runtime_class(self.version.framework).in_process_only
 
     async def _start_on_cluster(self) -> RayInstances:
         assert self._cluster is not None
         spec = self.version.deployment
+        options = self._options
+        if self._generates():  # llama.cpp's threads spin: one per CPU the replica holds
+            options = replace(options, threads=max(1, int(spec.cpus)))
         target = ReplicaTarget(
             self.version.framework,
             self._store.shared_url,
             self.version.digest,
-            self._options,
+            options,
             self._extract_limits,
         )
+        if self._generates():
+            engine = RayGeneration(
+                self._cluster,
+                target,
+                spec.instances,
+                settings=self._generation_settings,
+                constrains=constrains(runtime_class(self.version.framework)),
+                cpus=spec.cpus,
+                memory_bytes=self._replica_memory(),
+                labels=self._labels,
+            )
+            await engine.start()
+            return engine
         instances = RayInstances(
             self._cluster,
             target,
             spec.instances,
             cpus=spec.cpus,
-            memory_bytes=spec.memory_bytes,
+            memory_bytes=self._replica_memory(),
             labels=self._labels,
         )
         await instances.start()
         return instances
+
+    def _replica_memory(self) -> int:
+        """What each replica asks of a node's memory: the deployment's ``memory_bytes``,
+        else an estimate from the artifact (loaded, a model takes about its file's size
+        again beside the file's pages) over what a Ray worker process costs bare, so a
+        node fills up by memory rather than by replica count."""
+        asked = self.version.deployment.memory_bytes
+        if asked is not None:
+            return asked
+        assert self._cluster is not None
+        base = self._cluster.settings.replica_base_memory_bytes
+        return base + 2 * self.version.size_bytes
 
     async def _start_instances(self) -> ModelInstances:
         if self._on_cluster():
@@ -329,10 +366,10 @@ class Deployment:
     def _local_artifact(self, digest: str) -> Path:
         return local_artifact(self._store, digest, self._options.cache_dir, self._extract_limits)
 
-    async def _warm(self, instances: ModelInstances, scheduler: GenerationScheduler | None) -> None:
+    async def _warm(self, instances: ModelInstances, scheduler: TextEngine | None) -> None:
         """One call on zeros: lazy initialisation happens now, not on a caller's time."""
         if scheduler is not None:  # one token through the scheduler warms the model
-            await scheduler.complete_texts(["Hello"], max_tokens=1)
+            await scheduler.warm()
             return
         signature = self.version.signature
         if not signature.inputs:

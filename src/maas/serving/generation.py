@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from maas.config import GenerationSettings
 from maas.errors import (
     ContextLengthExceeded,
     GenerationQueueFull,
@@ -58,7 +59,14 @@ from maas.protocols.openai import ToolCall
 from maas.runtimes.generation import ChunkedBatch, DecodeBatch, TextGenerator, TokenConstraint
 from maas.serving.sampling import Sampler, SamplingParams, log_probabilities
 
-__all__ = ["Completion", "GenerationScheduler", "GenerationStream", "TextDelta", "TokenLogprob"]
+__all__ = [
+    "Completion",
+    "GenerationScheduler",
+    "GenerationStream",
+    "TextDelta",
+    "TextStream",
+    "TokenLogprob",
+]
 
 log = logging.getLogger("maas.serving")
 
@@ -129,8 +137,53 @@ def _deliver(items: list[tuple[_Sequence, TextDelta]]) -> None:
         sequence.queue.put_nowait(item)
 
 
-class GenerationStream:
-    """The caller's side of one sequence: iterate for text pieces, or ``collect``."""
+class TextStream:
+    """One choice's text as it is generated, wherever the sequence runs (this process's
+    scheduler, or a replica on a Ray cluster): iterate for text pieces, or ``collect``.
+
+    Subclasses give the pieces (``__aiter__``), the counts and ``cancel``; collecting
+    is the same for all."""
+
+    #: Tokens of the prompt this choice continues.
+    prompt_tokens: int = 0
+
+    @property
+    def completion_tokens(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def finish_reason(self) -> str | None:
+        raise NotImplementedError
+
+    def __aiter__(self) -> AsyncIterator[TextDelta]:
+        raise NotImplementedError
+
+    def cancel(self) -> None:
+        """Stop generating (the caller left): frees the sequence's slot."""
+        raise NotImplementedError
+
+    async def collect(self) -> Completion:
+        pieces: list[str] = []
+        logprobs: list[TokenLogprob] = []
+        calls: list[ToolCall] = []
+        finish = None
+        async for delta in self:
+            pieces.append(delta.text)
+            logprobs.extend(delta.logprobs)
+            calls.extend(delta.tool_calls)
+            finish = delta.finish_reason or finish
+        return Completion(
+            "".join(pieces),
+            finish or self.finish_reason or "stop",
+            self.prompt_tokens,
+            self.completion_tokens,
+            tuple(logprobs),
+            tuple(calls),
+        )
+
+
+class GenerationStream(TextStream):
+    """The caller's side of one sequence of this process's scheduler."""
 
     def __init__(self, sequence: _Sequence, scheduler: GenerationScheduler) -> None:
         self._sequence = sequence
@@ -156,25 +209,6 @@ class GenerationStream:
                     return
         finally:
             self.cancel()  # a no-op once finished; frees the slot if the caller left
-
-    async def collect(self) -> Completion:
-        pieces: list[str] = []
-        logprobs: list[TokenLogprob] = []
-        calls: list[ToolCall] = []
-        finish = None
-        async for delta in self:
-            pieces.append(delta.text)
-            logprobs.extend(delta.logprobs)
-            calls.extend(delta.tool_calls)
-            finish = delta.finish_reason or finish
-        return Completion(
-            "".join(pieces),
-            finish or self.finish_reason or "stop",
-            self.prompt_tokens,
-            self.completion_tokens,
-            tuple(logprobs),
-            tuple(calls),
-        )
 
     def cancel(self) -> None:
         self._scheduler.cancel(self._sequence)
@@ -217,6 +251,24 @@ class GenerationScheduler:
         self._itl = INTER_TOKEN_SECONDS.labels(model)
         self._generated = TOKENS_GENERATED.labels(model)
         self._batch_size = BATCH_SIZE.labels(model, version)
+
+    @classmethod
+    def for_deployment(
+        cls, generator: TextGenerator, settings: GenerationSettings, *, model: str, version: str
+    ) -> GenerationScheduler:
+        """The scheduler of a deployed language model, as the operator's settings size
+        it (in the server, or in a replica on a cluster), started."""
+        scheduler = cls(
+            generator,
+            model=model,
+            version=version,
+            max_running=settings.max_running,
+            max_waiting=settings.max_waiting,
+            max_context=settings.max_context_tokens,
+            default_max_tokens=settings.default_max_tokens,
+        )
+        scheduler.start()
+        return scheduler
 
     # -- the caller's side (event loop) ----------------------------------------------
 

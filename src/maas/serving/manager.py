@@ -68,7 +68,7 @@ class ModelManager:
         cache_dir: Path | None = None,
         extract_limits: ExtractLimits = DEFAULT_EXTRACT_LIMITS,
         image_limits: ImageLimits | None = None,
-        cluster: ClusterSettings | None = None,
+        cluster: ClusterSettings | RayCluster | None = None,
     ) -> None:
         self._registry = registry
         self._extract_limits = extract_limits
@@ -95,8 +95,14 @@ class ModelManager:
             if settings.shared_workers > 0
             else None
         )
-        #: The Ray cluster that holds model replicas (connected on the first one).
-        self._cluster = RayCluster(cluster) if cluster is not None and cluster.ray_address else None
+        #: The Ray cluster that holds model replicas (connected on the first one); one
+        #: given as a ``RayCluster`` is its caller's to close (the jobs share it).
+        self._cluster: RayCluster | None = None
+        self._owns_cluster = not isinstance(cluster, RayCluster)
+        if isinstance(cluster, RayCluster):
+            self._cluster = cluster
+        elif cluster is not None and cluster.ray_address:
+            self._cluster = RayCluster(cluster)
         self._resolved: dict[tuple[str, Selector], tuple[float, VersionInfo]] = {}
         self._expected: set[tuple[str, int]] = set()
         self._epoch = 0  # bumped by every invalidation: a resolve racing one retries
@@ -426,7 +432,7 @@ class ModelManager:
                 log.error("unloading %s:%s failed: %r", *deployment.key, result)
         if self._shared is not None:
             await self._shared.close()
-        if self._cluster is not None:
+        if self._cluster is not None and self._owns_cluster:
             await asyncio.to_thread(self._cluster.close)
         # Off the loop: a model call still running in the pool must not freeze the loop
         # (and with it the shutdown deadline) while the pool waits for it.

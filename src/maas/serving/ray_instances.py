@@ -49,6 +49,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -83,6 +84,7 @@ __all__ = [
     "Replica",
     "ReplicaTarget",
     "replica_name",
+    "room",
 ]
 
 log = logging.getLogger("maas.serving")
@@ -151,38 +153,29 @@ class ClusterNode:
     available: dict[str, float]
 
 
-class Replica:
-    """The body of one actor: loads at creation (again after each restart), then
-    answers calls one at a time, as a worker process does.
+class ReplicaBody:
+    """What every replica's actor answers, whatever it serves: ``ready``, the health
+    ping. A failed load is kept in ``_error`` and reported by ``ready`` rather than
+    raised: an actor whose constructor raises would be restarted by Ray forever.
 
-    A failed load is kept and reported by ``ready`` rather than raised: an actor whose
-    constructor raises would be restarted by Ray forever.
+    ``ready`` is also every server's keep-alive: replicas are detached (shared by the
+    servers of a cluster), so once its load ends a body starts a thread that removes the
+    actor for good, whatever ``max_restarts``, when no ping came for
+    ``orphan_timeout_s``: no server is left to remove it."""
 
-    ``ready`` is also every server's health ping; a thread removes the actor (for good,
-    whatever ``max_restarts``) once no ping came for ``orphan_timeout_s``: the actor is
-    detached, and no server is left to remove it."""
+    _error: tuple[str, str, dict[str, Any]] | None = None
+    _pinged: float = 0.0
 
-    def __init__(self, target: ReplicaTarget) -> None:
-        self._models = WorkerModels()
-        self._error: tuple[str, str, dict[str, Any]] | None = None
-        self._load(target)
-        self._pinged = time.monotonic()  # from the end of the load, however long it took
+    def _reap_when_orphaned_after(self, timeout_s: float) -> None:
+        """Start the thread that removes this actor once no server pinged it for
+        ``timeout_s`` (counted from now: the end of the load, however long it took)."""
+        self._pinged = time.monotonic()
         threading.Thread(
             target=self._reap_when_orphaned,
-            args=(target.orphan_timeout_s,),
+            args=(timeout_s,),
             name="orphan reaper",
             daemon=True,
         ).start()
-
-    def _load(self, target: ReplicaTarget) -> None:
-        try:
-            store = ArtifactStore(target.store_url)
-            path = local_artifact(
-                store, target.digest, target.options.cache_dir, target.extract_limits
-            )
-            self._models.load(_KEY, LoadTarget(target.framework, path, target.options))
-        except Exception as exc:  # reported by ready(), raised in the server
-            self._error = error_payload(exc)
 
     def ready(self) -> tuple[int, str, tuple[str, str, dict[str, Any]] | None]:
         """This process's pid, its node's id and the load's error, if it failed."""
@@ -190,12 +183,6 @@ class Replica:
 
         self._pinged = time.monotonic()
         return os.getpid(), ray.get_runtime_context().get_node_id(), self._error
-
-    def predict(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> tuple[str, Any]:
-        try:
-            return "ok", self._models.runtimes[_KEY].run_checked(inputs, outputs)
-        except Exception as exc:  # the caller's error, not the actor's death
-            return "error", error_payload(exc)
 
     def _reap_when_orphaned(self, timeout_s: float) -> None:
         """Kill this actor with ``no_restart`` once no server has pinged it for
@@ -220,12 +207,41 @@ class Replica:
         ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
 
+def replica_artifact(target: ReplicaTarget) -> Path:
+    """The artifact on this node's disk, fetched from the store as this node reaches it."""
+    store = ArtifactStore(target.store_url)
+    return local_artifact(store, target.digest, target.options.cache_dir, target.extract_limits)
+
+
+class Replica(ReplicaBody):
+    """The body of one actor: loads at creation (again after each restart), then
+    answers calls one at a time, as a worker process does."""
+
+    def __init__(self, target: ReplicaTarget) -> None:
+        self._models = WorkerModels()
+        try:
+            path = replica_artifact(target)
+            self._models.load(_KEY, LoadTarget(target.framework, path, target.options))
+        except Exception as exc:  # reported by ready(), raised in the server
+            self._error = error_payload(exc)
+        self._reap_when_orphaned_after(target.orphan_timeout_s)
+
+    def predict(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> tuple[str, Any]:
+        try:
+            return "ok", self._models.runtimes[_KEY].run_checked(inputs, outputs)
+        except Exception as exc:  # the caller's error, not the actor's death
+            return "error", error_payload(exc)
+
+
 class RayCluster:
-    """The server's connection to a Ray cluster, made on the first model placed there."""
+    """The server's connection to a Ray cluster, made on the first model or job placed
+    there; one per server, shared by the models and the jobs (``maas.jobs.ray_backend``)."""
 
     def __init__(self, settings: ClusterSettings) -> None:
         self.settings = settings
-        self._actor_class: Any = None
+        self._connected = False
+        #: The Ray actor class of each replica body, made on first use.
+        self._actor_classes: dict[type, Any] = {}
         self._owns_connection = False
         #: The exceptions that mean "the actor is gone", not "the call failed".
         self.lost: tuple[type[Exception], ...] = ()
@@ -246,11 +262,21 @@ class RayCluster:
             del self._holders[name]
         return free
 
-    async def actor_class(self) -> Any:
-        """The Ray actor class of ``Replica``, connecting first if need be."""
-        if self._actor_class is None:
+    async def connect(self) -> None:
+        """Connect unless connected: ``MissingExtra`` without ray, ``PlacementInfeasible``
+        when nothing answers at the address."""
+        if not self._connected:
             await asyncio.to_thread(self._connect)
-        return self._actor_class
+
+    async def actor_class(self, body: type[ReplicaBody] = Replica) -> Any:
+        """The Ray actor class of ``body``, connecting first if need be."""
+        await self.connect()
+        if body not in self._actor_classes:
+            import ray
+
+            remote = ray.remote(concurrency_groups={_HEALTH: 1})  # type: ignore[call-overload]
+            self._actor_classes[body] = remote(body)
+        return self._actor_classes[body]
 
     def _connect(self) -> None:
         try:
@@ -283,35 +309,32 @@ class RayCluster:
             errors.OwnerDiedError,
         )
         self.died = (errors.ActorDiedError,)
-        remote = ray.remote(concurrency_groups={_HEALTH: 1})  # type: ignore[call-overload]
-        self._actor_class = remote(Replica)
+        self._connected = True
 
     def demand(self, instances: int, cpus: float, memory_bytes: int | None) -> dict[str, float]:
         """What one replica asks, checked against the cluster's live nodes: raises
         ``PlacementInfeasible`` unless ``instances`` of them fit (blocking)."""
-        import ray
-
-        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]  # type: ignore[no-untyped-call]
+        nodes = self.live_nodes()
         ask: dict[str, float] = {"CPU": cpus}
         if memory_bytes is not None:
             ask["memory"] = float(memory_bytes)
         if any(SLOT_RESOURCE in node for node in nodes):
             ask[SLOT_RESOURCE] = 1.0
-        room = sum(min(int(node.get(k, 0.0) // v) for k, v in ask.items()) for node in nodes)
-        if room < instances:
+        fit = room(nodes, ask)
+        if fit < instances:
             largest = max((node.get("CPU", 0.0) for node in nodes), default=0.0)
             raise PlacementInfeasible(
                 f"{instances} replicas asking {_describe(ask)} each do not fit the cluster: "
-                f"its {len(nodes)} nodes hold {room} (the largest has {largest:g} CPUs); "
+                f"its {len(nodes)} nodes hold {fit} (the largest has {largest:g} CPUs); "
                 "add nodes or ask less (cpus, memory_bytes, instances)",
-                details={"instances": instances, "per_replica": ask, "room": room},
+                details={"instances": instances, "per_replica": ask, "room": fit},
             )
         return ask
 
     def nodes(self) -> list[ClusterNode]:
         """Every node the cluster knows, alive or not, with its free resources (blocking;
         connects first if need be)."""
-        if self._actor_class is None:
+        if not self._connected:
             self._connect()
         import ray
 
@@ -341,6 +364,12 @@ class RayCluster:
             )
         return found
 
+    def live_nodes(self) -> list[dict[str, float]]:
+        """The total resources of each live node (blocking; connected first)."""
+        import ray
+
+        return [node["Resources"] for node in ray.nodes() if node.get("Alive")]  # type: ignore[no-untyped-call]
+
     def close(self) -> None:
         """Disconnect (blocking); the cluster and other servers' actors stay."""
         if self._owns_connection:
@@ -348,7 +377,8 @@ class RayCluster:
 
             ray.shutdown()
             self._owns_connection = False
-        self._actor_class = None
+        self._connected = False
+        self._actor_classes.clear()
 
 
 def _probe(address: str | None, timeout_s: float = 5.0) -> None:
@@ -357,6 +387,11 @@ def _probe(address: str | None, timeout_s: float = 5.0) -> None:
     host, _, port = (address or "").rpartition(":")
     if host and port.isdigit():
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+
+
+def room(nodes: list[dict[str, float]], ask: dict[str, float]) -> int:
+    """How many actors asking ``ask`` the ``nodes`` hold when empty."""
+    return sum(min(int(node.get(k, 0.0) // v) for k, v in ask.items()) for node in nodes)
 
 
 def _describe(ask: dict[str, float]) -> str:
@@ -417,6 +452,8 @@ class RayInstances:
     """A deployment's instances as Ray actors, spread over the cluster's nodes."""
 
     kind = "ray"
+    #: What each actor runs.
+    body: type[ReplicaBody] = Replica
 
     def __init__(
         self,
@@ -468,7 +505,7 @@ class RayInstances:
         """Check the cluster has room, create the actors (or find those another server
         created) and wait until every one has loaded; any failure removes them all and
         fails the load."""
-        actor_class = await self._cluster.actor_class()
+        actor_class = await self._cluster.actor_class(self.body)
         ask = await asyncio.to_thread(
             self._cluster.demand, self._count, self._cpus, self._memory_bytes
         )
@@ -523,7 +560,11 @@ class RayInstances:
             namespace=NAMESPACE,
             lifetime="detached",
             get_if_exists=True,
-        ).remote(self._target)
+        ).remote(*self._actor_arguments())
+
+    def _actor_arguments(self) -> tuple[Any, ...]:
+        """What the body's constructor takes (a language model's takes more)."""
+        return (self._target,)
 
     async def _first_ping(self, replica: _Handle) -> tuple[int, str, Any]:
         """The first ping of a replica; one found as it removed itself (orphaned just
@@ -632,9 +673,13 @@ class RayInstances:
         deployment of this server still uses (a redeploy that kept their spec)."""
         replicas = await self._stop()
         free = self._cluster.release([r.name for r in replicas])
-        doomed = [r.actor for r in replicas if r.name in free]
+        doomed = [r for r in replicas if r.name in free]
         if doomed:
-            await asyncio.to_thread(_kill, doomed)
+            await self._retire(doomed)
+
+    async def _retire(self, replicas: list[_Handle]) -> None:
+        """Remove replicas no deployment of this server holds any more."""
+        await asyncio.to_thread(_kill, [r.actor for r in replicas])
 
     async def detach(self) -> None:
         """Stop watching and let go of the actors, which stay for other servers; those

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine
@@ -68,3 +69,28 @@ def test_listing_and_queue_order(store: JobStore) -> None:
     assert store.list_jobs(state="running") == []
     with pytest.raises(JobNotFound):
         store.get("f" * 32)
+
+
+def test_a_running_job_is_settled_only_by_its_runner_or_once_its_heartbeat_is_stale(
+    store: JobStore,
+) -> None:
+    job_id = _create(store)
+    claimed = store.claim(job_id, "r1", "host-1")
+    assert claimed is not None and claimed.heartbeat_at is not None
+    assert (claimed.runner, claimed.runner_host) == ("r1", "host-1")
+    fresh = claimed.heartbeat_at - timedelta(seconds=1)
+    assert store.stale(fresh) == []
+    assert not store.requeue(job_id, "not stale yet", stale_before=fresh)
+    assert not store.finish(job_id, "failed", runner="r2")  # not r2's to end
+    assert store.heartbeat("r1", [job_id, "b" * 32]) == {job_id}
+    assert store.heartbeat("r2", [job_id]) == set()
+
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    assert [job.id for job in store.stale(later)] == [job_id]
+    assert store.requeue(job_id, "its runner went silent", stale_before=later)
+    queued = store.get(job_id)
+    assert (queued.state, queued.runner, queued.heartbeat_at) == ("queued", None, None)
+    assert store.claim(job_id, "r2", "host-2") is not None
+    assert not store.finish(job_id, "succeeded", runner="r1")  # the old runner is too late
+    assert store.heartbeat("r1", [job_id]) == set()  # ... and learns it is no longer its
+    assert store.finish(job_id, "succeeded", runner="r2")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 
-from maas.registry.db import upgrade_to_head
+from maas.registry.db import create_engine_for, upgrade_to_head
 from maas.registry.tables import Base
 
 
@@ -19,3 +21,32 @@ def test_migrations_match_the_tables(engine: Engine) -> None:
 def test_upgrade_is_idempotent(engine: Engine) -> None:
     upgrade_to_head(engine)  # the fixture already upgraded once: a restart does it again
     assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
+
+
+def test_servers_starting_at_once_on_a_new_database_all_come_up(database_url: str) -> None:
+    """Gateways started together (a deployment's replicas) migrate one fresh database at
+    once: each must find the schema made, none may crash on the others' tables."""
+    starting = threading.Barrier(4)
+    failures: list[BaseException] = []
+
+    def start() -> None:
+        engine = create_engine_for(database_url)
+        try:
+            starting.wait()
+            upgrade_to_head(engine)
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            engine.dispose()
+
+    servers = [threading.Thread(target=start) for _ in range(4)]
+    for server in servers:
+        server.start()
+    for server in servers:
+        server.join()
+    assert failures == []
+    engine = create_engine_for(database_url)
+    try:
+        assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()

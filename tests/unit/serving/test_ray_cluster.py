@@ -180,6 +180,21 @@ async def test_memory_is_asked_of_the_nodes(
         await manager.deployment(huge)
 
 
+async def test_without_memory_bytes_a_replica_asks_an_estimate_from_its_artifact(
+    on_cluster: Any, registry: RegistryService, publish: Callable[..., VersionInfo]
+) -> None:
+    unsized = _deploy(registry, publish)  # no memory_bytes
+    roomy = on_cluster(replica_base_memory_bytes=64 * 1024 * 1024)
+    assert (await roomy.deployment(unsized)).is_ready
+    # The same version where a bare replica would take a petabyte: no node has room,
+    # and the refusal names the memory it asked, the estimate over the artifact's size.
+    crowded = on_cluster(replica_base_memory_bytes=10**15)
+    with pytest.raises(PlacementInfeasible) as caught:
+        await crowded.deployment(unsized)
+    asked = caught.value.details["per_replica"]["memory"]
+    assert asked == 10**15 + 2 * unsized.size_bytes
+
+
 async def test_a_load_failing_on_the_nodes_says_why_and_leaves_no_actor(
     on_cluster: Any,
     registry: RegistryService,
