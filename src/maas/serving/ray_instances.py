@@ -94,6 +94,8 @@ log = logging.getLogger("maas.serving")
 SLOT_RESOURCE = "model_slot"
 _KEY = "model"
 _HEALTH = "health"
+#: Nodes remembered per artifact as holding it in their cache.
+_REMEMBERED_NODES = 16
 #: Longest a health ping may take before its replica counts as lost.
 _PING_TIMEOUT_S = 5.0
 #: A replica's reaper that wakes this much later than it meant to was not running.
@@ -250,6 +252,20 @@ class RayCluster:
         #: How many of this server's deployments use each replica (by name): a redeploy
         #: that keeps the replicas' spec hands them from the old deployment to the new.
         self._holders: Counter[str] = Counter()
+        #: The nodes where a replica of each artifact (by digest) last loaded: its file
+        #: is in their cache, so a new replica there starts without fetching it.
+        self._artifact_nodes: dict[str, list[str]] = {}
+
+    def note_artifact(self, digest: str, node: str) -> None:
+        nodes = self._artifact_nodes.setdefault(digest, [])
+        if node in nodes:
+            nodes.remove(node)
+        nodes.append(node)
+        del nodes[:-_REMEMBERED_NODES]
+
+    def artifact_nodes(self, digest: str) -> list[str]:
+        """The nodes known to hold ``digest`` in their cache, most recent first."""
+        return self._artifact_nodes.get(digest, [])[::-1]
 
     def hold(self, names: list[str]) -> None:
         self._holders.update(names)
@@ -523,8 +539,12 @@ class RayInstances:
         self._actor_class, self._options = actor_class, options
         names = [replica_name(self._target, options, index) for index in range(self._count)]
         self._cluster.hold(names)
+        # New replicas go first to the nodes that already hold the artifact (a redeploy,
+        # a version reloaded after an eviction), one each, the rest wherever SPREAD puts
+        # them; soft, so a node gone or full is no obstacle.
+        cached = self._cluster.artifact_nodes(self._target.digest)
         self._replicas = [
-            _Handle(name, self._new_actor(name), index, self._labels)
+            _Handle(name, self._new_actor(name, near=_at(cached, index)), index, self._labels)
             for index, name in enumerate(names)
         ]
         try:
@@ -547,15 +567,25 @@ class RayInstances:
                 await self.close()
                 raise rebuild_error(error)
             replica.mark(True, pid, node)
+            self._cluster.note_artifact(self._target.digest, node)
         self._monitor = asyncio.get_running_loop().create_task(
             self._watch(), name=f"ray replicas of {self._label}"
         )
 
-    def _new_actor(self, name: str) -> Any:
+    def _new_actor(self, name: str, near: str | None = None) -> Any:
         """The replica called ``name``: the live one if any server created it, else a
-        new one (detached: it outlives this server, until no server pings it)."""
+        new one (detached: it outlives this server, until no server pings it), on the
+        node ``near`` if it can be."""
+        options = self._options
+        if near is not None:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            options = {
+                **options,
+                "scheduling_strategy": NodeAffinitySchedulingStrategy(near, soft=True),
+            }
         return self._actor_class.options(
-            **self._options,
+            **options,
             name=name,
             namespace=NAMESPACE,
             lifetime="detached",
@@ -612,6 +642,7 @@ class RayInstances:
         if not replica.alive:
             log.info("a replica of %s is back (pid %s)", self._label, pid)
             self._restarts.inc()
+            self._cluster.note_artifact(self._target.digest, node)
         replica.mark(True, pid, node)
 
     async def _replace(self, replica: _Handle) -> None:
@@ -697,6 +728,10 @@ class RayInstances:
         for replica in replicas:
             replica.mark(False)
         return replicas
+
+
+def _at(nodes: list[str], index: int) -> str | None:
+    return nodes[index] if index < len(nodes) else None
 
 
 def _kill(actors: list[Any]) -> None:

@@ -432,3 +432,20 @@ async def test_retiring_a_shared_version_removes_its_replicas_and_the_other_reco
         await load.stop()
     assert all(isinstance(exc, WorkerCrashed) for exc in load.failed), load.failed[:3]
     assert deployment.is_ready
+
+
+async def test_a_new_replica_goes_to_the_node_that_holds_its_artifact(
+    on_cluster: Any, registry: RegistryService, publish: Callable[..., VersionInfo]
+) -> None:
+    """Each round unloads the version and loads it with another spec (new actors, by
+    name): with three nodes free, each round's replica lands where the artifact is,
+    which chance alone would do once in 27 for the three rounds."""
+    manager = on_cluster()
+    version = _deploy(registry, publish, instances=1, cpus=1.0)
+    first = (await manager.deployment(version)).status()["nodes"]
+    for cpus in (0.5, 0.25, 0.75):
+        await manager.unload(version.model, version.version)
+        version = registry.update_deployment(
+            version.model, version.version, DeploymentSpec(instances=1, cpus=cpus)
+        )
+        assert (await manager.deployment(version)).status()["nodes"] == first
