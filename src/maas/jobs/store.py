@@ -282,6 +282,12 @@ class JobStore:
     ) -> None:
         if not events:
             return
+        # Servers sharing the database append to one job at once (its runner, and the
+        # server a cancel came through): a write to the job's row orders them (a row lock
+        # on PostgreSQL, the database's write lock on SQLite, where SELECT … FOR UPDATE
+        # means nothing), else both read the same last number and one fails on the
+        # unique (job, seq).
+        session.execute(update(Job).where(Job.id == job_id).values(id=Job.id))
         last = session.scalar(select(func.max(JobEventRow.seq)).where(JobEventRow.job_id == job_id))
         seq = last or 0
         now = _now()

@@ -94,3 +94,20 @@ def test_a_running_job_is_settled_only_by_its_runner_or_once_its_heartbeat_is_st
     assert not store.finish(job_id, "succeeded", runner="r1")  # the old runner is too late
     assert store.heartbeat("r1", [job_id]) == set()  # ... and learns it is no longer its
     assert store.finish(job_id, "succeeded", runner="r2")
+
+
+def test_servers_appending_to_one_job_at_once_number_its_events_in_turn(engine: Engine) -> None:
+    """The runner and the server a cancel came through append to the same job: each a
+    store of its own (its own process lock), on one database."""
+    job_id = _create(JobStore(session_factory(engine)))
+    servers = [JobStore(session_factory(engine)) for _ in range(2)]
+
+    def append(store: JobStore) -> None:
+        for n in range(40):
+            store.append_events(job_id, [("log", {"line": f"{n}"}), ("log", {"line": "again"})])
+
+    with ThreadPoolExecutor(len(servers)) as pool:
+        for done in [pool.submit(append, store) for store in servers]:
+            done.result()
+    seqs = [event.seq for event in servers[0].events(job_id, types=("log",), limit=1000)]
+    assert len(seqs) == 2 * 40 * 2 and len(set(seqs)) == len(seqs)
