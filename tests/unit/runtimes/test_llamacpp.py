@@ -195,3 +195,22 @@ def test_a_grammar_keeps_raw_control_characters_out_of_json_strings(
     assert raw_newline and not any(constraint.allows(t) for t in raw_newline)
     escaped = lm._tokenize("\\n", add_special=False, parse_special=False)
     assert constraint.allows(escaped[0])
+
+
+@pytest.mark.parametrize(
+    ("bound", "refused", "allowed"), [("minimum", "-", "0"), ("exclusiveMinimum", "0", "7")]
+)
+def test_an_integer_held_to_a_lower_bound_never_starts_below_it(
+    lm: LlamaCppRuntime, bound: str, refused: str, allowed: str
+) -> None:
+    """llama-cpp-python's converter ignores ``minimum``: SmolLM2 wrote a negative
+    population into a schema-held answer that asked for none. A bound of 0 (or above 0)
+    is held: no minus sign (no leading zero) where the number begins."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer", bound: 0}}}
+    constraint = lm.constraint(OutputFormat(schema))
+    for token in lm._tokenize('{"n":', add_special=False, parse_special=False):
+        assert constraint.allows(token)
+        constraint.accept(token)
+    first = {t for t in range(lm.n_vocab) if lm.decode([t]).startswith(refused)}
+    assert first and not any(constraint.allows(t) for t in first)
+    assert any(constraint.allows(t) for t in range(lm.n_vocab) if lm.decode([t]) == allowed)

@@ -10,7 +10,6 @@ order of work. The answer then always parses.
 from __future__ import annotations
 
 import ctypes
-import json
 import math
 import re
 from typing import Any, Self
@@ -35,13 +34,56 @@ _JSON_CHAR = (
 _TEXT_RULES = "root ::= json-root | free-text\nfree-text ::= [^{ \\t\\n] [^\\x00]*\n"
 
 
+#: An integer of at most 16 digits that is at least 0, and one at least 1.
+_NON_NEGATIVE = '("0" | [1-9] [0-9]{0,15}) space'
+_POSITIVE = "[1-9] [0-9]{0,15} space"
+
+
+def _lowest_integer(schema: dict[str, Any]) -> int | None:
+    """The least value an integer schema allows, when it sets a lower bound only."""
+    if schema.get("type") != "integer" or "maximum" in schema or "exclusiveMaximum" in schema:
+        return None
+    bounds = []
+    if isinstance(schema.get("minimum"), int | float):
+        bounds.append(math.ceil(schema["minimum"]))
+    if isinstance(schema.get("exclusiveMinimum"), int | float):
+        bounds.append(math.floor(schema["exclusiveMinimum"]) + 1)
+    return max(bounds) if bounds else None
+
+
+def _json_schema_to_gbnf(schema: dict[str, Any]) -> str:
+    """llama-cpp-python's converter, holding integers to a lower bound of 0 or 1 (counts,
+    sizes, populations) too: its port of llama.cpp's converter ignores ``minimum``, so a
+    sampled answer could be negative and still fail the schema it was held to. Other
+    bounds stay as the port leaves them (parsed, not enforced)."""
+    from llama_cpp.llama_grammar import RESERVED_NAMES, SchemaConverter
+
+    class _Converter(SchemaConverter):
+        def visit(self, schema: dict[str, Any], name: str) -> str:
+            lowest = _lowest_integer(schema)
+            if lowest in (0, 1):  # named as the port names rules
+                rule_name = name + "-" if name in RESERVED_NAMES else name or "root"
+                rule: str = self._add_rule(  # type: ignore[no-untyped-call]
+                    rule_name, _NON_NEGATIVE if lowest == 0 else _POSITIVE
+                )
+                return rule
+            visited: str = super().visit(schema, name)  # type: ignore[no-untyped-call]
+            return visited
+
+    converter = _Converter(  # type: ignore[no-untyped-call]
+        prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
+    )
+    resolved = converter.resolve_refs(schema, "stdin")
+    converter.visit(resolved, "")
+    grammar: str = converter.format_grammar()  # type: ignore[no-untyped-call]
+    return grammar
+
+
 def gbnf_of(output: OutputFormat) -> str:
     """The GBNF grammar of ``output``; ``InvalidRequest`` if the schema cannot be one."""
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
     schema = dict(output.json_schema) or {"type": "object"}
     try:
-        grammar: str = json_schema_to_gbnf(json.dumps(schema))
+        grammar = _json_schema_to_gbnf(schema)
     except Exception as exc:  # the converter raises bare exceptions for what it lacks
         raise InvalidRequest(
             f"response_format: the JSON schema cannot be enforced: {exc}",
