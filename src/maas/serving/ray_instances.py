@@ -580,10 +580,10 @@ class RayInstances:
         if near is not None:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-            options = {
-                **options,
-                "scheduling_strategy": NodeAffinitySchedulingStrategy(near, soft=True),
-            }
+            # Soft, and spilling when the node is busy: a redeploy asking more CPUs
+            # than the old replicas leave free there must go elsewhere, not wait.
+            near_first = NodeAffinitySchedulingStrategy(near, soft=True, _spill_on_unavailable=True)
+            options = {**options, "scheduling_strategy": near_first}
         return self._actor_class.options(
             **options,
             name=name,

@@ -449,3 +449,11 @@ async def test_a_new_replica_goes_to_the_node_that_holds_its_artifact(
             version.model, version.version, DeploymentSpec(instances=1, cpus=cpus)
         )
         assert (await manager.deployment(version)).status()["nodes"] == first
+    # A redeploy asking all of a node's CPUs while the old replica still holds one of
+    # them there: the node is busy, so the new replica goes elsewhere rather than wait.
+    bigger = registry.update_deployment(
+        version.model, version.version, DeploymentSpec(instances=1, cpus=2)
+    )
+    await manager.redeploy(bigger)
+    moved = manager.find(version.model, version.version)
+    assert moved is not None and moved.is_ready and moved.status()["nodes"] != first
