@@ -213,6 +213,7 @@ class Deployment:
             if isinstance(exc, MaasError):
                 self._fail(exc)
             else:  # a framework error while loading is the server's problem
+                log.exception("loading %s failed", self._label)
                 self._fail(RuntimeFailure(f"loading {self._label} failed: {type(exc).__name__}"))
             return
         if self._retired:  # unloaded while loading

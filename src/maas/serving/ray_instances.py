@@ -242,6 +242,7 @@ class RayCluster:
     def __init__(self, settings: ClusterSettings) -> None:
         self.settings = settings
         self._connected = False
+        self._connecting = threading.Lock()
         #: The Ray actor class of each replica body, made on first use.
         self._actor_classes: dict[type, Any] = {}
         self._owns_connection = False
@@ -295,6 +296,13 @@ class RayCluster:
         return self._actor_classes[body]
 
     def _connect(self) -> None:
+        # Models loading side by side at start (and jobs) connect at once, from threads:
+        # a second ray.init while the first runs fails on an assertion inside Ray.
+        with self._connecting:
+            if not self._connected:
+                self._connect_once()
+
+    def _connect_once(self) -> None:
         try:
             import ray
             import ray.exceptions as errors

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -457,3 +459,23 @@ async def test_a_new_replica_goes_to_the_node_that_holds_its_artifact(
     await manager.redeploy(bigger)
     moved = manager.find(version.model, version.version)
     assert moved is not None and moved.is_ready and moved.status()["nodes"] != first
+
+
+def test_models_loading_side_by_side_connect_the_server_once(cluster: Cluster) -> None:
+    """A server starting with several models on the cluster connects from each load's
+    thread at once; a second ray.init while the first runs fails inside Ray. In a fresh
+    process, as a server is (this one is connected already)."""
+    code = (
+        "import asyncio, sys\n"
+        "from maas.config import ClusterSettings\n"
+        "from maas.serving.ray_instances import RayCluster\n"
+        "cluster = RayCluster(ClusterSettings(ray_address=sys.argv[1]))\n"
+        "async def main():\n"
+        "    await asyncio.gather(*(cluster.connect() for _ in range(4)))\n"
+        "asyncio.run(main())\n"
+        "cluster.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, cluster.address], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
