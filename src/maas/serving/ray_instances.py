@@ -394,6 +394,18 @@ class RayCluster:
 
         return [node["Resources"] for node in ray.nodes() if node.get("Alive")]  # type: ignore[no-untyped-call]
 
+    def spread(self, count: int, ask: dict[str, float], first: list[str]) -> list[str]:
+        """Up to ``count`` distinct live nodes with room for ``ask`` now: those of
+        ``first`` (in order), then the others by most CPUs free (blocking)."""
+        room = {
+            node.node_id: node.available.get("CPU", 0.0)
+            for node in self.nodes()
+            if node.alive and all(node.available.get(k, 0.0) >= v for k, v in ask.items())
+        }
+        preferred = [node for node in first if node in room]
+        others = sorted(set(room) - set(preferred), key=lambda node: -room[node])
+        return [*preferred, *others][:count]
+
     def close(self) -> None:
         """Disconnect (blocking); the cluster and other servers' actors stay."""
         if self._owns_connection:
@@ -547,12 +559,14 @@ class RayInstances:
         self._actor_class, self._options = actor_class, options
         names = [replica_name(self._target, options, index) for index in range(self._count)]
         self._cluster.hold(names)
-        # New replicas go first to the nodes that already hold the artifact (a redeploy,
-        # a version reloaded after an eviction), one each, the rest wherever SPREAD puts
-        # them; soft, so a node gone or full is no obstacle.
+        # One node each, as far as the nodes go: first those that already hold the
+        # artifact (a redeploy, a version reloaded after an eviction), then those with
+        # the most CPUs free; soft, so a node gone or full is no obstacle. (Ray's SPREAD
+        # alone put two replicas on one node while another had room.)
         cached = self._cluster.artifact_nodes(self._target.digest)
+        nodes = await asyncio.to_thread(self._cluster.spread, self._count, ask, cached)
         self._replicas = [
-            _Handle(name, self._new_actor(name, near=_at(cached, index)), index, self._labels)
+            _Handle(name, self._new_actor(name, near=_at(nodes, index)), index, self._labels)
             for index, name in enumerate(names)
         ]
         try:
