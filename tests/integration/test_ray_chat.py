@@ -18,6 +18,7 @@ from typing import Any
 
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.server import RunningServer, start_server
 from tests.llm_models import smollm2_gguf
@@ -161,6 +162,22 @@ def test_tokens_are_metered(server: RunningServer, sdk: openai.OpenAI) -> None:
         return bool(rows) and (rows[0]["prompt_tokens"], rows[0]["completion_tokens"]) == expected
 
     _wait_for(metered, f"usage {expected}", timeout_s=20)
+    # The replica's scheduler counts in its own process; the gateway's /metrics has
+    # what it relayed: every token of this answer (and the earlier tests'), and a time
+    # to first token for each answer.
+    with server.client() as http:
+        families = {f.name: f for f in text_string_to_metric_families(http.get("/metrics").text)}
+    tokens = sum(
+        s.value
+        for s in families["maas_tokens_generated"].samples
+        if s.name == "maas_tokens_generated_total" and s.labels["model"] == "smollm2"
+    )
+    answers = sum(
+        s.value
+        for s in families["maas_time_to_first_token_seconds"].samples
+        if s.name.endswith("_count") and s.labels["model"] == "smollm2"
+    )
+    assert tokens >= answer.usage.completion_tokens and answers >= 1
 
 
 COUNT = [{"role": "user", "content": "Count from one to one thousand."}]

@@ -30,12 +30,14 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from maas.config import GenerationSettings
 from maas.errors import MaasError, RuntimeFailure, UnsupportedTask, WorkerCrashed
+from maas.observability.metrics import TIME_TO_FIRST_TOKEN_SECONDS, TOKENS_GENERATED
 from maas.runtimes.catalog import load_runtime
 from maas.runtimes.generation import TextGenerator
 from maas.serving.generation import Completion, GenerationScheduler, TextDelta, TextStream
@@ -243,6 +245,10 @@ class RayGeneration(RayInstances):
         self._settings = settings
         self._constrains = constrains
         self._names = labels
+        # The replica's scheduler records its metrics in its own process, which no
+        # /metrics exports: the gateway counts what it relays.
+        self.generated = TOKENS_GENERATED.labels(labels[0])
+        self.first_token = TIME_TO_FIRST_TOKEN_SECONDS.labels(labels[0])
 
     @property
     def constrains(self) -> bool:
@@ -270,11 +276,12 @@ class RayGeneration(RayInstances):
 
     async def _open(self, replica: _Handle, request: TextRequest) -> StartedGeneration:
         request_id = uuid.uuid4().hex
+        started = time.monotonic()
         replica.in_flight += 1
         opened = False
         try:
             refs, (_, prompt_tokens, each) = await self._submit(replica, request_id, request)
-            remote = _RemoteRequest(self, replica, request_id, refs, request, each)
+            remote = _RemoteRequest(self, replica, request_id, refs, request, each, started)
             opened = True
         finally:
             if not opened:
@@ -364,6 +371,7 @@ class _RemoteRequest:
         refs: Any,
         request: TextRequest,
         prompt_tokens: list[int],
+        started: float,
     ) -> None:
         self._owner = owner
         self._replica = replica
@@ -372,6 +380,7 @@ class _RemoteRequest:
         #: Whether any piece has arrived (then a lost replica ends the answer) or the
         #: request was sent again already.
         self._begun = False
+        self._started = started  # when the gateway sent it: time to first token
         self.streams = [
             RemoteStream(self, index, tokens) for index, tokens in enumerate(prompt_tokens)
         ]
@@ -390,9 +399,15 @@ class _RemoteRequest:
                     continue
                 if item is None:
                     break
+                if not self._begun:
+                    self._owner.first_token.observe(time.monotonic() - self._started)
                 self._begun = True
                 for index, piece, tokens in item[1]:
-                    self.streams[index].feed(piece, tokens)
+                    stream = self.streams[index]
+                    grown = tokens - stream.completion_tokens
+                    stream.feed(piece, tokens)
+                    if grown > 0:
+                        self._owner.generated.inc(grown)
         except MaasError as exc:  # sent again, and refused (no live replica, 429)
             ended = exc
         except _Lost:
