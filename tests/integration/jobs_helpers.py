@@ -6,11 +6,11 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from maas.client import Client
 from maas.protocols.jobs import JobInfo
 from tests.integration.server import RunningServer
+from tests.processes import pid_alive
 
 __all__ = ["cli", "pid_alive", "sdk", "wait_until"]
 
@@ -42,12 +42,3 @@ def wait_until(client: Client, job_id: str, check: object, timeout_s: float = 60
             logs = client.job_logs(job_id)
             raise AssertionError(f"job {job_id} stuck in {job.state}: {job}\n{logs}")
         time.sleep(0.2)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process exists and is not a zombie."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "\nState:\tZ" not in status

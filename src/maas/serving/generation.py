@@ -141,8 +141,8 @@ class TextStream:
     """One choice's text as it is generated, wherever the sequence runs (this process's
     scheduler, or a replica on a Ray cluster): iterate for text pieces, or ``collect``.
 
-    Subclasses give the pieces (``__aiter__``), the counts and ``cancel``; collecting
-    is the same for all."""
+    Subclasses give the queue the pieces arrive on (``_pieces``), the counts and
+    ``cancel``; iterating and collecting are the same for all."""
 
     #: Tokens of the prompt this choice continues.
     prompt_tokens: int = 0
@@ -155,8 +155,22 @@ class TextStream:
     def finish_reason(self) -> str | None:
         raise NotImplementedError
 
-    def __aiter__(self) -> AsyncIterator[TextDelta]:
+    def _pieces(self) -> asyncio.Queue[TextDelta | MaasError]:
+        """Where the sequence's pieces arrive, and the error that ends it early."""
         raise NotImplementedError
+
+    async def __aiter__(self) -> AsyncIterator[TextDelta]:
+        pieces = self._pieces()
+        try:
+            while True:
+                item = await pieces.get()
+                if isinstance(item, MaasError):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            self.cancel()  # a no-op once finished; frees the slot if the caller left
 
     def cancel(self) -> None:
         """Stop generating (the caller left): frees the sequence's slot."""
@@ -198,17 +212,8 @@ class GenerationStream(TextStream):
     def finish_reason(self) -> str | None:
         return self._sequence.finish_reason
 
-    async def __aiter__(self) -> AsyncIterator[TextDelta]:
-        try:
-            while True:
-                item = await self._sequence.queue.get()
-                if isinstance(item, MaasError):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
-        finally:
-            self.cancel()  # a no-op once finished; frees the slot if the caller left
+    def _pieces(self) -> asyncio.Queue[TextDelta | MaasError]:
+        return self._sequence.queue
 
     def cancel(self) -> None:
         self._scheduler.cancel(self._sequence)

@@ -485,17 +485,8 @@ class RemoteStream(TextStream):
             self._finish = "error"
             self._queue.put_nowait(error)
 
-    async def __aiter__(self) -> AsyncIterator[TextDelta]:
-        try:
-            while True:
-                item = await self._queue.get()
-                if isinstance(item, MaasError):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
-        finally:
-            self.cancel()  # a no-op once finished; frees the slot if the caller left
+    def _pieces(self) -> asyncio.Queue[TextDelta | MaasError]:
+        return self._queue
 
     def cancel(self) -> None:
         if self._finish is None and not self._cancelled:

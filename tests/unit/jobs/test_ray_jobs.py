@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import ray
+from tests.processes import pid_alive
 from tests.ray_cluster import Cluster, loopback_cluster
 from tests.unit.jobs.servers import job_server, push_iris, states, train_iris, wait_job
 
@@ -51,14 +52,6 @@ async def _logs(services: Services, job_id: str) -> list[str]:
     return [str(event.data["line"]) for event in events]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "\nState:\tZ" not in status
-
-
 async def test_a_training_job_runs_on_a_worker_node(
     cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -88,10 +81,10 @@ async def test_cancel_stops_the_job_process_on_its_node(cluster: Cluster, tmp_pa
     async with _server(cluster, tmp_path, cancel_grace_s=2) as services:
         job = await services.jobs.submit(train_iris(search_s=120), None)
         running = await wait_job(services, job.id, lambda j: j.pid is not None and bool(j.progress))
-        assert running.pid is not None and _alive(running.pid)
+        assert running.pid is not None and pid_alive(running.pid)
         cancelled = await services.jobs.cancel(job.id)  # returns once the process is gone
         assert cancelled.state == "cancelled" and cancelled.pid is None
-        assert not _alive(running.pid)
+        assert not pid_alive(running.pid)
         assert [s["state"] for s in await states(services, job.id)] == [
             "queued",
             "running",

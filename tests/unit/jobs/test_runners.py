@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
+from tests.processes import pid_alive
 from tests.unit.jobs.servers import job_server, push_iris, states, train_iris, wait_job
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
@@ -22,14 +23,6 @@ _STALE_S = 3.0
 
 def _url(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=False)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "\nState:\tZ" not in status
 
 
 async def test_two_servers_run_each_job_exactly_once(engine: Engine, tmp_path: Path) -> None:
@@ -68,11 +61,11 @@ async def test_a_server_starting_leaves_a_live_job_alone_and_cancels_across(
             await _until(lambda: (b.jobs.last_recovery or running.started_at) > running.started_at)
             still = await b.jobs.get(job.id)
             assert (still.state, still.attempts, still.runner) == ("running", 1, a.jobs.runner)
-            assert _alive(running.pid)
+            assert pid_alive(running.pid)
 
             cancelled = await b.jobs.cancel(job.id)  # b does not run it: a must stop it
             assert cancelled.state == "cancelled"
-            await _until(lambda: not _alive(running.pid))
+            await _until(lambda: not pid_alive(running.pid))
         final = await a.jobs.get(job.id)
         assert final.state == "cancelled" and final.attempts == 1
         assert [s["state"] for s in await states(a, job.id)] == ["queued", "running", "cancelled"]
