@@ -36,7 +36,8 @@ _BODY = orjson.dumps(
     {
         "inputs": [
             {"name": "input", "datatype": "FP64", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}
-        ]
+        ],
+        "outputs": [{"name": "predict"}],
     }
 )
 
