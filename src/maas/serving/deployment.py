@@ -133,6 +133,7 @@ class Deployment:
         self._failed_at = 0.0
         self._load_waiters = 0
         self._retired = False
+        self._keep_shared = False
         self.state = DeploymentState.UNLOADED
         self.error: MaasError | None = None
         self.load_seconds: float | None = None
@@ -219,7 +220,7 @@ class Deployment:
         if self._retired:  # unloaded while loading
             if scheduler is not None:
                 await scheduler.close()
-            await instances.close()
+            await self._let_go(instances)
             return
         self._instances = instances
         self.generation = scheduler
@@ -455,6 +456,15 @@ class Deployment:
             "error": self.error.code if self.error is not None else None,
         }
 
+    async def _let_go(self, instances: ModelInstances) -> None:
+        """Close ``instances`` as the retirement asked: replicas on a Ray cluster that
+        other servers may use are only let go of after a shutdown or an eviction
+        (``keep_shared``), even when the load they came from ended after it."""
+        if isinstance(instances, RayInstances) and self._keep_shared:
+            await instances.detach()
+        else:
+            await instances.close()
+
     async def unload(self, *, keep_shared: bool = False) -> None:
         """Retire the version: new calls are refused, in-flight ones finish, then close.
 
@@ -464,6 +474,7 @@ class Deployment:
         are removed."""
         was_ready = self.state is DeploymentState.READY
         self._retired = True
+        self._keep_shared = keep_shared  # also for a load still running: it ends here
         self.state = DeploymentState.UNLOADED
         self._load_task = None
         await self._idle.wait()
@@ -474,9 +485,7 @@ class Deployment:
             await scheduler.close()
         if batcher is not None:
             await batcher.close()
-        if isinstance(instances, RayInstances) and keep_shared:
-            await instances.detach()
-        elif instances is not None:
-            await instances.close()
+        if instances is not None:
+            await self._let_go(instances)
         if was_ready:
             LOADED_MODELS.labels(*self._labels).dec()

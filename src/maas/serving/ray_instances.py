@@ -449,6 +449,8 @@ class _Handle:
         self.pid: int | None = None
         self.node: str | None = None
         self.alive = False
+        #: Whether its first ping was answered (it loaded, for this server or another).
+        self.answered = False
         self.in_flight = 0
         self._labels = (*labels, str(index))
         self._up_on: str | None = None  # the node whose REPLICA_UP series reads 1
@@ -539,8 +541,9 @@ class RayInstances:
 
     async def start(self) -> None:
         """Check the cluster has room, create the actors (or find those another server
-        created) and wait until every one has loaded; any failure removes them all and
-        fails the load."""
+        created) and wait until every one has loaded. A load error of the artifact
+        removes them all; a failure of this server's own (its deadline, a cancellation)
+        removes only those no server can use (``_abandon``). Either fails the load."""
         actor_class = await self._cluster.actor_class(self.body)
         ask = await asyncio.to_thread(
             self._cluster.demand, self._count, self._cpus, self._memory_bytes
@@ -573,7 +576,7 @@ class RayInstances:
             async with asyncio.timeout(settings.ready_timeout_s):
                 answers = await asyncio.gather(*(self._first_ping(r) for r in self._replicas))
         except TimeoutError:
-            await self.close()
+            await self._abandon(remove_unanswered=True)
             raise PlacementInfeasible(
                 f"the {self._count} replicas of {self._label} were not placed and loaded "
                 f"within {settings.ready_timeout_s:g} s: the cluster's free resources may be "
@@ -581,11 +584,11 @@ class RayInstances:
                 details={"instances": self._count, "per_replica": ask},
                 retry_after=settings.ready_timeout_s,
             ) from None
-        except BaseException:
-            await self.close()
+        except BaseException:  # cancelled, or a replica lost: nothing wrong with the rest
+            await self._abandon(remove_unanswered=False)
             raise
         for replica, (pid, node, error) in zip(self._replicas, answers, strict=True):
-            if error is not None:
+            if error is not None:  # the artifact fails to load: it would on any server
                 await self.close()
                 raise rebuild_error(error)
             replica.mark(True, pid, node)
@@ -622,11 +625,13 @@ class RayInstances:
         """The first ping of a replica; one found as it removed itself (orphaned just
         before this server came) is created anew."""
         try:
-            return await self._ping(replica)
+            answer = await self._ping(replica)
         except self._cluster.died:
             await asyncio.to_thread(_kill, [replica.actor])
             replica.actor = self._new_actor(replica.name)
-            return await self._ping(replica)
+            answer = await self._ping(replica)
+        replica.answered = True
+        return answer
 
     async def _ping(self, replica: _Handle) -> tuple[int, str, Any]:
         answer: tuple[int, str, Any] = await replica.actor.ready.options(
@@ -727,6 +732,23 @@ class RayInstances:
         replicas = await self._stop()
         free = self._cluster.release([r.name for r in replicas])
         doomed = [r for r in replicas if r.name in free]
+        if doomed:
+            await self._retire(doomed)
+
+    async def _abandon(self, *, remove_unanswered: bool) -> None:
+        """Give up a load that failed for this server's own reason (its deadline, a
+        cancellation, a replica lost under the first ping), not the artifact's.
+
+        The replicas may be other servers' too (they are shared by name), so removing
+        them all, as ``close`` does, would take a working model away from every server
+        because this one gave up. Those that answered are only let go; with
+        ``remove_unanswered``, those that never answered (not placed, or stuck loading
+        past the deadline) are removed, since no server can use them either. Replicas
+        let go that no server pings remove themselves after ``orphan_timeout_s``.
+        """
+        replicas = await self._stop()
+        free = self._cluster.release([r.name for r in replicas])
+        doomed = [r for r in replicas if remove_unanswered and not r.answered and r.name in free]
         if doomed:
             await self._retire(doomed)
 

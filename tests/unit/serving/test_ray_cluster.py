@@ -25,7 +25,7 @@ from tests.ray_cluster import NODE, Cluster, loopback_cluster
 from tests.unit.runtimes import trained
 
 from maas.config import ClusterSettings, ServingSettings
-from maas.errors import ArtifactCorrupted, PlacementInfeasible, WorkerCrashed
+from maas.errors import ArtifactCorrupted, ModelNotReady, PlacementInfeasible, WorkerCrashed
 from maas.observability.metrics import exposition
 from maas.protocols.management import DeploymentSpec, VersionInfo
 from maas.registry.artifacts import ArtifactStore
@@ -408,6 +408,40 @@ async def test_two_gateways_share_replicas_which_outlive_them_until_orphaned(
     await _wait_for(lambda: not any(_alive(pid) for pid in pids), timeout_s=60)
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
     assert not [n for n in names if version.digest.removeprefix("sha256:")[:12] in n], names
+
+
+async def test_a_gateway_stopping_mid_load_leaves_the_replicas_others_use(
+    on_cluster: Any, registry: RegistryService, publish: Callable[..., VersionInfo]
+) -> None:
+    """A second gateway scaling a shared version out (the same replica 0, a new
+    replica 1) that shuts down while replica 1 starts lets go of the replicas when its
+    load ends, instead of removing them: the first gateway's replica keeps serving with
+    the same pid, and the new one, pinged by nobody, removes itself."""
+    version = _deploy(registry, publish, instances=1)
+    first, second = on_cluster(), on_cluster()
+    one = await first.deployment(version)
+    pids = one.status()["pids"]
+    scaled = registry.update_deployment(
+        version.model, version.version, DeploymentSpec(max_batch_size=8, instances=2)
+    )
+    digest = version.digest.removeprefix("sha256:")[:12]
+
+    def replicas() -> list[str]:
+        named = ray.util.list_named_actors(all_namespaces=True)
+        return [a["name"] for a in named if digest in a["name"]]
+
+    loading = asyncio.create_task(second.deployment(scaled))
+    while len(replicas()) < 2:  # replica 1 is created; it takes seconds to load
+        assert not loading.done(), "the load ended before the gateway could stop"
+        await asyncio.sleep(0.02)
+    await second.close()  # the load goes on, and ends on a retired deployment
+    with pytest.raises(ModelNotReady):
+        await loading
+    await asyncio.sleep(1.0)  # several of the first gateway's health pings (0.3 s)
+    _, outputs = await first.predict(version.model, version.version, _rows(version))
+    assert len(outputs["predict"]) == 5
+    assert one.is_ready and one.status()["pids"] == pids
+    await _wait_for(lambda: len(replicas()) == 1, timeout_s=60)
 
 
 async def test_retiring_a_shared_version_removes_its_replicas_and_the_other_recovers(
