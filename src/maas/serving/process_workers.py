@@ -314,6 +314,8 @@ class _WorkerProcess:
             return
         self._exited = True
         self.alive = False
+        if self.process is not None:  # reaped off the loop: its EOF comes as it exits
+            self._loop.run_in_executor(None, self.process.wait)
         if not self._ready.done():
             self._ready.set_exception(WorkerCrashed("the worker process exited while loading"))
         pending, self._pending = self._pending, {}
