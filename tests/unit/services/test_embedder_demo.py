@@ -41,7 +41,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[VersionInfo, Path]:
     from maas.services import open_services
 
     home = tmp_path_factory.mktemp("embedder-demo")
-    settings = Settings(  # type: ignore[call-arg]
+    settings = Settings(
         _env_file=None, home=home, demo=True, demo_models=["minilm"], admin_key="k" * 40
     )
 
