@@ -1,5 +1,6 @@
-"""Optimization end to end: an ONNX MLP quantized to int8 and pruned, and the demo's
-MiniLM embedder quantized to int8 and promoted in place of its source, with reports of
+"""Optimization end to end: an ONNX MLP quantized to int8 and pruned, and the MiniLM
+embedder (pushed as the transformers directory its package carries; the demo serves
+its ONNX export) quantized to int8 and promoted in place of its source, with reports of
 size, latency and quality; promotion refused past the quality-drop threshold or to
 another signature, unless forced."""
 
@@ -30,11 +31,7 @@ _MAX_QUALITY_DROP = 0.1
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     running = start_server(
         tmp_path_factory.mktemp("optimize-home"),
-        "--demo",
-        env={
-            "MAAS_DEMO_MODELS": '["minilm"]',
-            "MAAS_JOBS__MAX_QUALITY_DROP": str(_MAX_QUALITY_DROP),
-        },
+        env={"MAAS_JOBS__MAX_QUALITY_DROP": str(_MAX_QUALITY_DROP)},
         timeout_s=180,
     )
     yield running
@@ -171,8 +168,8 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_an_int8_minilm_replaces_its_source_behind_the_alias(
     server: RunningServer, client: Client, tmp_path: Path
 ) -> None:
-    minilm_dir()  # skips (or fails in CI) without the offline model and the [llm] extra
-    source = client.get_version("minilm", "production")  # the demo's, a transformers dir
+    # A transformers directory; skips (or fails in CI) without it and the [llm] extra.
+    source = client.push(minilm_dir(), "minilm", alias="production")
     with openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.api_key) as openai_sdk:
         before = openai_sdk.embeddings.create(model="minilm:production", input=_SENTENCES)
         client.push_dataset(tickets_csv(tmp_path / "tickets.csv", n=24), "minilm-texts")

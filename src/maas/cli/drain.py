@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import os
 import signal
 import threading
@@ -29,6 +28,7 @@ from typing import Any
 import uvicorn
 
 from maas.config import ServingSettings
+from maas.serving.process_workers import kill_worker_processes
 
 __all__ = ["DrainPlan", "DrainingServer"]
 
@@ -151,7 +151,6 @@ class DrainingServer(uvicorn.Server):
         assert self._plan is not None
         time.sleep(max(0.0, self._plan.deadline + _HARD_EXIT_MARGIN_S - time.monotonic()))
         log.error("the drain deadline passed and the process still runs: exiting now")
-        for child in multiprocessing.active_children():
-            child.kill()
+        kill_worker_processes()
         self._on_exit()
         os._exit(1)

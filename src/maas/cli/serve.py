@@ -22,7 +22,7 @@ from maas.cli.output import console, err_console
 if TYPE_CHECKING:
     from maas.auth.bootstrap import AdminKeyNotice
 
-__all__ = ["serve_command"]
+__all__ = ["serve_app", "serve_command"]
 
 
 def serve_command(
@@ -91,6 +91,17 @@ def serve_command(
         overrides["cluster"] = settings.cluster.model_copy(update={"ray_address": ray})
     settings = Settings.model_validate({**settings.model_dump(), **overrides})
     _run(settings)
+
+
+#: ``maas serve`` alone (``maas.cli.main``): the same command, settings and help as in
+#: the whole command tree, whose options it shares.
+serve_app = typer.Typer(
+    name="maas serve",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+serve_app.command(help="Run the server.")(serve_command)
 
 
 def _run(settings: Any) -> None:

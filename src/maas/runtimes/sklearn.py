@@ -35,8 +35,12 @@ __all__ = [
 
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 _TORCH = frozenset({"torch"})
-#: What importing scikit-learn would load and a model fitted on arrays never uses.
-_NOT_AT_IMPORT = frozenset({"torch", "pandas", "pyarrow"})
+#: What importing scikit-learn would load and a model fitted on arrays never uses
+#: (pytest: its test helpers import it where it is installed, 6 MB per worker; rich:
+#: its progress bars for ``fit``; charset_normalizer: numpy.f2py's reader of Fortran).
+_NOT_AT_IMPORT = frozenset(
+    {"torch", "pandas", "pyarrow", "pytest", "_pytest", "rich", "charset_normalizer"}
+)
 
 
 class WithoutTorch(importlib.abc.MetaPathFinder):

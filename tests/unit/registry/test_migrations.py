@@ -6,7 +6,7 @@ import threading
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 
 from maas.registry.db import create_engine_for, upgrade_to_head
 from maas.registry.tables import Base
@@ -50,3 +50,25 @@ def test_servers_starting_at_once_on_a_new_database_all_come_up(database_url: st
         assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
+
+
+def test_the_heads_a_current_schema_is_told_by_are_alembics(engine: Engine) -> None:
+    """A restart skips alembic when ``alembic_version`` holds ``SCHEMA_HEADS``: a new
+    migration must be added there too, or a restart would skip it."""
+    from alembic.script import ScriptDirectory
+
+    from maas.registry.db import SCHEMA_HEADS, alembic_config
+
+    assert set(ScriptDirectory.from_config(alembic_config(engine)).get_heads()) == SCHEMA_HEADS
+    with engine.connect() as conn:
+        assert set(MigrationContext.configure(conn).get_current_heads()) == SCHEMA_HEADS
+
+
+def test_a_database_behind_the_heads_is_upgraded(engine: Engine) -> None:
+    """A database one revision short (as an older maas left it) is not taken for
+    current: the upgrade runs and creates what the missing revision adds."""
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE registry_changes"))
+        conn.execute(text("DELETE FROM alembic_version WHERE version_num = '0006_changes'"))
+    upgrade_to_head(engine)
+    assert "registry_changes" in inspect(engine).get_table_names()

@@ -55,3 +55,11 @@ def test_a_runtime_whose_package_is_absent_names_its_extra(
     with pytest.raises(MissingExtra) as raised:
         catalog.runtime_class("absent")
     assert "nothing" in raised.value.message
+
+
+def test_a_worker_reading_skops_holds_no_test_or_console_libraries() -> None:
+    """pytest (where installed), rich and charset_normalizer come with scikit-learn's
+    import and serve no prediction: a scikit-learn worker process is spared them."""
+    loaded = _modules_after("from maas.runtimes.sklearn import import_skops\nimport_skops()")
+    assert "sklearn" in loaded
+    assert not {"pytest", "_pytest", "rich", "charset_normalizer"} & loaded

@@ -243,3 +243,44 @@ async def test_inline_instances_answer_small_calls_on_the_loop_and_large_ones_in
         assert instances.kind == "inline" and instances.pids == [os.getpid()]
     finally:
         workers.close()
+
+
+def test_a_worker_is_a_plain_child_without_a_resource_tracker(
+    slow_model: tuple[Path, object],
+) -> None:
+    """A worker process is this process's child running ``worker_main``, and starting it
+    starts no multiprocessing resource tracker (a process of 12 MB that no worker uses).
+    In a fresh interpreter: this one may have started a tracker for something else."""
+    import subprocess
+    import sys
+
+    path, _ = slow_model
+    script = f"""
+import asyncio, os
+from multiprocessing import resource_tracker
+from pathlib import Path
+import numpy as np
+from maas.runtimes.base import LoadOptions
+from maas.serving.process_workers import LoadTarget, ProcessInstances, ProcessPool
+
+async def main():
+    target = LoadTarget("sklearn", Path({str(path)!r}), LoadOptions())
+    pool = ProcessInstances(ProcessPool(1), target)
+    await pool.start()
+    try:
+        out = await pool.predict({{"input": np.zeros((1, 4))}}, ["predict"])
+        (pid,) = pool.pids
+        parent = Path(f"/proc/{{pid}}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        command = Path(f"/proc/{{pid}}/cmdline").read_bytes().replace(b"\\0", b" ").decode()
+        print(out["predict"].shape, int(parent) == os.getpid(), "worker_main" in command)
+        print(resource_tracker._resource_tracker._pid)
+    finally:
+        await pool.close()
+
+asyncio.run(main())
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["(1,) True True", "None"], result.stdout

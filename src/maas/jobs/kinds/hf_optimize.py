@@ -45,7 +45,7 @@ from maas.runtimes.hf.embedder import EmbeddingRuntime
 from maas.runtimes.hf.loading import EMBEDDINGS
 from maas.runtimes.hf.onnx_text import MANIFEST, MODEL_FILE, TOKENIZER_FILE, TextManifest
 
-__all__ = ["rebuild_onnx_text", "run_hf_optimize"]
+__all__ = ["export_onnx_text", "rebuild_onnx_text", "run_hf_optimize"]
 
 ServedText = EmbeddingRuntime | TextClassifierRuntime
 
@@ -69,12 +69,7 @@ def run_hf_optimize(
     torch.set_num_threads(threads)
     if spec.text_column is None:
         raise InvalidSpec("a transformers model takes text: set text_column")
-    served = load("transformers", Path(source["path"]), threads, work_dir)
-    if not isinstance(served, EmbeddingRuntime | TextClassifierRuntime):
-        raise InvalidSpec(
-            "optimize takes transformers embedders and text classifiers, "
-            f"not a {getattr(served, 'task', 'other')} model"
-        )
+    served = _served(load("transformers", Path(source["path"]), threads, work_dir))
     model, tokenizer = _pretrained(served)
     alternatives: dict[str, Candidate] = {}
     if spec.method == "prune":
@@ -102,6 +97,29 @@ def run_hf_optimize(
         alternatives=alternatives,
     )
     return out, {"model_kind": served.task, **details, **body}
+
+
+def export_onnx_text(model_dir: Path, work_dir: Path, threads: int = 1) -> Path:
+    """A transformers embedder or text classifier directory exported as an ONNX text
+    model directory (``work_dir/onnx-text``), served as its source is: what an
+    ``optimize`` job's ``onnx`` method registers, for callers outside a job (the demo
+    exports its embedder once so that serving it needs no torch)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    served = _served(load("transformers", model_dir, threads, work_dir))
+    model, tokenizer = _pretrained(served)
+    _export_onnx_text(model, tokenizer, served, "onnx", work_dir)
+    return work_dir / "onnx-text"
+
+
+def _served(runtime: Runtime) -> ServedText:
+    if not isinstance(runtime, EmbeddingRuntime | TextClassifierRuntime):
+        raise InvalidSpec(
+            "optimize takes transformers embedders and text classifiers, "
+            f"not a {getattr(runtime, 'task', 'other')} model"
+        )
+    return runtime
 
 
 def _pretrained(served: ServedText) -> tuple[Any, Any]:
