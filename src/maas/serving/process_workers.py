@@ -2,11 +2,8 @@
 
 Each worker is a *spawned* process (never forked: a fork would copy the server's
 threads, locks and sockets) that loads the artifact itself from its verified local
-path and answers calls over a pair of pipes. Arrays travel pickled, framed as
-``multiprocessing.Connection`` frames them: these are our own messages between our own
-processes, never a user's pickle. Every call carries its own request id and answers
-are matched by it, so a late answer (its caller timed out) can never reach another
-caller.
+path and answers calls over a pair of pipes, in the messages and frames of
+``maas.serving.framed`` (pickled, each call with its own request id).
 
 The server's ends of the pipes belong to the event loop (``connect_read_pipe`` and
 ``connect_write_pipe``): a call is a non-blocking write, an answer a callback, with no
@@ -33,13 +30,11 @@ corpse.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import multiprocessing
 import os
 import pickle
 import signal
-import struct
 import sys
 import time
 from collections.abc import Callable
@@ -50,11 +45,18 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from maas.errors import MaasError, RuntimeFailure, WorkerCrashed, error_class_for
+from maas.errors import MaasError, WorkerCrashed
 from maas.observability.metrics import WORKER_RESTARTS
 from maas.runtimes.base import LoadOptions, Runtime
 from maas.runtimes.catalog import load_runtime
 from maas.runtimes.sklearn import WithoutTorch
+from maas.serving.framed import (
+    FramedPeer,
+    answer_until_eof,
+    error_payload,
+    frame,
+    rebuild_error,
+)
 
 __all__ = [
     "LoadTarget",
@@ -72,9 +74,6 @@ log = logging.getLogger("maas.serving")
 _SPAWN = multiprocessing.get_context("spawn")
 #: Calls one worker process holds at once: one running, the rest waiting in its pipe.
 PIPELINE_DEPTH = 4
-#: Requests larger than this are pickled in a thread rather than on the event loop.
-_PICKLE_INLINE_MAX_BYTES = 1 << 20
-_ErrorPayload = tuple[str, str, dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -84,23 +83,6 @@ class LoadTarget:
     framework: str
     path: Path
     options: LoadOptions
-
-
-def error_payload(exc: BaseException) -> _ErrorPayload:
-    """An error as plain data for another process: its code, message and details. A
-    framework's own exception never crosses: its text may name paths."""
-    if isinstance(exc, MaasError):
-        return exc.code, exc.message, exc.details
-    return RuntimeFailure.code, f"the model failed: {type(exc).__name__}", {}
-
-
-def rebuild_error(payload: _ErrorPayload) -> MaasError:
-    """The ``MaasError`` an ``error_payload`` describes, raised again on this side."""
-    code, message, details = payload
-    try:
-        return error_class_for(code)(message, details=details)
-    except TypeError:  # a class with its own constructor (MissingExtra)
-        return RuntimeFailure(message, details=details)
 
 
 class WorkerModels:
@@ -147,68 +129,16 @@ def serve(requests: Connection, responses: Connection, targets: dict[str, LoadTa
         responses.send(("error", None, error_payload(exc)))
         return
     responses.send(("ready", None, None))
-    while True:
-        try:
-            message = requests.recv()
-        except EOFError:  # the server went away
-            return
-        if message is None:
-            return
-        request_id = message[1]
-        try:
-            result = models.answer(message)
-        except Exception as exc:  # every failure belongs to this request only
-            responses.send(("error", request_id, error_payload(exc)))
-        else:
-            responses.send(("ok", request_id, result))
+    answer_until_eof(requests, responses, models.answer)
 
 
-def _frame(payload: bytes) -> list[bytes]:
-    """``payload`` framed as ``multiprocessing.Connection.recv_bytes`` reads it."""
-    size = len(payload)
-    if size > 0x7FFFFFFF:
-        return [struct.pack("!iQ", -1, size), payload]
-    return [struct.pack("!i", size), payload]
-
-
-class _FrameReader(asyncio.Protocol):
-    """The worker's answers, unframed and unpickled on the event loop as they arrive."""
-
-    def __init__(self, on_message: Callable[[Any], None], on_eof: Callable[[], None]) -> None:
-        self._on_message = on_message
-        self._on_eof = on_eof
-        self._buffer = bytearray()
-
-    def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        while len(buffer) >= 4:
-            (size,) = struct.unpack_from("!i", buffer)
-            start = 4
-            if size == -1:  # a frame of 2 GiB or more: its length follows as 8 bytes
-                if len(buffer) < 12:
-                    return
-                (size,) = struct.unpack_from("!Q", buffer, 4)
-                start = 12
-            end = start + size
-            if len(buffer) < end:
-                return
-            with memoryview(buffer) as view:
-                message = pickle.loads(view[start:end])
-            del buffer[:end]
-            self._on_message(message)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._on_eof()
-
-
-class _WorkerProcess:
+class _WorkerProcess(FramedPeer):
     """One spawned process, its pipes and the calls waiting for its answers."""
 
     def __init__(
         self, targets: dict[str, LoadTarget], on_exit: Callable[[_WorkerProcess], None]
     ) -> None:
-        self._loop = asyncio.get_running_loop()
+        super().__init__()
         self._on_exit = on_exit
         self._child_requests, requests = _SPAWN.Pipe(duplex=False)
         responses, self._child_responses = _SPAWN.Pipe(duplex=False)
@@ -217,7 +147,6 @@ class _WorkerProcess:
         self._responses_file = os.fdopen(os.dup(responses.fileno()), "rb", buffering=0)
         requests.close()
         responses.close()
-        self._writer: asyncio.WriteTransport | None = None
         self._reader: asyncio.ReadTransport | None = None
         self.process = _SPAWN.Process(
             target=serve,
@@ -225,15 +154,8 @@ class _WorkerProcess:
             name=f"maas-worker:{_name_of(targets)}",
             daemon=True,
         )
-        self._ids = itertools.count()
-        self._ready: asyncio.Future[None] = self._loop.create_future()
-        self._pending: dict[int, asyncio.Future[Any]] = {}
         #: The keys this process holds (or is loading): calls for others go elsewhere.
         self.keys = set(targets)
-        self._exited = False
-        self.alive = False
-        #: Calls sent and not yet answered or abandoned by their callers.
-        self.in_flight = 0
         self.started_at = time.monotonic()
 
     @property
@@ -247,50 +169,18 @@ class _WorkerProcess:
             # Our copies of the child's ends must go, or EOF never arrives when it dies.
             self._child_requests.close()
             self._child_responses.close()
-        self._reader, _ = await self._loop.connect_read_pipe(
-            lambda: _FrameReader(self._on_message, self._on_eof), self._responses_file
-        )
+        self._reader, _ = await self._loop.connect_read_pipe(self.reader, self._responses_file)
         self._writer, _ = await self._loop.connect_write_pipe(asyncio.Protocol, self._requests_file)
         await self._ready
         self.alive = True
 
-    def _on_message(self, message: tuple[str, int | None, Any]) -> None:
-        kind, request_id, payload = message
-        if request_id is None:
-            if not self._ready.done():
-                if kind == "ready":
-                    self._ready.set_result(None)
-                else:
-                    self._ready.set_exception(rebuild_error(payload))
-            return
-        future = self._pending.pop(request_id, None)
-        if future is None or future.done():  # its caller left; the answer is dropped
-            return
-        if kind == "ok":
-            future.set_result(payload)
-        else:
-            future.set_exception(rebuild_error(payload))
+    def _gone(self, loading: bool = False) -> Exception:
+        if loading:
+            return WorkerCrashed("the worker process exited while loading")
+        return WorkerCrashed(retry_after=1.0)
 
-    def _on_eof(self) -> None:
-        if self._exited:
-            return
-        self._exited = True
-        self.alive = False
-        if not self._ready.done():
-            self._ready.set_exception(WorkerCrashed("the worker process exited while loading"))
-        pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(WorkerCrashed(retry_after=1.0))
-        if self._writer is not None and not self._writer.is_closing():
-            self._writer.abort()  # the pipe has no reader any more
+    def _ended(self) -> None:
         self._on_exit(self)
-
-    async def call(
-        self, key: str, inputs: dict[str, np.ndarray], outputs: list[str]
-    ) -> dict[str, np.ndarray]:
-        result: dict[str, np.ndarray] = await self._request("call", key, inputs, outputs)
-        return result
 
     async def load(self, key: str, target: LoadTarget) -> None:
         self.keys.add(key)
@@ -303,29 +193,6 @@ class _WorkerProcess:
     async def unload(self, key: str) -> None:
         self.keys.discard(key)
         await self._request("unload", key)
-
-    async def _request(self, kind: str, key: str, *args: Any) -> Any:
-        writer = self._writer
-        if writer is None or writer.is_closing() or not self.alive:
-            raise WorkerCrashed(retry_after=1.0)
-        request_id = next(self._ids)
-        future: asyncio.Future[Any] = self._loop.create_future()
-        self._pending[request_id] = future
-        self.in_flight += 1
-        try:
-            message = (kind, request_id, key, *args)
-            if kind == "call" and _is_large(args[0]):  # pickling copies every byte: not on
-                # the loop's time
-                payload = await asyncio.to_thread(pickle.dumps, message, pickle.HIGHEST_PROTOCOL)
-            else:
-                payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
-            if writer.is_closing():  # the process died while we pickled
-                raise WorkerCrashed(retry_after=1.0)
-            writer.writelines(_frame(payload))  # never blocks: the transport buffers
-            return await future
-        finally:
-            self.in_flight -= 1
-            self._pending.pop(request_id, None)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Blocking, off the loop after ``say_goodbye``: wait for the exit, then insist."""
@@ -344,18 +211,8 @@ class _WorkerProcess:
                 self._responses_file.close()
             return
         if not self._writer.is_closing():
-            self._writer.writelines(_frame(pickle.dumps(None)))
+            self._writer.writelines(frame(pickle.dumps(None)))
             self._writer.close()  # flushes what is buffered, then closes the pipe
-
-
-def _is_large(inputs: dict[str, np.ndarray]) -> bool:
-    size = 0
-    for array in inputs.values():
-        if array.dtype == object:  # strings: their own lengths, not the pointers'
-            size += sum(len(v) if isinstance(v, bytes | str) else 64 for v in array.flat)
-        else:
-            size += array.nbytes
-    return size > _PICKLE_INLINE_MAX_BYTES
 
 
 def _name_of(targets: dict[str, LoadTarget]) -> str:
