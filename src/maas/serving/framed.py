@@ -33,13 +33,16 @@ __all__ = [
     "FrameReader",
     "FramedPeer",
     "answer_until_eof",
+    "dumps",
     "error_payload",
-    "frame",
     "rebuild_error",
+    "send",
 ]
 
 #: Requests larger than this are pickled in a thread rather than on the event loop.
 _PICKLE_INLINE_MAX_BYTES = 1 << 20
+#: Frames smaller than this are joined to their header: one write, one packet.
+_JOIN_MAX_BYTES = 1 << 16
 _ErrorPayload = tuple[str, str, dict[str, Any]]
 
 
@@ -60,12 +63,24 @@ def rebuild_error(payload: _ErrorPayload) -> MaasError:
         return RuntimeFailure(message, details=details)
 
 
-def frame(payload: bytes) -> list[bytes]:
+def _frame(payload: bytes) -> list[bytes]:
     """``payload`` framed as ``multiprocessing.Connection.recv_bytes`` reads it."""
     size = len(payload)
     if size > 0x7FFFFFFF:
         return [struct.pack("!iQ", -1, size), payload]
     return [struct.pack("!i", size), payload]
+
+
+def send(writer: asyncio.WriteTransport, payload: bytes) -> None:
+    """Frame and write ``payload`` (never blocks: the transport buffers what the
+    socket does not take). A small one goes in one write, so in one packet; a large one
+    in two, so that its bytes are not joined to the header's in a copy first."""
+    header, body = _frame(payload)
+    if len(body) < _JOIN_MAX_BYTES:
+        writer.write(header + body)
+    else:
+        writer.write(header)
+        writer.write(body)
 
 
 def dumps(message: Any) -> bytes:
@@ -207,7 +222,7 @@ class FramedPeer:
                 payload = dumps(message)
             if writer.is_closing():  # the far end went away while we pickled
                 raise self._gone()
-            writer.writelines(frame(payload))  # never blocks: the transport buffers
+            send(writer, payload)
             return await future
         finally:
             self.in_flight -= 1

@@ -54,8 +54,7 @@ from maas.serving.framed import (
     FramedPeer,
     answer_until_eof,
     error_payload,
-    frame,
-    rebuild_error,
+    send,
 )
 
 __all__ = [
@@ -64,9 +63,7 @@ __all__ = [
     "ProcessPool",
     "SharedInstances",
     "WorkerModels",
-    "error_payload",
     "key_of",
-    "rebuild_error",
 ]
 
 log = logging.getLogger("maas.serving")
@@ -211,7 +208,7 @@ class _WorkerProcess(FramedPeer):
                 self._responses_file.close()
             return
         if not self._writer.is_closing():
-            self._writer.writelines(frame(pickle.dumps(None)))
+            send(self._writer, pickle.dumps(None))
             self._writer.close()  # flushes what is buffered, then closes the pipe
 
 

@@ -46,8 +46,8 @@ from maas.errors import MaasError, RuntimeFailure, UnsupportedTask, WorkerCrashe
 from maas.observability.metrics import TIME_TO_FIRST_TOKEN_SECONDS, TOKENS_GENERATED
 from maas.runtimes.catalog import load_runtime
 from maas.runtimes.generation import TextGenerator
+from maas.serving.framed import error_payload, rebuild_error
 from maas.serving.generation import Completion, GenerationScheduler, TextDelta, TextStream
-from maas.serving.process_workers import error_payload, rebuild_error
 from maas.serving.ray_instances import (
     RayCluster,
     RayInstances,

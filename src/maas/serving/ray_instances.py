@@ -80,14 +80,9 @@ from maas.observability.metrics import (
 from maas.registry.archives import ExtractLimits
 from maas.registry.artifacts import ArtifactStore
 from maas.runtimes.base import LoadOptions
+from maas.serving.framed import error_payload, rebuild_error
 from maas.serving.local_artifacts import local_artifact
-from maas.serving.process_workers import (
-    PIPELINE_DEPTH,
-    LoadTarget,
-    WorkerModels,
-    error_payload,
-    rebuild_error,
-)
+from maas.serving.process_workers import PIPELINE_DEPTH, LoadTarget, WorkerModels
 from maas.serving.replica_socket import (
     ChannelLost,
     ListenerAddress,

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from maas.serving.framed import FramedPeer, answer_until_eof, dumps, frame
+from maas.serving.framed import FramedPeer, answer_until_eof, dumps, send
 
 __all__ = ["ChannelLost", "ListenerAddress", "ReplicaChannel", "ReplicaListener"]
 
@@ -135,7 +135,7 @@ class ReplicaChannel(FramedPeer):
             transport, _ = await channel._loop.create_connection(channel.reader, host, port)
             channel._writer = transport
             try:
-                transport.writelines(frame(token))
+                send(transport, token)
                 await channel._ready
             except BaseException:
                 transport.abort()
