@@ -92,6 +92,10 @@ class ReplicaListener:
                 connection.close()
 
     def close(self) -> None:
+        """Stop listening (connections open stay until their clients leave)."""
+        # A close alone leaves the socket listening while the thread waits in accept().
+        with contextlib.suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
         self._socket.close()
 
 

@@ -88,10 +88,15 @@ async def test_a_client_without_the_token_is_closed_before_any_call() -> None:
 
 
 async def test_nothing_listening_is_an_os_error() -> None:
+    """A listener closed while its thread waits for the next client stops listening."""
     listener = ReplicaListener("127.0.0.1", _doubled)
+    channel = await ReplicaChannel.open(listener.address, lambda _: None)
+    await channel.call("m", {"x": np.zeros(1)}, ["y"])  # its thread is back in accept()
+    await asyncio.sleep(0.1)
     listener.close()
     with pytest.raises(OSError):
-        await ReplicaChannel.open(listener.address, print)
+        await ReplicaChannel.open(listener.address, lambda _: None)
+    channel.close()
 
 
 _SLOW_REPLICA = """
