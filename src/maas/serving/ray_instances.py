@@ -809,12 +809,14 @@ class RayInstances:
         replica.in_flight += 1
         replica.in_flight_gauge.inc()
         lost: tuple[type[Exception], ...] = (ChannelLost, *self._cluster.lost)
+        channel = replica.channel
         started = time.perf_counter()
         try:
-            result = await self._send(replica, inputs, outputs)
+            result = await self._send(replica, channel, inputs, outputs)
         except lost:
             replica.calls["lost"].inc()
-            self._lose(replica)  # until a ping finds it restarted
+            if replica.channel is channel:  # not connected again since
+                self._lose(replica)  # until a ping finds it restarted
             raise _Lost from None
         except MaasError:
             replica.seconds.observe(time.perf_counter() - started)
@@ -828,11 +830,15 @@ class RayInstances:
         return result
 
     async def _send(
-        self, replica: _Handle, inputs: dict[str, np.ndarray], outputs: list[str]
+        self,
+        replica: _Handle,
+        channel: ReplicaChannel | None,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str],
     ) -> dict[str, np.ndarray]:
         """By the replica's socket if connected, else as a Ray call."""
-        if replica.channel is not None:
-            return await replica.channel.call(_KEY, inputs, outputs)
+        if channel is not None:
+            return await channel.call(_KEY, inputs, outputs)
         status, payload = await replica.actor.predict.remote(inputs, outputs)
         if status != "ok":
             raise rebuild_error(payload)
