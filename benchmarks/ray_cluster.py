@@ -8,8 +8,8 @@ wrk drives each at 1, 8 and 32 connections; the table gives req/s, p50/p99 and t
 ratio of the Ray server to the single process.
 
 On one machine every node shares its cores with the gateway and wrk, so this measures
-the cost of the actor hop (the gateway's Ray task submission, the object transfer, the
-actor's event loop), not the gain of more machines. The issue's target: at least 80 %
+the cost of the hop to the replicas (each replica's socket, and the Ray worker process
+around the model), not the gain of more machines. The issue's target: at least 80 %
 of single-process throughput at 8 connections.
 
     python benchmarks/ray_cluster.py              # 5 s per point

@@ -52,13 +52,14 @@ def status_command(ctx: typer.Context) -> None:
             addresses.get(replica["node"], ""),
             replica["pid"],
             replica.get("in_flight", ""),
+            replica.get("calls_by", ""),
         ]
         for deployment in body["deployments"]
         for replica in deployment["replicas"] or [_NO_REPLICA]
     ]
     print_table(
         "replicas",
-        ["model", "state", "replica", "alive", "node", "address", "pid", "in flight"],
+        ["model", "state", "replica", "alive", "node", "address", "pid", "in flight", "calls by"],
         rows,
     )
 

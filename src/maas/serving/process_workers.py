@@ -2,15 +2,12 @@
 
 Each worker is a fresh interpreter (never forked: a fork would copy the server's
 threads, locks and sockets) that loads the artifact itself from its verified local
-path and answers calls over a pair of pipes. Arrays travel pickled, framed as
-``multiprocessing.Connection`` frames them: these are our own messages between our own
-processes, never a user's pickle. It is started by ``subprocess``, not by
-``multiprocessing``'s spawn: a worker needs nothing of multiprocessing but its
-``Connection`` framing, and the spawn start method also runs a resource-tracker process
-(12 MB for semaphores and shared memory no worker uses) and makes the child import the
-parent's main module. Every call carries its own request id and answers
-are matched by it, so a late answer (its caller timed out) can never reach another
-caller.
+path and answers calls over a pair of pipes, in the messages and frames of
+``maas.serving.framed`` (pickled, each call with its own request id). It is started by
+``subprocess``, not by ``multiprocessing``'s spawn: a worker needs nothing of
+multiprocessing but its ``Connection`` framing, and the spawn start method also runs a
+resource-tracker process (12 MB for semaphores and shared memory no worker uses) and
+makes the child import the parent's main module.
 
 The server's ends of the pipes belong to the event loop (``connect_read_pipe`` and
 ``connect_write_pipe``): a call is a non-blocking write, an answer a callback, with no
@@ -37,12 +34,10 @@ corpse.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import pickle
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -55,11 +50,17 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from maas.errors import MaasError, RuntimeFailure, WorkerCrashed, error_class_for
+from maas.errors import MaasError, WorkerCrashed
 from maas.observability.metrics import WORKER_RESTARTS
 from maas.runtimes.base import LoadOptions, Runtime
 from maas.runtimes.catalog import load_runtime
 from maas.runtimes.sklearn import WithoutTorch
+from maas.serving.framed import (
+    FramedPeer,
+    answer_until_eof,
+    error_payload,
+    send,
+)
 
 __all__ = [
     "LoadTarget",
@@ -67,10 +68,8 @@ __all__ = [
     "ProcessPool",
     "SharedInstances",
     "WorkerModels",
-    "error_payload",
     "key_of",
     "kill_worker_processes",
-    "rebuild_error",
     "worker_main",
 ]
 
@@ -80,9 +79,6 @@ log = logging.getLogger("maas.serving")
 _STARTED: weakref.WeakSet[subprocess.Popen[bytes]] = weakref.WeakSet()
 #: Calls one worker process holds at once: one running, the rest waiting in its pipe.
 PIPELINE_DEPTH = 4
-#: Requests larger than this are pickled in a thread rather than on the event loop.
-_PICKLE_INLINE_MAX_BYTES = 1 << 20
-_ErrorPayload = tuple[str, str, dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -92,23 +88,6 @@ class LoadTarget:
     framework: str
     path: Path
     options: LoadOptions
-
-
-def error_payload(exc: BaseException) -> _ErrorPayload:
-    """An error as plain data for another process: its code, message and details. A
-    framework's own exception never crosses: its text may name paths."""
-    if isinstance(exc, MaasError):
-        return exc.code, exc.message, exc.details
-    return RuntimeFailure.code, f"the model failed: {type(exc).__name__}", {}
-
-
-def rebuild_error(payload: _ErrorPayload) -> MaasError:
-    """The ``MaasError`` an ``error_payload`` describes, raised again on this side."""
-    code, message, details = payload
-    try:
-        return error_class_for(code)(message, details=details)
-    except TypeError:  # a class with its own constructor (MissingExtra)
-        return RuntimeFailure(message, details=details)
 
 
 class WorkerModels:
@@ -174,68 +153,16 @@ def serve(requests: Connection, responses: Connection, targets: dict[str, LoadTa
         responses.send(("error", None, error_payload(exc)))
         return
     responses.send(("ready", None, None))
-    while True:
-        try:
-            message = requests.recv()
-        except EOFError:  # the server went away
-            return
-        if message is None:
-            return
-        request_id = message[1]
-        try:
-            result = models.answer(message)
-        except Exception as exc:  # every failure belongs to this request only
-            responses.send(("error", request_id, error_payload(exc)))
-        else:
-            responses.send(("ok", request_id, result))
+    answer_until_eof(requests, responses, models.answer)
 
 
-def _frame(payload: bytes) -> list[bytes]:
-    """``payload`` framed as ``multiprocessing.Connection.recv_bytes`` reads it."""
-    size = len(payload)
-    if size > 0x7FFFFFFF:
-        return [struct.pack("!iQ", -1, size), payload]
-    return [struct.pack("!i", size), payload]
-
-
-class _FrameReader(asyncio.Protocol):
-    """The worker's answers, unframed and unpickled on the event loop as they arrive."""
-
-    def __init__(self, on_message: Callable[[Any], None], on_eof: Callable[[], None]) -> None:
-        self._on_message = on_message
-        self._on_eof = on_eof
-        self._buffer = bytearray()
-
-    def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        while len(buffer) >= 4:
-            (size,) = struct.unpack_from("!i", buffer)
-            start = 4
-            if size == -1:  # a frame of 2 GiB or more: its length follows as 8 bytes
-                if len(buffer) < 12:
-                    return
-                (size,) = struct.unpack_from("!Q", buffer, 4)
-                start = 12
-            end = start + size
-            if len(buffer) < end:
-                return
-            with memoryview(buffer) as view:
-                message = pickle.loads(view[start:end])
-            del buffer[:end]
-            self._on_message(message)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._on_eof()
-
-
-class _WorkerProcess:
-    """One spawned process, its pipes and the calls waiting for its answers."""
+class _WorkerProcess(FramedPeer):
+    """One worker process, its pipes and the calls waiting for its answers."""
 
     def __init__(
         self, targets: dict[str, LoadTarget], on_exit: Callable[[_WorkerProcess], None]
     ) -> None:
-        self._loop = asyncio.get_running_loop()
+        super().__init__()
         self._on_exit = on_exit
         self._targets = targets
         # The child's ends are inherited by it alone (pass_fds); ours are the loop's.
@@ -243,18 +170,10 @@ class _WorkerProcess:
         responses, self._child_responses = os.pipe()
         self._requests_file = os.fdopen(requests, "wb", buffering=0)
         self._responses_file = os.fdopen(responses, "rb", buffering=0)
-        self._writer: asyncio.WriteTransport | None = None
         self._reader: asyncio.ReadTransport | None = None
         self.process: subprocess.Popen[bytes] | None = None
-        self._ids = itertools.count()
-        self._ready: asyncio.Future[None] = self._loop.create_future()
-        self._pending: dict[int, asyncio.Future[Any]] = {}
         #: The keys this process holds (or is loading): calls for others go elsewhere.
         self.keys = set(targets)
-        self._exited = False
-        self.alive = False
-        #: Calls sent and not yet answered or abandoned by their callers.
-        self.in_flight = 0
         self.started_at = time.monotonic()
 
     @property
@@ -269,11 +188,9 @@ class _WorkerProcess:
             os.close(self._child_requests)
             os.close(self._child_responses)
         _STARTED.add(self.process)
-        self._reader, _ = await self._loop.connect_read_pipe(
-            lambda: _FrameReader(self._on_message, self._on_eof), self._responses_file
-        )
+        self._reader, _ = await self._loop.connect_read_pipe(self.reader, self._responses_file)
         self._writer, _ = await self._loop.connect_write_pipe(asyncio.Protocol, self._requests_file)
-        self._writer.writelines(_frame(pickle.dumps(self._targets, pickle.HIGHEST_PROTOCOL)))
+        send(self._writer, pickle.dumps(self._targets, pickle.HIGHEST_PROTOCOL))
         await self._ready
         self.alive = True
 
@@ -292,45 +209,15 @@ class _WorkerProcess:
             pass_fds=(self._child_requests, self._child_responses),
         )
 
-    def _on_message(self, message: tuple[str, int | None, Any]) -> None:
-        kind, request_id, payload = message
-        if request_id is None:
-            if not self._ready.done():
-                if kind == "ready":
-                    self._ready.set_result(None)
-                else:
-                    self._ready.set_exception(rebuild_error(payload))
-            return
-        future = self._pending.pop(request_id, None)
-        if future is None or future.done():  # its caller left; the answer is dropped
-            return
-        if kind == "ok":
-            future.set_result(payload)
-        else:
-            future.set_exception(rebuild_error(payload))
+    def _gone(self, loading: bool = False) -> Exception:
+        if loading:
+            return WorkerCrashed("the worker process exited while loading")
+        return WorkerCrashed(retry_after=1.0)
 
-    def _on_eof(self) -> None:
-        if self._exited:
-            return
-        self._exited = True
-        self.alive = False
+    def _ended(self) -> None:
         if self.process is not None:  # reaped off the loop: its EOF comes as it exits
             self._loop.run_in_executor(None, self.process.wait)
-        if not self._ready.done():
-            self._ready.set_exception(WorkerCrashed("the worker process exited while loading"))
-        pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(WorkerCrashed(retry_after=1.0))
-        if self._writer is not None and not self._writer.is_closing():
-            self._writer.abort()  # the pipe has no reader any more
         self._on_exit(self)
-
-    async def call(
-        self, key: str, inputs: dict[str, np.ndarray], outputs: list[str]
-    ) -> dict[str, np.ndarray]:
-        result: dict[str, np.ndarray] = await self._request("call", key, inputs, outputs)
-        return result
 
     async def load(self, key: str, target: LoadTarget) -> None:
         self.keys.add(key)
@@ -343,29 +230,6 @@ class _WorkerProcess:
     async def unload(self, key: str) -> None:
         self.keys.discard(key)
         await self._request("unload", key)
-
-    async def _request(self, kind: str, key: str, *args: Any) -> Any:
-        writer = self._writer
-        if writer is None or writer.is_closing() or not self.alive:
-            raise WorkerCrashed(retry_after=1.0)
-        request_id = next(self._ids)
-        future: asyncio.Future[Any] = self._loop.create_future()
-        self._pending[request_id] = future
-        self.in_flight += 1
-        try:
-            message = (kind, request_id, key, *args)
-            if kind == "call" and _is_large(args[0]):  # pickling copies every byte: not on
-                # the loop's time
-                payload = await asyncio.to_thread(pickle.dumps, message, pickle.HIGHEST_PROTOCOL)
-            else:
-                payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
-            if writer.is_closing():  # the process died while we pickled
-                raise WorkerCrashed(retry_after=1.0)
-            writer.writelines(_frame(payload))  # never blocks: the transport buffers
-            return await future
-        finally:
-            self.in_flight -= 1
-            self._pending.pop(request_id, None)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Blocking, off the loop after ``say_goodbye``: wait for the exit, then insist."""
@@ -387,18 +251,8 @@ class _WorkerProcess:
                 self._responses_file.close()
             return
         if not self._writer.is_closing():
-            self._writer.writelines(_frame(pickle.dumps(None)))
+            send(self._writer, pickle.dumps(None))
             self._writer.close()  # flushes what is buffered, then closes the pipe
-
-
-def _is_large(inputs: dict[str, np.ndarray]) -> bool:
-    size = 0
-    for array in inputs.values():
-        if array.dtype == object:  # strings: their own lengths, not the pointers'
-            size += sum(len(v) if isinstance(v, bytes | str) else 64 for v in array.flat)
-        else:
-            size += array.nbytes
-    return size > _PICKLE_INLINE_MAX_BYTES
 
 
 def key_of(target: LoadTarget) -> str:

@@ -8,6 +8,12 @@ encodes it, compiles its grammar and checks it against the context, and answers 
 the prompt's token count (or the error, a 400 or a 429 before any text) as the first
 item of a Ray streaming generator; text pieces follow on the same generator.
 
+Unlike the replicas of other models, which take their calls on a socket of their own
+(``replica_socket``: a Ray task per small batch cost more than the model), a language
+replica takes its requests as Ray calls: one request holds it for many steps, so the
+hop is small beside it, and Ray's streaming generators already give the pieces their
+backpressure.
+
 Pieces are coalesced where they pile up: each item carries everything the request's
 sequences produced since the previous item, merged per sequence, and the generator
 runs at most ``_AHEAD`` items ahead of the gateway (Ray's backpressure), so a gateway
@@ -40,8 +46,8 @@ from maas.errors import MaasError, RuntimeFailure, UnsupportedTask, WorkerCrashe
 from maas.observability.metrics import TIME_TO_FIRST_TOKEN_SECONDS, TOKENS_GENERATED
 from maas.runtimes.catalog import load_runtime
 from maas.runtimes.generation import TextGenerator
+from maas.serving.framed import error_payload, rebuild_error
 from maas.serving.generation import Completion, GenerationScheduler, TextDelta, TextStream
-from maas.serving.process_workers import error_payload, rebuild_error
 from maas.serving.ray_instances import (
     RayCluster,
     RayInstances,

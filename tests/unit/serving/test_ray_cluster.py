@@ -150,6 +150,16 @@ async def test_replicas_spread_over_nodes_and_answer_as_in_process(
         np.testing.assert_array_equal(on_ray[name], in_process[name])
     expected = trained.iris_classifier().predict(inputs[version.signature.inputs[0].name])
     assert (on_ray["predict"] == expected).all()
+    # The calls took the replicas' sockets; through Ray (for a gateway that cannot reach
+    # a socket) a replica answers the same.
+    assert [r["calls_by"] for r in status["replicas"]] == ["socket", "socket"]
+    digest = version.digest.removeprefix("sha256:")[:12]
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+    replica = ray.get_actor(next(n for n in names if digest in n), namespace="maas")
+    answer, through_ray = await replica.predict.remote(inputs, list(in_process))
+    assert answer == "ok"
+    for name in in_process:
+        np.testing.assert_array_equal(through_ray[name], in_process[name])
 
 
 async def test_more_cpus_than_any_node_has_is_refused_at_once(
