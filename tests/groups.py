@@ -21,7 +21,7 @@ __all__ = ["LLM_DEMO", "GroupScheduling", "group_of", "rank"]
 #: using ``demo_server`` in ``tests/integration`` is listed here.
 LLM_DEMO = "llm-demo"
 _LLM_DEMO_TESTS = (
-    "tests/integration/test_openai.py::",
+    "tests/integration/test_openai.py::",  # tests of servers of their own: test_openai_servers
     "tests/integration/test_jobs_lifecycle.py::test_sources_a_job_cannot_load_are_refused_at_submit",
 )
 
