@@ -133,41 +133,31 @@ def demo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_demo_home(tmp_path_factory.mktemp("demo-template"), TEST_ADMIN_KEY)
 
 
-#: Where each part of the suite runs in the order of a run, first to last: xdist
-#: hands the groups out in this order (``--no-loadscope-reorder``), so the longest
-#: (a server with language models, a browser, servers in subprocesses, the LLM and
-#: type-check units) start first and the short ones fill in behind them.
-_ORDER = (
-    "llm-demo",
-    "tests/browser/",
-    "tests/integration/",
-    "tests/unit/serving/",
-    "tests/unit/runtimes/",
-    "tests/unit/test_quality.py",
-    "tests/inprocess/",
-    "tests/",
-)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under ``--dist loadgroup`` (the README's command), the groups of
+    ``tests/groups.py``: one worker runs each module, so a module's servers start once,
+    and the tests that use ``demo_server`` share one worker, so it starts once."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from tests.groups import GroupScheduling
+
+    return GroupScheduling(config, log)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``--dist loadgroup``), one worker runs each module, so a
-    module's servers start once; and the tests that use ``demo_server`` (the demo with
-    its language models, in ``tests/integration``) share one worker, so it starts once.
-    Modules keep their tests together, in the order of ``_ORDER``."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        if item.get_closest_marker("xdist_group") is not None:
-            continue
-        fixtures = getattr(item, "fixturenames", ())
-        uses_llm_demo = "demo_server" in fixtures and item.path.parent.name == "integration"
-        group = "llm-demo" if uses_llm_demo else item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=_rank)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Orders the tests by the place of their group (``tests/groups.py``): the longest
+    groups first."""
+    from tests.groups import rank
+
+    items.sort(key=lambda item: rank(item.nodeid))
 
 
-def _rank(item: pytest.Item) -> int:
-    marker = item.get_closest_marker("xdist_group")
-    group = str(marker.kwargs.get("name", marker.args[0] if marker.args else "")) if marker else ""
-    ranks = (i for i, prefix in enumerate(_ORDER) if group.startswith(prefix))
-    return next(ranks, len(_ORDER))
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fails a test that uses the language-model demo server outside its group: the
+    scheduler sees node ids only, not fixtures, so ``tests/groups.py`` lists them."""
+    from tests.groups import LLM_DEMO, group_of
+
+    uses_llm_demo = "demo_server" in getattr(item, "fixturenames", ())
+    in_integration = item.path.parent.name == "integration"
+    if uses_llm_demo and in_integration and group_of(item.nodeid) != LLM_DEMO:
+        pytest.fail(f"{item.nodeid} uses demo_server: list it in tests/groups.py")
