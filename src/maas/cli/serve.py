@@ -117,6 +117,12 @@ def _run(settings: Any) -> None:
         from maas.observability.multiproc import reset_multiprocess_dir
 
         reset_multiprocess_dir(metrics_dir)
+    if _loads_worker_models_at_start(settings):
+        # The worker's interpreter and scikit-learn start on the other core while this
+        # process imports the server and opens the registry.
+        from maas.serving.process_workers import prestart_worker
+
+        prestart_worker()
     import uvicorn
 
     from maas.api.app import create_app, freeze_startup_objects
@@ -204,6 +210,29 @@ def _run(settings: Any) -> None:
         server.run(sockets=[sock])
     finally:  # a startup failure ends here; a drain ends in on_exit (SIGTERM is re-raised)
         on_exit()
+        from maas.serving.process_workers import discard_spare_worker
+
+        discard_spare_worker()
+
+
+def _loads_worker_models_at_start(settings: Any) -> bool:
+    """Whether the models loaded at start include one that runs in a worker process
+    (a runtime that holds the GIL: scikit-learn), as far as can be told this early."""
+    serving = settings.serving
+    if (
+        not serving.load_at_start
+        or serving.worker_mode not in ("auto", "processes", "shared")
+        or settings.cluster.ray_address is not None
+    ):
+        return False
+    from maas.registry.probe import aliased_frameworks
+    from maas.runtimes.catalog import describe
+
+    found = aliased_frameworks(settings.resolved_database_url)
+    if found is None:  # another database: a restart of a server that has models
+        return True
+    runtimes = [describe(framework) for framework in found]
+    return any(r is not None and not (r.releases_gil or r.in_process_only) for r in runtimes)
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -40,7 +40,7 @@ from maas.registry.service import RegistryService
 from maas.runtimes.base import ImageLimits, LoadOptions
 from maas.serving.deployment import Deployment, DeploymentState
 from maas.serving.hangups import Disconnected, unless_disconnected
-from maas.serving.process_workers import ProcessPool
+from maas.serving.process_workers import ProcessPool, discard_spare_worker
 from maas.serving.ray_instances import RayCluster
 from maas.serving.workers import ThreadWorkers, Workers
 
@@ -353,6 +353,8 @@ class ModelManager:
     async def _load_at_start(self, versions: list[VersionInfo]) -> None:
         started = time.monotonic()
         await self._load_all(versions)
+        # A worker started ahead for these loads (``maas serve``) that none took.
+        await asyncio.to_thread(discard_spare_worker)
         if versions:
             log.info(
                 "%d aliased versions loaded in %.1f s", len(versions), time.monotonic() - started

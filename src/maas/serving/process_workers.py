@@ -34,6 +34,7 @@ corpse.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import pickle
@@ -68,8 +69,10 @@ __all__ = [
     "ProcessPool",
     "SharedInstances",
     "WorkerModels",
+    "discard_spare_worker",
     "key_of",
     "kill_worker_processes",
+    "prestart_worker",
     "worker_main",
 ]
 
@@ -123,16 +126,92 @@ class WorkerModels:
         return None
 
 
-def worker_main(requests_fd: int, responses_fd: int) -> None:
+def worker_main(requests_fd: int, responses_fd: int, *, preload: bool = False) -> None:
     """The entry of a worker process (``_WorkerProcess.start``): its first message says
-    what to load."""
+    what to load. A spare (``prestart_worker``) imports scikit-learn while it waits."""
     requests = Connection(requests_fd, writable=False)
     responses = Connection(responses_fd, readable=False)
+    if preload:
+        with contextlib.suppress(ImportError):  # then the load says what is missing
+            from maas.runtimes.sklearn import import_skops
+
+            import_skops()
     try:
         targets = requests.recv()
     except EOFError:  # the server went away before it said what to load
         return
     serve(requests, responses, targets)
+
+
+@dataclass(frozen=True)
+class _Spare:
+    """A worker process started ahead of need, and the server's ends of its pipes."""
+
+    process: subprocess.Popen[bytes]
+    requests: int
+    responses: int
+
+
+#: At most one spare worker (``prestart_worker``), taken by the first worker started.
+_SPARES: list[_Spare] = []
+
+
+def prestart_worker() -> None:
+    """Start one worker process now, to be the first a pool needs.
+
+    ``maas serve`` calls this before its own imports: a worker's interpreter and
+    scikit-learn take about 1.5 s of CPU, which then run on the other core while the
+    server imports, opens the registry and loads its other models, instead of after
+    them (the restart of the full demo was ready about that much later). A spare no
+    pool took by the end of the load at start is ended (``discard_spare_worker``), so
+    a server without small models pays nothing for it after its start.
+    """
+    if _SPARES:
+        return
+    child_requests, requests = os.pipe()
+    responses, child_responses = os.pipe()
+    try:
+        process = _launch(child_requests, child_responses, preload=True)
+    except OSError:
+        for fd in (requests, responses):
+            os.close(fd)
+        raise
+    finally:
+        os.close(child_requests)
+        os.close(child_responses)
+    _STARTED.add(process)
+    _SPARES.append(_Spare(process, requests, responses))
+
+
+def discard_spare_worker() -> None:
+    """End the spare worker if no pool took it: closing its pipe ends its wait."""
+    while _SPARES:
+        spare = _SPARES.pop()
+        os.close(spare.requests)
+        os.close(spare.responses)
+        try:
+            spare.process.wait(5.0)
+        except subprocess.TimeoutExpired:
+            spare.process.kill()
+            spare.process.wait()
+
+
+def _launch(
+    child_requests: int, child_responses: int, *, preload: bool = False
+) -> subprocess.Popen[bytes]:
+    """``python -c`` running ``worker_main`` with this interpreter's flags and import
+    path (as multiprocessing's spawn would give it), on the child's ends of the pipes."""
+    code = (
+        f"import sys; sys.path[:] = {sys.path!r}; "
+        "from maas.serving.process_workers import worker_main; "
+        f"worker_main({child_requests}, {child_responses}, preload={preload})"
+    )
+    flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
+    return subprocess.Popen(
+        [sys.executable, *flags, "-c", code],
+        stdin=subprocess.DEVNULL,
+        pass_fds=(child_requests, child_responses),
+    )
 
 
 def kill_worker_processes() -> None:
@@ -165,13 +244,17 @@ class _WorkerProcess(FramedPeer):
         super().__init__()
         self._on_exit = on_exit
         self._targets = targets
-        # The child's ends are inherited by it alone (pass_fds); ours are the loop's.
-        self._child_requests, requests = os.pipe()
-        responses, self._child_responses = os.pipe()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._spare = _SPARES.pop() if _SPARES else None
+        if self._spare is not None:  # started already: its pipes are ours
+            requests, responses = self._spare.requests, self._spare.responses
+        else:
+            # The child's ends are inherited by it alone (pass_fds); ours are the loop's.
+            self._child_requests, requests = os.pipe()
+            responses, self._child_responses = os.pipe()
         self._requests_file = os.fdopen(requests, "wb", buffering=0)
         self._responses_file = os.fdopen(responses, "rb", buffering=0)
         self._reader: asyncio.ReadTransport | None = None
-        self.process: subprocess.Popen[bytes] | None = None
         #: The keys this process holds (or is loading): calls for others go elsewhere.
         self.keys = set(targets)
         self.started_at = time.monotonic()
@@ -181,33 +264,23 @@ class _WorkerProcess(FramedPeer):
         return None if self.process is None else self.process.pid
 
     async def start(self) -> None:
-        try:
-            self.process = await asyncio.to_thread(self._launch)
-        finally:
-            # Our copies of the child's ends must go, or EOF never arrives when it dies.
-            os.close(self._child_requests)
-            os.close(self._child_responses)
-        _STARTED.add(self.process)
+        if self._spare is not None:
+            self.process = self._spare.process
+        else:
+            try:
+                self.process = await asyncio.to_thread(
+                    _launch, self._child_requests, self._child_responses
+                )
+            finally:
+                # Our copies of the child's ends must go, or EOF never arrives when it dies.
+                os.close(self._child_requests)
+                os.close(self._child_responses)
+            _STARTED.add(self.process)
         self._reader, _ = await self._loop.connect_read_pipe(self.reader, self._responses_file)
         self._writer, _ = await self._loop.connect_write_pipe(asyncio.Protocol, self._requests_file)
         send(self._writer, pickle.dumps(self._targets, pickle.HIGHEST_PROTOCOL))
         await self._ready
         self.alive = True
-
-    def _launch(self) -> subprocess.Popen[bytes]:
-        """``python -c`` running ``worker_main`` with this interpreter's flags and import
-        path (as multiprocessing's spawn would give it), on the child's ends of the pipes."""
-        code = (
-            f"import sys; sys.path[:] = {sys.path!r}; "
-            "from maas.serving.process_workers import worker_main; "
-            f"worker_main({self._child_requests}, {self._child_responses})"
-        )
-        flags = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
-        return subprocess.Popen(
-            [sys.executable, *flags, "-c", code],
-            stdin=subprocess.DEVNULL,
-            pass_fds=(self._child_requests, self._child_responses),
-        )
 
     def _gone(self, loading: bool = False) -> Exception:
         if loading:

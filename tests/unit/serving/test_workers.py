@@ -19,12 +19,15 @@ from sklearn.neighbors import KNeighborsClassifier
 from maas.errors import MaasError, UntrustedArtifact, WorkerCrashed
 from maas.protocols.signature import Signature, TensorSpec
 from maas.runtimes.base import ArtifactInfo, LoadOptions, Runtime
+from maas.serving import process_workers as pw
 from maas.serving.process_workers import (
     LoadTarget,
     ProcessInstances,
     ProcessPool,
     SharedInstances,
+    discard_spare_worker,
     key_of,
+    prestart_worker,
 )
 from maas.serving.workers import INLINE_MAX_BYTES, InlineInstances, ThreadWorkers
 
@@ -167,6 +170,35 @@ async def test_small_models_share_one_worker_process(
         np.testing.assert_array_equal(answer["predict"], second_model.predict(rows))  # type: ignore[attr-defined]
     finally:
         await pool.close()
+
+
+async def test_the_first_worker_is_the_one_started_ahead(
+    two_models: list[tuple[LoadTarget, object]],
+) -> None:
+    """``maas serve`` starts a worker before its own imports: the first pool to start
+    takes that process (its pid, already running) and it answers like any; the next
+    worker is launched as usual; a spare nobody took is ended."""
+    (first, first_model), (second, _) = two_models
+    prestart_worker()
+    prestart_worker()  # one spare at most
+    spares = [s.process for s in pw._SPARES]
+    assert len(spares) == 1 and spares[0].poll() is None
+    pool, other = ProcessPool(1), ProcessPool(1)
+    rows = load_iris(return_X_y=True)[0][45:105]
+    try:
+        instances = SharedInstances(pool, first)
+        await instances.start()
+        assert pool.pids == [spares[0].pid] and not pw._SPARES
+        answer = await instances.predict({"input": rows}, ["predict"])
+        np.testing.assert_array_equal(answer["predict"], first_model.predict(rows))  # type: ignore[attr-defined]
+        await SharedInstances(other, second).start()
+        assert other.pids != pool.pids
+    finally:
+        await asyncio.gather(pool.close(), other.close())
+    prestart_worker()
+    (unused,) = [s.process for s in pw._SPARES]
+    discard_spare_worker()
+    assert unused.poll() is not None and not pw._SPARES
 
 
 async def test_a_restarted_shared_worker_holds_every_model_again(
