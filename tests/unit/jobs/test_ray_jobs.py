@@ -19,6 +19,7 @@ from tests.unit.jobs.servers import job_server, push_iris, states, train_iris, w
 
 from maas.jobs import ray_backend
 from maas.jobs.ray_backend import RayJobBackend
+from maas.protocols.jobs import EvaluateSpec, OptimizeSpec
 from maas.services import Services
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(240)]
@@ -75,6 +76,32 @@ async def test_a_training_job_runs_on_a_worker_node(
         assert node in workers and node != cluster.head_node.node_id, (node, workers)
         # The gateway's copy of the job's files goes with the job.
         await _until(lambda: not (tmp_path / "home" / "jobs" / job.id).exists())
+
+
+async def test_jobs_on_a_version_fetch_it_on_their_node(cluster: Cluster, tmp_path: Path) -> None:
+    """An optimize job (ONNX conversion) and an evaluate job read version 1 from the
+    store on the worker node, as a training job reads its dataset: the conversion comes
+    back as version 2 with its report, the evaluation's metrics land on version 1."""
+    async with _server(cluster, tmp_path) as services:
+        trained = await services.jobs.submit(train_iris(), None)
+        assert (await wait_job(services, trained.id, lambda j: j.finished)).state == "succeeded"
+        on = {"model": "iris", "version": 1, "dataset": "iris", "target": "species"}
+        specs = [
+            OptimizeSpec.model_validate({**on, "method": "onnx", "latency_budget_s": 0.2}),
+            EvaluateSpec.model_validate(on),
+        ]
+        jobs = [await services.jobs.submit(spec, None) for spec in specs]
+        workers = {n.node_id for n in cluster.worker_nodes}
+        for job in jobs:
+            done = await wait_job(services, job.id, lambda j: j.finished, timeout_s=180)
+            logs = await _logs(services, job.id)
+            assert done.state == "succeeded", (done, logs)
+            where = [line for line in logs if line.startswith("running on Ray node ")]
+            assert len(where) == 1 and where[0].split()[4] in workers, (where, workers)
+        converted = services.registry.get_version("iris", 2)
+        assert converted.framework == "onnx" and converted.lineage["job"] == jobs[0].id
+        evaluated = services.registry.get_version("iris", 1)
+        assert evaluated.metrics["eval"]["iris"]["accuracy"] > 0.9
 
 
 async def test_cancel_stops_the_job_process_on_its_node(cluster: Cluster, tmp_path: Path) -> None:
