@@ -49,7 +49,8 @@ class RunningServer:
     def client(self, **kwargs: object) -> httpx.Client:
         """httpx with the admin key; pass ``headers={}`` for a caller without one."""
         kwargs.setdefault("headers", self.auth_headers)
-        return httpx.Client(base_url=self.url, timeout=30, **kwargs)  # type: ignore[arg-type]
+        kwargs.setdefault("timeout", 30)
+        return httpx.Client(base_url=self.url, **kwargs)  # type: ignore[arg-type]
 
     def triton(self) -> triton_http.InferenceServerClient:
         """tritonclient with the admin key on every call (a tritonclient plugin)."""

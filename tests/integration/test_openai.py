@@ -335,7 +335,9 @@ def test_a_client_that_hangs_up_frees_its_sequence(llm: RunningServer) -> None:
 def test_v2_infer_on_the_chat_model(llm: RunningServer) -> None:
     body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
                         "data": ["The capital of France is"]}]}  # fmt: skip
-    with llm.client() as http:
+    # V2 sets no max_tokens: up to 512 greedy tokens, about 10 s alone and several
+    # times that beside the suite's other workers.
+    with llm.client(timeout=90) as http:
         response = http.post("/v2/models/smollm2/infer", json=body)
     assert response.status_code == 200, response.text
     (output,) = response.json()["outputs"]

@@ -210,7 +210,9 @@ def test_a_full_replica_refuses_with_429_and_a_hang_up_frees_its_slot(
 def test_v2_infer_on_the_chat_model_runs_on_the_replica(server: RunningServer) -> None:
     body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
                         "data": ["The capital of Germany is"]}]}  # fmt: skip
-    with server.client() as http:
+    # V2 sets no max_tokens: up to 512 greedy tokens, about 10 s alone and several
+    # times that beside the suite's other workers.
+    with server.client(timeout=90) as http:
         response = http.post("/v2/models/smollm2/infer", json=body)
     assert response.status_code == 200, response.text
     (output,) = response.json()["outputs"]
