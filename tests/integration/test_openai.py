@@ -332,16 +332,40 @@ def test_a_client_that_hangs_up_frees_its_sequence(llm: RunningServer) -> None:
     pytest.fail("the abandoned sequence kept running")
 
 
-def test_v2_infer_on_the_chat_model(llm: RunningServer) -> None:
-    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
-                        "data": ["The capital of France is"]}]}  # fmt: skip
-    # V2 sets no max_tokens: up to 512 greedy tokens, about 10 s alone and several
-    # times that beside the suite's other workers.
+def _v2_text(llm: RunningServer, prompt: str, **parameters: Any) -> httpx.Response:
+    body = {
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [prompt]}],
+        "parameters": parameters,
+    }
+    # Without max_tokens an answer is up to 512 greedy tokens (test_ray_chat's is):
+    # about 10 s alone and several times that beside the suite's other workers.
     with llm.client(timeout=90) as http:
-        response = http.post("/v2/models/smollm2/infer", json=body)
+        return http.post("/v2/models/smollm2/infer", json=body)
+
+
+def test_v2_infer_on_the_chat_model(llm: RunningServer) -> None:
+    response = _v2_text(llm, "The capital of France is", max_tokens=24)
     assert response.status_code == 200, response.text
     (output,) = response.json()["outputs"]
     assert output["name"] == "text" and "Paris" in output["data"][0]
+
+
+def test_v2_max_tokens_bounds_a_language_models_answer(llm: RunningServer) -> None:
+    """``parameters.max_tokens`` caps each text's completion (greedy, so the shorter
+    answer is the start of the longer one); a value that is not a positive integer is
+    400 ``invalid_input``, never the server's default."""
+    answers = []
+    for max_tokens in (1, 12):
+        response = _v2_text(llm, "The capital of France is", max_tokens=max_tokens)
+        assert response.status_code == 200, response.text
+        answers.append(response.json()["outputs"][0]["data"][0])
+    one, twelve = answers
+    assert one and twelve.startswith(one) and len(one) < len(twelve) and "Paris" in twelve
+    for bad in (0, -3, 2.5, "8", True):
+        response = _v2_text(llm, "Hi", max_tokens=bad)
+        assert response.status_code == 400, (bad, response.text)
+        assert response.json()["code"] == "invalid_input"
+        assert "max_tokens" in response.json()["error"]
 
 
 def test_max_completion_tokens_wins_over_max_tokens(llm: RunningServer) -> None:

@@ -28,7 +28,7 @@ from maas.api.auth import key_from
 from maas.api.lifetime import requested_timeout
 from maas.auth.principal import ANONYMOUS_ADMIN, Principal
 from maas.errors import InvalidInput, MaasError, Unauthenticated
-from maas.protocols.v2 import server_metadata
+from maas.protocols.v2 import requested_max_tokens, server_metadata
 from maas.protocols.v2grpc import (
     SERVICE,
     decode_infer_request,
@@ -210,7 +210,8 @@ class GrpcInference:
             timeout_s = requested_timeout(infer.parameters, {})
             if timeout_s is None:
                 timeout_s = context.time_remaining()
-            return TensorCall(infer.inputs, infer.outputs, timeout_s)
+            max_tokens = requested_max_tokens(infer.parameters)
+            return TensorCall(infer.inputs, infer.outputs, timeout_s, max_tokens)
 
         if not request.model_name:
             raise InvalidInput("model_name is required")

@@ -73,6 +73,7 @@ __all__ = [
     "model_metadata",
     "parse_header_length",
     "read_body",
+    "requested_max_tokens",
     "server_metadata",
 ]
 
@@ -121,6 +122,20 @@ def parse_header_length(value: str | None) -> int | None:
             f"{HEADER_LENGTH} must be the JSON header's length in bytes, got {value.strip()[:40]!r}"
         )
     return length
+
+
+def requested_max_tokens(parameters: Mapping[str, Any]) -> int | None:
+    """V2 ``parameters.max_tokens``: the most tokens a language model may generate for
+    each text of the call (None: the server's ``default_max_tokens``). Other models
+    take no such parameter and ignore it, as V2 lets a server do with parameters."""
+    value = parameters.get("max_tokens")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInput(
+            "parameters.max_tokens must be a positive integer", details={"max_tokens": value}
+        )
+    return value
 
 
 def check_media_type(content_type: str | None) -> None:

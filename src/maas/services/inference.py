@@ -60,12 +60,14 @@ _MAX_VERSION = 2**31 - 1
 
 @dataclass(frozen=True, slots=True)
 class TensorCall:
-    """A decoded tensor request: its inputs, the outputs asked for (None: all), and
-    the caller's timeout (None: the server's default)."""
+    """A decoded tensor request: its inputs, the outputs asked for (None: all), the
+    caller's timeout (None: the server's default) and, for a language model, the most
+    tokens to generate for each text (None: the server's default)."""
 
     inputs: Mapping[str, np.ndarray]
     outputs: Sequence[str] | None = None
     timeout_s: float | None = None
+    max_tokens: int | None = None
 
 
 #: A transport's decoder of its request, run once the call is admitted: a refused call
@@ -174,6 +176,7 @@ class InferenceService:
                     call.outputs,
                     timeout_s=call.timeout_s,
                     disconnected=disconnected,
+                    max_tokens=call.max_tokens,
                 )
                 elapsed = time.perf_counter() - started
                 ticket.version = version.version

@@ -397,8 +397,10 @@ class Deployment:
         outputs: Sequence[str] | None,
         *,
         disconnected: Disconnected | None = None,
+        max_tokens: int | None = None,
     ) -> dict[str, np.ndarray]:
-        """Queue one request on this version and return its outputs.
+        """Queue one request on this version and return its outputs (a language model
+        generates up to ``max_tokens`` for each text, else ``default_max_tokens``).
 
         Counted in flight before its first suspension, so an unload that starts after
         this call began waits for it. ``disconnected`` completes if the caller hangs up:
@@ -415,7 +417,7 @@ class Deployment:
                 raise WorkerCrashed("no live worker for this model; restarting", retry_after=1.0)
             self.last_used = time.monotonic()
             if self.generation is not None:
-                work = self._generate(inputs, outputs)
+                work = self._generate(inputs, outputs, max_tokens)
                 if disconnected is None:
                     return await work
                 return await unless_disconnected(work, disconnected)
@@ -426,14 +428,17 @@ class Deployment:
                 self._idle.set()
 
     async def _generate(
-        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None
+        self,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None,
+        max_tokens: int | None,
     ) -> dict[str, np.ndarray]:
         """V2 infer on a language model: greedy completions, batched with every other
         sequence of the model."""
         assert self.generation is not None
         checked, _ = check_request(self.version.signature, inputs, outputs)
         texts = texts_of(checked["text"])
-        budget = self._generation_settings.default_max_tokens
+        budget = max_tokens or self._generation_settings.default_max_tokens
         completions = await self.generation.complete_texts(texts, max_tokens=budget)
         return {"text": np.array([c.text.encode() for c in completions], dtype=object)}
 

@@ -182,8 +182,10 @@ class ModelManager:
         *,
         timeout_s: float | None = None,
         disconnected: Disconnected | None = None,
+        max_tokens: int | None = None,
     ) -> tuple[VersionInfo, dict[str, np.ndarray]]:
-        """Run one request on the version ``model:selector`` names now.
+        """Run one request on the version ``model:selector`` names now (``max_tokens``:
+        for a language model, the most tokens to generate for each text).
 
         Returns the version that served it with its outputs. Past the timeout the
         request fails with ``RequestTimeout``; if ``disconnected`` completes first (the
@@ -193,7 +195,7 @@ class ModelManager:
         if self._shutting_down:
             raise ShuttingDown(retry_after=1.0)
         # The hang-up is watched where it can save work (hangups.py), not here.
-        work = self._predict(model, selector, inputs, outputs, disconnected)
+        work = self._predict(model, selector, inputs, outputs, disconnected, max_tokens)
         return await self.bounded(work, timeout_s=timeout_s)
 
     async def bounded(
@@ -225,11 +227,14 @@ class ModelManager:
         inputs: Mapping[str, np.ndarray],
         outputs: Sequence[str] | None,
         disconnected: Disconnected | None = None,
+        max_tokens: int | None = None,
     ) -> tuple[VersionInfo, dict[str, np.ndarray]]:
         while True:
             deployment = await self.get(model, selector, bounded=True)
             if not deployment.is_retired:
-                result = await deployment.predict(inputs, outputs, disconnected=disconnected)
+                result = await deployment.predict(
+                    inputs, outputs, disconnected=disconnected, max_tokens=max_tokens
+                )
                 return deployment.version, result
             self.invalidate(model)  # an alias moved between resolving and now
 

@@ -27,6 +27,7 @@ from maas.protocols.v2 import (
     decode_infer_request,
     encode_infer_response,
     parse_header_length,
+    requested_max_tokens,
 )
 from maas.services import Services
 from maas.services.inference import TensorCall
@@ -92,7 +93,8 @@ async def _infer(services: Services, request: Request, model: str, version: str 
         decoded.append(infer)
         requested = [output.name for output in infer.outputs] if infer.outputs else None
         timeout_s = requested_timeout(infer.parameters, request.headers)
-        return TensorCall(infer.inputs, requested, timeout_s)
+        max_tokens = requested_max_tokens(infer.parameters)
+        return TensorCall(infer.inputs, requested, timeout_s, max_tokens)
 
     result = await services.inference.predict(
         caller(request),
