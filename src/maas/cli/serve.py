@@ -22,7 +22,7 @@ from maas.cli.output import console, err_console
 if TYPE_CHECKING:
     from maas.auth.bootstrap import AdminKeyNotice
 
-__all__ = ["serve_app", "serve_command"]
+__all__ = ["loads_worker_models_at_start", "serve_app", "serve_command"]
 
 
 def serve_command(
@@ -117,7 +117,7 @@ def _run(settings: Any) -> None:
         from maas.observability.multiproc import reset_multiprocess_dir
 
         reset_multiprocess_dir(metrics_dir)
-    if _loads_worker_models_at_start(settings):
+    if loads_worker_models_at_start(settings):
         # The worker's interpreter and scikit-learn start on the other core while this
         # process imports the server and opens the registry.
         from maas.serving.process_workers import prestart_worker
@@ -215,7 +215,7 @@ def _run(settings: Any) -> None:
         discard_spare_worker()
 
 
-def _loads_worker_models_at_start(settings: Any) -> bool:
+def loads_worker_models_at_start(settings: Any) -> bool:
     """Whether the models loaded at start include one that runs in a worker process
     (a runtime that holds the GIL: scikit-learn), as far as can be told this early."""
     serving = settings.serving

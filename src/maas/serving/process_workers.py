@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -56,12 +55,7 @@ from maas.observability.metrics import WORKER_RESTARTS
 from maas.runtimes.base import LoadOptions, Runtime
 from maas.runtimes.catalog import load_runtime
 from maas.runtimes.sklearn import WithoutTorch
-from maas.serving.framed import (
-    FramedPeer,
-    answer_until_eof,
-    error_payload,
-    send,
-)
+from maas.serving.framed import FramedPeer, answer_until_eof, dumps, error_payload, send
 
 __all__ = [
     "LoadTarget",
@@ -278,7 +272,7 @@ class _WorkerProcess(FramedPeer):
             _STARTED.add(self.process)
         self._reader, _ = await self._loop.connect_read_pipe(self.reader, self._responses_file)
         self._writer, _ = await self._loop.connect_write_pipe(asyncio.Protocol, self._requests_file)
-        send(self._writer, pickle.dumps(self._targets, pickle.HIGHEST_PROTOCOL))
+        send(self._writer, dumps(self._targets))
         await self._ready
         self.alive = True
 
@@ -324,7 +318,7 @@ class _WorkerProcess(FramedPeer):
                 self._responses_file.close()
             return
         if not self._writer.is_closing():
-            send(self._writer, pickle.dumps(None))
+            send(self._writer, dumps(None))
             self._writer.close()  # flushes what is buffered, then closes the pipe
 
 

@@ -853,11 +853,12 @@ class RayInstances:
     async def close(self) -> None:
         """Stop watching and remove the actors for good (no restart), but those another
         deployment of this server still uses (a redeploy that kept their spec)."""
-        replicas = await self._stop()
-        free = self._cluster.release([r.name for r in replicas])
-        doomed = [r for r in replicas if r.name in free]
-        if doomed:
-            await self._retire(doomed)
+        await self._let_go(remove=lambda replica: True)
+
+    async def detach(self) -> None:
+        """Stop watching and let go of the actors, which stay for other servers; those
+        none pings remove themselves after ``orphan_timeout_s``."""
+        await self._let_go(remove=lambda replica: False)
 
     async def _abandon(self, *, remove_unanswered: bool) -> None:
         """Give up a load that failed for this server's own reason (its deadline, a
@@ -870,21 +871,20 @@ class RayInstances:
         past the deadline) are removed, since no server can use them either. Replicas
         let go that no server pings remove themselves after ``orphan_timeout_s``.
         """
+        await self._let_go(remove=lambda replica: remove_unanswered and not replica.answered)
+
+    async def _let_go(self, *, remove: Callable[[_Handle], bool]) -> None:
+        """Stop watching, let go of every replica, and remove those ``remove`` picks
+        that no other deployment of this server holds."""
         replicas = await self._stop()
         free = self._cluster.release([r.name for r in replicas])
-        doomed = [r for r in replicas if remove_unanswered and not r.answered and r.name in free]
+        doomed = [r for r in replicas if r.name in free and remove(r)]
         if doomed:
             await self._retire(doomed)
 
     async def _retire(self, replicas: list[_Handle]) -> None:
         """Remove replicas no deployment of this server holds any more."""
         await asyncio.to_thread(_kill, [r.actor for r in replicas])
-
-    async def detach(self) -> None:
-        """Stop watching and let go of the actors, which stay for other servers; those
-        none pings remove themselves after ``orphan_timeout_s``."""
-        replicas = await self._stop()
-        self._cluster.release([r.name for r in replicas])
 
     async def _stop(self) -> list[_Handle]:
         if self._monitor is not None:
