@@ -108,6 +108,10 @@ log = logging.getLogger("maas.serving")
 #: (``ray start --resources '{"model_slot": 4}'``); asked one per replica if any node has it.
 SLOT_RESOURCE = "model_slot"
 _KEY = "model"
+#: How long a replica's socket found unreachable waits before the next try (doubling
+#: after each failure, up to the second), its calls going through Ray meanwhile.
+_RECONNECT_AFTER_S = 1.0
+_RECONNECT_MAX_S = 30.0
 _HEALTH = "health"
 #: Nodes remembered per artifact as holding it in their cache.
 _REMEMBERED_NODES = 16
@@ -506,6 +510,9 @@ class _Handle:
         self.channel: ReplicaChannel | None = None
         #: The socket last connected to, or tried and found unreachable.
         self.listener: ListenerAddress | None = None
+        #: When an unreachable socket is tried again, and how long after the next failure.
+        self.reconnect_at = 0.0
+        self.reconnect_wait_s = _RECONNECT_AFTER_S
         self._labels = (*labels, str(index))
         self._up_on: str | None = None  # the node whose REPLICA_UP series reads 1
         self.in_flight_gauge = REPLICA_IN_FLIGHT.labels(*self._labels)
@@ -741,27 +748,42 @@ class RayInstances:
         replica.actor = self._new_actor(replica.name)
 
     async def _connect(self, replica: _Handle, listener: ListenerAddress | None) -> None:
-        """Open a connection to the replica's socket unless one is open to it; one that
-        cannot be reached leaves its calls to Ray until the replica has a new socket
-        (a restart), rather than cost every health round a connect timeout."""
+        """Open a connection to the replica's socket unless one is open to it.
+
+        One that cannot be reached leaves its calls to Ray, and is tried again at the
+        first health round ``_RECONNECT_AFTER_S`` later (twice as long after each
+        failure, up to ``_RECONNECT_MAX_S``): not at every round, which would cost each
+        a connect timeout, and not never, since a connect can fail for a while only (a
+        loaded node; a replica restarted between its ping and the connect, whose new
+        socket the next ping brings at once)."""
         channel = replica.channel
-        if listener is None or listener == replica.listener:
-            return  # connected to it, or tried and failed
+        if listener is None:
+            return
+        if listener == replica.listener and (
+            channel is not None or time.monotonic() < replica.reconnect_at
+        ):
+            return  # connected to it, or tried and failed a moment ago
         if channel is not None:
             channel.close()
         replica.channel, replica.listener = None, listener
         try:
             channel = await ReplicaChannel.open(listener, self._on_lost(replica))
         except (OSError, TimeoutError, ChannelLost) as exc:
+            wait_s = replica.reconnect_wait_s
+            replica.reconnect_at = time.monotonic() + wait_s
+            replica.reconnect_wait_s = min(2 * wait_s, _RECONNECT_MAX_S)
             log.warning(
-                "cannot reach the socket of a replica of %s at %s:%s (%s); "
-                "its calls go through Ray",
+                "cannot reach the socket of a replica of %s (pid %s) at %s:%s (%s); "
+                "its calls go through Ray, and it is tried again in %g s",
                 self._label,
+                replica.pid,
                 listener[0],
                 listener[1],
                 type(exc).__name__,
+                wait_s,
             )
             return
+        replica.reconnect_wait_s = _RECONNECT_AFTER_S
         if replica.listener == listener:  # not lost meanwhile
             replica.channel = channel
         else:

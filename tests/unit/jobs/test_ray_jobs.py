@@ -5,7 +5,6 @@ runs there, is cancelled there, or is refused when no node could ever hold it.""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,6 +15,7 @@ import ray
 from tests.processes import pid_alive
 from tests.ray_cluster import Cluster, loopback_cluster
 from tests.unit.jobs.servers import job_server, push_iris, states, train_iris, wait_job
+from tests.waiting import until
 
 from maas.jobs import ray_backend
 from maas.jobs.ray_backend import RayJobBackend
@@ -75,7 +75,7 @@ async def test_a_training_job_runs_on_a_worker_node(
         assert cluster.head_node is not None
         assert node in workers and node != cluster.head_node.node_id, (node, workers)
         # The gateway's copy of the job's files goes with the job.
-        await _until(lambda: not (tmp_path / "home" / "jobs" / job.id).exists())
+        await until(lambda: not (tmp_path / "home" / "jobs" / job.id).exists())
 
 
 async def test_jobs_on_a_version_fetch_it_on_their_node(cluster: Cluster, tmp_path: Path) -> None:
@@ -118,7 +118,7 @@ async def test_cancel_stops_the_job_process_on_its_node(cluster: Cluster, tmp_pa
             "cancelled",
         ]
         # Its actor is gone too: the worker's 2 CPUs are free again.
-        await _until(lambda: ray.available_resources().get("CPU", 0) == 2)  # type: ignore[no-untyped-call]
+        await until(lambda: ray.available_resources().get("CPU", 0) == 2)  # type: ignore[no-untyped-call]
 
 
 async def test_a_job_no_node_can_hold_fails_at_once(cluster: Cluster, tmp_path: Path) -> None:
@@ -128,10 +128,3 @@ async def test_a_job_no_node_can_hold_fails_at_once(cluster: Cluster, tmp_path: 
         assert failed.state == "failed" and failed.error_code == "placement_infeasible"
         assert failed.error is not None
         assert "64 CPUs" in failed.error and "the largest has 2 CPUs" in failed.error
-
-
-async def _until(condition: object, timeout_s: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, "condition never became true"
-        await asyncio.sleep(0.1)

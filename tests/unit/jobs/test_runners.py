@@ -6,13 +6,13 @@ process, real job processes, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 from tests.processes import pid_alive
 from tests.unit.jobs.servers import job_server, push_iris, states, train_iris, wait_job
+from tests.waiting import until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
 
@@ -58,14 +58,17 @@ async def test_a_server_starting_leaves_a_live_job_alone_and_cancels_across(
         async with job_server(tmp_path / "b", url, store, jobs=jobs) as b:
             # Until b has made a pass past the point where, without a's heartbeat, the
             # job would be stale: it must still be a's first and only attempt.
-            await _until(lambda: (b.jobs.last_recovery or running.started_at) > running.started_at)
+            await until(
+                lambda: (b.jobs.last_recovery or running.started_at) > running.started_at,
+                timeout_s=60,
+            )
             still = await b.jobs.get(job.id)
             assert (still.state, still.attempts, still.runner) == ("running", 1, a.jobs.runner)
             assert pid_alive(running.pid)
 
             cancelled = await b.jobs.cancel(job.id)  # b does not run it: a must stop it
             assert cancelled.state == "cancelled"
-            await _until(lambda: not pid_alive(running.pid))
+            await until(lambda: not pid_alive(running.pid), timeout_s=60)
         final = await a.jobs.get(job.id)
         assert final.state == "cancelled" and final.attempts == 1
         assert [s["state"] for s in await states(a, job.id)] == ["queued", "running", "cancelled"]
@@ -90,10 +93,3 @@ async def test_a_job_whose_server_went_silent_is_requeued_by_another(
             "gone-host" in r and "no heartbeat" in r and "queued again" in r for r in reasons
         )
         assert b.registry.get_version("iris", 1).lineage["job"] == job.id
-
-
-async def _until(condition: object, timeout_s: float = 60) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, "condition never became true"
-        await asyncio.sleep(0.1)

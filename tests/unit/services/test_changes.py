@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text, update
 from tests.unit.runtimes import trained
+from tests.waiting import until
 
 from maas.auth.keys import KeyHasher, KeyStore
 from maas.auth.resolver import KeyResolver
@@ -86,13 +87,6 @@ async def follower(
     await manager.close()
 
 
-async def _until(condition: Callable[[], bool], timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition never became true"
-        await asyncio.sleep(0.02)
-
-
 async def test_a_moved_alias_is_followed_and_the_old_version_unloaded(
     follower: tuple[ChangeFollower, ModelManager, KeyResolver],
     registry: RegistryService,
@@ -101,10 +95,10 @@ async def test_a_moved_alias_is_followed_and_the_old_version_unloaded(
     _, manager, _ = follower
     one, two = publish(), publish()
     registry.set_alias("iris", "production", one.version)
-    await _until(lambda: manager.find("iris", 1) is not None and manager.is_ready())
+    await until(lambda: manager.find("iris", 1) is not None and manager.is_ready(), step_s=0.02)
     assert (await manager.resolve("iris")).version == 1  # cached now
     registry.set_alias("iris", "production", two.version)
-    await _until(lambda: manager.find("iris", 1) is None)
+    await until(lambda: manager.find("iris", 1) is None, step_s=0.02)
     assert (d := manager.find("iris", 2)) is not None and d.is_ready  # warmed
     assert (await manager.resolve("iris")).version == 2
 
@@ -118,7 +112,7 @@ async def test_a_deployment_change_redeploys_once(
     version = publish()
     loaded = await manager.deployment(version)
     info = registry.update_deployment("iris", 1, DeploymentSpec(max_batch_size=4))
-    await _until(lambda: manager.find("iris", 1) is not loaded)
+    await until(lambda: manager.find("iris", 1) is not loaded, step_s=0.02)
     redeployed = manager.find("iris", 1)
     assert redeployed is not None
     assert redeployed.version.deployment.max_batch_size == 4 and redeployed.is_ready
@@ -136,7 +130,7 @@ async def test_deletions_unload_and_revocations_forget_keys(
     one, _ = publish(), publish()
     await manager.deployment(one)
     registry.delete_version("iris", 1)
-    await _until(lambda: manager.find("iris", 1) is None)
+    await until(lambda: manager.find("iris", 1) is None, step_s=0.02)
     other_server = _keys(engine)  # not the resolver's store: it never sees the revocation
     created = other_server.create(KeyCreate(name="app", role="consumer"))
     assert await principals.resolve(created.key) is not None  # cached for an hour now
@@ -172,6 +166,6 @@ async def test_after_the_feed_was_unreadable_the_server_resynchronises(
     finally:
         with engine.begin() as conn:
             conn.execute(text("ALTER TABLE registry_changes_away RENAME TO registry_changes"))
-    await _until(lambda: manager.find("iris", 1) is not loaded)
+    await until(lambda: manager.find("iris", 1) is not loaded, step_s=0.02)
     redeployed = manager.find("iris", version.version)
     assert redeployed is not None and redeployed.version.deployment.max_batch_size == 4

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 import threading
 from asyncio.subprocess import PIPE
@@ -14,10 +15,16 @@ from typing import Any
 import numpy as np
 import pytest
 
+from maas.config import ClusterSettings
 from maas.errors import InvalidInput, RuntimeFailure
+from maas.registry.archives import ExtractLimits
+from maas.runtimes.base import LoadOptions
+from maas.serving.ray_instances import RayCluster, RayInstances, ReplicaTarget, _Handle
 from maas.serving.replica_socket import ChannelLost, ReplicaChannel, ReplicaListener
 
 pytestmark = pytest.mark.anyio
+
+_LIMITS = ExtractLimits(max_bytes=1 << 20, max_members=10)
 
 
 def _doubled(message: tuple[Any, ...]) -> dict[str, np.ndarray]:
@@ -139,3 +146,40 @@ async def test_a_replica_killed_mid_call_fails_its_calls_at_once() -> None:
         if process.returncode is None:
             process.kill()
         await process.wait()
+
+
+async def test_a_socket_found_unreachable_is_tried_again_later_not_never(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A connect refused (a replica restarted between its ping and the connect, a loaded
+    node) sends the replica's calls through Ray only until a later health round tries
+    its socket again; the rounds in between do not each pay for a try."""
+    listener = ReplicaListener("127.0.0.1", _doubled)
+    with socket.create_server(("127.0.0.1", 0)) as reserved:
+        port = reserved.getsockname()[1]  # it refuses until something listens on it again
+    address = ("127.0.0.1", port, listener.address[2])
+    target = ReplicaTarget("sklearn", "file:///none", "sha256:0", LoadOptions(), _LIMITS)
+    instances = RayInstances(RayCluster(ClusterSettings()), target, 1)
+    replica = _Handle("replica", None, 0, ("m", "1"))
+    opened: list[socket.socket] = []
+    try:
+        await instances._connect(replica, address)
+        assert replica.channel is None
+        await instances._connect(replica, address)  # the next round: too soon to try again
+        tries = [r for r in caplog.records if "cannot reach the socket" in r.getMessage()]
+        assert len(tries) == 1 and replica.reconnect_wait_s == 2.0
+
+        again = socket.create_server(("127.0.0.1", port))  # the replica listens now
+        opened.append(again)
+        threading.Thread(target=lambda: listener._serve(again.accept()[0]), daemon=True).start()
+        replica.reconnect_at = 0.0  # a round after the wait
+        await instances._connect(replica, address)
+        assert replica.channel is not None and replica.reconnect_wait_s == 1.0
+        answer = await replica.channel.call("m", {"x": np.ones(2)}, ["y"])
+        np.testing.assert_array_equal(answer["y"], np.full(2, 2.0))
+    finally:
+        if replica.channel is not None:
+            replica.channel.close()
+        listener.close()
+        for sock in opened:
+            sock.close()
