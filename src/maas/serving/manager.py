@@ -323,6 +323,8 @@ class ModelManager:
         return self._deployments.get((model, version))
 
     async def _evict_past_limit(self, keep: tuple[str, int]) -> None:
+        if len(self._deployments) <= self._settings.max_loaded_models:
+            return  # the common case, on every call: no more versions known than allowed
         loaded = [d for d in self._deployments.values() if d.state is DeploymentState.READY]
         excess = len(loaded) - self._settings.max_loaded_models
         if excess <= 0:
