@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -163,16 +164,28 @@ def set_batching(url: str, model: BenchModel, version: int) -> bool:
     return True
 
 
+#: Rows per batch in the batched settings of both servers: as many as the connections
+#: of the c=16 point can have waiting at once.
+BATCH_ROWS = 16
+#: MLServer's adaptive batching waits up to this for a batch to fill (it needs a time;
+#: its documentation's example waits 0.5 s).
+MLSERVER_BATCH_TIME_S = 0.001
+
+
 def mlserver_repository(
-    directory: Path, joblib_path: Path, port: int, parallel_workers: int | None
+    directory: Path, joblib_path: Path, port: int, parallel_workers: int | None, batched: bool
 ) -> Path:
     """An MLServer model repository serving iris; ``parallel_workers`` None keeps its
-    default (one inference worker process), 0 runs the model in the server process."""
+    default (one inference worker process), 0 runs the model in the server process;
+    ``batched`` turns on its adaptive batching."""
     model_dir = directory / "iris"
     model_dir.mkdir(parents=True)
     shutil.copy(joblib_path, model_dir / "model.joblib")
-    settings = {"name": "iris", "implementation": "mlserver_sklearn.SKLearnModel"}
-    settings["parameters"] = {"uri": "./model.joblib", "version": "v1"}  # type: ignore[assignment]
+    settings: dict[str, Any] = {"name": "iris", "implementation": "mlserver_sklearn.SKLearnModel"}
+    settings["parameters"] = {"uri": "./model.joblib", "version": "v1"}
+    if batched:
+        settings["max_batch_size"] = BATCH_ROWS
+        settings["max_batch_time"] = MLSERVER_BATCH_TIME_S
     (model_dir / "model-settings.json").write_text(json.dumps(settings))
     server = {"http_port": port, "grpc_port": free_port(), "metrics_port": free_port()}
     if parallel_workers is not None:
@@ -376,13 +389,19 @@ class Bench:
             self.measure("iris maas+key", path, iris.body(), server, auth=True)
 
     def mlserver(
-        self, binary: Path, iris: BenchModel, joblib_path: Path, parallel_workers: int | None
+        self,
+        binary: Path,
+        iris: BenchModel,
+        joblib_path: Path,
+        parallel_workers: int | None,
+        batched: bool = False,
     ) -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         label = "default" if parallel_workers is None else f"parallel_workers={parallel_workers}"
-        work = self.work / f"mlserver-{label}"
-        repository = mlserver_repository(work, joblib_path, port, parallel_workers)
+        label += " batched" if batched else ""
+        work = self.work / f"mlserver-{label.replace(' ', '-')}"
+        repository = mlserver_repository(work, joblib_path, port, parallel_workers, batched)
         command = [str(binary), "start", str(repository)]
         with running(command, {}, work / "mlserver.log", f"{url}/v2/health/ready") as server:
             body = iris.body("input-0", select=False)  # MLServer answers predict alone
@@ -410,6 +429,13 @@ class Bench:
             infer = f"{url}/v2/models/{iris.name}/infer"
             httpx.post(infer, content=iris.body(), headers=auth, timeout=60).raise_for_status()
             self.measure("iris maas+key inline", infer, iris.body(), server, auth=True)
+            # Batched: the calls that arrive while one runs go together, with no wait
+            # added (a delay of 0: a batch is what queued meanwhile).
+            batched = {"workers": "inline", "max_batch_size": BATCH_ROWS, "max_queue_delay_us": 0}
+            httpx.put(path, json=batched, headers=auth, timeout=60).raise_for_status()
+            httpx.post(infer, content=iris.body(), headers=auth, timeout=60).raise_for_status()
+            self.measure("iris maas+key inline batched", infer, iris.body(), server, auth=True)
+            httpx.put(path, json={"workers": "inline"}, headers=auth, timeout=60).raise_for_status()
             check_grpc(grpc_port, iris)
             grpc_body = grpc_infer_body(iris.name, iris.input_name, iris.row, iris.outputs or ())
             grpc_url = f"http://127.0.0.1:{grpc_port}{GRPC_INFER_PATH}"
@@ -474,7 +500,7 @@ def check_grpc(port: int, iris: BenchModel) -> None:
 
 
 def add_best_mlserver(points: list[Point]) -> None:
-    """Per connection count, the faster of MLServer's two settings, as its own rows."""
+    """Per connection count, the fastest of MLServer's settings, as its own rows."""
     for connections in sorted({p.connections for p in points}):
         runs = [
             p
@@ -511,6 +537,7 @@ def main() -> None:
     if mlserver is not None:
         for parallel_workers in (None, 0):
             bench.mlserver(mlserver, models["iris"], joblib_path, parallel_workers)
+        bench.mlserver(mlserver, models["iris"], joblib_path, 0, batched=True)
         add_best_mlserver(bench.points)
     ceiling = measure_ceilings(models, min(seconds, 3.0))
 
@@ -519,6 +546,7 @@ def main() -> None:
         "iris maas": (best, "of MLServer's best"),
         "iris maas+key": (best, "of MLServer's best"),
         "iris maas+key inline": (best, "of MLServer's best"),
+        "iris maas+key inline batched": (best, "of MLServer's best"),
         "iris maas+key gRPC (h2load)": ("iris maas+key REST (h2load)", "of REST"),
         "mlp-sklearn batched": ("mlp-sklearn unbatched", "of unbatched"),
         "mlp-onnx batched": ("mlp-onnx unbatched", "of unbatched"),
