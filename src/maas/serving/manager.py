@@ -106,6 +106,8 @@ class ModelManager:
         self._resolved: dict[tuple[str, Selector], tuple[float, VersionInfo]] = {}
         self._expected: set[tuple[str, int]] = set()
         self._epoch = 0  # bumped by every invalidation: a resolve racing one retries
+        #: The resolutions being renewed ahead of their expiry, one task each.
+        self._renewing: dict[tuple[str, Selector], asyncio.Task[VersionInfo | None]] = {}
         self._redeploys: dict[tuple[str, int], asyncio.Lock] = {}
         self._started = False
         #: The first load of every aliased version, under way in the background.
@@ -118,18 +120,44 @@ class ModelManager:
     # -- resolution ------------------------------------------------------------------
 
     async def resolve(self, model: str, selector: Selector = None) -> VersionInfo:
-        """The version a reference points to now; cached for ``resolve_ttl_s``."""
+        """The version a reference points to now; cached for ``resolve_ttl_s``.
+
+        An answer past half its time is renewed ahead, in one background lookup, while
+        callers keep getting it: a reference in steady use never expires under them.
+        Expiring under load cost every call in flight a registry query of its own in a
+        thread at once (sixteen at sixteen connections, each a few ms of the GIL),
+        once a second: the p99 of a tiny model at 16 connections was 30 ms against a
+        p50 of 6."""
         key = (model, selector)
         while True:
             cached = self._resolved.get(key)
             now = time.monotonic()
             if cached is not None and now - cached[0] < self.resolve_ttl_s:
+                if now - cached[0] >= self.resolve_ttl_s / 2 and key not in self._renewing:
+                    self._renew(key)
                 return cached[1]
-            epoch = self._epoch
-            version = await self._registry_call(lambda: self._registry.get_version(model, selector))
-            if self._epoch == epoch:  # no alias moved while the registry answered
-                self._resolved[key] = (now, version)
+            version = await self._look_up(key)
+            if version is not None:
                 return version
+
+    async def _look_up(self, key: tuple[str, Selector]) -> VersionInfo | None:
+        """Ask the registry and cache the answer; ``None`` if an alias moved meanwhile
+        (the answer may predate the move: ask again)."""
+        model, selector = key
+        epoch, now = self._epoch, time.monotonic()
+        version = await self._registry_call(lambda: self._registry.get_version(model, selector))
+        if self._epoch != epoch:
+            return None
+        self._resolved[key] = (now, version)
+        return version
+
+    def _renew(self, key: tuple[str, Selector]) -> None:
+        """Look ``key`` up again in the background, once at a time; a failure (the
+        reference gone, the database away) leaves the answer to expire, and the caller
+        that then asks gets the error itself."""
+        task = asyncio.get_running_loop().create_task(self._look_up(key))
+        self._renewing[key] = task
+        task.add_done_callback(lambda done: _renewed(self._renewing, key, done))
 
     def invalidate(self, model: str | None = None) -> None:
         """Forget cached resolutions (of one model, or all) after a registry change."""
@@ -430,6 +458,10 @@ class ModelManager:
         if self._initial_load is not None and not self._initial_load.done():
             self._initial_load.cancel()
             await asyncio.gather(self._initial_load, return_exceptions=True)
+        renewals = list(self._renewing.values())
+        for renewal in renewals:
+            renewal.cancel()
+        await asyncio.gather(*renewals, return_exceptions=True)
         deployments = list(self._deployments.values())
         self._deployments.clear()
         results = await asyncio.gather(
@@ -494,3 +526,10 @@ class ModelManager:
         except ModelNotFound:
             return False
         return True
+
+
+def _renewed(renewing: dict[Any, asyncio.Task[Any]], key: Any, done: asyncio.Task[Any]) -> None:
+    """A renewal ended: let the next one start; its failure was the answer's to expire."""
+    renewing.pop(key, None)
+    if not done.cancelled() and done.exception() is not None:
+        log.debug("renewing %s failed: %r", key, done.exception())

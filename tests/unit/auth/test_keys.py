@@ -82,6 +82,30 @@ def test_resolver_caches_for_its_ttl_and_honours_expiry(
     asyncio.run(scenario())
 
 
+def test_an_answer_in_use_is_renewed_in_the_background_before_it_expires(
+    store: KeyStore, engine: Engine, tmp_path: Path
+) -> None:
+    """Past half its time, an answer is still given at once while one background query
+    renews it: calls in flight never wait for the database together."""
+    live = store.create(KeyCreate(name="live"))
+    resolver = KeyResolver(store, ttl_s=2.0)
+    replica = KeyStore(session_factory(engine), KeyHasher.from_file(tmp_path / "auth.secret"))
+
+    async def scenario() -> None:
+        assert (await resolver.resolve(live.key)) is not None
+        replica.revoke(live.id)  # another server: this resolver learns it by asking again
+        assert (await resolver.resolve(live.key)) is not None  # fresh: no query yet
+        assert not resolver._renewing
+        await asyncio.sleep(1.05)  # past half the answer's time: the time is the subject
+        answers = await asyncio.gather(*(resolver.resolve(live.key) for _ in range(16)))
+        assert all(a is not None for a in answers)  # given at once, still within its time
+        assert len(resolver._renewing) == 1  # one query for all sixteen
+        await asyncio.gather(*resolver._renewing.values())
+        assert (await resolver.resolve(live.key)) is None  # the renewal saw the revocation
+
+    asyncio.run(scenario())
+
+
 def test_a_revocation_through_the_resolvers_own_store_drops_the_cache(store: KeyStore) -> None:
     revoked, rotated = store.create(KeyCreate(name="a")), store.create(KeyCreate(name="b"))
     resolver = KeyResolver(store, ttl_s=60)

@@ -195,6 +195,26 @@ async def test_resolve_is_cached_until_invalidated(
     assert (await manager.resolve("iris", 1)).version == 1
 
 
+async def test_a_resolution_in_use_is_renewed_in_the_background_before_it_expires(
+    managers: ManagerFactory, publish: Publish, registry: RegistryService
+) -> None:
+    """Past half its time a resolution is still given at once while one background
+    lookup renews it; an alias moved where no feed told this server shows up then."""
+    publish()
+    publish()
+    registry.set_alias("iris", "production", 1)
+    manager = managers()
+    manager.resolve_ttl_s = 2.0
+    assert (await manager.resolve("iris")).version == 1
+    registry.set_alias("iris", "production", 2)  # not invalidated: as from elsewhere
+    await asyncio.sleep(1.05)  # past half the resolution's time: the time is the subject
+    answers = await asyncio.gather(*(manager.resolve("iris") for _ in range(16)))
+    assert [a.version for a in answers] == [1] * 16  # at once, still within its time
+    assert len(manager._renewing) == 1  # one lookup for all sixteen
+    await asyncio.gather(*manager._renewing.values())
+    assert (await manager.resolve("iris")).version == 2
+
+
 async def test_requests_waiting_for_a_cold_load_are_bounded_by_the_queue_size(
     managers: ManagerFactory, publish: Publish, registry: RegistryService
 ) -> None:
