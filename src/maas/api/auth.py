@@ -104,9 +104,17 @@ class Authenticator:
         await response(scope, receive, send)
 
 
+#: The headers that may carry a key (ASGI header names are lower-case bytes).
+_KEY_HEADERS = (b"authorization", b"x-api-key")
+
+
 def _presented_key(scope: Scope) -> str | None:
+    # Only the two headers that may carry a key are decoded: on a tiny model's call,
+    # decoding every header was about 4 % of the server's CPU (py-spy).
     return key_from(
-        (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in scope["headers"]
+        if name in _KEY_HEADERS
     )
 
 

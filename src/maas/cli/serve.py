@@ -200,6 +200,7 @@ def _run(settings: Any) -> None:
         http=limited_http_protocol(settings.limits.max_header_bytes),
         log_level=settings.log_level,
         access_log=False,
+        server_header=False,  # no "server: uvicorn" on every answer: one header less
         ssl_certfile=settings.server.ssl_certfile,
         ssl_keyfile=settings.server.ssl_keyfile,
     )
