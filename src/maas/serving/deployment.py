@@ -137,6 +137,8 @@ class Deployment:
         self.state = DeploymentState.UNLOADED
         self.error: MaasError | None = None
         self.load_seconds: float | None = None
+        #: Whether the objects its load built were frozen (``maas.serving.heap``).
+        self.heap_frozen = False
         self.last_used = time.monotonic()
         self.in_flight = 0
         self._idle = asyncio.Event()

@@ -40,6 +40,7 @@ from maas.registry.service import RegistryService
 from maas.runtimes.base import ImageLimits, LoadOptions
 from maas.serving.deployment import Deployment, DeploymentState
 from maas.serving.hangups import Disconnected, unless_disconnected
+from maas.serving.heap import freeze_long_lived
 from maas.serving.process_workers import ProcessPool, discard_spare_worker
 from maas.serving.ray_instances import RayCluster
 from maas.serving.workers import ThreadWorkers, Workers
@@ -110,6 +111,8 @@ class ModelManager:
         self._renewing: dict[tuple[str, Selector], asyncio.Task[VersionInfo | None]] = {}
         self._redeploys: dict[tuple[str, int], asyncio.Lock] = {}
         self._started = False
+        #: The aliased versions are loading at start (one heap freeze after them all).
+        self._loading_at_start = False
         #: The first load of every aliased version, under way in the background.
         self._initial_load: asyncio.Task[None] | None = None
         self._shutting_down = False
@@ -182,6 +185,10 @@ class ModelManager:
         ):
             deployment = self._create(version)
         await deployment.ensure_loaded(bounded=bounded)
+        if not deployment.heap_frozen:  # loaded just now: its objects live with it
+            deployment.heap_frozen = True
+            if not self._loading_at_start:  # those of the start are frozen together
+                freeze_long_lived()
         deployment.last_used = time.monotonic()  # a lookup is a use: LRU must not evict it
         await self._evict_past_limit(keep=key)
         return deployment
@@ -387,7 +394,14 @@ class ModelManager:
 
     async def _load_at_start(self, versions: list[VersionInfo]) -> None:
         started = time.monotonic()
-        await self._load_all(versions)
+        self._loading_at_start = True
+        try:
+            await self._load_all(versions)
+        finally:
+            self._loading_at_start = False
+        # Once this task has ended (the server is ready), not before: a full collection
+        # of everything the loads built takes a tenth of a second.
+        asyncio.get_running_loop().call_soon(freeze_long_lived)
         # A worker started ahead for these loads (``maas serve``) that none took.
         await asyncio.to_thread(discard_spare_worker)
         if versions:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -112,6 +114,54 @@ async def test_start_returns_before_the_aliased_versions_load(
     assert deployment.is_ready
     await manager.wait_loaded()
     assert loaded_keys(manager) == {("iris", 1), ("wine", 1)} and manager.is_ready()
+
+
+async def test_the_heap_is_frozen_once_after_the_start_and_after_each_later_load(
+    managers: ManagerFactory,
+    publish: Publish,
+    registry: RegistryService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a load builds lives as long as the model (``maas.serving.heap``): frozen
+    once after the loads at start, then after each load, not on every call."""
+    import maas.serving.manager as manager_module
+
+    freezes: list[set[tuple[str, int]]] = []
+    manager = managers()
+    monkeypatch.setattr(
+        manager_module, "freeze_long_lived", lambda: freezes.append(loaded_keys(manager))
+    )
+    publish("iris")
+    publish("wine")
+    registry.set_alias("iris", "production", 1)
+    await manager.start()
+    await manager.wait_loaded()
+    await asyncio.sleep(0)  # the freeze comes right after the load at start ends
+    assert freezes == [{("iris", 1)}]  # one, after it, not one per version loaded then
+    await manager.get("iris", "production")
+    assert len(freezes) == 1  # a call on a loaded version freezes nothing
+    await manager.get("wine", 1)  # a later load
+    assert freezes[1:] == [{("iris", 1), ("wine", 1)}]
+    await manager.get("wine", 1)
+    assert len(freezes) == 2
+
+
+def test_freezing_is_the_servers_decision() -> None:
+    """Until ``enable`` (``maas serve``) nothing is frozen; then what is alive is, and
+    again at each ``freeze_long_lived``. In a process of its own: freezing is global."""
+    script = (
+        "import gc\n"
+        "from maas.serving import heap\n"
+        "heap.freeze_long_lived()\n"
+        "assert gc.get_freeze_count() == 0\n"
+        "heap.enable()\n"
+        "first = gc.get_freeze_count()\n"
+        "assert first > 0\n"
+        "kept = [[i] for i in range(1000)]\n"
+        "heap.freeze_long_lived()\n"
+        "assert gc.get_freeze_count() >= first + 1000, (first, gc.get_freeze_count())\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
 
 
 async def test_readiness_before_and_after_start_with_nothing_aliased(
