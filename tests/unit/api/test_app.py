@@ -11,6 +11,7 @@ import pytest
 from maas.api.app import create_app, freeze_startup_objects
 from maas.config import AuthSettings, Settings
 from maas.services import open_services
+from maas.serving import heap
 
 pytestmark = pytest.mark.anyio
 
@@ -21,7 +22,7 @@ def anyio_backend() -> str:
 
 
 async def test_objects_alive_after_start_up_leave_the_collectors_generations(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Full collections used to rescan everything start-up made (the p99 of small
     models); after start-up it is frozen, so they scan only what requests allocate."""
@@ -32,6 +33,8 @@ async def test_objects_alive_after_start_up_leave_the_collectors_generations(
         warnings.simplefilter("ignore", ResourceWarning)
         gc.collect()
     gc.unfreeze()
+    # Freezing after each load stays this test's: the process runs other tests after it.
+    monkeypatch.setattr(heap, "_enabled", False)
     settings = Settings(_env_file=None, home=tmp_path, auth=AuthSettings(enabled=False))  # type: ignore[call-arg]
     try:
         async with open_services(settings) as services:
