@@ -126,6 +126,21 @@ class _Load:
         await asyncio.gather(*self._tasks)
 
 
+async def _both_live(deployment: Any) -> None:
+    """Until both replicas answer, by their sockets: a test that kills one must find the
+    other live. (On a loaded machine a replica's process has been seen to end just after
+    its load, as Ray's log says "Worker unexpectedly exits"; Ray restarts it and the
+    gateway connects again, which is what this waits for.)"""
+
+    def live() -> bool:
+        replicas = deployment.status()["replicas"]
+        return len(replicas) == 2 and all(
+            r["alive"] and r["calls_by"] == "socket" for r in replicas
+        )
+
+    await until(live, timeout_s=90)
+
+
 async def test_replicas_spread_over_nodes_and_answer_as_in_process(
     on_cluster: Any, registry: RegistryService, publish: Callable[..., VersionInfo]
 ) -> None:
@@ -147,7 +162,7 @@ async def test_replicas_spread_over_nodes_and_answer_as_in_process(
     # The calls take the replicas' sockets (one refused at the load, as a replica Ray
     # restarted just after its ping, is tried again at a later health round); through
     # Ray (for a gateway that cannot reach a socket) a replica answers the same.
-    await until(lambda: [r["calls_by"] for r in deployment.status()["replicas"]] == ["socket"] * 2)
+    await _both_live(deployment)
     digest = version.digest.removeprefix("sha256:")[:12]
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
     replica = ray.get_actor(next(n for n in names if digest in n), namespace="maas")
@@ -228,6 +243,7 @@ async def test_a_killed_replica_fails_no_call_and_comes_back(
     version = _deploy(registry, publish, instances=2)
     manager = on_cluster()
     deployment = await manager.deployment(version)
+    await _both_live(deployment)
     before = deployment.status()["pids"]
     load = _Load(manager, version)
     try:
@@ -270,6 +286,7 @@ async def test_a_lost_node_fails_no_call_and_its_replica_moves(
     version = _deploy(registry, publish, instances=2)
     manager = on_cluster()
     deployment = await manager.deployment(version)
+    await _both_live(deployment)
     nodes = deployment.status()["nodes"]
     driver = ray.get_runtime_context().get_node_id()
     victim = next(n for n in cluster.worker_nodes if n.node_id in nodes and n.node_id != driver)
