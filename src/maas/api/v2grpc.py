@@ -1,9 +1,10 @@
 """KServe V2 over gRPC (``inference.GRPCInferenceService``): a thin adapter over the
 same ``InferenceService`` as V2 REST.
 
-It runs on ``grpc.aio`` in the server's own event loop, beside uvicorn: the same
-models, keys (metadata ``authorization: Bearer <key>`` or ``x-api-key``, resolved by
-the same cached resolver), rate limits, budgets, usage records and request metrics
+It runs in the server's own event loop on uvicorn's HTTP/2 protocol, on a port of its
+own (``grpc_wire`` says why not on ``grpc.aio``): the same models, keys (metadata
+``authorization: Bearer <key>`` or ``x-api-key``, resolved by the same cached
+resolver), rate limits, budgets, usage records and request metrics
 (``protocol="grpc"``). Errors are gRPC status codes; the message starts with our
 stable code in brackets (``[model_not_found] model 'x' not found``) and the trailing
 metadata carries it as ``maas-code`` (and ``retry-after`` on overload), so a client
@@ -21,10 +22,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
-from grpc import aio
 
 from maas import __version__
 from maas.api.auth import key_from
+from maas.api.grpc_wire import CallAborted, CallContext, GrpcWire, Method, serving_http2
 from maas.api.lifetime import requested_timeout
 from maas.auth.principal import ANONYMOUS_ADMIN, Principal
 from maas.errors import InvalidInput, MaasError, Unauthenticated
@@ -107,54 +108,42 @@ class GrpcInference:
         self._inference = services.inference
         self._auth = services.settings.auth.enabled
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        def unary(fn: Callable[[Any, Any], Awaitable[Any]], request: str, response: str) -> Any:
-            return grpc.unary_unary_rpc_method_handler(
-                self._guarded(fn),
-                request_deserializer=_M[request].FromString,
-                response_serializer=_M[response].SerializeToString,
-            )
-
-        return grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                "ServerLive": unary(self.server_live, "ServerLiveRequest", "ServerLiveResponse"),
-                "ServerReady": unary(
-                    self.server_ready, "ServerReadyRequest", "ServerReadyResponse"
-                ),
-                "ModelReady": unary(self.model_ready, "ModelReadyRequest", "ModelReadyResponse"),
-                "ServerMetadata": unary(
-                    self.server_metadata, "ServerMetadataRequest", "ServerMetadataResponse"
-                ),
-                "ModelMetadata": unary(
-                    self.model_metadata, "ModelMetadataRequest", "ModelMetadataResponse"
-                ),
-                "ModelInfer": unary(self.model_infer, "ModelInferRequest", "ModelInferResponse"),
-                "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
-                    self.model_stream_infer,
-                    request_deserializer=_M["ModelInferRequest"].FromString,
-                    response_serializer=_M["ModelStreamInferResponse"].SerializeToString,
-                ),
-            },
+    def methods(self) -> dict[str, Method]:
+        """The service's methods by their HTTP/2 path."""
+        unary = {
+            "ServerLive": (self.server_live, "ServerLiveRequest"),
+            "ServerReady": (self.server_ready, "ServerReadyRequest"),
+            "ModelReady": (self.model_ready, "ModelReadyRequest"),
+            "ServerMetadata": (self.server_metadata, "ServerMetadataRequest"),
+            "ModelMetadata": (self.model_metadata, "ModelMetadataRequest"),
+            "ModelInfer": (self.model_infer, "ModelInferRequest"),
+        }
+        methods = {
+            f"/{SERVICE}/{name}": Method(self._guarded(fn), _M[request])
+            for name, (fn, request) in unary.items()
+        }
+        methods[f"/{SERVICE}/ModelStreamInfer"] = Method(
+            self.model_stream_infer, _M["ModelInferRequest"], streaming=True
         )
+        return methods
 
     @staticmethod
     def _guarded(
-        fn: Callable[[Any, Any], Awaitable[Any]],
-    ) -> Callable[[Any, Any], Awaitable[Any]]:
-        async def guarded(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        fn: Callable[[Any, CallContext], Awaitable[Any]],
+    ) -> Callable[[Any, CallContext], Awaitable[Any]]:
+        async def guarded(request: Any, context: CallContext) -> Any:
             try:
                 return await fn(request, context)
+            except CallAborted:
+                raise
             except Exception as exc:
-                if isinstance(exc, aio.AbortError):
-                    raise
                 status, text, trailing = _described(exc)
                 context.set_trailing_metadata(trailing)
                 await context.abort(status, text)
 
         return guarded
 
-    async def _principal(self, context: aio.ServicerContext[Any, Any]) -> Principal:
+    async def _principal(self, context: CallContext) -> Principal:
         if not self._auth:
             return ANONYMOUS_ADMIN
         metadata = context.invocation_metadata() or ()
@@ -171,37 +160,35 @@ class GrpcInference:
 
     # -- health and metadata -----------------------------------------------------------
 
-    async def server_live(self, request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+    async def server_live(self, request: Any, context: CallContext) -> Any:
         return _M["ServerLiveResponse"](live=True)
 
-    async def server_ready(self, request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+    async def server_ready(self, request: Any, context: CallContext) -> Any:
         return _M["ServerReadyResponse"](ready=self._inference.server_ready())
 
-    async def server_metadata(self, request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+    async def server_metadata(self, request: Any, context: CallContext) -> Any:
         body = server_metadata("maas", __version__, [])
         return _M["ServerMetadataResponse"](**body)
 
-    async def model_ready(self, request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+    async def model_ready(self, request: Any, context: CallContext) -> Any:
         principal = await self._principal(context)
         _, ready = await self._inference.model_ready(
             principal, request.name, _selector(request.version)
         )
         return _M["ModelReadyResponse"](ready=ready)
 
-    async def model_metadata(self, request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+    async def model_metadata(self, request: Any, context: CallContext) -> Any:
         principal = await self._principal(context)
         body = await self._inference.metadata(principal, request.name, _selector(request.version))
         return _M["ModelMetadataResponse"](**body)
 
     # -- inference -----------------------------------------------------------------------
 
-    async def model_infer(self, request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+    async def model_infer(self, request: Any, context: CallContext) -> Any:
         principal = await self._principal(context)
         return await self._infer(principal, request, context)
 
-    async def _infer(
-        self, principal: Principal, request: Any, context: aio.ServicerContext[Any, Any]
-    ) -> Any:
+    async def _infer(self, principal: Principal, request: Any, context: CallContext) -> Any:
         decoded_id: list[str] = []
 
         async def decode() -> TensorCall:
@@ -230,7 +217,7 @@ class GrpcInference:
         )
 
     async def model_stream_infer(
-        self, requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]
+        self, requests: AsyncIterator[Any], context: CallContext
     ) -> AsyncIterator[Any]:
         """Triton's streaming call: one response per request, in order; a failed request
         answers its error in ``error_message`` and the stream goes on."""
@@ -267,25 +254,19 @@ async def serving_grpc(services: Services, host: str, port: int) -> AsyncIterato
     yields the bound port. The listener closes first at exit; calls in flight get
     ``serving.drain_grace_s`` to finish."""
     settings = services.settings
-    server = aio.server(
-        options=[
-            ("grpc.max_receive_message_length", settings.limits.max_body_bytes),
-            ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
-        ]
+    app = GrpcWire(
+        GrpcInference(services).methods(),
+        max_message_bytes=settings.limits.max_body_bytes,
+        described=_described,
     )
-    server.add_generic_rpc_handlers((GrpcInference(services).handler(),))
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     tls = settings.server
-    if tls.ssl_certfile is not None and tls.ssl_keyfile is not None:
-        credentials = grpc.ssl_server_credentials(
-            [(tls.ssl_keyfile.read_bytes(), tls.ssl_certfile.read_bytes())]
-        )
-        bound = server.add_secure_port(address, credentials)
-    else:
-        bound = server.add_insecure_port(address)
-    await server.start()
-    try:
+    served = serving_http2(
+        app,
+        host,
+        port,
+        grace_s=settings.serving.drain_grace_s,
+        ssl_certfile=None if tls.ssl_certfile is None else str(tls.ssl_certfile),
+        ssl_keyfile=None if tls.ssl_keyfile is None else str(tls.ssl_keyfile),
+    )
+    async with served as bound:
         yield bound
-    finally:
-        await server.stop(settings.serving.drain_grace_s)
