@@ -256,3 +256,10 @@ def test_torchscript_in_a_worker_process_keeps_its_declared_signature(
     np.testing.assert_allclose(
         answer.as_numpy("logits"), fm.torch_predict(features), rtol=1e-5, atol=1e-6
     )
+
+
+def test_a_grpc_channel_outlives_the_servers_connection_recycling(server: RunningServer) -> None:
+    """The HTTP/2 parser under the gRPC port ends a connection after 4,096 streams
+    (GOAWAY); the official client opens the next one, and no call fails on the way."""
+    client = _grpc(server)
+    assert all(client.is_server_live() for _ in range(4_500))
