@@ -290,7 +290,10 @@ async def _plain(send: Any, status: int, body: bytes) -> None:
 
 def _listening(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not 0: asyncio's own loop turns Nagle off (TCP_NODELAY) only on
+    # sockets whose proto says TCP, and a response is several small writes (headers,
+    # message, trailers): with Nagle on, each call waited ~40 ms for the client's ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
