@@ -458,7 +458,7 @@ class Bench:
         *,
         http1: bool = False,
     ) -> None:
-        """Like ``measure``, driven by h2load (its warm-up second is in the CPU count)."""
+        """Like ``measure``, driven by h2load (``h2load.h2load`` says why by count)."""
         for connections in self.connections:
             before = _sample(server)
             result = h2load(
@@ -472,7 +472,7 @@ class Bench:
                 http1=http1,
             )
             _, ours, other = _usage_since(before, server)
-            cpu_us = ours / max(1.0, result.rps * (self.seconds + 1)) * 1e6
+            cpu_us = ours / max(1, result.done) * 1e6
             r = result
             self.points.append(
                 Point(case, connections, r.rps, r.p50_ms, r.p99_ms, r.failed, other, cpu_us)
