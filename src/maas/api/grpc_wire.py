@@ -11,7 +11,7 @@ trailers (``grpc-status``, ``grpc-message``). The same bytes reach the official
 clients (``tritonclient.grpc``, any grpcio channel), over TLS too (ALPN ``h2``).
 
 This module knows the wire, nothing of V2: ``GrpcWire`` maps ``/package.Service/Method``
-to a ``Method`` (a handler and its message types) and gives each handler a
+to a ``Method`` (a handler and its request type) and gives each handler a
 ``CallContext``, the small part of grpcio's servicer context the handlers use.
 """
 
@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 import grpc
 
-__all__ = ["CallAborted", "CallContext", "GrpcWire", "Method", "serving_http2"]
+__all__ = ["CallAborted", "CallContext", "GrpcWire", "Method", "parse_timeout", "serving_http2"]
 
 #: ``grpc-timeout`` units, in seconds (the gRPC HTTP/2 protocol).
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
@@ -125,7 +125,7 @@ def _trailers(
     return trailers
 
 
-def frame(payload: bytes) -> bytes:
+def _frame(payload: bytes) -> bytes:
     """One length-prefixed, uncompressed gRPC message."""
     return _PREFIX.pack(0, len(payload)) + payload
 
@@ -184,12 +184,12 @@ class _Reply:
 
     async def message(self, payload: bytes) -> None:
         await self._start()
-        await self._send({"type": "http.response.body", "body": frame(payload), "more_body": True})
+        await self._send({"type": "http.response.body", "body": _frame(payload), "more_body": True})
 
     async def end(self, trailers: list[tuple[bytes, bytes]], last: bytes | None = None) -> None:
         """The trailers, after ``last`` (a unary call's answer: one write less)."""
         await self._start()
-        body = b"" if last is None else frame(last)
+        body = b"" if last is None else _frame(last)
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
         await self._send({"type": "http.response.trailers", "headers": trailers})
 
