@@ -31,7 +31,7 @@ class H2Result:
     p50_ms: float
     p99_ms: float
     failed: int  # requests h2load counts as failed or errored, plus non-2xx statuses
-    done: int  # requests answered (the warm-up's not counted)
+    done: int  # requests answered (the lines of its log)
 
 
 def ensure_h2load() -> str:

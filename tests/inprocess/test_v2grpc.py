@@ -170,3 +170,21 @@ async def test_stream_infer_answers_each_request_in_order(
     assert first_error is None
     np.testing.assert_array_equal(first.as_numpy("predict"), iris_model.predict(features))
     assert second is None and "[model_not_found]" in str(second_error)
+
+
+async def test_a_stream_without_a_key_ends_unauthenticated(grpc_url: str) -> None:
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = _client(grpc_url)
+
+    def run() -> tuple[Any, Any]:
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        try:
+            client.async_stream_infer("iris", [_input("input", np.zeros((1, 4)), "FP64")])
+            return answers.get(timeout=60)
+        finally:
+            client.stop_stream()
+
+    result, error = await asyncio.to_thread(run)
+    assert result is None
+    assert error.status() == "StatusCode.UNAUTHENTICATED"
+    assert error.message().startswith("[unauthenticated] an API key is required")

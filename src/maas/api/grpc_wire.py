@@ -12,7 +12,9 @@ clients (``tritonclient.grpc``, any grpcio channel), over TLS too (ALPN ``h2``).
 
 This module knows the wire, nothing of V2: ``GrpcWire`` maps ``/package.Service/Method``
 to a ``Method`` (a handler and its request type) and gives each handler a
-``CallContext``, the small part of grpcio's servicer context the handlers use.
+``CallContext``: the metadata, the deadline and the client's address, trailing
+metadata and ``abort``. A handler's own exception is turned into a status by the
+``described`` function the app is given, so handlers need no error handling of their own.
 """
 
 from __future__ import annotations
@@ -23,10 +25,15 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote
 
 import grpc
+import orjson
+
+from maas.api.errors import error_body
+from maas.errors import UnsupportedMediaType
 
 __all__ = ["CallAborted", "CallContext", "GrpcWire", "Method", "parse_timeout", "serving_http2"]
 
@@ -59,16 +66,20 @@ class Method:
 
 class CallContext:
     """What a handler may ask of its call: the metadata the client sent, the time left
-    before its deadline, the peer; and what it may do: set trailing metadata, abort."""
+    before its deadline, the client's address; and what it may do: set trailing
+    metadata, abort."""
 
-    __slots__ = ("_deadline", "_metadata", "_peer", "trailing")
+    __slots__ = ("_deadline", "_metadata", "client_host", "trailing")
 
     def __init__(
-        self, metadata: tuple[tuple[str, str], ...], deadline: float | None, peer: str
+        self,
+        metadata: tuple[tuple[str, str], ...],
+        deadline: float | None,
+        client_host: str | None,
     ) -> None:
         self._metadata = metadata
         self._deadline = deadline
-        self._peer = peer
+        self.client_host = client_host
         self.trailing: tuple[tuple[str, str], ...] = ()
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
@@ -78,9 +89,6 @@ class CallContext:
         if self._deadline is None:
             return None
         return max(0.0, self._deadline - time.monotonic())
-
-    def peer(self) -> str:
-        return self._peer
 
     def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
         self.trailing = tuple(metadata)
@@ -98,21 +106,27 @@ def parse_timeout(value: str) -> float | None:
     return int(digits) * unit
 
 
-def _peer(scope: dict[str, Any]) -> str:
-    client = scope.get("client")
-    if not client:
-        return "unknown"
-    host, port = client[0], client[1]
-    return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+@dataclass(frozen=True)
+class _Head:
+    """What a call's headers say, read in one pass: whether it is gRPC at all, its
+    deadline, and the client's metadata (every header but HTTP/2's own and gRPC's
+    reserved ones)."""
+
+    is_grpc: bool
+    timeout_s: float | None
+    metadata: tuple[tuple[str, str], ...]
 
 
-def _metadata(scope: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    """The client's metadata: every header but HTTP/2's own and gRPC's reserved ones."""
-    return tuple(
-        (name.decode("latin-1"), value.decode("latin-1"))
-        for name, value in scope["headers"]
-        if not name.startswith((b":", b"grpc-")) and name not in (b"te", b"content-type")
-    )
+def _head(headers: list[tuple[bytes, bytes]]) -> _Head:
+    is_grpc, timeout_s, metadata = False, None, []
+    for name, value in headers:
+        if name == b"content-type":
+            is_grpc = bytes(value).startswith(b"application/grpc")
+        elif name == b"grpc-timeout":
+            timeout_s = parse_timeout(value.decode("latin-1"))
+        elif not name.startswith((b":", b"grpc-")) and name != b"te":
+            metadata.append((name.decode("latin-1"), value.decode("latin-1")))
+    return _Head(is_grpc, timeout_s, tuple(metadata))
 
 
 def _trailers(
@@ -217,8 +231,9 @@ class GrpcWire:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        if scope.get("http_version") != "2" or scope["method"] != "POST" or not _is_grpc(scope):
-            await _plain(send, 415, b"this port speaks gRPC (HTTP/2, application/grpc) only\n")
+        head = _head(scope["headers"])
+        if scope.get("http_version") != "2" or scope["method"] != "POST" or not head.is_grpc:
+            await _refused(send)
             return
         reply = _Reply(send)
         method = self._methods.get(scope["path"])
@@ -226,11 +241,9 @@ class GrpcWire:
             code, details = grpc.StatusCode.UNIMPLEMENTED, f"unknown method {scope['path']}"
             await reply.end(_trailers(code, details, ()))
             return
-        headers = dict(scope["headers"])
-        timeout = headers.get(b"grpc-timeout")
-        timeout_s = parse_timeout(timeout.decode("latin-1")) if timeout else None
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        context = CallContext(_metadata(scope), deadline, _peer(scope))
+        deadline = None if head.timeout_s is None else time.monotonic() + head.timeout_s
+        client = scope.get("client")
+        context = CallContext(head.metadata, deadline, client[0] if client else None)
         messages = _Messages(receive, self._limit)
         answer = None
         try:
@@ -275,16 +288,13 @@ def _parsed(method: Method, payload: bytes) -> Any:
         ) from exc
 
 
-def _is_grpc(scope: dict[str, Any]) -> bool:
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            return bytes(value).startswith(b"application/grpc")
-    return False
-
-
-async def _plain(send: Any, status: int, body: bytes) -> None:
-    headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+async def _refused(send: Any) -> None:
+    """A 415 in maas's error shape: this port takes gRPC calls only."""
+    message = "this port takes gRPC calls only (HTTP/2, content-type application/grpc)"
+    code = UnsupportedMediaType.code
+    body = orjson.dumps(error_body(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, code, message))
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 415, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,7 +25,7 @@ import grpc
 
 from maas import __version__
 from maas.api.auth import key_from
-from maas.api.grpc_wire import CallAborted, CallContext, GrpcWire, Method, serving_http2
+from maas.api.grpc_wire import CallContext, GrpcWire, Method, serving_http2
 from maas.api.lifetime import requested_timeout
 from maas.auth.principal import ANONYMOUS_ADMIN, Principal
 from maas.errors import InvalidInput, MaasError, Unauthenticated
@@ -119,35 +119,17 @@ class GrpcInference:
             "ModelInfer": (self.model_infer, "ModelInferRequest"),
         }
         methods = {
-            f"/{SERVICE}/{name}": Method(self._guarded(fn), _M[request])
-            for name, (fn, request) in unary.items()
+            f"/{SERVICE}/{name}": Method(fn, _M[request]) for name, (fn, request) in unary.items()
         }
         methods[f"/{SERVICE}/ModelStreamInfer"] = Method(
             self.model_stream_infer, _M["ModelInferRequest"], streaming=True
         )
         return methods
 
-    @staticmethod
-    def _guarded(
-        fn: Callable[[Any, CallContext], Awaitable[Any]],
-    ) -> Callable[[Any, CallContext], Awaitable[Any]]:
-        async def guarded(request: Any, context: CallContext) -> Any:
-            try:
-                return await fn(request, context)
-            except CallAborted:
-                raise
-            except Exception as exc:
-                status, text, trailing = _described(exc)
-                context.set_trailing_metadata(trailing)
-                await context.abort(status, text)
-
-        return guarded
-
     async def _principal(self, context: CallContext) -> Principal:
         if not self._auth:
             return ANONYMOUS_ADMIN
-        metadata = context.invocation_metadata() or ()
-        key = key_from((str(k), v if isinstance(v, str) else v.decode()) for k, v in metadata)
+        key = key_from(context.invocation_metadata())
         principal = await self._services.principals.resolve(key) if key else None
         if principal is not None:
             return principal
@@ -155,7 +137,7 @@ class GrpcInference:
             raise Unauthenticated(
                 "an API key is required: send metadata 'authorization: Bearer <key>' or 'x-api-key'"
             )
-        self._services.audit.record_auth_failure(_peer_host(context.peer()), "invalid key")
+        self._services.audit.record_auth_failure(context.client_host, "invalid key")
         raise Unauthenticated("the API key is not valid (unknown, expired or revoked)")
 
     # -- health and metadata -----------------------------------------------------------
@@ -220,13 +202,9 @@ class GrpcInference:
         self, requests: AsyncIterator[Any], context: CallContext
     ) -> AsyncIterator[Any]:
         """Triton's streaming call: one response per request, in order; a failed request
-        answers its error in ``error_message`` and the stream goes on."""
-        try:
-            principal = await self._principal(context)
-        except MaasError as exc:
-            status, text, trailing = _described(exc)
-            context.set_trailing_metadata(trailing)
-            await context.abort(status, text)
+        answers its error in ``error_message`` and the stream goes on. A call without
+        a valid key ends as a unary one does (the wire describes the error)."""
+        principal = await self._principal(context)
         async for request in requests:
             try:
                 response = await self._infer(principal, request, context)
@@ -239,13 +217,6 @@ class GrpcInference:
 
 def _selector(version: str) -> int | str | None:
     return parse_selector(version) if version else None
-
-
-def _peer_host(peer: str) -> str | None:
-    """``ipv4:127.0.0.1:5555`` → ``127.0.0.1``; ``ipv6:[::1]:5555`` → ``::1``."""
-    _, _, address = peer.partition(":")
-    host, _, _ = address.rpartition(":")
-    return host.strip("[]") or None
 
 
 @asynccontextmanager

@@ -168,11 +168,12 @@ async def test_a_stream_answers_each_message_as_it_comes(port: int) -> None:
     assert await asyncio.to_thread(call) == ["0", "1", "2", "3", "4"]
 
 
-async def test_http1_on_the_grpc_port_gets_a_plain_415(port: int) -> None:
+async def test_http1_on_the_grpc_port_gets_a_415_with_our_code(port: int) -> None:
     async with httpx.AsyncClient() as client:
         response = await client.post(f"http://127.0.0.1:{port}/{SERVICE}/ModelInfer")
     assert response.status_code == 415
-    assert "gRPC" in response.text
+    assert response.json()["code"] == "unsupported_media_type"
+    assert "gRPC" in response.json()["error"]
 
 
 async def test_tls_with_alpn_h2(tmp_path: Path) -> None:
