@@ -4,6 +4,7 @@ socket to the gRPC service of services opened in this process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 from collections.abc import AsyncIterator
 from typing import Any
@@ -179,7 +180,11 @@ async def test_a_stream_without_a_key_ends_unauthenticated(grpc_url: str) -> Non
     def run() -> tuple[Any, Any]:
         client.start_stream(callback=lambda result, error: answers.put((result, error)))
         try:
-            client.async_stream_infer("iris", [_input("input", np.zeros((1, 4)), "FP64")])
+            # The server refuses the stream when it opens, before any message: where its
+            # answer is in first, tritonclient refuses the send too, and the status comes
+            # through the callback either way.
+            with contextlib.suppress(InferenceServerException):
+                client.async_stream_infer("iris", [_input("input", np.zeros((1, 4)), "FP64")])
             return answers.get(timeout=60)
         finally:
             client.stop_stream()
