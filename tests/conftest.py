@@ -19,6 +19,13 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 # any test module can import ray (tests/ray_cluster.py).
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
+# Three xdist workers and the servers they start share this machine's two cores, where
+# llama.cpp's and ONNX Runtime's threads, which spin while they wait for each other, burn
+# a core for every one that is descheduled: the language-model demo server took three
+# times the CPU in a full run that it takes alone. One thread per model call, in every
+# server a test starts (in process or not); the default is tested where it is decided.
+os.environ.setdefault("MAAS_SERVING__RUNTIME_THREADS", "1")
+
 # Each server, worker and job a test starts is a new interpreter that imports maas from
 # the working tree. Where PYTHONDONTWRITEBYTECODE is set (this CI image sets it), none of
 # them finds a cached .pyc, and each compiles maas from source again: about 0.2 s of CPU

@@ -43,6 +43,15 @@ class ServingSettings(_Section):
     inference_threads: int = Field(
         4, ge=1, description="Threads that run model calls off the event loop."
     )
+    runtime_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Threads one model call may use inside its runtime (llama.cpp, ONNX "
+        "Runtime, PyTorch, XGBoost, LightGBM, Whisper); unset: the CPUs this process may run "
+        "on. Lower it where other processes share those CPUs: llama.cpp's and ONNX Runtime's "
+        "threads spin while they wait for each other, and on a busy CPU that spinning costs "
+        "more than the threads give.",
+    )
     trust_pickle: bool = Field(
         False, description="Accept pickle/joblib artifacts, which run code when loaded."
     )

@@ -79,6 +79,7 @@ class ModelManager:
         self._generation = generation or GenerationSettings()
         self._options = LoadOptions(
             trust_pickle=settings.trust_pickle,
+            threads=settings.runtime_threads,
             cache_dir=cache_dir,
             sequences=self._generation.max_running,
             kv_cache_tokens=self._generation.kv_cache_tokens,

@@ -20,7 +20,7 @@ from maas.registry.artifacts import ArtifactStore
 from maas.registry.db import create_engine_for, session_factory, upgrade_to_head
 from maas.registry.service import RegistryService
 from maas.runtimes import catalog
-from maas.runtimes.base import Runtime
+from maas.runtimes.base import LoadOptions, Runtime
 from maas.runtimes.catalog import inspect_artifact
 from maas.serving.manager import ModelManager
 
@@ -76,10 +76,12 @@ class LoadSpy:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, int]] = []
+        self.options: list[LoadOptions] = []
         self._real = catalog.load_runtime
 
-    def __call__(self, framework: str, path: Path, options: Any) -> Runtime:
+    def __call__(self, framework: str, path: Path, options: LoadOptions) -> Runtime:
         self.calls.append((framework, path.stat().st_size))
+        self.options.append(options)
         return self._real(framework, path, options)
 
 

@@ -38,7 +38,7 @@ def _load(engine: str, role: str) -> TextGenerator:
     alone, 100 s beside the rest of the suite under coverage."""
     cache = Path(os.environ["MAAS_CACHE_DIR"])
     module = {"llama.cpp": "llama_cpp", "transformers": "transformers"}[engine]
-    options = LoadOptions(cache_dir=cache, sequences=8, kv_cache_tokens=4096)
+    options = LoadOptions(threads=1, cache_dir=cache, sequences=8, kv_cache_tokens=4096)
     runtime = load_runtime(engine, smollm2_gguf(module), options)
     assert isinstance(runtime, TextGenerator)
     return runtime

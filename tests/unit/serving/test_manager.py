@@ -51,6 +51,15 @@ async def test_a_loaded_version_answers(managers: ManagerFactory, publish: Publi
     np.testing.assert_array_equal(outputs["predict"], expected)
 
 
+async def test_runtimes_get_the_operators_thread_count_or_choose_their_own(
+    managers: ManagerFactory, publish: Publish, load_spy: LoadSpy
+) -> None:
+    publish()
+    await managers(runtime_threads=1).get("iris")
+    await managers().get("iris")
+    assert [options.threads for options in load_spy.options] == [1, None]
+
+
 async def test_the_least_recently_used_version_is_unloaded(
     managers: ManagerFactory, publish: Publish, load_spy: LoadSpy
 ) -> None:
