@@ -44,7 +44,7 @@ def _layers(cache: DynamicCache) -> list[Any]:
 _MIN_SPARE = 64
 
 
-class _GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # transformers is untyped
+class _GrowingLayer(DynamicLayer):  # type: ignore[misc]  # mypy skips transformers (Any)
     """A ``DynamicLayer`` whose ``keys``/``values`` are views of a larger buffer."""
 
     _key_buffer: torch.Tensor
@@ -103,8 +103,7 @@ def _new_cache(config: Any) -> DynamicCache:
     layers keep their own class: they drop old columns themselves)."""
     cache = DynamicCache(config=config)
     cache.layers = [
-        _GrowingLayer() if type(layer) is DynamicLayer else layer  # type: ignore[no-untyped-call]
-        for layer in cache.layers
+        _GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers
     ]
     return cache
 

@@ -182,7 +182,7 @@ def _convert_gguf(path: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()
     log.info("dequantizing %s once into %s", path.name, out)
     directory, filename = str(path.parent), path.name
     try:

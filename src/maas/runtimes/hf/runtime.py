@@ -31,7 +31,7 @@ def prepare_torch(options: LoadOptions) -> None:
     import torch
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # logs are no tty
+    hf_logging.disable_progress_bar()  # logs are no tty
     torch.set_grad_enabled(False)
     if options.threads is not None:
         torch.set_num_threads(options.threads)
