@@ -24,7 +24,11 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 # a core for every one that is descheduled: the language-model demo server took three
 # times the CPU in a full run that it takes alone. One thread per model call, in every
 # server a test starts (in process or not); the default is tested where it is decided.
+# BLAS and OpenMP (numpy, scikit-learn, torch) likewise spin, in every process the
+# session starts from here on (xdist's workers too): one thread each.
 os.environ.setdefault("MAAS_SERVING__RUNTIME_THREADS", "1")
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
 
 # Each server, worker and job a test starts is a new interpreter that imports maas from
 # the working tree. Where PYTHONDONTWRITEBYTECODE is set (this CI image sets it), none of

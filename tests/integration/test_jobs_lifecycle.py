@@ -54,7 +54,9 @@ def _running_with_pid(job: JobInfo) -> bool:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     home = tmp_path_factory.mktemp("lifecycle-home")
-    running = start_server(home, env={"MAAS_JOBS__CANCEL_GRACE_S": "2"})
+    # The suite runs with one BLAS thread (tests/conftest.py); the server gets two, so a
+    # job's one (threads_per_job) shows that the job's own environment pins it.
+    running = start_server(home, env={"MAAS_JOBS__CANCEL_GRACE_S": "2", "OMP_NUM_THREADS": "2"})
     with sdk(running) as client:
         client.push_dataset(wine_jsonl(home / "wine.jsonl"), "wine")
         client.push_dataset(tickets_csv(home / "tickets.csv", n=60), "tickets")
