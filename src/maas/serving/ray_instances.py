@@ -637,7 +637,7 @@ class RayInstances:
         ]
         try:
             async with asyncio.timeout(settings.ready_timeout_s):
-                answers = await asyncio.gather(*(self._first_ping(r) for r in self._replicas))
+                answers = await self._first_pings()
         except TimeoutError:
             await self._abandon(remove_unanswered=True)
             raise PlacementInfeasible(
@@ -687,6 +687,14 @@ class RayInstances:
         """What the body's constructor takes (a language model's takes more)."""
         return (self._target,)
 
+    async def _first_pings(self) -> list[_Ready]:
+        """Every replica's first answer, the loaded kept alive meanwhile."""
+        keep_alive = asyncio.create_task(self._keep_alive_while_others_load())
+        try:
+            return await asyncio.gather(*(self._first_ping(r) for r in self._replicas))
+        finally:
+            keep_alive.cancel()
+
     async def _first_ping(self, replica: _Handle) -> _Ready:
         """The first ping of a replica; one found as it removed itself (orphaned just
         before this server came) is created anew."""
@@ -698,6 +706,20 @@ class RayInstances:
             answer = await self._ping(replica)
         replica.answered = True
         return answer
+
+    async def _keep_alive_while_others_load(self) -> None:
+        """Ping the replicas that have loaded while the others still load: each counts
+        the servers' silence from the end of its own load, and ``_watch`` starts only
+        once every one has answered, so one that loaded ``orphan_timeout_s`` before the
+        slowest would remove itself as orphaned. What the pings find is ``_watch``'s
+        business once the start is over."""
+        interval = self._cluster.settings.health_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            loaded = [r for r in self._replicas if r.answered]
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_PING_TIMEOUT_S):
+                    await asyncio.gather(*(self._ping(r) for r in loaded), return_exceptions=True)
 
     async def _ping(self, replica: _Handle) -> _Ready:
         answer: _Ready = await replica.actor.ready.options(concurrency_group=_HEALTH).remote()

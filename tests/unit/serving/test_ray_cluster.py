@@ -283,11 +283,15 @@ async def test_a_lost_node_fails_no_call_and_its_replica_moves(
     registry: RegistryService,
     publish: Callable[..., VersionInfo],
 ) -> None:
+    # The replicas of earlier tests hold CPUs until they find themselves orphaned; with
+    # the nodes that busy, this test's two replicas could share one, which it removes.
+    await until(lambda: not _actors("ALIVE"), timeout_s=30)
     version = _deploy(registry, publish, instances=2)
     manager = on_cluster()
     deployment = await manager.deployment(version)
     await _both_live(deployment)
     nodes = deployment.status()["nodes"]
+    assert len(set(nodes)) == 2, nodes
     driver = ray.get_runtime_context().get_node_id()
     victim = next(n for n in cluster.worker_nodes if n.node_id in nodes and n.node_id != driver)
     load = _Load(manager, version)
@@ -350,6 +354,62 @@ async def test_replicas_go_to_the_nodes_offering_model_slots(
         await manager.close()
     finally:
         cluster.remove_node(slotted)
+
+
+@ray.remote(resources={"model_slot": 1}, num_cpus=0)
+class _SlotHolder:
+    """Holds a model slot, as another model's replica would."""
+
+    def ready(self) -> bool:
+        return True
+
+
+def _actors(state: str | None = None) -> dict[str, int]:
+    """The cluster's actors that are not dead (or those in ``state``) by id, with their
+    pids: from the GCS, which pings none of them."""
+    from ray._private.state import actors
+
+    return {
+        a["ActorID"]: a["Pid"]
+        for a in actors().values()
+        if a["State"] != "DEAD" and state in (None, a["State"])
+    }
+
+
+async def test_a_replica_loaded_while_another_waits_for_room_is_kept_alive(
+    cluster: Cluster,
+    on_cluster: Any,
+    registry: RegistryService,
+    publish: Callable[..., VersionInfo],
+) -> None:
+    """A replica counts the servers' silence from the end of its own load, and the
+    health rounds start only once every replica has loaded: one that loaded while the
+    other waited longer than the orphan timeout for room removed itself."""
+    slotted = [cluster.add_node(**NODE, resources={"model_slot": 1}) for _ in range(2)]
+    holder = None
+    try:
+        await until(lambda: ray.cluster_resources().get("model_slot") == 2, timeout_s=90)
+        holder = _SlotHolder.remote()  # type: ignore[attr-defined]
+        await asyncio.to_thread(ray.get, holder.ready.remote())
+        before = _actors().keys()  # earlier tests' actors, restarting ones among them
+        version = _deploy(registry, publish, instances=2)
+        starting = asyncio.create_task(on_cluster().deployment(version))
+        # The replica that found room is alive once its load (its constructor) is over.
+        await until(lambda: len(_actors("ALIVE").keys() - before) == 1, timeout_s=90)
+        [first] = [pid for actor, pid in _actors("ALIVE").items() if actor not in before]
+        await asyncio.sleep(2 * ORPHAN_TIMEOUT_S)  # the other still waits: the case itself
+        assert not starting.done()
+        ray.kill(holder)  # room for the second replica
+        deployment = await starting
+        pids = deployment.status()["pids"]
+        assert len(pids) == 2 and first in pids
+        await asyncio.sleep(2 * ORPHAN_TIMEOUT_S)  # the health rounds keep both alive
+        assert deployment.status()["pids"] == pids and deployment.is_ready
+    finally:
+        if holder is not None:
+            ray.kill(holder)
+        for node in slotted:
+            cluster.remove_node(node)
 
 
 async def test_cluster_status_and_metrics_say_where_each_replica_runs(
