@@ -28,10 +28,17 @@ _LLM_DEMO_TESTS = (
 #: Where each part of the suite runs in the order of a run, first to last: the groups
 #: are handed out in this order (``--no-loadscope-reorder``), so the longest (a server
 #: with language models, a browser, servers in subprocesses, the LLM and type-check
-#: units) start first and the short ones fill in behind them.
+#: units) start first and the short ones fill in behind them. The Ray cluster's module
+#: and the job runners' take minutes, much of it waiting on a cluster or on servers of
+#: their own: handed out after the integration modules, they ran alone at the end of a
+#: run while a core idled.
 _ORDER = (
     LLM_DEMO,
+    "tests/unit/serving/test_ray_cluster.py",
     "tests/browser/",
+    "tests/unit/jobs/test_ray_jobs.py",
+    "tests/unit/jobs/test_runners.py",
+    "tests/unit/serving/test_generation.py",
     "tests/integration/",
     "tests/unit/serving/",
     "tests/unit/runtimes/",
