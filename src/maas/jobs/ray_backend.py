@@ -94,7 +94,7 @@ class JobRunner:
 
         return {
             "node_id": ray.get_runtime_context().get_node_id(),
-            "node_ip": ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]
+            "node_ip": ray.util.get_node_ip_address(),
             "host": socket.gethostname(),
         }
 

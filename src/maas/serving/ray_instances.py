@@ -260,7 +260,7 @@ class Replica(ReplicaBody):
     def _listen(self) -> None:
         import ray.util
 
-        host = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        host = ray.util.get_node_ip_address()
         try:
             self._listener = ReplicaListener(host, self._answer)
         except OSError as exc:  # calls then come through Ray only
@@ -341,7 +341,7 @@ class RayCluster:
         if body not in self._actor_classes:
             import ray
 
-            remote = ray.remote(concurrency_groups={_HEALTH: 1})  # type: ignore[call-overload]
+            remote = ray.remote(concurrency_groups={_HEALTH: 1})
             self._actor_classes[body] = remote(body)
         return self._actor_classes[body]
 
@@ -416,9 +416,9 @@ class RayCluster:
         # cluster may run without; the GCS answers this one in every case.
         from ray._private.state import available_resources_per_node
 
-        free = available_resources_per_node()  # type: ignore[no-untyped-call]
+        free = available_resources_per_node()
         found: list[ClusterNode] = []
-        for node in ray.nodes():  # type: ignore[no-untyped-call]
+        for node in ray.nodes():
             resources = {
                 name: value
                 for name, value in node.get("Resources", {}).items()
@@ -442,7 +442,7 @@ class RayCluster:
         """The total resources of each live node (blocking; connected first)."""
         import ray
 
-        return [node["Resources"] for node in ray.nodes() if node.get("Alive")]  # type: ignore[no-untyped-call]
+        return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
 
     def spread(self, count: int, ask: dict[str, float], first: list[str]) -> list[str]:
         """Up to ``count`` distinct live nodes with room for ``ask`` now: those of

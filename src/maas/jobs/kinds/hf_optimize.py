@@ -178,7 +178,7 @@ def _export(model: Any, tokenizer: Any, hidden_state: bool, out: Path) -> None:
     the runtime pools it) or the logits (a classifier) out."""
     import torch
 
-    class Encoder(torch.nn.Module):
+    class Encoder(torch.nn.Module):  # type: ignore[misc]  # torch is not followed
         def __init__(self) -> None:
             super().__init__()
             self.model = model
@@ -236,7 +236,7 @@ def _prune(
     targets = [(layer, "weight") for layer in linears]
     prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=sparsity)
     for layer, name in targets:
-        prune.remove(layer, name)  # type: ignore[no-untyped-call]
+        prune.remove(layer, name)
     total = sum(layer.weight.numel() for layer in linears)
     zeros = sum(int((layer.weight == 0).sum()) for layer in linears)
     model.save_pretrained(out_dir, safe_serialization=True)
@@ -273,7 +273,7 @@ def _torch_int8(model: Any, tokenizer: Any, served: ServedText) -> Candidate:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantized = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+        quantized = torch.ao.quantization.quantize_dynamic(
             model, {torch.nn.Linear}, dtype=torch.qint8
         )
     buffer = io.BytesIO()
