@@ -106,6 +106,45 @@ def test_a_gguf_file_on_transformers_is_dequantized_once() -> None:
     assert "Paris" in out["text"][0].decode()
 
 
+def test_a_gguf_conversion_parses_the_file_once(tmp_path: Path) -> None:
+    """transformers parses a GGUF file at each of its three reads in one load (config,
+    tokenizer, weights); the conversion hands it one reader and one tensor name map."""
+    import gguf
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    from maas.runtimes.hf.loading import _gguf_read_once
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_block_count(2)
+    writer.add_context_length(16)
+    writer.add_embedding_length(8)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    parsed: list[object] = []
+    original = gguf.GGUFReader
+
+    class CountingReader(original):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: object) -> None:
+            parsed.append(args)
+            super().__init__(*args)
+
+    gguf.GGUFReader = CountingReader  # type: ignore[misc]
+    try:
+        with _gguf_read_once():
+            configs = [load_gguf_checkpoint(str(path))["config"] for _ in range(3)]
+            arch = gguf.MODEL_ARCH.LLAMA
+            assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)
+        assert gguf.GGUFReader is CountingReader  # given back as it was
+    finally:
+        gguf.GGUFReader = original  # type: ignore[misc]
+    assert len(parsed) == 1
+    assert configs[0] == configs[2] and configs[0]["num_hidden_layers"] == 2
+
+
 def test_int8_linear_layers_stay_close_to_float32() -> None:
     """A deployment's ``quantize: int8``: every linear layer becomes a dynamic int8 one,
     and along float32's greedy answers int8 mostly picks float32's token (measured on
