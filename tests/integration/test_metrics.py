@@ -35,10 +35,13 @@ _DEFINED = (
 )  # the serving metrics; the generation ones appear once an LLM has served
 
 
-@pytest.fixture(params=["one-process", "multiprocess"])
+@pytest.fixture(scope="module", params=["one-process", "multiprocess"])
 def server(
-    request: pytest.FixtureRequest, tmp_path: Path, demo_template: Path
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, demo_template: Path
 ) -> Iterator[RunningServer]:
+    """The iris demo, one server per mode for the module: its tests count what they sent
+    as the difference between two scrapes, so they share it in any order."""
+    tmp_path = tmp_path_factory.mktemp(request.param)
     env = {}
     if request.param == "multiprocess":
         (tmp_path / "prom").mkdir()
@@ -66,6 +69,7 @@ def _value(samples: list[Sample], name: str, **labels: str) -> float:
 def test_requests_are_counted_per_model_version_and_code(server: RunningServer) -> None:
     sent = {"200": 0, "400": 0, "404": 0}
     with server.client() as http:
+        before = _scrape(http)
         for path in ["/v2/models/iris/infer"] * 6 + ["/v2/models/iris/versions/1/infer"] * 3:
             assert http.post(path, json=_GOOD).status_code == 200
             sent["200"] += 1
@@ -77,22 +81,29 @@ def test_requests_are_counted_per_model_version_and_code(server: RunningServer) 
             sent["404"] += 1
         families = _scrape(http)
 
+    def added(family: str, name: str, **labels: str) -> float:
+        # In multiprocess mode a metric with no value yet is absent from the scrape.
+        earlier = _value(before.get(family, []), name, **labels)
+        return _value(families[family], name, **labels) - earlier
+
     requests = families["maas_requests"]
     iris = {"model": "iris", "version": "1", "protocol": "v2"}
-    assert _value(requests, "maas_requests_total", **iris, code="200") == sent["200"]
-    assert _value(requests, "maas_requests_total", **iris, code="400") == sent["400"]
+    assert added("maas_requests", "maas_requests_total", **iris, code="200") == sent["200"]
+    assert added("maas_requests", "maas_requests_total", **iris, code="400") == sent["400"]
     unresolved = {"model": "", "version": "", "protocol": "v2"}
-    assert _value(requests, "maas_requests_total", **unresolved, code="404") == sent["404"]
+    assert added("maas_requests", "maas_requests_total", **unresolved, code="404") == sent["404"]
     # A caller's made-up model names never become label values.
     assert {s.labels["model"] for s in requests} <= {"iris", ""}
 
-    latency = families["maas_request_duration_seconds"]
+    latency = "maas_request_duration_seconds"
     iris_total = sent["200"] + sent["400"]
-    assert _value(latency, "maas_request_duration_seconds_count", **iris) == iris_total
-    assert _value(latency, "maas_request_duration_seconds_bucket", **iris, le="+Inf") == iris_total
-    assert _value(latency, "maas_request_duration_seconds_sum", **iris) > 0
-    assert _value(latency, "maas_request_duration_seconds_count", **unresolved) == sent["404"]
-    buckets = [s.value for s in latency if s.name.endswith("_bucket") and s.labels["model"]]
+    assert added(latency, f"{latency}_count", **iris) == iris_total
+    assert added(latency, f"{latency}_bucket", **iris, le="+Inf") == iris_total
+    assert added(latency, f"{latency}_sum", **iris) > 0
+    assert added(latency, f"{latency}_count", **unresolved) == sent["404"]
+    buckets = [
+        s.value for s in families[latency] if s.name.endswith("_bucket") and s.labels["model"]
+    ]
     assert buckets == sorted(buckets), "cumulative buckets never decrease"
 
     assert set(_DEFINED) <= set(families), set(_DEFINED) - set(families)
