@@ -53,8 +53,15 @@ class InProcess:
 @asynccontextmanager
 async def in_process(home: Path, **settings: Any) -> AsyncIterator[InProcess]:
     """Open the services of ``Settings(home=home, **settings)`` (admin key
-    ``TEST_ADMIN_KEY`` unless auth is off) and the app over them."""
+    ``TEST_ADMIN_KEY`` unless auth is off) and the app over them.
+
+    Models run in threads of the test's process unless ``serving`` says otherwise: a
+    worker process for the iris demo costs 2 CPU-s to start (scikit-learn's import), in
+    each of some twenty servers, and what this tier tests is in front of the model. The
+    worker processes are tested where they run: ``tests/unit/serving`` and
+    ``tests/integration``."""
     settings.setdefault("admin_key", TEST_ADMIN_KEY)
+    settings["serving"] = {"worker_mode": "threads", **settings.get("serving", {})}
     built = Settings(_env_file=None, home=home, **settings)  # type: ignore[call-arg]
     async with open_services(built) as services:
         await services.models.wait_loaded()  # as a started server is once it is ready
