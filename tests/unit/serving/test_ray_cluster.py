@@ -96,7 +96,7 @@ async def on_cluster(cluster: Cluster, registry: RegistryService, store: Artifac
         manager = ModelManager(
             registry,
             store,
-            ServingSettings(worker_mode="threads"),
+            ServingSettings(worker_mode="threads", runtime_threads=1),  # as tests/conftest.py
             cluster=None if local else settings,
         )
         built.append(manager)

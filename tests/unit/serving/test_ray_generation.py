@@ -53,7 +53,9 @@ def _manager(
     settings = None
     if cluster is not None:
         settings = ClusterSettings(ray_address=cluster.address, health_interval_s=0.3)
-    serving = ServingSettings(worker_mode="threads")
+    # One llama.cpp thread per replica, as in every server of the session
+    # (tests/conftest.py): on shared cores its threads spin waiting for each other.
+    serving = ServingSettings(worker_mode="threads", runtime_threads=1)
     return ModelManager(registry, store, serving, generation=generation, cluster=settings)
 
 
