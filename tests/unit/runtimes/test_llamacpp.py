@@ -19,6 +19,7 @@ from maas.errors import InvalidRequest
 from maas.runtimes.base import LoadOptions
 from maas.runtimes.catalog import inspect_artifact, load_runtime
 from maas.runtimes.generation import ChunkedBatch, ConstrainedGenerator, OutputFormat
+from maas.runtimes.llamacpp import runtime as llamacpp_runtime
 from maas.runtimes.llamacpp.runtime import LlamaCppRuntime
 
 SYSTEM = "You are a helpful assistant who answers in one short sentence. " * 3
@@ -79,27 +80,36 @@ def test_sequences_sharing_steps_get_what_each_gets_alone(lm: LlamaCppRuntime) -
 
 
 def test_a_long_prompt_is_evaluated_in_chunks_beside_a_running_sequence(
-    lm: LlamaCppRuntime,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    batch = lm.new_batch()
-    short = _chat(lm, QUESTIONS[0])
-    long = _chat(lm, "Summarise this: " + "the quick brown fox jumps over the lazy dog " * 130)
-    assert len(long) > 1000  # more than two passes of 512 tokens
-    batch.begin(0, short)
-    first = batch.step({})
-    token = int(np.argmax(first[0]))
-    batch.begin(1, long)
-    steps_with_output = 0
-    while True:
-        out = batch.step({0: token})
-        assert 0 in out  # the running sequence advanced in every step
-        token = int(np.argmax(out[0]))
-        steps_with_output += 1
-        if 1 in out:
-            break
-    assert steps_with_output >= 3  # the long prompt took several steps, not one stall
-    reference = _greedy(lm.new_batch(), {1: long}, 1)[1]
-    assert int(np.argmax(out[1])) == reference[0]
+    # Steps of 64 tokens, not 512: the same chunking over a prompt an eighth as long
+    # (evaluating 1,000 tokens twice on one thread took 18 s of a run).
+    monkeypatch.setattr(llamacpp_runtime, "N_BATCH", 64)
+    options = LoadOptions(threads=1, sequences=2, kv_cache_tokens=2048)
+    lm = load_runtime("llama.cpp", smollm2_gguf(), options)
+    assert isinstance(lm, LlamaCppRuntime)
+    try:
+        batch = lm.new_batch()
+        short = _chat(lm, QUESTIONS[0])
+        long = _chat(lm, "Summarise this: " + "the quick brown fox jumps over the lazy dog " * 16)
+        assert len(long) > 2 * 64  # more than two passes
+        batch.begin(0, short)
+        first = batch.step({})
+        token = int(np.argmax(first[0]))
+        batch.begin(1, long)
+        steps_with_output = 0
+        while True:
+            out = batch.step({0: token})
+            assert 0 in out  # the running sequence advanced in every step
+            token = int(np.argmax(out[0]))
+            steps_with_output += 1
+            if 1 in out:
+                break
+        assert steps_with_output >= 3  # the long prompt took several steps, not one stall
+        reference = _greedy(lm.new_batch(), {1: long}, 1)[1]
+        assert int(np.argmax(out[1])) == reference[0]
+    finally:
+        lm.close()
 
 
 def test_a_shared_system_prompt_is_evaluated_once(lm: LlamaCppRuntime) -> None:
