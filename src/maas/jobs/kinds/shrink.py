@@ -48,10 +48,9 @@ def sklearn_to_onnx_file(source: Path, sample: Any, out: Path) -> dict[str, Any]
 
 def sklearn_prune(source: Path, sparsity: float, out: Path) -> dict[str, Any]:
     """Prune ``coef_`` (linear models) or ``coefs_`` (MLPs); intercepts stay."""
-    import skops.io
+    from maas.runtimes.sklearn import import_skops, load_estimator
 
-    from maas.runtimes.sklearn import load_estimator
-
+    skops_io = import_skops()  # without torch, which a plain import loads for nothing
     model = load_estimator(source, trust_pickle=False)
     final = model.steps[-1][1] if hasattr(model, "steps") else model
     if hasattr(final, "coefs_"):
@@ -69,7 +68,7 @@ def sklearn_prune(source: Path, sparsity: float, out: Path) -> dict[str, Any]:
             f"{type(final).__name__} has no weight matrices to prune; "
             "prune needs a linear model or an MLP"
         )
-    skops.io.dump(model, out, compression=zipfile.ZIP_DEFLATED)
+    skops_io.dump(model, out, compression=zipfile.ZIP_DEFLATED)
     return {"sparsity": {"target": sparsity, "achieved": round(_achieved(pruned), 4)}}
 
 
