@@ -106,7 +106,9 @@ def test_a_gguf_file_on_transformers_is_dequantized_once() -> None:
     assert "Paris" in out["text"][0].decode()
 
 
-def test_a_gguf_conversion_parses_the_file_once(tmp_path: Path) -> None:
+def test_a_gguf_conversion_parses_the_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """transformers parses a GGUF file at each of its three reads in one load (config,
     tokenizer, weights); the conversion hands it one reader and one tensor name map."""
     import gguf
@@ -132,15 +134,12 @@ def test_a_gguf_conversion_parses_the_file_once(tmp_path: Path) -> None:
             parsed.append(args)
             super().__init__(*args)
 
-    gguf.GGUFReader = CountingReader  # type: ignore[misc]
-    try:
-        with _gguf_read_once():
-            configs = [load_gguf_checkpoint(str(path))["config"] for _ in range(3)]
-            arch = gguf.MODEL_ARCH.LLAMA
-            assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)
-        assert gguf.GGUFReader is CountingReader  # given back as it was
-    finally:
-        gguf.GGUFReader = original  # type: ignore[misc]
+    monkeypatch.setattr(gguf, "GGUFReader", CountingReader)
+    with _gguf_read_once():
+        configs = [load_gguf_checkpoint(str(path))["config"] for _ in range(3)]
+        arch = gguf.MODEL_ARCH.LLAMA
+        assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)
+    assert gguf.GGUFReader is CountingReader  # given back as it was
     assert len(parsed) == 1
     assert configs[0] == configs[2] and configs[0]["num_hidden_layers"] == 2
 

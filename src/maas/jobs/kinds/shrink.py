@@ -50,8 +50,7 @@ def sklearn_prune(source: Path, sparsity: float, out: Path) -> dict[str, Any]:
     """Prune ``coef_`` (linear models) or ``coefs_`` (MLPs); intercepts stay."""
     from maas.runtimes.sklearn import import_skops, load_estimator
 
-    skops_io = import_skops()  # without torch, which a plain import loads for nothing
-    model = load_estimator(source, trust_pickle=False)
+    model = load_estimator(source, trust_pickle=False)  # imports skops without torch
     final = model.steps[-1][1] if hasattr(model, "steps") else model
     if hasattr(final, "coefs_"):
         weights = [np.asarray(w) for w in final.coefs_]
@@ -68,7 +67,7 @@ def sklearn_prune(source: Path, sparsity: float, out: Path) -> dict[str, Any]:
             f"{type(final).__name__} has no weight matrices to prune; "
             "prune needs a linear model or an MLP"
         )
-    skops_io.dump(model, out, compression=zipfile.ZIP_DEFLATED)
+    import_skops().dump(model, out, compression=zipfile.ZIP_DEFLATED)
     return {"sparsity": {"target": sparsity, "achieved": round(_achieved(pruned), 4)}}
 
 

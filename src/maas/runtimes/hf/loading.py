@@ -217,8 +217,8 @@ def _gguf_read_once() -> Iterator[None]:
 
     Why: transformers parses the whole file (the tokenizer's 49k-entry vocabulary
     included) three times for one load (config, tokenizer, weights), and builds the
-    tensor name map again for every module of the model: 20 of the 20 CPU-s a 135M
-    model's conversion took, against 9.5 with this. Both are pure reads of the file and
+    tensor name map again for every module of the model: half of the 20 CPU-s a
+    135M model's conversion took (9.5 with this). Both are pure reads of the file and
     of tables, and transformers imports both names from ``gguf`` at each call, so
     replacing them for the conversion changes what it gets in no way but time. The lock
     keeps two conversions from restoring each other's replacements.
