@@ -21,7 +21,6 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from transformers import AutoTokenizer
 
 from tests.integration.openai_helpers import (
     CAPITAL,
@@ -207,6 +206,8 @@ def test_embeddings_place_paraphrases_closer(llm: RunningServer) -> None:
     vectors = np.array([item.embedding for item in as_floats.data])
     assert vectors.shape == (3, 384)
     assert vectors[0] @ vectors[1] > 0.8 > vectors[0] @ vectors[2]
+    from transformers import AutoTokenizer  # imports torch: only where a test needs it
+
     counted = AutoTokenizer.from_pretrained(minilm_dir())(texts)["input_ids"]
     assert as_floats.usage.prompt_tokens == sum(len(ids) for ids in counted)
     by_default = sdk.embeddings.create(model="minilm", input=texts)  # the SDK asks for base64
@@ -590,6 +591,8 @@ def test_embedding_tokens_are_metered_per_key(llm: RunningServer) -> None:
     key = _key(llm, models=["minilm"])
     texts = ["A man is eating food.", "The stock market fell sharply on Monday."]
     answer = openai_sdk(llm, key).embeddings.create(model="minilm", input=texts)
+    from transformers import AutoTokenizer
+
     encoded = AutoTokenizer.from_pretrained(minilm_dir())(texts)["input_ids"]
     counted = sum(len(ids) for ids in encoded)
     assert answer.usage.prompt_tokens == counted

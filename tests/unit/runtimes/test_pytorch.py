@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from tests import framework_models as fm
 
 from maas.errors import InvalidInput, UnsupportedArtifact, UntrustedArtifact
@@ -93,6 +92,8 @@ def test_a_batch_the_program_cannot_take_is_a_400(tmp_path: Path) -> None:
 def test_a_state_dict_is_refused_trusted_or_not_with_the_way_out(
     tmp_path: Path, trust: bool, legacy: bool
 ) -> None:
+    import torch
+
     path = tmp_path / "weights.pth"
     torch.save(fm.torch_mlp().state_dict(), str(path), _use_new_zipfile_serialization=not legacy)
     with pytest.raises(UnsupportedArtifact) as caught:
@@ -163,6 +164,8 @@ def test_a_pickled_weight_that_is_not_a_tensor_is_refused(tmp_path: Path) -> Non
 
 
 def test_torchscript_that_reads_files_is_refused(tmp_path: Path) -> None:
+    import torch
+
     class Reader(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x + torch.from_file("/etc/hostname", size=1, dtype=torch.uint8).float()
