@@ -23,6 +23,8 @@ import httpx
 import pytest
 import redis
 
+from tests.conftest import POSTGRES_URL, REDIS_URL, require_service
+from tests.databases import postgres_schema
 from tests.integration.server import RunningServer, start_server
 from tests.keys import as_key, bearer, limited_key, make_key
 
@@ -74,11 +76,13 @@ def moto_s3() -> Iterator[str]:
         process.wait(10)
 
 
-@pytest.fixture(params=["s3", "directory"])
-def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+@pytest.fixture(scope="module", params=["s3", "directory"])
+def store_env(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
     """The artifact store both gateways use, as their environment says it."""
     if request.param == "directory":
-        return {"MAAS_STORAGE__ARTIFACT_URL": str(tmp_path / "shared-store")}
+        return {"MAAS_STORAGE__ARTIFACT_URL": str(tmp_path_factory.mktemp("shared-store"))}
     import boto3
 
     endpoint: str = request.getfixturevalue("moto_s3")
@@ -100,44 +104,39 @@ def _boto_credentials() -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def redis_prefix(redis_url: str) -> Iterator[str]:
-    prefix = f"gw-{uuid.uuid4().hex}"
-    yield prefix
-    client = redis.Redis.from_url(redis_url)
-    for name in client.scan_iter(f"{prefix}:*"):
-        client.delete(name)
-    client.close()
-
-
-@pytest.fixture
+@pytest.fixture(scope="module")
 def gateways(
-    tmp_path: Path,
-    postgres_schema_url: str,
-    redis_url: str,
-    redis_prefix: str,
-    store_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory, store_env: dict[str, str]
 ) -> Iterator[tuple[RunningServer, RunningServer]]:
     """Two gateways, each with a home (and a temp dir, where a remote store's local
-    cache lives) of its own: all they share is the database, Redis and the store."""
+    cache lives) of its own: all they share is the database, Redis and the store. One
+    pair per store for the module: each test uses models of its own."""
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    require_service("Redis", "127.0.0.1", 6379)
+    prefix = f"gw-{uuid.uuid4().hex}"
     shared = {
-        "MAAS_DATABASE_URL": postgres_schema_url,
-        "MAAS_REDIS_URL": redis_url,
-        "MAAS_REDIS_PREFIX": redis_prefix,
+        "MAAS_REDIS_URL": REDIS_URL,
+        "MAAS_REDIS_PREFIX": prefix,
         "MAAS_AUTH__HASH_SECRET": uuid.uuid4().hex,  # keys hash alike on every gateway
         "MAAS_SERVING__WORKER_MODE": "threads",
         **store_env,
     }
     started: list[RunningServer] = []
-    try:
-        for name in ("a", "b"):  # one after the other: the first migrates the database
-            home = tmp_path / name
-            (home / "tmp").mkdir(parents=True)
-            started.append(start_server(home, env={**shared, "TMPDIR": str(home / "tmp")}))
-        yield started[0], started[1]
-    finally:
-        for server in started:
-            server.stop()
+    with postgres_schema(POSTGRES_URL, "gw") as database_url:
+        try:
+            for name in ("a", "b"):  # one after the other: the first migrates the database
+                home = tmp_path_factory.mktemp(f"gateway-{name}")
+                (home / "tmp").mkdir()
+                env = {**shared, "MAAS_DATABASE_URL": database_url, "TMPDIR": str(home / "tmp")}
+                started.append(start_server(home, env=env))
+            yield started[0], started[1]
+        finally:
+            for server in started:
+                server.stop()
+            client = redis.Redis.from_url(REDIS_URL)
+            for key in client.scan_iter(f"{prefix}:*"):
+                client.delete(key)
+            client.close()
 
 
 def _infer(server: RunningServer, key: str | None = None, ref: str = "iris") -> httpx.Response:
@@ -172,10 +171,12 @@ def _stored(store_env: dict[str, str], digest: str) -> bool:
     return bool(s3.list_objects_v2(Bucket=bucket, Prefix=key)["KeyCount"] == 1)
 
 
-def _push(server: RunningServer, skops_bytes: bytes, alias: str | None = None) -> dict[str, Any]:
+def _push(
+    server: RunningServer, skops_bytes: bytes, alias: str | None = None, model: str = "iris"
+) -> dict[str, Any]:
     params = {"filename": "iris.skops", **({"alias": alias} if alias else {})}
     with server.client() as http:
-        response = http.post("/api/v1/models/iris/versions", params=params, content=skops_bytes)
+        response = http.post(f"/api/v1/models/{model}/versions", params=params, content=skops_bytes)
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
@@ -242,11 +243,11 @@ def test_a_rate_limit_is_shared_by_the_gateways(
     gateways: tuple[RunningServer, RunningServer], skops_bytes: bytes
 ) -> None:
     a, b = gateways
-    _push(a, skops_bytes, alias="production")
-    assert _infer(b).status_code == 200
+    _push(a, skops_bytes, alias="production", model="limited")
+    assert _infer(b, ref="limited").status_code == 200
     key_id, key = limited_key(a, str(a.api_key), requests_per_minute=4)
-    statuses = [_infer(server, key).status_code for server in (a, b) * 5]
+    statuses = [_infer(server, key, ref="limited").status_code for server in (a, b) * 5]
     assert sorted(statuses) == [200] * 4 + [429] * 6, statuses
     with as_key(b, key) as http:  # both gateways agree on what is left
-        assert http.post("/v2/models/iris/infer", json=ROW).status_code == 429
+        assert http.post("/v2/models/limited/infer", json=ROW).status_code == 429
     assert key_id
