@@ -38,14 +38,18 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 if os.environ.pop("PYTHONDONTWRITEBYTECODE", None) is not None:
     sys.dont_write_bytecode = False
 
-# Test modules import skops.io, which lists scikit-learn's estimators as it is imported:
-# plainly, that loads torch, pandas and pyarrow too (2 s of CPU and 400 MB in each xdist
-# worker, before one test runs). Import it as the servers do, without them; the tests
-# that use torch import it themselves.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    from maas.runtimes.sklearn import import_skops
 
-    import_skops()
+def pytest_collection(session: pytest.Session) -> None:
+    """Test modules import skops.io, which lists scikit-learn's estimators as it is
+    imported: plainly, that loads torch, pandas and pyarrow too (2 s of CPU and 200 MB
+    in each xdist worker, before one test runs). Import it first, as the servers do,
+    without them; the tests that use torch import it themselves. Here, not when this
+    module is imported: an xdist worker's coverage starts with its session, and maas
+    modules imported before it would count as unrun."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        from maas.runtimes.sklearn import import_skops
+
+        import_skops()
 
 
 def _answers(host: str, port: int) -> bool:
