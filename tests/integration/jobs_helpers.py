@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 from maas.client import Client
 from maas.protocols.jobs import JobInfo
-from tests.integration.server import RunningServer
+from tests.integration.server import RunningServer, cli
 from tests.processes import pid_alive
 
 __all__ = ["cli", "pid_alive", "sdk", "wait_until"]
@@ -17,18 +14,6 @@ __all__ = ["cli", "pid_alive", "sdk", "wait_until"]
 
 def sdk(server: RunningServer) -> Client:
     return Client(server.url, api_key=server.api_key, timeout=60)
-
-
-def cli(
-    server: RunningServer, *args: str, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "maas", "--url", server.url, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "COLUMNS": "200", "MAAS_API_KEY": server.api_key or ""},
-    )
 
 
 def wait_until(client: Client, job_id: str, check: object, timeout_s: float = 60) -> JobInfo:

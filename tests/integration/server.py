@@ -17,8 +17,9 @@ import httpx
 import tritonclient.http as triton_http
 
 from tests.conftest import TEST_ADMIN_KEY
+from tests.forked import ForkedProcess, can_fork, run_maas
 
-__all__ = ["ALL_DEMO", "IRIS_DEMO", "TEST_ADMIN_KEY", "RunningServer", "start_server"]
+__all__ = ["ALL_DEMO", "IRIS_DEMO", "TEST_ADMIN_KEY", "RunningServer", "cli", "start_server"]
 
 _LISTENING = "maas listening on "
 
@@ -30,7 +31,11 @@ ALL_DEMO = '["iris", "iris-onnx", "smollm2", "minilm"]'
 
 class RunningServer:
     def __init__(
-        self, process: subprocess.Popen[str], url: str, home: Path, api_key: str | None
+        self,
+        process: subprocess.Popen[str] | ForkedProcess,
+        url: str,
+        home: Path,
+        api_key: str | None,
     ) -> None:
         self.process = process
         self.url = url
@@ -61,14 +66,14 @@ class RunningServer:
     def stop(self, timeout_s: float = 30) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        try:
+            code = self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
         if self.process.stdout is not None:
             self.process.stdout.close()
-        return self.process.returncode
+        return code
 
 
 class _BearerPlugin:
@@ -78,6 +83,14 @@ class _BearerPlugin:
     def __call__(self, request: Any) -> None:
         if self.key:
             request.headers["Authorization"] = f"Bearer {self.key}"
+
+
+def cli(
+    server: RunningServer, *args: str, key: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``maas --url SERVER ARGS`` with the admin key (or ``key``), as a user runs it."""
+    env = {**os.environ, "COLUMNS": "200", "MAAS_API_KEY": key or server.api_key or ""}
+    return run_maas(["--url", server.url, *args], env, timeout=timeout)
 
 
 def _pump(stream: object, lines: queue.Queue[str], sink: list[str]) -> None:
@@ -92,19 +105,13 @@ def start_server(
     env: dict[str, str] | None = None,
     wait_ready: bool = True,
     timeout_s: float = 90,
+    fresh_interpreter: bool = False,
 ) -> RunningServer:
-    """Start ``python -m maas serve --port 0`` and wait for its address and readiness."""
-    command: Sequence[str] = [
-        sys.executable,
-        "-m",
-        "maas",
-        "serve",
-        "--port",
-        "0",
-        "--home",
-        str(home),
-        *args,
-    ]
+    """Start ``python -m maas serve --port 0`` and wait for its address and readiness:
+    forked from an interpreter that imported maas already (``tests/forked.py``), or a new
+    interpreter for tests of the process start itself (``fresh_interpreter``) and where
+    the environment asks for what a library decides as it is imported."""
+    argv: Sequence[str] = ["serve", "--port", "0", "--home", str(home), *args]
     full_env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
@@ -116,13 +123,17 @@ def start_server(
         "MAAS_SERVING__DRAIN_GRACE_S": "0",
         **(env or {}),
     }
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=full_env,
-    )
+    process: subprocess.Popen[str] | ForkedProcess
+    if fresh_interpreter or not can_fork(full_env):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "maas", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=full_env,
+        )
+    else:
+        process = ForkedProcess(argv, full_env)
     lines: queue.Queue[str] = queue.Queue()
     output: list[str] = []
     threading.Thread(target=_pump, args=(process.stdout, lines, output), daemon=True).start()

@@ -74,7 +74,7 @@ def test_the_sdk_reads_the_admin_key_the_server_wrote(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     home = tmp_path / "home"
-    server = start_server(home, env={"MAAS_ADMIN_KEY": ""})
+    server = start_server(home, env={"MAAS_ADMIN_KEY": ""}, fresh_interpreter=True)
     try:
         assert (home / "admin.key").exists()
         monkeypatch.delenv("MAAS_API_KEY", raising=False)
@@ -111,7 +111,7 @@ def _wait_tls(server: RunningServer, cert: Path) -> None:
 def test_the_cli_trusts_a_self_signed_server_when_told(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     args = ("--ssl-certfile", str(cert), "--ssl-keyfile", str(key))
-    server = start_server(tmp_path / "home", *args, wait_ready=False)
+    server = start_server(tmp_path / "home", *args, wait_ready=False, fresh_interpreter=True)
     try:
         _wait_tls(server, cert)
         base = ("--url", server.url, "--api-key", server.api_key or "")

@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.forked import run_maas
 from tests.integration.server import RunningServer, start_server
 from tests.jobs_data import tickets_csv
 
@@ -41,13 +41,7 @@ def _env(server: RunningServer) -> dict[str, str]:
 
 
 def _maas(server: RunningServer, *args: str) -> subprocess.CompletedProcess[str]:
-    ran = subprocess.run(
-        [sys.executable, "-m", "maas", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=_env(server),
-    )
+    ran = run_maas(args, _env(server), timeout=120)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     return ran
 

@@ -10,8 +10,6 @@ import io
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -22,6 +20,7 @@ import pytest
 import redis
 
 from tests.demo_home import copy_home
+from tests.forked import run_maas
 from tests.integration.server import RunningServer, start_server
 from tests.keys import bearer, limited_key, usage
 
@@ -78,12 +77,9 @@ def test_every_call_is_metered_and_survives_sigterm(
     with server.client(headers=bearer(key)) as http:
         assert http.get("/api/v1/usage", params={"key": "someone-else"}).status_code == 403
 
-    cli = subprocess.run(
-        [sys.executable, "-m", "maas", "usage", "--csv", "--key", key_id, "-g", "model,day"],
-        env={**os.environ, "MAAS_URL": server.url, "MAAS_API_KEY": ADMIN_KEY},
-        capture_output=True,
-        text=True,
-        timeout=60,
+    cli = run_maas(
+        ["usage", "--csv", "--key", key_id, "-g", "model,day"],
+        {**os.environ, "MAAS_URL": server.url, "MAAS_API_KEY": ADMIN_KEY},
         check=True,
     )
     exported = list(csv.DictReader(io.StringIO(cli.stdout)))

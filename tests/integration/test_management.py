@@ -3,10 +3,7 @@ What the API refuses is checked in process (``tests/inprocess/test_management.py
 
 from __future__ import annotations
 
-import os
 import pickle
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,17 +18,7 @@ import maas.errors
 from maas.client import Client
 from tests.conftest import POSTGRES_URL, require_service
 from tests.demo_home import copy_home
-from tests.integration.server import RunningServer, start_server
-
-
-def _cli(server: RunningServer, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "maas", "--url", server.url, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "COLUMNS": "200", "MAAS_API_KEY": server.api_key or ""},
-    )
+from tests.integration.server import RunningServer, cli, start_server
 
 
 def test_onnx_model_pushed_with_cli_is_served_like_the_demo(
@@ -40,7 +27,7 @@ def test_onnx_model_pushed_with_cli_is_served_like_the_demo(
     iris: tuple[np.ndarray, np.ndarray],
     iris_model: LogisticRegression,
 ) -> None:
-    pushed = _cli(
+    pushed = cli(
         fresh_server, "models", "push", str(iris_onnx), "--name", "flowers", "--alias", "production"
     )
     assert pushed.returncode == 0, pushed.stderr
@@ -52,9 +39,9 @@ def test_onnx_model_pushed_with_cli_is_served_like_the_demo(
     result = fresh_server.triton().infer("flowers", [data])
     np.testing.assert_array_equal(result.as_numpy("label"), iris_model.predict(features))
 
-    listed = _cli(fresh_server, "models", "list")
+    listed = cli(fresh_server, "models", "list")
     assert listed.returncode == 0 and "flowers" in listed.stdout
-    predicted = _cli(
+    predicted = cli(
         fresh_server, "predict", "flowers:production", "--data", "[[5.1, 3.5, 1.4, 0.2]]"
     )
     assert predicted.returncode == 0, predicted.stderr

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import openai
 import pytest
 
+from tests.forked import run_maas
 from tests.integration.openai_helpers import (
     CAPITAL,
     WEATHER_TOOL,
@@ -72,10 +71,7 @@ def test_pushing_a_gguf_and_a_model_directory_with_the_cli(fresh_server: Running
     env = {"MAAS_URL": fresh_server.url, "MAAS_API_KEY": fresh_server.api_key or ""}
 
     def cli(*args: str) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "maas", *args],
-            capture_output=True, text=True, timeout=300, env={**os.environ, **env},
-        )  # fmt: skip
+        result = run_maas(args, {**os.environ, **env}, timeout=300)
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
 

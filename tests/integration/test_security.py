@@ -23,7 +23,8 @@ from sklearn.linear_model import LogisticRegression
 import maas.errors
 from maas.client import Client
 from tests.demo_home import copy_home
-from tests.integration.server import RunningServer, start_server
+from tests.forked import run_maas
+from tests.integration.server import RunningServer, cli, start_server
 from tests.integration.tls import self_signed as _self_signed
 from tests.keys import as_key, make_key, push_secret_model
 
@@ -45,19 +46,6 @@ def server(
         yield running
     finally:
         running.stop()
-
-
-def _cli(
-    server: RunningServer, *args: str, key: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200", "MAAS_API_KEY": key or server.api_key or ""}
-    return subprocess.run(
-        [sys.executable, "-m", "maas", "--url", server.url, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
 
 
 # -- who may call ----------------------------------------------------------------------
@@ -123,7 +111,7 @@ def test_management_actions_and_failed_logins_are_audited(
     assert 1 <= len(failures) <= 2  # one per source and minute (two if a minute turned)
     assert all(r["action"] == "key.revoke" for r in by_action)
 
-    listed = _cli(server, "-o", "json", "audit", "--action", "model.push")
+    listed = cli(server, "-o", "json", "audit", "--action", "model.push")
     assert listed.returncode == 0, listed.stderr
     assert '"audited"' in listed.stdout
 
@@ -172,32 +160,33 @@ def test_traversal_names_and_pickles_are_refused(tmp_path: Path, server: Running
 
 
 def test_cli_creates_a_consumer_key_that_calls_only_its_models(server: RunningServer) -> None:
-    created = _cli(
+    created = cli(
         server, "keys", "create", "--name", "app", "--role", "consumer", "--models", "iris*"
     )
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip().splitlines()[-1]
     assert key.startswith("maas_")
-    predicted = _cli(server, "predict", "iris", "--data", "[[5.1, 3.5, 1.4, 0.2]]", key=key)
+    predicted = cli(server, "predict", "iris", "--data", "[[5.1, 3.5, 1.4, 0.2]]", key=key)
     assert predicted.returncode == 0, predicted.stderr
     assert '"predict"' in predicted.stdout
-    hidden = _cli(server, "predict", "secret-model", "--data", "[[5.1, 3.5, 1.4, 0.2]]", key=key)
+    hidden = cli(server, "predict", "secret-model", "--data", "[[5.1, 3.5, 1.4, 0.2]]", key=key)
     assert hidden.returncode == 1 and "model_not_found" in hidden.stderr
-    listed = _cli(server, "-o", "json", "keys", "list")
+    listed = cli(server, "-o", "json", "keys", "list")
     assert (
         listed.returncode == 0 and key not in listed.stdout and key.split("_")[1] in listed.stdout
     )
     # The key made above (the first listed may be another: the admin's own).
     [key_id] = [k["id"] for k in json.loads(listed.stdout) if k["prefix"] == key.split("_")[1]]
-    assert _cli(server, "keys", "revoke", key_id).returncode == 0
+    assert cli(server, "keys", "revoke", key_id).returncode == 0
 
 
 # -- servers of their own ----------------------------------------------------------------------
 
 
-def test_first_start_writes_the_admin_key_0600_for_the_cli(tmp_path: Path) -> None:
+def test_first_start_writes_the_admin_key_0600_for_thecli(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    first = start_server(home, "--demo", env={"MAAS_ADMIN_KEY": ""})
+    # A new interpreter, as a user's first start is: what it prints and writes.
+    first = start_server(home, "--demo", env={"MAAS_ADMIN_KEY": ""}, fresh_interpreter=True)
     try:
         key_file = home / "admin.key"
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -209,13 +198,7 @@ def test_first_start_writes_the_admin_key_0600_for_the_cli(tmp_path: Path) -> No
             assert http.get("/api/v1/keys").status_code == 200
         env = {**os.environ, "MAAS_HOME": str(home), "COLUMNS": "200"}
         env.pop("MAAS_API_KEY", None)
-        listed = subprocess.run(
-            [sys.executable, "-m", "maas", "--url", first.url, "models", "list"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-        )
+        listed = run_maas(["--url", first.url, "models", "list"], env)
         assert listed.returncode == 0, listed.stderr
         assert "iris" in listed.stdout
     finally:

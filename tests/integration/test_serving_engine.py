@@ -7,8 +7,6 @@ import concurrent.futures
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from maas.client import Client
 from maas.protocols.management import DeploymentSpec
+from tests.forked import run_maas
 from tests.integration.server import RunningServer, start_server
 from tests.integration.serving_helpers import ROW, metric, push, scrape, status, wait_until
 
@@ -238,11 +237,14 @@ def test_a_deployment_can_run_a_scikit_learn_model_in_the_server_process(
         assert shared["workers"] == "shared" and shared["ready"] is True
         assert status(http, "tiny", "production")["pids"] == shared["pids"]  # one process
         assert shared["pids"] != [fresh_server.process.pid]
-        result = subprocess.run(
-            [sys.executable, "-m", "maas", "models", "deploy", "tiny:1", "--workers", "threads"],
-            capture_output=True, text=True, timeout=120,
-            env={**os.environ, "MAAS_URL": fresh_server.url, "MAAS_API_KEY": fresh_server.api_key},
-        )  # fmt: skip
+        result = run_maas(
+            ["models", "deploy", "tiny:1", "--workers", "threads"],
+            {
+                **os.environ,
+                "MAAS_URL": fresh_server.url,
+                "MAAS_API_KEY": fresh_server.api_key or "",
+            },
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         wait_until(lambda: status(http, "tiny", "production")["workers"] == "threads")
         inline = status(http, "tiny", "production")
