@@ -12,9 +12,11 @@ no environment when imported (``maas.config`` reads it, when settings are made).
 
 ``ForkedProcess`` answers as much of ``subprocess.Popen`` as the tests use (``pid``,
 ``poll``, ``wait``, ``send_signal``, ``kill``, ``returncode``, ``stdout``), with the
-same return codes: a negative signal number for a process a signal ended.
-Tests of the process start itself (its first lines, a port in use) keep starting a new
-interpreter (``start_server(fresh_interpreter=True)``).
+same return codes: a negative signal number for a process a signal ended; ``run_maas``
+is ``subprocess.run`` of a CLI call. Tests of the process start itself (its first
+lines, a port in use) keep starting a new interpreter
+(``start_server(fresh_interpreter=True)``). ``tests/integration/test_forked.py`` checks
+that a fork answers as the new interpreter does.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import signal
 import subprocess
 import sys
 import threading
+import types
 from collections.abc import Mapping, Sequence
 from multiprocessing import reduction
 from typing import IO, Any
@@ -102,8 +105,18 @@ def _run_maas(
     os.chdir(cwd)
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True)
-    entry = importlib.util.find_spec("maas.__main__")  # what -m puts in argv[0]
-    sys.argv = [str(entry.origin if entry else "maas"), *argv]
+    # What ``python -m maas`` sets up (runpy): argv[0] and a ``__main__`` of package
+    # maas, from which click names the program in its messages ("python -m maas").
+    entry = importlib.util.find_spec("maas.__main__")
+    assert entry is not None and entry.origin is not None
+    main_module = types.ModuleType("__main__")
+    main_module.__file__, main_module.__package__, main_module.__spec__ = (
+        entry.origin,
+        "maas",
+        entry,
+    )
+    sys.modules["__main__"] = main_module
+    sys.argv = [entry.origin, *argv]
     from maas.cli.main import main
 
     main()
