@@ -53,20 +53,25 @@ IMPORT_TIME_ENV = (
 _lock = threading.Lock()
 _context: Any = None
 _running: set[ForkedProcess] = set()
-#: ``IMPORT_TIME_ENV`` as the forkserver sees it: this process's, when it starts it.
-_forkserver_env = {name: os.environ.get(name) for name in IMPORT_TIME_ENV}
+#: ``IMPORT_TIME_ENV`` as the forkserver got it, once it is started.
+_forkserver_env: dict[str, str | None] | None = None
+
+
+def _import_time_env(env: Mapping[str, str]) -> dict[str, str | None]:
+    return {name: env.get(name) for name in IMPORT_TIME_ENV}
 
 
 def can_fork(env: Mapping[str, str]) -> bool:
-    """Whether a process with ``env`` may be forked from the forkserver."""
-    return all(env.get(name) == _forkserver_env[name] for name in IMPORT_TIME_ENV)
+    """Whether a process with ``env`` may be forked from the forkserver (which starts,
+    if it has not yet, with this process's environment)."""
+    return _import_time_env(env) == (_forkserver_env or _import_time_env(os.environ))
 
 
 def _forkserver() -> Any:
-    global _context
+    global _context, _forkserver_env
     with _lock:
         if _context is None:
-            _forkserver_env.update({name: os.environ.get(name) for name in IMPORT_TIME_ENV})
+            _forkserver_env = _import_time_env(os.environ)
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(_PRELOAD)
             # rich fixes a console's width when COLUMNS is set as it is made (the CLI's
@@ -123,8 +128,8 @@ def _run_maas(
 
 
 class ForkedProcess:
-    """``python -m maas ARGV`` forked from the forkserver, output (stdout and stderr
-    together) readable as text from ``stdout``."""
+    """``python -m maas ARGV`` forked from the forkserver; its output readable as text
+    from ``stdout`` (with stderr, unless ``separate_stderr`` gives stderr its own)."""
 
     def __init__(
         self,
